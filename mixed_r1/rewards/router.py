@@ -1,0 +1,215 @@
+"""Mixed-Reward: route each sample to its task's accuracy reward and add the format reward.
+
+``total = accuracy_weight · accuracy(task) + format_weight · format``, where accuracy is
+
+=================  =====================================
+task type          reward
+=================  =====================================
+yes_no             :func:`matching_reward`
+multiple_choice    :func:`matching_reward` (with options)
+chart              :func:`chart_reward`
+math               :func:`math_reward`
+grounding          :func:`iou_reward` (optionally thresholded)
+open_ended         :func:`bmas_reward`
+=================  =====================================
+
+Rule-based rewards run in worker processes with a time limit per sample when
+``num_workers > 0`` (see :mod:`mixed_r1.rewards.pool`); open-ended samples are embedded in
+the calling process, batched, where the policy's embedding table lives.
+"""
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
+
+from mixed_r1.rewards.bmas import MiniLMEmbedder, TokenEmbedder, bmas_batch
+from mixed_r1.rewards.chart import chart_reward
+from mixed_r1.rewards.format import format_reward
+from mixed_r1.rewards.iou import iou_reward, parse_solution_box
+from mixed_r1.rewards.math import math_reward
+from mixed_r1.rewards.matching import matching_reward
+from mixed_r1.rewards.pool import ScoringPool
+
+log = logging.getLogger(__name__)
+
+TASK_TYPES = ("yes_no", "multiple_choice", "chart", "math", "grounding", "open_ended")
+
+
+@dataclass
+class RewardConfig:
+    """How Mixed-Reward scores; a ``reward:`` section of the training config."""
+
+    accuracy_weight: float = 1.0
+    format_weight: float = 1.0
+    iou_threshold: float | None = None  # grounding: 1.0 iff IoU ≥ threshold (None: raw IoU)
+    chart_tolerance: float = 0.05  # ChartQA relaxed accuracy
+    math_timeout_s: float = 5.0  # hard limit per math-verify check
+    sample_timeout_s: float = 10.0  # hard limit per sample in the worker pool
+    num_workers: int = 0  # 0: score in the calling process
+    bmas_embedder: str = "default"  # "default" (policy table once set, else MiniLM) | "minilm"
+
+    def __post_init__(self) -> None:
+        if self.bmas_embedder not in ("default", "minilm"):
+            raise ValueError(f"reward.bmas_embedder: {self.bmas_embedder!r} is not one of "
+                             "'default', 'minilm'")
+        if self.iou_threshold is not None and not 0.0 <= self.iou_threshold <= 1.0:
+            raise ValueError(f"reward.iou_threshold must lie in [0, 1], got {self.iou_threshold}")
+        if self.num_workers < 0:
+            raise ValueError(f"reward.num_workers must be ≥ 0, got {self.num_workers}")
+
+
+@dataclass
+class RewardBatch:
+    """Per-sample rewards with their components, for the update and for logging."""
+
+    total: list[float]
+    accuracy: list[float]
+    format: list[float]
+    task_types: list[str]
+    failures: int = 0  # samples scored 0 because a reward hung, crashed or raised
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def by_task(self) -> dict[str, dict[str, float]]:
+        """Mean total/accuracy/format and count per task type."""
+        out: dict[str, dict[str, float]] = {}
+        for task in dict.fromkeys(self.task_types):
+            idx = [i for i, t in enumerate(self.task_types) if t == task]
+            out[task] = {
+                "count": float(len(idx)),
+                "total": sum(self.total[i] for i in idx) / len(idx),
+                "accuracy": sum(self.accuracy[i] for i in idx) / len(idx),
+                "format": sum(self.format[i] for i in idx) / len(idx),
+            }
+        return out
+
+    def metrics(self, prefix: str = "reward") -> dict[str, float]:
+        """Flat metrics: ``reward/total``, ``reward/format``, ``reward/<task>/accuracy`` …"""
+        n = max(len(self.total), 1)
+        flat = {f"{prefix}/total": sum(self.total) / n, f"{prefix}/accuracy": sum(self.accuracy) / n,
+                f"{prefix}/format": sum(self.format) / n, f"{prefix}/failures": float(self.failures)}
+        for task, stats in self.by_task().items():
+            for key in ("total", "accuracy", "format"):
+                flat[f"{prefix}/{task}/{key}"] = stats[key]
+        return flat
+
+
+def _field(sample: Any, key: str, default: Any = None) -> Any:
+    if isinstance(sample, Mapping):
+        return sample.get(key, default)
+    return getattr(sample, key, default)
+
+
+def score_rule(payload: tuple[str, str, Any, Any], cfg: dict[str, Any]) -> float:
+    """Accuracy reward of one non-open-ended sample: ``(task, completion, solution, options)``."""
+    task, completion, solution, options = payload
+    if task in ("yes_no", "multiple_choice"):
+        return matching_reward(completion, solution, options)
+    if task == "chart":
+        return chart_reward(completion, solution, tolerance=cfg["chart_tolerance"])
+    if task == "math":
+        return math_reward(completion, solution, timeout_s=cfg["math_timeout_s"])
+    if task == "grounding":
+        return iou_reward(completion, solution, threshold=cfg["iou_threshold"])
+    raise ValueError(f"no rule-based reward for task type {task!r}")
+
+
+class MixedReward:
+    """``MixedReward(config)(completions, samples) -> RewardBatch``.
+
+    ``samples`` are dicts or objects with ``task_type``, ``solution`` and, for multiple
+    choice, ``options``. An unknown task type or an invalid solution is a data error and
+    raises ``ValueError`` naming the sample; model output never raises.
+    """
+
+    def __init__(self, config: RewardConfig | None = None,
+                 embedder: TokenEmbedder | None = None) -> None:
+        self.config = config or RewardConfig()
+        self.embedder = embedder
+        self._minilm: TokenEmbedder | None = None
+        self._pool: ScoringPool | None = None
+        self._cfg = asdict(self.config)
+
+    # ------------------------------------------------------------------------ validation
+    def _check(self, samples: Sequence[Any]) -> list[str]:
+        tasks = []
+        for i, sample in enumerate(samples):
+            task = _field(sample, "task_type")
+            if task not in TASK_TYPES:
+                sid = _field(sample, "id", "?")
+                raise ValueError(f"MixedReward: sample {i} (id={sid}) has unknown task type "
+                                 f"{task!r}; expected one of {', '.join(TASK_TYPES)}")
+            if task == "grounding":
+                try:
+                    parse_solution_box(_field(sample, "solution"))
+                except ValueError as exc:
+                    raise ValueError(f"MixedReward: sample {i} (id={_field(sample, 'id', '?')})"
+                                     f": {exc}") from None
+            tasks.append(task)
+        return tasks
+
+    def _bmas_embedder(self) -> TokenEmbedder | None:
+        if self.embedder is not None or self.config.bmas_embedder == "default":
+            return self.embedder  # None → bmas' process default (policy table or MiniLM)
+        if self._minilm is None:
+            self._minilm = MiniLMEmbedder()
+        return self._minilm
+
+    # --------------------------------------------------------------------------- scoring
+    def __call__(self, completions: Sequence[str], samples: Sequence[Any]) -> RewardBatch:
+        if len(completions) != len(samples):
+            raise ValueError(f"MixedReward: {len(completions)} completions for "
+                             f"{len(samples)} samples")
+        tasks = self._check(samples)
+        failures = 0
+        accuracy = [0.0] * len(samples)
+        rule_items = [(i, (tasks[i], completions[i], _field(s, "solution"), _field(s, "options")))
+                      for i, s in enumerate(samples) if tasks[i] != "open_ended"]
+        if rule_items and self.config.num_workers > 0:
+            pool = self._get_pool()
+            before = pool.failures
+            for i, value in pool.map(rule_items).items():
+                accuracy[i] = value
+            failures += pool.failures - before
+        else:
+            for i, payload in rule_items:
+                try:
+                    accuracy[i] = score_rule(payload, self._cfg)
+                except Exception as exc:  # rules never raise on model output; be sure
+                    failures += 1
+                    log.warning("reward for sample %d scored 0: %s", i, exc)
+        open_idx = [i for i, t in enumerate(tasks) if t == "open_ended"]
+        if open_idx:
+            try:
+                scores = bmas_batch([completions[i] for i in open_idx],
+                                    [str(_field(samples[i], "solution")) for i in open_idx],
+                                    self._bmas_embedder())
+            except Exception as exc:
+                failures += len(open_idx)
+                log.warning("open-ended rewards scored 0: %s", exc)
+                scores = [0.0] * len(open_idx)
+            for i, value in zip(open_idx, scores):
+                accuracy[i] = value
+        accuracy = [v if math.isfinite(v) else 0.0 for v in accuracy]
+        fmt = [format_reward(c) for c in completions]
+        cfg = self.config
+        total = [cfg.accuracy_weight * a + cfg.format_weight * f for a, f in zip(accuracy, fmt)]
+        return RewardBatch(total=total, accuracy=accuracy, format=fmt, task_types=tasks,
+                           failures=failures)
+
+    def _get_pool(self) -> ScoringPool:
+        if self._pool is None:
+            self._pool = ScoringPool(partial(score_rule, cfg=self._cfg), self.config.num_workers,
+                                     timeout_s=self.config.sample_timeout_s)
+            atexit.register(self.close)
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker pool (also done at exit)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None

@@ -1,0 +1,109 @@
+"""format_reward and matching_reward: hand-made cases for every rule."""
+import pytest
+
+from mixed_r1.rewards import extract_answer, format_reward, matching_reward
+
+T = "<think>{}</think><answer>{}</answer>"
+
+
+@pytest.mark.parametrize("completion,expected", [
+    ("<answer>a</answer> <answer>b</answer>", "b"),
+    ("no tags at all", "no tags at all"),
+    ("<answer>  spaced  </answer>", "spaced"),
+    ("<ANSWER>Upper</ANSWER>", "Upper"),
+    ("<answer>open only", "<answer>open only"),
+    ("<answer>x<answer>y</answer>", "y"),
+    ("", ""),
+    (None, ""),
+])
+def test_extract_answer(completion, expected):
+    assert extract_answer(completion) == expected
+
+
+@pytest.mark.parametrize("completion,expected", [
+    (T.format("reason", "B"), 1.0),
+    ("  \n" + T.format("a\nb", "42") + "\n ", 1.0),
+    ("<think>x</think>\n\n<answer>y</answer>", 1.0),
+    ("<think></think><answer></answer>", 1.0),
+    ("<answer>y</answer><think>x</think>", 0.0),
+    ("<think>x</think>", 0.0),
+    ("<answer>y</answer>", 0.0),
+    ("hello " + T.format("x", "y"), 0.0),
+    (T.format("x", "y") + " trailing", 0.0),
+    (T.format("x", "y") + "<answer>z</answer>", 0.0),
+    ("<think>x<think>y</think><answer>z</answer>", 0.0),
+    ("<think>x</think><answer>a<answer>b</answer>", 0.0),
+    ("<think>x</think>text<answer>y</answer>", 0.0),
+    ("<THINK>x</THINK><ANSWER>y</ANSWER>", 0.0),
+    ("<think>x</think><answer>y", 0.0),
+    ("", 0.0),
+    (None, 0.0),
+    (12345, 0.0),
+    (T.format("思考 ✓", "答案"), 1.0),
+])
+def test_format_reward(completion, expected):
+    assert format_reward(completion) == expected
+
+
+@pytest.mark.parametrize("completion,solution,expected", [
+    ("Yes", "yes", 1.0),
+    ("yes.", "Yes", 1.0),
+    ("YES!", "yes", 1.0),
+    ("No, it is not.", "no", 1.0),
+    ("no", "yes", 0.0),
+    (T.format("...", "Yes, and no doubt"), "yes", 1.0),   # the first yes/no word decides
+    ("Not really, no.", "no", 1.0),
+    ("nobody knows", "no", 0.0),                          # not a standalone word
+    ("yesterday", "yes", 0.0),
+    ("I don't know", "yes", 0.0),
+    ("Ｙｅｓ", "yes", 1.0),                                # full-width unicode
+    (T.format("it is yes", "no"), "no", 1.0),             # only the answer span counts
+    ("", "yes", 0.0),
+])
+def test_matching_yes_no(completion, solution, expected):
+    assert matching_reward(completion, solution) == expected
+
+
+OPTS = ["circle", "triangle", "square", "rectangle"]
+
+
+@pytest.mark.parametrize("completion,solution,expected", [
+    ("B", "B", 1.0),
+    ("(B)", "B", 1.0),
+    ("B.", "B", 1.0),
+    ("B)", "B", 1.0),
+    ("b", "B", 1.0),
+    ("Option B", "B", 1.0),
+    ("The answer is B", "B", 1.0),
+    ("The answer is B.", "(B)", 1.0),
+    ("answer: (b)", "B", 1.0),
+    ("B: triangle", "B", 1.0),
+    ("B. triangle", "B", 1.0),
+    ("(B) triangle", "B", 1.0),
+    ("I think it's B", "B", 1.0),
+    (T.format("The shape has three corners", "B"), "B", 1.0),
+    ("triangle", "B", 1.0),                    # the exact text of one option
+    ("Triangle.", "B", 1.0),
+    ("C", "B", 0.0),
+    ("A or B", "B", 0.0),                      # hedges score 0
+    ("(A) and (B)", "B", 0.0),
+    ("Option A, or maybe option B", "B", 0.0),
+    ("A cat", "A", 0.0),                       # an article, not a commitment
+    ("hexagon", "B", 0.0),
+    ("", "B", 0.0),
+    ("B", "triangle", 1.0),                    # solution given as option text
+    ("B", "B. triangle", 1.0),
+])
+def test_matching_multiple_choice(completion, solution, expected):
+    assert matching_reward(completion, solution, OPTS) == expected
+
+
+def test_matching_options_as_mapping_and_without_options():
+    assert matching_reward("square", "C", {"a": "circle", "b": "triangle", "c": "square"}) == 1.0
+    assert matching_reward("The answer is (D)", "D") == 1.0
+    assert matching_reward("square", "C") == 0.0  # without options text cannot map to a letter
+
+
+def test_matching_free_text_solution_is_normalized_exact_match():
+    assert matching_reward("<answer> Red. </answer>", "red") == 1.0
+    assert matching_reward("dark red", "red") == 0.0
