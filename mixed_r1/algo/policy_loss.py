@@ -1,0 +1,174 @@
+"""GRPO policy-loss math in plain torch: importance ratio, clipped surrogate, KL estimators,
+loss aggregation and metrics. Loss types follow TRL's GRPOTrainer:
+
+- ``grpo``:    mean over sequences of (masked token mean within the sequence)
+- ``bnpo``:    sum of masked token losses / number of masked tokens in the (local) batch
+- ``dr_grpo``: sum of masked token losses / (B * max_completion_length)   (T here by default)
+- ``dapo``:    sum of masked token losses / number of masked tokens in the global batch
+               (``num_items`` when given, else the local count; equals bnpo for one micro-batch)
+"""
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import torch
+
+ImportanceLevel = Literal["token", "sequence"]
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+# ---------------------------------------------------------------- KL estimators (Schulman's k1/k2/k3)
+def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k1 = log pi - log pi_ref."""
+    return logp - ref_logp
+
+
+def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k2 = (log pi - log pi_ref)^2 / 2."""
+    return 0.5 * (logp - ref_logp).square()
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k3 = exp(log pi_ref - log pi) - (log pi_ref - log pi) - 1   (>= 0, unbiased)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "k1": kl_k1, "k2": kl_k2, "k3": kl_k3, "low_var_kl": kl_k3,
+}
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    if kind not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {kind!r}; expected one of {sorted(KL_ESTIMATORS)}")
+    return KL_ESTIMATORS[kind](logp, ref_logp)
+
+
+# ---------------------------------------------------------------- ratio and surrogate
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
+    """sum(x * mask) / max(sum(mask), 1) over ``dim`` (all dims if None)."""
+    m = mask.to(x.dtype)
+    if dim is None:
+        return (x * m).sum() / m.sum().clamp(min=1)
+    return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
+
+
+def importance_ratio(logp: torch.Tensor, old_logp: torch.Tensor | None, mask: torch.Tensor,
+                     level: ImportanceLevel = "token") -> torch.Tensor:
+    """Per-token ratio r[b,t].
+
+    token:    r = exp(logp - old_logp)
+    sequence: r = exp(masked_mean_t(logp - old_logp)) broadcast over t (GSPO), gradient through the mean.
+    ``old_logp`` None means on-policy: old_logp = logp.detach() (r == 1, d r / d logp == 1).
+    """
+    old = logp.detach() if old_logp is None else old_logp.to(logp.dtype)
+    log_ratio = logp - old
+    if level == "token":
+        return torch.exp(log_ratio)
+    if level == "sequence":
+        return torch.exp(masked_mean(log_ratio, mask, dim=-1)).unsqueeze(-1).expand_as(logp)
+    raise ValueError(f"unknown importance level {level!r}; expected token or sequence")
+
+
+def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float):
+    """PPO/DAPO clip-higher surrogate per token:
+    loss = -min(r A, clip(r, 1 - eps_low, 1 + eps_high) A).
+    Returns (loss, is_low_clipped, is_high_clipped) with TRL's clip indicators
+    (r < 1 - eps_low and A < 0; r > 1 + eps_high and A > 0)."""
+    adv = advantages.to(ratio.dtype)
+    if adv.dim() == ratio.dim() - 1:
+        adv = adv.unsqueeze(-1)
+    clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
+    loss = -torch.minimum(ratio * adv, clipped * adv)
+    low = (ratio < 1 - eps_low) & (adv < 0)
+    high = (ratio > 1 + eps_high) & (adv > 0)
+    return loss, low, high
+
+
+# ---------------------------------------------------------------- aggregation
+def aggregation_weights(mask: torch.Tensor, loss_type: str, *, max_completion_length: int | None = None,
+                        num_items: float | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per-token weights w with loss = sum_{b,t} w[b,t] * per_token_loss[b,t] (w == 0 where masked)."""
+    m = mask.to(dtype or (torch.float64 if mask.dtype == torch.float64 else torch.float32))
+    B, T = m.shape
+    if loss_type == "grpo":
+        return m / (m.sum(-1, keepdim=True).clamp(min=1) * B)
+    if loss_type == "bnpo":
+        return m / m.sum().clamp(min=1)
+    if loss_type == "dr_grpo":
+        return m / (B * (max_completion_length or T))
+    if loss_type == "dapo":
+        n = m.sum().clamp(min=1) if num_items is None else m.new_tensor(float(num_items)).clamp(min=1)
+        return m / n
+    raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
+
+
+def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, **kw) -> torch.Tensor:
+    """Scalar loss for ``loss_type`` (see module docstring)."""
+    w = aggregation_weights(mask, loss_type, dtype=per_token_loss.dtype, **kw)
+    return (per_token_loss * w).sum()
+
+
+# ---------------------------------------------------------------- the full loss
+def compute_policy_loss(
+    logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    old_logp: torch.Tensor | None = None,
+    ref_logp: torch.Tensor | None = None,
+    *,
+    beta: float = 0.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    loss_type: str = "dapo",
+    importance_level: ImportanceLevel = "token",
+    kl_estimator: str = "k3",
+    max_completion_length: int | None = None,
+    num_items: float | None = None,
+    entropy: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO loss = aggregate(clipped_surrogate(r, A) + beta * KL(pi || pi_ref)) and detached metrics.
+
+    Shapes: logp/old_logp/ref_logp/mask [B, T], advantages [B]. ``entropy`` [B, T] (optional) is
+    only averaged into the metrics.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
+    if beta > 0 and ref_logp is None:
+        raise ValueError("beta > 0 needs ref_logprobs")
+    mask = mask.to(logp.dtype)
+    ratio = importance_ratio(logp, old_logp, mask, importance_level)
+    per_token, low, high = clipped_surrogate(ratio, advantages, eps_low, eps_high)
+    kl = None
+    if ref_logp is not None:
+        kl = kl_penalty(logp, ref_logp.to(logp.dtype), kl_estimator)
+        if beta != 0:
+            per_token = per_token + beta * kl
+    loss = aggregate_loss(per_token, mask, loss_type, max_completion_length=max_completion_length,
+                          num_items=num_items)
+    with torch.no_grad():
+        metrics = policy_metrics(ratio, low, high, mask, kl=kl, entropy=entropy)
+    return loss, metrics
+
+
+def policy_metrics(ratio: torch.Tensor, low: torch.Tensor, high: torch.Tensor, mask: torch.Tensor,
+                   kl: torch.Tensor | None = None, entropy: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Masked token means: clip fractions (low, high, total), KL, entropy; ratio mean/min/max."""
+    mb = mask.bool()
+    r = ratio.detach()
+    big = torch.finfo(r.dtype).max
+    any_tok = mb.any()
+    out = {
+        "clip_frac_low": masked_mean(low.to(r.dtype), mask),
+        "clip_frac_high": masked_mean(high.to(r.dtype), mask),
+        "clip_frac": masked_mean((low | high).to(r.dtype), mask),
+        "ratio_mean": masked_mean(r, mask),
+        "ratio_min": torch.where(any_tok, torch.where(mb, r, big).min(), r.new_tensor(0.0)),
+        "ratio_max": torch.where(any_tok, torch.where(mb, r, -big).max(), r.new_tensor(0.0)),
+    }
+    if kl is not None:
+        out["kl_mean"] = masked_mean(kl.detach(), mask)
+    if entropy is not None:
+        out["entropy"] = masked_mean(entropy.detach().to(r.dtype), mask)
+    return out

@@ -1,0 +1,161 @@
+"""mixed_r1.algo against hand-computed cases and independent float64 formulas (TRL's, written out)."""
+import math
+
+import pytest
+import torch
+
+from mixed_r1 import algo
+
+D = torch.float64
+
+
+def test_grpo_advantages_hand_computed():
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0], dtype=D)
+    a = algo.grpo_advantages(r, 3, eps=0.0)
+    # group 1: mean 1/3, unbiased std sqrt(1/3); group 2: mean 4/3, std sqrt(4/3)
+    s1, s2 = math.sqrt(1 / 3), math.sqrt(4 / 3)
+    exp = torch.tensor([(2 / 3) / s1, (-1 / 3) / s1, (-1 / 3) / s1, (-4 / 3) / s2, (2 / 3) / s2, (2 / 3) / s2], dtype=D)
+    torch.testing.assert_close(a, exp)
+    torch.testing.assert_close(algo.grpo_advantages(r, 3, scale_rewards="none"),
+                               torch.tensor([2 / 3, -1 / 3, -1 / 3, -4 / 3, 2 / 3, 2 / 3], dtype=D))
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_grpo_advantages_match_trl_formula(scale):
+    g = torch.Generator().manual_seed(1)
+    G, n = 4, 5
+    r = torch.rand(G * n, generator=g, dtype=D)
+    eps = 1e-4
+    grouped = r.view(-1, G)
+    mean = grouped.mean(1).repeat_interleave(G)
+    adv = r - mean
+    if scale == "group":
+        adv = adv / (grouped.std(1).repeat_interleave(G) + eps)
+    elif scale == "batch":
+        adv = adv / (r.std() + eps)
+    torch.testing.assert_close(algo.grpo_advantages(r, G, scale_rewards=scale, eps=eps), adv)
+    # the same groups given by an (unordered) index
+    perm = torch.randperm(G * n, generator=g)
+    idx = torch.arange(n).repeat_interleave(G)
+    out = algo.grpo_advantages(r[perm], index=idx[perm], scale_rewards=scale, eps=eps)
+    torch.testing.assert_close(out, adv[perm])
+
+
+def test_advantages_registry_and_errors():
+    r = torch.tensor([1.0, 1.0, 0.0, 1.0])
+    torch.testing.assert_close(algo.compute_advantages("dr_grpo", r, 2), torch.tensor([0.0, 0.0, -0.5, 0.5]))
+    assert algo.grpo_advantages(torch.tensor([3.0, 5.0]), 1).abs().max() == 0  # singleton groups
+    with pytest.raises(ValueError, match="divide"):
+        algo.grpo_advantages(r, 3)
+    with pytest.raises(ValueError, match="unknown advantage"):
+        algo.compute_advantages("nope", r, 2)
+
+
+def test_kl_estimators():
+    lp = torch.tensor([-1.0, -2.0, -0.5], dtype=D)
+    ref = torch.tensor([-1.5, -1.0, -0.5], dtype=D)
+    torch.testing.assert_close(algo.kl_penalty(lp, ref, "k1"), torch.tensor([0.5, -1.0, 0.0], dtype=D))
+    torch.testing.assert_close(algo.kl_penalty(lp, ref, "k2"), torch.tensor([0.125, 0.5, 0.0], dtype=D))
+    k3 = torch.tensor([math.exp(-0.5) + 0.5 - 1, math.exp(1.0) - 1.0 - 1, 0.0], dtype=D)
+    torch.testing.assert_close(algo.kl_penalty(lp, ref, "k3"), k3)
+    # k3 is an unbiased estimator of KL(pi || ref): check on a small categorical by exact expectation
+    p = torch.tensor([0.5, 0.3, 0.2], dtype=D)
+    q = torch.tensor([0.2, 0.2, 0.6], dtype=D)
+    exact = (p * (p / q).log()).sum()
+    torch.testing.assert_close((p * algo.kl_k3(p.log(), q.log())).sum(), exact)
+    torch.testing.assert_close((p * algo.kl_k1(p.log(), q.log())).sum(), exact)
+    with pytest.raises(ValueError, match="unknown KL"):
+        algo.kl_penalty(lp, ref, "k9")
+
+
+def test_clipped_surrogate_hand_case():
+    ratio = torch.tensor([[0.5, 1.0, 1.5, 0.5, 1.5]], dtype=D)
+    adv = torch.tensor([[1.0, 1.0, 1.0, -1.0, -1.0]], dtype=D)
+    loss, low, high = algo.clipped_surrogate(ratio, adv, 0.2, 0.3)
+    # A>0: -min(r, clip(r)); A<0: -min(-r, -clip(r)) = max(r, clip(r))
+    torch.testing.assert_close(loss, torch.tensor([[-0.5, -1.0, -1.3, 0.8, 1.5]], dtype=D))
+    assert low.tolist() == [[False, False, False, True, False]]
+    assert high.tolist() == [[False, False, True, False, False]]
+
+
+def _trl_loss(logp, old, ref, adv, mask, beta, eps_low, eps_high, loss_type, level="token"):
+    """TRL GRPOTrainer's loss written out independently."""
+    log_ratio = logp - old
+    if level == "sequence":
+        log_ratio = ((log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).unsqueeze(-1)
+    coef_1 = torch.exp(log_ratio)
+    coef_2 = torch.clamp(coef_1, 1 - eps_low, 1 + eps_high)
+    per_token = -torch.min(coef_1 * adv.unsqueeze(1), coef_2 * adv.unsqueeze(1))
+    if beta != 0.0:
+        per_token = per_token + beta * (torch.exp(ref - logp) - (ref - logp) - 1)
+    if loss_type == "grpo":
+        return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
+    if loss_type in ("bnpo", "dapo"):
+        return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+    if loss_type == "dr_grpo":
+        return (per_token * mask).sum() / (per_token.size(0) * per_token.size(1))
+    raise AssertionError(loss_type)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_compute_policy_loss_matches_trl(loss_type, level):
+    g = torch.Generator().manual_seed(7)
+    B, T = 4, 9
+    logp = (-3 * torch.rand(B, T, generator=g, dtype=D)).requires_grad_()
+    old = logp.detach() + 0.4 * torch.randn(B, T, generator=g, dtype=D)
+    ref = logp.detach() + 0.3 * torch.randn(B, T, generator=g, dtype=D)
+    adv = torch.randn(B, generator=g, dtype=D)
+    mask = (torch.rand(B, T, generator=g) > 0.3).to(D)
+    mask[0] = 0  # a fully masked row
+    loss, metrics = algo.compute_policy_loss(logp, adv, mask, old, ref, beta=0.05, eps_low=0.2, eps_high=0.28,
+                                             loss_type=loss_type, importance_level=level)
+    (grad,) = torch.autograd.grad(loss, logp)
+    lp2 = logp.detach().clone().requires_grad_()
+    exp = _trl_loss(lp2, old, ref, adv, mask, 0.05, 0.2, 0.28, loss_type, level)
+    exp.backward()
+    torch.testing.assert_close(loss, exp)
+    torch.testing.assert_close(grad, lp2.grad)
+    # metrics
+    ratio = torch.exp(logp.detach() - old)
+    if level == "sequence":
+        ratio = torch.exp(((logp.detach() - old) * mask).sum(-1) / mask.sum(-1).clamp(min=1)).unsqueeze(-1).expand(B, T)
+    low = ((ratio < 0.8) & (adv[:, None] < 0)).to(D)
+    high = ((ratio > 1.28) & (adv[:, None] > 0)).to(D)
+    n = mask.sum()
+    torch.testing.assert_close(metrics["clip_frac_low"], (low * mask).sum() / n)
+    torch.testing.assert_close(metrics["clip_frac_high"], (high * mask).sum() / n)
+    torch.testing.assert_close(metrics["ratio_mean"], (ratio * mask).sum() / n)
+    torch.testing.assert_close(metrics["ratio_max"], ratio[mask.bool()].max())
+    torch.testing.assert_close(metrics["ratio_min"], ratio[mask.bool()].min())
+    kl = torch.exp(ref - logp.detach()) - (ref - logp.detach()) - 1
+    torch.testing.assert_close(metrics["kl_mean"], (kl * mask).sum() / n)
+
+
+def test_on_policy_ratio_and_dapo_global_normalizer():
+    g = torch.Generator().manual_seed(3)
+    logp = torch.randn(2, 5, generator=g, dtype=D).requires_grad_()
+    adv = torch.tensor([1.0, -2.0], dtype=D)
+    mask = torch.ones(2, 5, dtype=D)
+    loss, m = algo.compute_policy_loss(logp, adv, mask, loss_type="dapo", num_items=20)
+    # r == 1 everywhere: loss = -sum_t A_b / 20, d loss / d logp[b,t] = -A_b / 20
+    torch.testing.assert_close(loss, -(adv.sum() * 5) / 20)
+    (grad,) = torch.autograd.grad(loss, logp)
+    torch.testing.assert_close(grad, (-adv / 20)[:, None].expand(2, 5))
+    assert m["ratio_mean"].item() == 1.0 and m["clip_frac"].item() == 0.0
+
+
+def test_policy_loss_errors():
+    lp = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="loss_type"):
+        algo.compute_policy_loss(lp, torch.zeros(2), torch.ones(2, 3), loss_type="sum")
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        algo.compute_policy_loss(lp, torch.zeros(2), torch.ones(2, 3), beta=0.1)
+
+
+def test_reference_logprobs_and_entropy():
+    logits = torch.tensor([[[0.0, math.log(3.0)]]], dtype=D)
+    torch.testing.assert_close(algo.token_logprobs_ref(logits, torch.tensor([[1]]), dtype=D),
+                               torch.tensor([[math.log(0.75)]], dtype=D))
+    h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    torch.testing.assert_close(algo.entropy_ref(logits, dtype=D), torch.tensor([[h]], dtype=D))

@@ -1,0 +1,236 @@
+"""mixed_r1.kernels against float64 references from mixed_r1.algo; both backends (Triton runs under
+TRITON_INTERPRET=1 on CPU tensors), several shapes, fp32 and bf16, temperature != 1, masked tokens."""
+import pytest
+import torch
+
+from mixed_r1 import algo
+from mixed_r1.kernels import (HAS_TRITON, force_backend, grpo_loss, linear_token_logprobs, token_logprobs)
+
+D = torch.float64
+BACKENDS = ["torch", pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="no triton"))]
+# (B, T, V): V not a multiple of any block; the last one spans two vocab tiles (8192 under the interpreter)
+SHAPES = [(2, 5, 257), (3, 7, 1000), (2, 4, 9001)]
+
+
+def _tol(dtype):
+    # values: float32 accumulation either way; gradients are stored in the logits' dtype
+    return dict(atol=2e-5, rtol=2e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
+
+
+def _logits(B, T, V, dtype, seed, noncontig=False):
+    g = torch.Generator().manual_seed(seed)
+    x = 4 * torch.randn(B, T + int(noncontig), V, generator=g)
+    x = x.to(dtype)
+    return x[:, :T] if noncontig else x  # [:, :T] of a longer buffer: non-contiguous rows
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logprobs(backend, shape, dtype):
+    B, T, V = shape
+    x = _logits(B, T, V, dtype, seed=V, noncontig=(V == 1000))
+    tg = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(1))
+    tg[0, 0] = V - 1  # last column of the last tile
+    temp = 0.7
+    gout = torch.randn(B, T, generator=torch.Generator().manual_seed(2))
+    xx = x.detach().clone().requires_grad_()
+    with force_backend(backend):
+        lp = token_logprobs(xx, tg, temp)
+    (lp * gout).sum().backward()
+    xr = x.detach().to(D).requires_grad_()
+    ref = algo.token_logprobs_ref(xr, tg, temp, dtype=D)
+    (ref * gout.to(D)).sum().backward()
+    assert lp.dtype == torch.float32 and lp.shape == (B, T)
+    torch.testing.assert_close(lp.to(D), ref.detach(), atol=2e-5, rtol=2e-5)
+    assert xx.grad.dtype == dtype
+    torch.testing.assert_close(xx.grad.to(D), xr.grad, **_tol(dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_token_logprobs_inplace_backward(backend):
+    B, T, V = 2, 3, 300
+    x = _logits(B, T, V, torch.float32, seed=5)
+    tg = torch.randint(0, V, (B, T))
+    base = x.clone().requires_grad_()
+    with force_backend(backend):
+        lp = token_logprobs(base * 1.0, tg, 1.3, inplace_backward=True)  # a non-leaf buffer we may overwrite
+    lp.sum().backward()
+    xr = x.to(D).requires_grad_()
+    algo.token_logprobs_ref(xr, tg, 1.3, dtype=D).sum().backward()
+    torch.testing.assert_close(base.grad.to(D), xr.grad, atol=2e-5, rtol=2e-5)
+
+
+def _grpo_inputs(B, T, V, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = _logits(B, T, V, dtype, seed)
+    tg = torch.randint(0, V, (B, T), generator=g)
+    lp = algo.token_logprobs_ref(x.to(D), tg, 0.9, dtype=D)
+    old = (lp + 0.3 * torch.randn(B, T, generator=g, dtype=D)).float()  # ratios on both sides of the clip
+    ref = (lp + 0.2 * torch.randn(B, T, generator=g, dtype=D)).float()
+    adv = torch.randn(B, generator=g)
+    mask = torch.rand(B, T, generator=g) > 0.25
+    mask[0, :2] = False
+    mask[-1, -1] = False
+    return x, tg, adv, mask, old, ref
+
+
+CASES = [  # (loss_type, use_old, use_ref/beta, importance_level)
+    ("dapo", True, 0.05, "token"), ("grpo", True, 0.05, "token"), ("bnpo", False, 0.0, "token"),
+    ("dr_grpo", True, 0.0, "token"), ("grpo", True, 0.04, "sequence"), ("dapo", False, 0.1, "token"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-old{int(c[1])}-b{c[2]}-{c[3]}")
+@pytest.mark.parametrize("shape,dtype", [((3, 6, 777), torch.float32), ((2, 5, 9001), torch.bfloat16)])
+def test_grpo_loss_matches_algo(backend, case, shape, dtype):
+    loss_type, use_old, beta, level = case
+    B, T, V = shape
+    x, tg, adv, mask, old, ref = _grpo_inputs(B, T, V, dtype, seed=V + len(loss_type))
+    old = old if use_old else None
+    ref = ref if beta else None
+    kw = dict(beta=beta, eps_low=0.2, eps_high=0.28, temperature=0.9, loss_type=loss_type)
+    xx = x.detach().clone().requires_grad_()
+    with force_backend(backend):
+        loss, metrics = grpo_loss(xx, tg, adv, mask, old, ref, importance_level=level, **kw)
+    loss.backward()
+    xr = x.detach().to(D).requires_grad_()
+    lp = algo.token_logprobs_ref(xr, tg, 0.9, dtype=D)
+    ent = algo.entropy_ref(x.detach().to(D), 0.9, dtype=D)
+    exp_loss, exp_m = algo.compute_policy_loss(
+        lp, adv.to(D), mask.to(D), None if old is None else old.to(D), None if ref is None else ref.to(D),
+        importance_level=level, entropy=ent, **{k: v for k, v in kw.items() if k != "temperature"})
+    exp_loss.backward()
+    torch.testing.assert_close(loss.to(D), exp_loss.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(xx.grad.to(D), xr.grad, **_tol(dtype))
+    assert set(exp_m) <= set(metrics)
+    for k, v in exp_m.items():
+        torch.testing.assert_close(metrics[k].to(D), v, atol=1e-4, rtol=1e-4, msg=k)
+    torch.testing.assert_close(metrics["logprobs"][mask].to(D), lp.detach()[mask], atol=2e-5, rtol=2e-5)
+    assert xx.grad[~mask].abs().max() == 0  # masked rows get no gradient
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grpo_loss_upstream_scale_inplace_and_no_grad(backend):
+    B, T, V = 2, 4, 500
+    x, tg, adv, mask, old, ref = _grpo_inputs(B, T, V, torch.float32, seed=11)
+    kw = dict(beta=0.02, loss_type="grpo", temperature=1.1)
+    with force_backend(backend):
+        a = x.clone().requires_grad_()
+        loss, _ = grpo_loss(a, tg, adv, mask, old, ref, **kw)
+        (3.0 * loss).backward()
+        b = x.clone().requires_grad_()
+        buf = b * 1.0
+        loss_b, _ = grpo_loss(buf, tg, adv, mask, old, ref, inplace=True, **kw)
+        (3.0 * loss_b).backward()
+        with torch.no_grad():
+            loss_c, m_c = grpo_loss(x, tg, adv, mask, old, ref, **kw)
+    torch.testing.assert_close(b.grad, a.grad)
+    torch.testing.assert_close(loss_b, loss)
+    torch.testing.assert_close(loss_c, loss)
+    xr = x.to(D).requires_grad_()
+    lp = algo.token_logprobs_ref(xr, tg, 1.1, dtype=D)
+    L, _ = algo.compute_policy_loss(lp, adv.to(D), mask.to(D), old.to(D), ref.to(D), beta=0.02, loss_type="grpo")
+    (3.0 * L).backward()
+    torch.testing.assert_close(a.grad.to(D), xr.grad, atol=2e-5, rtol=2e-5)
+
+
+def test_grpo_loss_bad_input():
+    x = torch.randn(2, 3, 10)
+    tg = torch.zeros(2, 3, dtype=torch.long)
+    adv, mask = torch.zeros(2), torch.ones(2, 3)
+    with pytest.raises(ValueError, match="ref_logprobs"):
+        grpo_loss(x, tg, adv, mask, beta=0.1)
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo_loss(x, tg, adv, mask, loss_type="mean")
+    with pytest.raises(ValueError, match="targets"):
+        grpo_loss(x, tg[:, :2], adv, mask)
+    with pytest.raises(ValueError, match="advantages"):
+        grpo_loss(x, tg, torch.zeros(3), mask)
+    with pytest.raises(ValueError, match="old_logprobs"):
+        grpo_loss(x, tg, adv, mask, torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        grpo_loss(x, torch.full((2, 3), 10), adv, mask)
+    grpo_loss(x, torch.full((2, 3), -100), adv, torch.zeros(2, 3))  # masked padding ids are fine
+    with pytest.raises(ValueError, match="vocab"):
+        token_logprobs(x, torch.full((2, 3), -1))
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs(x, tg, 0.0)
+    with pytest.raises(ValueError, match="weight"):
+        linear_token_logprobs(torch.randn(2, 3, 4), torch.randn(10, 5), tg)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype,chunk", [(torch.float32, 5), (torch.float32, None), (torch.bfloat16, 4)])
+def test_linear_token_logprobs(backend, dtype, chunk):
+    g = torch.Generator().manual_seed(4)
+    B, T, H, V = 2, 7, 16, 1003
+    h = torch.randn(B, T, H, generator=g).to(dtype)
+    w = (0.5 * torch.randn(V, H, generator=g)).to(dtype)
+    tg = torch.randint(0, V, (B, T), generator=g)
+    gout = torch.randn(B, T, generator=g)
+    hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
+    with force_backend(backend):
+        lp = linear_token_logprobs(hh, ww, tg, 0.8, chunk_tokens=chunk)
+    (lp * gout).sum().backward()
+    hr, wr = h.to(D).requires_grad_(), w.to(D).requires_grad_()
+    ref = algo.token_logprobs_ref(hr @ wr.t(), tg, 0.8, dtype=D)
+    (ref * gout.to(D)).sum().backward()
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=5e-2, rtol=3e-2)
+    # bf16: the chunk's logits are rounded to bf16 by the matmul, as on the GPU
+    torch.testing.assert_close(lp.to(D), ref.detach(), **tol)
+    torch.testing.assert_close(hh.grad.to(D), hr.grad, **tol)
+    torch.testing.assert_close(ww.grad.to(D), wr.grad, **tol)
+    assert hh.grad.dtype == dtype and ww.grad.dtype == dtype
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="no triton")
+def test_backend_dispatch_really_runs_triton(monkeypatch):
+    """The 'triton' parametrization above must go through the Triton wrappers (and 'torch' must not)."""
+    from mixed_r1.kernels import _triton_kernels as tk
+    calls = []
+    for fn in ("row_stats", "softmax_grad", "grpo_fused"):
+        orig = getattr(tk, fn)
+        monkeypatch.setattr(tk, fn, lambda *a, _o=orig, _n=fn, **k: (calls.append(_n), _o(*a, **k))[1])
+    x = torch.randn(1, 3, 50, requires_grad=True)
+    tg = torch.zeros(1, 3, dtype=torch.long)
+    with force_backend("torch"):
+        token_logprobs(x, tg).sum().backward()
+    assert calls == []
+    with force_backend("triton"):
+        token_logprobs(x, tg).sum().backward()
+        grpo_loss(x, tg, torch.ones(1), torch.ones(1, 3))[0].backward()
+    assert calls == ["row_stats", "softmax_grad", "grpo_fused"]
+    assert tk._row_stats_kernel is not None
+
+
+try:
+    from hypothesis import given, settings, strategies as st
+except ImportError:  # pragma: no cover
+    given = None
+
+if given is not None:
+    @settings(max_examples=15, deadline=None)
+    @given(B=st.integers(1, 3), T=st.integers(1, 5), V=st.integers(2, 700), temp=st.floats(0.3, 2.0),
+           eps_low=st.floats(0.0, 0.5), eps_high=st.floats(0.0, 0.5), seed=st.integers(0, 2**16),
+           loss_type=st.sampled_from(["grpo", "bnpo", "dr_grpo", "dapo"]),
+           backend=st.sampled_from(["torch", "triton"] if HAS_TRITON else ["torch"]))
+    def test_grpo_loss_property(B, T, V, temp, eps_low, eps_high, seed, loss_type, backend):
+        g = torch.Generator().manual_seed(seed)
+        x = 3 * torch.randn(B, T, V, generator=g)
+        tg = torch.randint(0, V, (B, T), generator=g)
+        old = algo.token_logprobs_ref(x.to(D), tg, temp, dtype=D).float() + 0.3 * torch.randn(B, T, generator=g)
+        adv = torch.randn(B, generator=g)
+        mask = torch.rand(B, T, generator=g) > 0.3
+        xx = x.clone().requires_grad_()
+        with force_backend(backend):
+            loss, _ = grpo_loss(xx, tg, adv, mask, old, eps_low=eps_low, eps_high=eps_high, temperature=temp,
+                                loss_type=loss_type)
+        loss.backward()
+        xr = x.to(D).requires_grad_()
+        exp, _ = algo.compute_policy_loss(algo.token_logprobs_ref(xr, tg, temp, dtype=D), adv.to(D), mask.to(D),
+                                          old.to(D), eps_low=eps_low, eps_high=eps_high, loss_type=loss_type)
+        exp.backward()
+        torch.testing.assert_close(loss.to(D), exp.detach(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(xx.grad.to(D), xr.grad, atol=1e-5, rtol=1e-4)
