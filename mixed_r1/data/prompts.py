@@ -1,0 +1,166 @@
+"""Render samples into Qwen2.5-VL chat prompts and batch them with their pixel values.
+
+Grounding boxes: a Qwen2.5-VL model reads and writes boxes in absolute pixels of the image
+*after* the processor's resize (``smart_resize``: both sides multiples of
+``patch_size * merge_size`` within ``[min_pixels, max_pixels]``). A box ``[x1, y1, x2, y2]`` in
+the original ``W x H`` image becomes ``[x1 W'/W, y1 H'/H, x2 W'/W, y2 H'/H]`` in the resized
+``W' x H'`` image; :func:`rescale_box` does that, :func:`resized_hw` computes ``(H', W')``
+with the processor's own ``smart_resize`` and settings.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from .schema import LETTERS, Sample, format_box
+
+THINK_INSTRUCTION = ("Output the thinking process in <think> </think> and the final answer in "
+                     "<answer> </answer> tags.")
+TASK_HINTS = {
+    "yes_no": "Answer with yes or no.",
+    "multiple_choice": "Answer with the option's letter.",
+    "chart": "Answer with a single number or word.",
+    "math": "Give the final answer as a number or a LaTeX expression.",
+    "grounding": ("Give the bounding box as [x1, y1, x2, y2] in absolute pixel coordinates of "
+                  "the image."),
+    "open_ended": "Answer in one or two sentences.",
+}
+
+
+def question_text(sample: Sample) -> str:
+    """The question, its options (``A. text`` lines) and the task's answer-format hint."""
+    parts = [sample.question.strip()]
+    if sample.options:
+        parts.append("Options:\n" + "\n".join(f"{LETTERS[i]}. {o}"
+                                              for i, o in enumerate(sample.options)))
+    parts.append(TASK_HINTS[sample.task_type])
+    parts.append(THINK_INSTRUCTION)
+    return "\n".join(parts)
+
+
+def build_messages(sample: Sample, system: str | None = None) -> list[dict]:
+    """Chat messages for ``sample``: its own ``messages`` when given, else one user turn.
+
+    The user turn holds one ``{"type": "image"}`` entry per image, then the text of
+    :func:`question_text`. A sample's own messages get the instruction appended to the
+    last user turn's text if it is not there yet.
+    """
+    if sample.messages:
+        msgs = copy.deepcopy(sample.messages)
+        last = next((m for m in reversed(msgs) if m.get("role") == "user"), None)
+        if last is not None and THINK_INSTRUCTION not in str(last.get("content")):
+            if isinstance(last["content"], str):
+                last["content"] = last["content"].rstrip() + "\n" + THINK_INSTRUCTION
+            else:
+                last["content"].append({"type": "text", "text": THINK_INSTRUCTION})
+    else:
+        content: list[dict] = [{"type": "image"} for _ in sample.images]
+        content.append({"type": "text", "text": question_text(sample)})
+        msgs = [{"role": "user", "content": content}]
+    if system is not None and not (msgs and msgs[0].get("role") == "system"):
+        msgs.insert(0, {"role": "system", "content": system})
+    return msgs
+
+
+def render_prompt(sample: Sample, processor_or_tokenizer: Any, system: str | None = None) -> str:
+    """The chat-template text (with the generation prompt) of ``sample``."""
+    return processor_or_tokenizer.apply_chat_template(
+        build_messages(sample, system), tokenize=False, add_generation_prompt=True)
+
+
+# ------------------------------------------------------------------------- boxes
+def _image_processor(processor: Any) -> Any:
+    return getattr(processor, "image_processor", processor)
+
+
+def resized_hw(height: int, width: int, processor: Any) -> tuple[int, int]:
+    """``(H', W')`` the processor resizes a ``height x width`` image to (its own smart_resize)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    ip = _image_processor(processor)
+    size = ip.size
+
+    def get(key: str):
+        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+
+    min_px = get("shortest_edge") or get("min_pixels") or getattr(ip, "min_pixels", None)
+    max_px = get("longest_edge") or get("max_pixels") or getattr(ip, "max_pixels", None)
+    factor = ip.patch_size * ip.merge_size
+    return smart_resize(height, width, factor=factor, min_pixels=min_px, max_pixels=max_px)
+
+
+def rescale_box(box: Sequence[float], src_hw: tuple[int, int],
+                dst_hw: tuple[int, int]) -> list[float]:
+    """Scale ``[x1, y1, x2, y2]`` from a ``src`` (H, W) image to a ``dst`` (H, W) image."""
+    (sh, sw), (dh, dw) = src_hw, dst_hw
+    fx, fy = dw / sw, dh / sh
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1 * fx, y1 * fy, x2 * fx, y2 * fy]
+
+
+def image_hw(path: str) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.height, im.width
+
+
+def model_frame_sample(sample: Sample, processor: Any) -> Sample:
+    """A copy of ``sample`` whose grounding box is in the processor's resized pixel frame.
+
+    The box refers to the first image. Other task types are returned unchanged (same object).
+    """
+    if sample.task_type != "grounding" or not sample.images:
+        return sample
+    h, w = image_hw(sample.images[0])
+    box = [round(v, 2) for v in rescale_box(sample.solution, (h, w), resized_hw(h, w, processor))]
+    out = copy.copy(sample)
+    out.solution = box
+    out.meta = {**sample.meta, "original_box": list(sample.solution), "original_hw": [h, w]}
+    return out
+
+
+# ------------------------------------------------------------------------- collator
+def load_images(paths: Sequence[str]) -> list:
+    """Open images as RGB PIL images (fully decoded, file handles closed)."""
+    from PIL import Image
+
+    out = []
+    for p in paths:
+        with Image.open(p) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+@dataclass
+class Collator:
+    """Batch samples into processor inputs for generation (left padding).
+
+    Returns the processor's tensors (``input_ids``, ``attention_mask``, ``pixel_values``,
+    ``image_grid_thw`` when any image) plus ``prompts`` (texts), ``samples`` (grounding boxes
+    rescaled to the processor's frame, see :func:`model_frame_sample`) and ``solutions``.
+    """
+
+    processor: Any
+    system: str | None = None
+    max_prompt_length: int | None = None
+
+    def __call__(self, samples: Sequence[Sample]) -> dict:
+        texts = [render_prompt(s, self.processor, self.system) for s in samples]
+        images = load_images([p for s in samples for p in s.images])
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True,
+                                  "padding_side": "left"}
+        if images:
+            kwargs["images"] = images
+        batch = dict(self.processor(**kwargs))
+        if self.max_prompt_length is not None and batch["input_ids"].shape[1] > self.max_prompt_length:
+            raise ValueError(f"prompt of {batch['input_ids'].shape[1]} tokens exceeds "
+                             f"max_prompt_length={self.max_prompt_length}")
+        framed = [model_frame_sample(s, self.processor) for s in samples]
+        batch.update(prompts=texts, samples=framed, solutions=[s.solution for s in framed])
+        return batch
+
+
+__all__ = ["THINK_INSTRUCTION", "Collator", "build_messages", "format_box", "question_text",
+           "render_prompt", "rescale_box", "resized_hw", "model_frame_sample"]

@@ -1,0 +1,76 @@
+"""The rollout generator interface every backend (HF generate now, colocated vLLM later) meets.
+
+``generate(prompts, n, params)`` returns ``len(prompts) * n`` completions, prompt-major: the
+completions of prompt ``i`` are at ``i*n .. i*n+n-1`` (``Completion.prompt_index == i``).
+``logprobs[t]`` is the sampler's log-probability of ``token_ids[t]``:
+``log_softmax(raw_logits / temperature)`` at that step (the same quantity the trainer's
+``token_logprobs(logits, targets, temperature)`` computes), before top-k/top-p truncation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol, runtime_checkable
+
+
+@dataclass
+class SamplingParams:
+    """Sampling settings; ``temperature == 0`` means greedy. ``seed`` makes a call repeatable."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+
+@dataclass
+class Prompt:
+    """One prompt: chat ``messages`` (rendered with the processor's template) or raw ``text``,
+    and its images (paths or PIL images) in the order of the image placeholders."""
+
+    messages: list[dict] | None = None
+    text: str | None = None
+    images: list[Any] = field(default_factory=list)
+    id: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.text is None):
+            raise ValueError("a Prompt needs exactly one of messages or text")
+
+
+@dataclass
+class Completion:
+    """One sampled completion: decoded text, token ids and the sampler's per-token log-probs."""
+
+    prompt_index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str = "length"  # "stop" (EOS sampled) or "length"
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What the trainer and the data engine need from a rollout backend."""
+
+    def generate(self, prompts: list[Prompt], n: int, params: SamplingParams) -> list[Completion]:
+        ...
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        ...
+
+    def sleep(self) -> None:
+        ...
+
+    def wake_up(self) -> None:
+        ...

@@ -1,0 +1,150 @@
+"""``HFGenerator``: the rollout interface over transformers ``generate`` (CPU tests, small runs).
+
+Multimodal through the processor (chat template + image processor). Vision special tokens
+(``<|vision_start|>`` … ``<|video_pad|>``) are suppressed at every step, so a completion never
+contains one. Log-probs are ``log_softmax(raw_logits / temperature)`` of the sampled tokens
+(the raw logits of each step, before suppression and top-k/top-p), see ``rollout.base``.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from mixed_r1.rollout.base import Completion, Prompt, SamplingParams
+
+DEFAULT_SUPPRESS = (151652, 151653, 151654, 151655, 151656)
+
+
+class HFGenerator:
+    """Wrap a HF causal/vision-language model and its processor as a :class:`Generator`."""
+
+    def __init__(self, model: Any, processor: Any, *, batch_size: int = 16,
+                 suppress_token_ids: Iterable[int] = DEFAULT_SUPPRESS,
+                 eos_token_ids: Iterable[int] | None = None) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.batch_size = batch_size
+        self.suppress = [int(t) for t in suppress_token_ids]
+        if eos_token_ids is None:
+            eos = model.generation_config.eos_token_id
+            eos_token_ids = [eos] if isinstance(eos, int) else list(eos or [])
+            if not eos_token_ids and self.tokenizer.eos_token_id is not None:
+                eos_token_ids = [self.tokenizer.eos_token_id]
+        self.eos = [int(t) for t in eos_token_ids]
+        pad = self.tokenizer.pad_token_id
+        self.pad = int(pad if pad is not None else self.eos[0])
+
+    # ----------------------------------------------------------------- helpers
+    def _text(self, p: Prompt) -> str:
+        if p.text is not None:
+            return p.text
+        return self.processor.apply_chat_template(p.messages, tokenize=False,
+                                                  add_generation_prompt=True)
+
+    @staticmethod
+    def _images(p: Prompt) -> list:
+        from PIL import Image
+
+        out = []
+        for im in p.images:
+            if isinstance(im, (str, bytes)) or hasattr(im, "__fspath__"):
+                with Image.open(im) as f:
+                    out.append(f.convert("RGB"))
+            else:
+                out.append(im.convert("RGB"))
+        return out
+
+    def _encode(self, prompts: list[Prompt]) -> dict:
+        texts = [self._text(p) for p in prompts]
+        images = [im for p in prompts for im in self._images(p)]
+        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True,
+                                  "padding_side": "left"}
+        if images:
+            kwargs["images"] = images
+        if not hasattr(self.processor, "image_processor"):  # a plain tokenizer
+            kwargs.pop("images", None)
+        enc = self.processor(**kwargs)
+        return {k: v for k, v in enc.items() if k != "mm_token_type_ids" or
+                "mm_token_type_ids" in self._accepted()}
+
+    def _accepted(self) -> set:
+        import inspect
+
+        return set(inspect.signature(self.model.forward).parameters)
+
+    # ----------------------------------------------------------------- protocol
+    def generate(self, prompts: list[Prompt], n: int, params: SamplingParams) -> list[Completion]:
+        """``len(prompts) * n`` completions, prompt-major (see :mod:`mixed_r1.rollout.base`)."""
+        import torch
+
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        rows = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
+        out: list[Completion] = []
+        with torch.random.fork_rng(devices=[]):
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                out.extend(self._generate_rows(chunk, params))
+        return out
+
+    def _generate_rows(self, chunk: list[tuple[int, Prompt]], params: SamplingParams):
+        import torch
+
+        enc = self._encode([p for _, p in chunk])
+        greedy = params.temperature == 0
+        gen_kwargs: dict[str, Any] = dict(
+            max_new_tokens=params.max_new_tokens, do_sample=not greedy,
+            output_logits=True, return_dict_in_generate=True,
+            eos_token_id=self.eos, pad_token_id=self.pad,
+            suppress_tokens=self.suppress or None,
+        )
+        if not greedy:
+            gen_kwargs.update(temperature=params.temperature, top_p=params.top_p,
+                              top_k=params.top_k if params.top_k > 0 else None)
+        else:
+            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        with torch.no_grad():
+            res = self.model.generate(**enc, **gen_kwargs)
+        prompt_len = enc["input_ids"].shape[1]
+        new = res.sequences[:, prompt_len:]
+        temp = 1.0 if greedy else params.temperature
+        logits = torch.stack(res.logits, dim=1).float() / temp  # [B, T, V]
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        completions = []
+        eos = set(self.eos)
+        for r, (pi, _) in enumerate(chunk):
+            ids = new[r].tolist()
+            finish = "length"
+            for t, tok in enumerate(ids):
+                if tok in eos:
+                    ids, finish = ids[: t + 1], "stop"
+                    break
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            completions.append(Completion(prompt_index=pi, text=text, token_ids=ids,
+                                          logprobs=logp[r, : len(ids)].tolist(),
+                                          finish_reason=finish))
+        return completions
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+        """Copy ``(name, tensor)`` pairs into the model in place; unknown names raise KeyError."""
+        import torch
+
+        params = dict(self.model.named_parameters(remove_duplicate=False))  # tied names too
+        params.update(dict(self.model.named_buffers(remove_duplicate=False)))
+        with torch.no_grad():
+            for name, tensor in named_tensors:
+                if name not in params:
+                    raise KeyError(f"update_weights: model has no parameter {name!r}")
+                dst = params[name]
+                if tuple(dst.shape) != tuple(tensor.shape):
+                    raise ValueError(f"update_weights: {name} has shape {tuple(dst.shape)}, "
+                                     f"got {tuple(tensor.shape)}")
+                dst.copy_(tensor)
+
+    def sleep(self) -> None:
+        """No-op: the HF backend holds no cache between calls."""
+
+    def wake_up(self) -> None:
+        """No-op (see :meth:`sleep`)."""

