@@ -1,10 +1,8 @@
-"""Rollout: the Generator protocol and its backends (HF generate here; vLLM in a later module).
-
-``HFGenerator`` is imported lazily (it needs torch/transformers).
-"""
+"""Rollout: the Generator protocol and its backends — ``HFGenerator`` (transformers generate,
+multimodal) and ``VLLMGenerator`` (colocated vLLM). Both are imported lazily."""
 from mixed_r1.rollout.base import Completion, Generator, Prompt, SamplingParams
 
-__all__ = ["Completion", "Generator", "HFGenerator", "Prompt", "SamplingParams"]
+__all__ = ["Completion", "Generator", "HFGenerator", "Prompt", "SamplingParams", "VLLMGenerator"]
 
 
 def __getattr__(name: str):
@@ -12,4 +10,8 @@ def __getattr__(name: str):
         from mixed_r1.rollout.hf import HFGenerator
 
         return HFGenerator
+    if name == "VLLMGenerator":
+        from mixed_r1.rollout.vllm_backend import VLLMGenerator
+
+        return VLLMGenerator
     raise AttributeError(name)

