@@ -120,7 +120,10 @@ def test_greedy_and_update_weights(processor, tmp_path) -> None:
     after = gb.generate(_prompts(tmp_path), 1, params)
     assert [c.token_ids for c in after] == [c.token_ids for c in pa]
     assert [x for c in after for x in c.logprobs] == pytest.approx([x for c in pa for x in c.logprobs])
-    with pytest.raises(KeyError, match="no parameter 'nope'"):
-        gb.update_weights([("nope", torch.zeros(1))])
+    snapshot = {k: v.clone() for k, v in b.state_dict().items()}
+    first = next(iter(b.state_dict()))
+    with pytest.raises(ValueError, match="model unchanged: unknown tensor 'nope'"):
+        gb.update_weights([(first, torch.zeros_like(snapshot[first])), ("nope", torch.zeros(1))])
+    assert all(torch.equal(v, snapshot[k]) for k, v in b.state_dict().items())  # all or nothing
     gb.sleep()
     gb.wake_up()

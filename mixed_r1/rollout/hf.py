@@ -128,20 +128,22 @@ class HFGenerator:
         return completions
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
-        """Copy ``(name, tensor)`` pairs into the model in place; unknown names raise KeyError."""
+        """Copy ``(name, tensor)`` pairs into the model in place. Every name and shape is
+        checked first, so a bad update raises ``ValueError`` and changes nothing."""
         import torch
 
         params = dict(self.model.named_parameters(remove_duplicate=False))  # tied names too
         params.update(dict(self.model.named_buffers(remove_duplicate=False)))
+        pairs = list(named_tensors)
+        problems = [f"unknown tensor {n!r}" if n not in params else
+                    f"{n!r} has shape {tuple(t.shape)}, the model expects "
+                    f"{tuple(params[n].shape)}"
+                    for n, t in pairs if n not in params or params[n].shape != t.shape]
+        if problems:
+            raise ValueError("update_weights rejected, model unchanged: " + "; ".join(problems))
         with torch.no_grad():
-            for name, tensor in named_tensors:
-                if name not in params:
-                    raise KeyError(f"update_weights: model has no parameter {name!r}")
-                dst = params[name]
-                if tuple(dst.shape) != tuple(tensor.shape):
-                    raise ValueError(f"update_weights: {name} has shape {tuple(dst.shape)}, "
-                                     f"got {tuple(tensor.shape)}")
-                dst.copy_(tensor)
+            for name, tensor in pairs:
+                params[name].copy_(tensor)
 
     def sleep(self) -> None:
         """No-op: the HF backend holds no cache between calls."""

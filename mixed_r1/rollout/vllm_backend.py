@@ -64,6 +64,12 @@ def read_checkpoint_specs(model_dir: str | Path) -> dict[str, TensorSpec]:
     return specs
 
 
+def _tied(model_dir: str | Path) -> bool:
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    return bool(cfg.get("tie_word_embeddings", cfg.get("text_config", {}).get(
+        "tie_word_embeddings", False)))
+
+
 def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
@@ -79,6 +85,9 @@ class VLLMGenerator:
                  **engine_kwargs: Any) -> None:
         self.model_dir = str(model_dir)
         self.expected = read_checkpoint_specs(model_dir)
+        # a tied checkpoint stores no lm_head; HF state dicts still list it: accept and drop it
+        self.dropped = {"lm_head.weight"} if (_tied(model_dir) and
+                                              "lm_head.weight" not in self.expected) else set()
         self.bucket_bytes = int(bucket_bytes)
         self.sleep_mode = (not _on_cpu()) if enable_sleep_mode is None else enable_sleep_mode
         self.asleep = False
@@ -150,6 +159,8 @@ class VLLMGenerator:
         """Raise ``ValueError`` naming every unknown name or wrong shape (nothing loaded)."""
         problems = []
         for name, shape in specs.items():
+            if name in self.dropped:
+                continue
             want = self.expected.get(name)
             if want is None:
                 problems.append(f"unknown tensor {name!r}")
@@ -181,6 +192,8 @@ class VLLMGenerator:
     def _checked(self, stream: Iterable[tuple[str, torch.Tensor]]
                  ) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in stream:
+            if name in self.dropped:
+                continue
             want = self.expected.get(name)
             if want is None or tuple(tensor.shape) != want.shape:  # a stream broke its specs
                 raise ValueError(f"weight stream sent {name!r} {tuple(tensor.shape)} against "
