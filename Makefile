@@ -18,7 +18,7 @@ endif
 
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean bench-rewards
+.PHONY: install test demo clean bench-rewards bench-kernels bench-data bench-rollout
 
 install: $(STAMP)
 
@@ -42,6 +42,15 @@ demo: install
 
 bench-rewards: install
 	$(PY) tools/bench_rewards.py
+
+bench-kernels: install
+	$(PY) tools/bench_kernels.py
+
+bench-data: install
+	$(PY) tools/bench_data.py
+
+bench-rollout: install
+	$(PY) tools/bench_rollout.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
