@@ -13,6 +13,7 @@ import sys
 _COMMAND_MODULES = (
     "mixed_r1.rewards.demo",
     "mixed_r1.data.cli",
+    "mixed_r1.convert_cli",
 )
 
 

@@ -1,1 +1,10 @@
+"""HF <-> megatron-core weight mapping and checkpoint conversion (Qwen2, Llama, Qwen2.5-VL).
 
+    from mixed_r1.models import hf_to_mcore, mcore_to_hf, reshard, arch_from_hf_config
+"""
+from .config import LMArch, UnsupportedConfigError, arch_from_hf_config
+from .convert import hf_to_mcore, iter_shard_tensors, mcore_to_hf, read_manifest, reshard
+from .safetensors_io import CheckpointError
+
+__all__ = ["LMArch", "UnsupportedConfigError", "CheckpointError", "arch_from_hf_config", "hf_to_mcore", "mcore_to_hf",
+           "reshard", "read_manifest", "iter_shard_tensors"]

@@ -1,0 +1,140 @@
+"""The policy's language model on megatron-core: build GPTModel from an HF config, load mcore shards,
+and score tokens through the vocab-parallel log-prob op (logits stay sharded [b, s, V/TP]).
+
+Layer spec: Transformer-Engine's where TE is installed (and CUDA present), megatron's local spec
+(torch RMSNorm, unfused attention) otherwise. Vocab is padded to a multiple of TP; the pad columns of
+the logits are masked to -inf before any softmax, so the pad never changes a probability.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..models import convert as C
+from ..models.config import LMArch, arch_from_hf_config, transformer_config
+from . import state
+
+
+def has_transformer_engine() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None and torch.cuda.is_available()
+
+
+def layer_spec(arch: LMArch):
+    """TE layer spec when TE + CUDA are present, else the local spec (RMSNorm via torch)."""
+    from megatron.core.models.gpt import gpt_layer_specs as S
+
+    if has_transformer_engine():
+        return S.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=False)
+    return S.get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def build_gpt_model(arch: LMArch, *, params_dtype: torch.dtype = torch.float32, **config_overrides: Any):
+    """GPTModel for this rank's (TP rank, PP stage); parallel sizes come from ``parallel_state``.
+
+    ``parallel_output=True``: the last stage returns this TP rank's logits shard [b, s, V_pad/TP].
+    """
+    from megatron.core.models.gpt import GPTModel
+
+    tp, pp = state.tp_size(), state.pp_size()
+    cfg = transformer_config(arch, tp, pp, params_dtype=params_dtype, **config_overrides)
+    model = GPTModel(
+        config=cfg, transformer_layer_spec=layer_spec(arch), vocab_size=arch.padded_vocab_size(tp),
+        max_sequence_length=arch.max_position_embeddings, pre_process=state.is_first_stage(),
+        post_process=state.is_last_stage(), parallel_output=True,
+        share_embeddings_and_output_weights=arch.tie_embeddings,
+        position_embedding_type="mrope" if arch.mrope_section else "rope", rotary_base=int(arch.rope_theta),
+    )
+    if not torch.cuda.is_available():
+        return model
+    return model.cuda()
+
+
+_TE_RENAMES = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
+               "pre_mlp_layernorm.weight": "mlp.linear_fc1.layer_norm_weight"}
+
+
+def te_name(name: str) -> str:
+    """Local-spec name -> TE-spec name (TE fuses the pre-attention/pre-MLP norms into the next linear)."""
+    for local, te in _TE_RENAMES.items():
+        if name.endswith("." + local) and name.startswith("decoder.layers."):
+            return name[: -len(local)] + te
+    return name
+
+
+def load_mcore_shard(model: torch.nn.Module, mcore_dir: str | Path) -> dict[str, Any]:
+    """Copy this rank's verified shard into ``model``; raise naming any missing/unexpected/mis-shaped tensor."""
+    man = C.read_manifest(mcore_dir)
+    tp, pp = state.tp_size(), state.pp_size()
+    if (man["tp"], man["pp"]) != (tp, pp):
+        raise C.CheckpointError(f"{mcore_dir}: checkpoint is tp={man['tp']} pp={man['pp']}, model is tp={tp} pp={pp}"
+                                " (reshard it with `mixed-r1 convert reshard`)")
+    params = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    seen = set()
+    with torch.no_grad():
+        for name, t in C.iter_shard_tensors(mcore_dir, state.tp_rank(), state.pp_rank()):
+            name = te_name(name) if name not in params else name
+            if name not in params:
+                raise C.CheckpointError(f"tensor {name} in the checkpoint has no parameter in the model")
+            if params[name].shape != t.shape:
+                raise C.CheckpointError(f"tensor {name} is {list(t.shape)}, model expects {list(params[name].shape)}")
+            params[name].copy_(t)
+            seen.add(name)
+    missing = sorted(set(params) - seen)
+    if missing:
+        raise C.CheckpointError(f"tensor {missing[0]} is missing from the checkpoint ({len(missing)} missing)")
+    return man
+
+
+def load_policy(mcore_dir: str | Path, **kw: Any):
+    """Build the model for this rank from an mcore checkpoint's manifest and load its shard."""
+    man = C.read_manifest(mcore_dir)
+    arch = arch_from_hf_config(man["hf_config"])
+    model = build_gpt_model(arch, **kw)
+    load_mcore_shard(model, mcore_dir)
+    return model, arch
+
+
+def vocab_range(arch: LMArch) -> tuple[int, int]:
+    """[start, stop) of the (padded) vocab held by this TP rank."""
+    per = arch.padded_vocab_size(state.tp_size()) // state.tp_size()
+    return state.tp_rank() * per, (state.tp_rank() + 1) * per
+
+
+def mask_vocab_padding(logits: torch.Tensor, arch: LMArch) -> torch.Tensor:
+    """Set logits of pad vocab ids (>= the HF vocab size) to -inf on this rank's shard."""
+    start, stop = vocab_range(arch)
+    if stop <= arch.vocab_size:
+        return logits
+    ids = torch.arange(start, stop, device=logits.device)
+    return logits.masked_fill(ids >= arch.vocab_size, float("-inf"))
+
+
+def shard_token_logprobs(logits_shard: torch.Tensor, targets: torch.Tensor, arch: LMArch,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """log p(targets) [b, s] from the vocab-parallel logits shard, never gathering [tokens, vocab]."""
+    from ..kernels import vocab_parallel_token_logprobs
+
+    start, _ = vocab_range(arch)
+    return vocab_parallel_token_logprobs(mask_vocab_padding(logits_shard, arch), targets, vocab_start=start,
+                                         group=state.tp_group(), temperature=temperature)
+
+
+def shard_argmax(logits_shard: torch.Tensor, arch: LMArch) -> torch.Tensor:
+    """Global argmax over the vocab [..] from TP logits shards (ties -> lowest id), via one all-gather."""
+    lg = mask_vocab_padding(logits_shard.float(), arch)
+    val, idx = lg.max(dim=-1)
+    idx = idx + vocab_range(arch)[0]
+    tp = state.tp_size()
+    if tp == 1:
+        return idx
+    vals = [torch.empty_like(val) for _ in range(tp)]
+    idxs = [torch.empty_like(idx) for _ in range(tp)]
+    dist.all_gather(vals, val.contiguous(), group=state.tp_group())
+    dist.all_gather(idxs, idx.contiguous(), group=state.tp_group())
+    v, i = torch.stack(vals), torch.stack(idxs)
+    best = v.argmax(dim=0, keepdim=True)  # first max -> lowest rank -> lowest id
+    return i.gather(0, best).squeeze(0)

@@ -1,0 +1,108 @@
+"""Pipeline-parallel scoring with megatron-core's 1F1B schedule (``get_forward_backward_func``).
+
+Each microbatch is a dict ``{"input_ids": [b, s], "targets": [b, s], "mask": [b, s] (optional),
+"position_ids": [b, s] or [3, b, s] (mrope, optional)}``. The last stage turns its logits shard into
+per-token log-probs with the vocab-parallel op; ``loss_fn(logp, mb)`` (default: masked mean NLL)
+gives the loss the schedule back-propagates. Log-probs of every microbatch come back on the last stage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, Iterable
+
+import torch
+
+from ..models.config import LMArch
+from . import state
+from .model import shard_token_logprobs
+
+LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def masked_nll(logp: torch.Tensor, mb: dict[str, torch.Tensor]) -> torch.Tensor:
+    """-sum(mask * logp) / sum(mask)  (mask defaults to all ones)."""
+    mask = mb.get("mask")
+    if mask is None:
+        return -logp.mean()
+    mask = mask.to(logp.dtype)
+    return -(logp * mask).sum() / mask.sum().clamp(min=1)
+
+
+@dataclass
+class PipelineResult:
+    """Per-microbatch log-probs [b, s] and losses (last stage only; empty lists elsewhere)."""
+
+    logprobs: list[torch.Tensor] = field(default_factory=list)
+    losses: list[torch.Tensor] = field(default_factory=list)
+
+
+def _forward_step(arch: LMArch, loss_fn: LossFn, temperature: float, data_iterator, model):
+    mb = next(data_iterator)
+    ids = mb["input_ids"] if state.is_first_stage() else None
+    out = model(ids, mb.get("position_ids"), None)
+
+    def loss_func(logits_shard: torch.Tensor):
+        logp = shard_token_logprobs(logits_shard, mb["targets"], arch, temperature)
+        loss = loss_fn(logp, mb)
+        return loss, {"logprobs": logp.detach(), "loss": loss.detach()}
+
+    return out, loss_func
+
+
+def pipeline_logprobs(model: torch.nn.Module, arch: LMArch, microbatches: Iterable[dict[str, torch.Tensor]], *,
+                      forward_only: bool = True, loss_fn: LossFn = masked_nll,
+                      temperature: float = 1.0) -> PipelineResult:
+    """Run the 1F1B schedule over ``microbatches`` (all the same shape) and collect log-probs.
+
+    With ``forward_only=False`` gradients accumulate into the model's ``.grad`` (``main_grad`` when wrapped
+    in megatron DDP); megatron divides each microbatch loss by the number of microbatches.
+    """
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    mbs = list(microbatches)
+    b, s = mbs[0]["input_ids"].shape
+    fb = get_forward_backward_func()
+    out = fb(forward_step_func=partial(_forward_step, arch, loss_fn, temperature), data_iterator=iter(mbs),
+             model=[model], num_microbatches=len(mbs), seq_length=s, micro_batch_size=b, forward_only=forward_only)
+    res = PipelineResult()
+    for d in out or []:
+        res.logprobs.append(d["logprobs"])
+        res.losses.append(d["loss"])
+    return res
+
+
+def greedy_generate(model: torch.nn.Module, arch: LMArch, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+    """Greedy decoding through the pipeline (no KV cache: each step re-runs the prefix).
+
+    Every step runs the forward-only schedule on [b, s]; the last stage takes the vocab-parallel argmax of
+    the last position and broadcasts it over the pipeline group. Returns [b, s + max_new_tokens] on all ranks.
+    """
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from .model import shard_argmax
+
+    ids = input_ids
+    fb = get_forward_backward_func()
+    for _ in range(max_new_tokens):
+        picked: list[torch.Tensor] = []
+
+        def fwd(it, m, ids=ids, picked=picked):
+            next(it)
+            out = m(ids if state.is_first_stage() else None, None, None)
+
+            def loss_func(lg):
+                picked.append(shard_argmax(lg[:, -1], arch))
+                return lg.sum() * 0, {}
+            return out, loss_func
+
+        with torch.no_grad():
+            fb(forward_step_func=fwd, data_iterator=iter([None]), model=[model], num_microbatches=1,
+               seq_length=ids.shape[1], micro_batch_size=ids.shape[0], forward_only=True)
+        nxt = picked[0] if state.is_last_stage() else torch.empty(ids.shape[0], dtype=torch.long, device=ids.device)
+        if state.pp_size() > 1:
+            dist.broadcast(nxt, src=ps.get_pipeline_model_parallel_last_rank(), group=state.pp_group())
+        ids = torch.cat([ids, nxt[:, None].to(ids.dtype)], dim=1)
+    return ids
