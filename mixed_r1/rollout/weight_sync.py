@@ -1,0 +1,172 @@
+"""Weight sync: stream the megatron policy's shards to the generator as HF-named tensors.
+
+The stream walks the model unit by unit (embedding, each layer, final norm/head — the
+converter's units, :mod:`mixed_r1.models.mapping`). For one bucket of units (``bucket_bytes``
+of this rank's shards) the stage that owns them
+
+1. flattens its local shards into one buffer and all-gathers it over the TP group,
+2. merges the TP slices into canonical tensors (``tp_merge``: QKV groups, [gate; up], vocab
+   padding dropped) and maps them to HF names (``canonical_to_hf``),
+
+and the pipeline stages take turns: the owner broadcasts the bucket's canonical tensors over
+the PP group, so the generator on every stage receives the whole model. No rank ever holds
+more than one bucket of gathered weights on top of its own shards; the generator consumes the
+stream lazily (one ``reload_weights`` pass), so no full-model copy exists anywhere.
+
+Every rank must iterate the stream (it runs collectives); ranks without a generator drain it
+with :func:`sync_weights` and ``generator=None``.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from mixed_r1.models.config import LMArch
+from mixed_r1.models.mapping import (TensorSpec, canonical_to_hf, hf_expected_shapes,
+                                     local_name, tp_merge, tp_shard_shape, unit_specs,
+                                     unit_stage, units)
+from mixed_r1.parallel import state
+from mixed_r1.parallel.model import te_name
+
+
+@dataclass
+class _Bucket:
+    stage: int
+    units: list[str]
+    specs: list[tuple[str, TensorSpec]]  # (unit, spec)
+
+
+class MegatronWeightStream:
+    """Iterable of ``(hf_name, tensor)`` from a megatron ``GPTModel`` shard on every rank.
+
+    ``specs()`` lists every HF name and full shape up front (from the architecture alone, no
+    communication), so a generator can validate the whole update before loading anything.
+    ``dtype`` casts what is sent (e.g. bf16 for a bf16 engine); ``extra`` are named tensors
+    held whole on every rank (e.g. a replicated vision tower), sent after the LM.
+    """
+
+    def __init__(self, model: torch.nn.Module, arch: LMArch, *, bucket_bytes: int = 256 << 20,
+                 dtype: torch.dtype | None = None,
+                 extra: dict[str, torch.Tensor] | None = None) -> None:
+        self.model, self.arch = model, arch
+        self.bucket_bytes = int(bucket_bytes)
+        self.dtype = dtype
+        self.extra = extra or {}
+        self.tp, self.pp = state.tp_size(), state.pp_size()
+        self.bytes_sent = 0
+
+    # ------------------------------------------------------------------------ planning
+    def specs(self) -> dict[str, tuple[int, ...]]:
+        out: dict[str, tuple[int, ...]] = {}
+        for unit in units(self.arch):
+            out.update(hf_expected_shapes(self.arch, unit))
+        out.update({k: tuple(v.shape) for k, v in self.extra.items()})
+        return out
+
+    def _buckets(self) -> Iterator[_Bucket]:
+        current: _Bucket | None = None
+        size = 0
+        for unit in units(self.arch):
+            stage = unit_stage(self.arch, unit, self.pp)
+            specs = [(unit, s) for s in unit_specs(self.arch, unit)]
+            nbytes = sum(_numel(tp_shard_shape(s, self.tp, self.arch)) for _, s in specs) * 4
+            if current is not None and (current.stage != stage or size >= self.bucket_bytes):
+                yield current
+                current, size = None, 0
+            if current is None:
+                current = _Bucket(stage, [], [])
+            current.units.append(unit)
+            current.specs.extend(specs)
+            size += nbytes
+        if current is not None:
+            yield current
+
+    # ----------------------------------------------------------------------- streaming
+    def _local(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.model.state_dict().items() if not k.endswith("_extra_state")}
+
+    def _gather_bucket(self, bucket: _Bucket, params: dict[str, torch.Tensor]
+                       ) -> dict[str, torch.Tensor]:
+        """On the owning stage: all-gather the bucket's shards over TP, merge to canonical."""
+        shards = []
+        for _, spec in bucket.specs:
+            name = local_name(self.arch, spec.name, self.pp)
+            name = name if name in params else te_name(name)
+            shards.append(params[name].detach())
+        dtype = shards[0].dtype
+        flat = torch.cat([s.reshape(-1).to(dtype) for s in shards])
+        if self.tp > 1:
+            parts = [torch.empty_like(flat) for _ in range(self.tp)]
+            dist.all_gather(parts, flat, group=state.tp_group())
+        else:
+            parts = [flat]
+        canonical: dict[str, torch.Tensor] = {}
+        offset = 0
+        for (_, spec), shard in zip(bucket.specs, shards):
+            n = shard.numel()
+            pieces = [p[offset:offset + n].view(shard.shape) for p in parts]
+            canonical[spec.name] = tp_merge(pieces, spec.kind, self.arch)
+            offset += n
+        return canonical
+
+    def _broadcast_bucket(self, bucket: _Bucket, canonical: dict[str, torch.Tensor] | None,
+                          dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Send the owner's canonical tensors to every pipeline stage (one flat broadcast)."""
+        if self.pp == 1:
+            assert canonical is not None
+            return canonical
+        group = state.pp_group()
+        src = dist.get_global_rank(group, bucket.stage)
+        shapes = [spec.shape for _, spec in bucket.specs]
+        if canonical is not None:
+            flat = torch.cat([canonical[s.name].reshape(-1) for _, s in bucket.specs])
+        else:
+            flat = torch.empty(sum(_numel(s) for s in shapes), dtype=dtype)
+        dist.broadcast(flat, src=src, group=group)
+        out, offset = {}, 0
+        for (_, spec), shape in zip(bucket.specs, shapes):
+            n = _numel(shape)
+            out[spec.name] = flat[offset:offset + n].view(shape)
+            offset += n
+        return out
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        params = self._local()
+        dtype = next(iter(params.values())).dtype
+        for bucket in self._buckets():
+            mine = state.pp_rank() == bucket.stage
+            canonical = self._gather_bucket(bucket, params) if mine else None
+            canonical = self._broadcast_bucket(bucket, canonical, dtype)
+            for unit in bucket.units:
+                unit_tensors = {s.name: canonical[s.name] for s in unit_specs(self.arch, unit)}
+                for name, tensor in canonical_to_hf(self.arch, unit, unit_tensors).items():
+                    yield self._send(name, tensor)
+        for name, tensor in self.extra.items():
+            yield self._send(name, tensor.detach())
+
+    def _send(self, name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
+        if self.dtype is not None:
+            tensor = tensor.to(self.dtype)
+        self.bytes_sent += tensor.numel() * tensor.element_size()
+        return name, tensor
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def sync_weights(stream: MegatronWeightStream, generator=None) -> int:
+    """Push ``stream`` into ``generator.update_weights`` (or drain it on ranks without one, so
+    their collectives still run). Returns the bytes streamed on this rank."""
+    if generator is not None:
+        generator.update_weights(stream)
+    else:
+        for _ in stream:
+            pass
+    return stream.bytes_sent
