@@ -101,8 +101,19 @@ def test_vision_tokens_are_never_sampled(model, processor, tmp_path) -> None:
         raw = HFGenerator(model, processor, suppress_token_ids=()).generate(
             _prompts(tmp_path), 2, params)
         assert any(set(c.token_ids) & VISION for c in raw)  # the check can fail
-        safe = HFGenerator(model, processor).generate(_prompts(tmp_path), 2, params)
+        gen = HFGenerator(model, processor)
+        safe = gen.generate(_prompts(tmp_path), 2, params)
         assert not any(set(c.token_ids) & VISION for c in safe)
+        # the trainer re-encodes prompt + completion: the image token count must not change
+        image_pad = 151655
+        with_image = [c for c in safe if _prompts(tmp_path)[c.prompt_index].images]
+        assert with_image
+        for c in with_image:
+            enc = gen._encode([_prompts(tmp_path)[c.prompt_index]])
+            n_prompt = int((enc["input_ids"] == image_pad).sum())
+            ids = torch.cat([enc["input_ids"][0], torch.tensor(c.token_ids)])
+            assert n_prompt > 0 and int((ids == image_pad).sum()) == n_prompt
+            assert int((enc["image_grid_thw"].prod(-1) // 4).sum()) == n_prompt  # 2x2 merge
     finally:
         handle.remove()
 
