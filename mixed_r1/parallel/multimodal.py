@@ -25,6 +25,7 @@ Vision attention: flash-attn 2 when it is installed and CUDA is present, torch S
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,6 @@ def build_vision_tower(hf_config, *, dtype: torch.dtype = torch.float32, attn_im
         from transformers.initialization import no_init_weights
     except ImportError:  # pragma: no cover - older transformers
         from contextlib import nullcontext as no_init_weights
-    import copy
 
     vcfg = copy.deepcopy(hf_vl_config(hf_config).vision_config)
     if device is None:
@@ -161,9 +161,20 @@ class Qwen25VLPolicy(torch.nn.Module):
         self.hf_config = hf_vl_config(hf_config)
         self.config = language_model.config  # megatron's schedules read model.config
         if self.config.sequence_parallel:
-            raise NotImplementedError("sequence_parallel is not supported by the Qwen2.5-VL policy yet")
+            raise ValueError("sequence_parallel=True is not supported by the Qwen2.5-VL policy; set it to False")
 
     # ---- what megatron's schedules and finalize_model_grads look up on the model
+    @property
+    def model_type(self):
+        return self.language_model.model_type
+
+    @property
+    def decoder(self):
+        return self.language_model.decoder
+
+    def set_is_first_microbatch(self) -> None:
+        self.language_model.set_is_first_microbatch()
+
     @property
     def pre_process(self) -> bool:
         return self.language_model.pre_process

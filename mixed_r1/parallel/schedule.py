@@ -1,8 +1,11 @@
 """Pipeline-parallel scoring with megatron-core's 1F1B schedule (``get_forward_backward_func``).
 
 Each microbatch is a dict ``{"input_ids": [b, s], "targets": [b, s], "mask": [b, s] (optional),
-"position_ids": [b, s] or [3, b, s] (mrope, optional)}``. The last stage turns its logits shard into
-per-token log-probs with the vocab-parallel op; ``loss_fn(logp, mb)`` (default: masked mean NLL)
+"position_ids": [b, s] or [3, b, s] (mrope, optional)}``; a multimodal microbatch adds ``pixel_values``,
+``image_grid_thw`` and ``mm_token_type_ids`` (handed to the model on the first stage only), and a model with a
+``prepare_microbatch(mb)`` method (the Qwen2.5-VL policy: it adds the mrope ``position_ids`` every stage
+needs) gets to prepare each microbatch on every stage before the schedule runs. The last stage turns its
+logits shard into per-token log-probs with the vocab-parallel op; ``loss_fn(logp, mb)`` (default: masked mean NLL)
 gives the loss the schedule back-propagates. Log-probs of every microbatch come back on the last stage.
 """
 from __future__ import annotations
@@ -18,6 +21,17 @@ from . import state
 from .model import shard_token_logprobs
 
 LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+MM_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
+
+
+def _model_attr(model: torch.nn.Module, name: str):
+    """``model.<name>`` looked up through wrappers (``.module``, as megatron's DDP/Float16Module), else None."""
+    m = model
+    while m is not None:
+        if hasattr(m, name):
+            return getattr(m, name)
+        m = getattr(m, "module", None)
+    return None
 
 
 def masked_nll(logp: torch.Tensor, mb: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -39,8 +53,10 @@ class PipelineResult:
 
 def _forward_step(arch: LMArch, loss_fn: LossFn, temperature: float, data_iterator, model):
     mb = next(data_iterator)
-    ids = mb["input_ids"] if state.is_first_stage() else None
-    out = model(ids, mb.get("position_ids"), None)
+    first = state.is_first_stage()
+    ids = mb["input_ids"] if first else None
+    extra = {k: mb[k] for k in MM_KEYS if first and mb.get(k) is not None}
+    out = model(ids, mb.get("position_ids"), None, **extra)
 
     def loss_func(logits_shard: torch.Tensor):
         logp = shard_token_logprobs(logits_shard, mb["targets"], arch, temperature)
@@ -61,6 +77,9 @@ def pipeline_logprobs(model: torch.nn.Module, arch: LMArch, microbatches: Iterab
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     mbs = list(microbatches)
+    prepare = _model_attr(model, "prepare_microbatch")
+    if prepare is not None:
+        mbs = [prepare(mb) for mb in mbs]
     b, s = mbs[0]["input_ids"].shape
     fb = get_forward_backward_func()
     out = fb(forward_step_func=partial(_forward_step, arch, loss_fn, temperature), data_iterator=iter(mbs),
@@ -86,12 +105,14 @@ def greedy_generate(model: torch.nn.Module, arch: LMArch, input_ids: torch.Tenso
 
     ids = input_ids
     fb = get_forward_backward_func()
+    prepare = _model_attr(model, "prepare_microbatch")  # text-only mrope positions for a VL policy
     for _ in range(max_new_tokens):
         picked: list[torch.Tensor] = []
+        pos = prepare({"input_ids": ids})["position_ids"] if prepare is not None else None
 
-        def fwd(it, m, ids=ids, picked=picked):
+        def fwd(it, m, ids=ids, picked=picked, pos=pos):
             next(it)
-            out = m(ids if state.is_first_stage() else None, None, None)
+            out = m(ids if state.is_first_stage() else None, pos, None)
 
             def loss_func(lg):
                 picked.append(shard_argmax(lg[:, -1], arch))
