@@ -14,6 +14,8 @@ _COMMAND_MODULES = (
     "mixed_r1.rewards.demo",
     "mixed_r1.data.cli",
     "mixed_r1.convert_cli",
+    "mixed_r1.train_cli",
+    "mixed_r1.demo",
 )
 
 

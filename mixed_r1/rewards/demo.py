@@ -1,4 +1,4 @@
-"""`mixed-r1 demo` (until the trainer lands): score a small mixed batch with Mixed-Reward.
+"""`mixed-r1 demo-rewards`: score a small mixed batch with Mixed-Reward.
 
 Each task type gets a few completions of different quality (correct and well formatted,
 correct without the format, wrong, hedged, malformed), scored in the worker pool; the table
@@ -63,6 +63,6 @@ def run_reward_demo(num_workers: int = 2) -> dict[str, dict[str, float]]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="score a small mixed batch with Mixed-Reward")
+    demo = sub.add_parser("demo-rewards", help="score a small mixed batch with Mixed-Reward")
     demo.add_argument("--workers", type=int, default=2, help="reward worker processes")
     demo.set_defaults(func=lambda args: run_reward_demo(args.workers) and 0)

@@ -1,0 +1,350 @@
+"""Training configuration: nested dataclasses loaded from YAML with ``key.sub=value`` overrides.
+
+``load_config(path, overrides)`` reads the YAML file, applies each override (the value is parsed
+as a YAML scalar/list, so ``algo.beta=0.04`` is a float and ``data.train_file=x.jsonl`` a
+string), and builds :class:`TrainConfig`. An unknown key raises one :class:`ConfigError` that
+names the key, where it came from (the file or the command line) and the keys that exist there.
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from mixed_r1.rewards.router import RewardConfig
+
+
+class ConfigError(ValueError):
+    """A user-caused configuration error (unknown key, bad value, missing file)."""
+
+
+@dataclass
+class ModelConfig:
+    """The policy. ``kind``: ``tiny_qwen25vl`` (random, built from the sizes below with the real
+    Qwen2.5 tokenizer) or ``pretrained`` (a local HF directory in ``path``)."""
+
+    kind: str = "tiny_qwen25vl"
+    path: str | None = None
+    seed: int = 0
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 128
+    vision_hidden: int = 32
+    vision_depth: int = 2
+    dtype: str = "float32"  # float32 | bfloat16
+    min_pixels: int = 56 * 56
+    max_pixels: int = 28 * 28 * 1280
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Training prompts: a JSONL/Parquet file of :class:`mixed_r1.data.Sample` rows."""
+
+    train_file: str = ""
+    eval_file: str | None = None
+    shuffle: bool = True
+    on_error: str = "raise"  # raise | skip (skipped rows are counted in the log)
+
+
+@dataclass
+class RolloutConfig:
+    """Sampling: ``prompts_per_step`` prompts × ``group_size`` completions per step."""
+
+    backend: str = "hf"  # hf | vllm
+    prompts_per_step: int = 8
+    group_size: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 32  # HF generate batch
+    gpu_memory_utilization: float = 0.5  # vllm
+    enable_sleep_mode: bool = True  # vllm
+
+
+@dataclass
+class AlgoConfig:
+    """GRPO. One step: ``ppo_epochs`` passes over the rollouts, each split into ``mini_batches``
+    optimizer updates of micro-batches of ``micro_batch_size`` sequences (gradient accumulation).
+    With one epoch and one mini-batch the update is exactly on-policy (ratio ≡ 1, no old-policy
+    pass); otherwise old log-probs come from the policy before the first update."""
+
+    advantage: str = "grpo"  # grpo | dr_grpo | grpo_batch
+    loss_type: str = "dapo"  # grpo | bnpo | dr_grpo | dapo
+    importance_level: str = "token"  # token | sequence (GSPO)
+    beta: float = 0.0  # KL coefficient (k3 to a frozen reference); > 0 builds the reference
+    eps_low: float = 0.2
+    eps_high: float = 0.28
+    ppo_epochs: int = 1
+    mini_batches: int = 1
+    micro_batch_size: int = 8
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards all tie
+
+
+@dataclass
+class OptimConfig:
+    """AdamW (torch fused where the device supports it, else foreach)."""
+
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float = 1.0  # 0 disables clipping (the norm is still measured)
+    warmup_steps: int = 0
+    schedule: str = "constant"  # constant | cosine
+
+
+@dataclass
+class ParallelConfig:
+    """Policy backend and its layout. ``backend: hf`` is single-process; ``mcore`` (megatron-core
+    TP/PP, see mixed_r1.parallel) is configured here but not wired into the trainer yet."""
+
+    backend: str = "hf"  # hf | mcore
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    data_parallel: int = 1
+    colocate_generator: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Everything one ``mixed-r1 train`` run needs."""
+
+    seed: int = 0
+    steps: int = 10
+    out_dir: str = "runs/default"
+    log_every: int = 1
+    save_every: int = 0  # 0: only at the end
+    keep_last: int = 2
+    eval_every: int = 0
+    eval_samples: int = 0  # 0: the whole eval file
+    device: str = "cpu"
+    progress: bool = True
+    tensorboard: bool = True  # used only when the tensorboard package is importable
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------- validation
+_CHOICES = {
+    "model.kind": ("tiny_qwen25vl", "pretrained"),
+    "model.dtype": ("float32", "bfloat16"),
+    "data.on_error": ("raise", "skip"),
+    "rollout.backend": ("hf", "vllm"),
+    "algo.advantage": ("grpo", "dr_grpo", "grpo_batch"),
+    "algo.loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
+    "algo.importance_level": ("token", "sequence"),
+    "optim.schedule": ("constant", "cosine"),
+    "parallel.backend": ("hf", "mcore"),
+}
+_POSITIVE = ("steps", "rollout.prompts_per_step", "rollout.group_size", "rollout.max_new_tokens",
+             "rollout.batch_size", "algo.ppo_epochs", "algo.mini_batches", "algo.micro_batch_size",
+             "parallel.tensor_parallel", "parallel.pipeline_parallel", "parallel.data_parallel",
+             "keep_last", "log_every")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> TrainConfig:
+    """Check value ranges and choices; raise one :class:`ConfigError` naming the key."""
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ConfigError(f"config key '{key}': {_get(cfg, key)!r} is not one of {choices}")
+    for key in _POSITIVE:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}' must be >= 1, got {_get(cfg, key)}")
+    if cfg.model.kind == "pretrained" and not cfg.model.path:
+        raise ConfigError("config key 'model.path' is required when model.kind is 'pretrained'")
+    if cfg.algo.beta < 0:
+        raise ConfigError(f"config key 'algo.beta' must be >= 0, got {cfg.algo.beta}")
+    if cfg.rollout.temperature <= 0:
+        raise ConfigError("config key 'rollout.temperature' must be > 0 for GRPO sampling "
+                          f"(got {cfg.rollout.temperature})")
+    n = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    if cfg.algo.mini_batches > n:
+        raise ConfigError(f"config key 'algo.mini_batches'={cfg.algo.mini_batches} exceeds the "
+                          f"{n} completions per step")
+    return cfg
+
+
+# ------------------------------------------------------------------------------- building
+def _hints(tp: Any) -> dict[str, Any]:
+    return typing.get_type_hints(tp)
+
+
+def _coerce(value: Any, hint: Any, key: str, origin: str) -> Any:
+    """Check/convert a YAML value against a field's type hint (int→float allowed)."""
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args or hint is Any:
+            return None
+        raise ConfigError(f"{origin}: config key '{key}' may not be null")
+    if args and type(None) in args:  # Optional[X]
+        hint = next(a for a in args if a is not type(None))
+    base = typing.get_origin(hint) or hint
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif base is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif base in (dict, list, tuple):
+        if isinstance(value, base if base is not tuple else (list, tuple)):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{origin}: config key '{key}' expects {getattr(base, '__name__', base)}, "
+                      f"got {value!r}")
+
+
+def from_dict(cls: type, data: dict, origin: str = "<dict>", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a nested dict; unknown keys raise :class:`ConfigError`."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: config key '{prefix.rstrip('.') or '<root>'}' must be a "
+                          f"mapping, got {type(data).__name__}")
+    hints = _hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{origin}: unknown config key '{full}' (known keys"
+                              f"{' in ' + repr(prefix.rstrip('.')) if prefix else ''}: "
+                              f"{', '.join(names)})")
+        hint = hints[key]
+        if is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value or {}, origin, full + ".")
+        else:
+            kwargs[key] = _coerce(value, hint, full, origin)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{origin}: section '{prefix.rstrip('.') or '<root>'}': {exc}") from None
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    import yaml
+
+    if "=" not in item:
+        raise ConfigError(f"command line: override {item!r} is not of the form key.sub=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"command line: override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Set ``a.b.c=value`` items into the nested dict ``data`` (creating sections as needed)."""
+    for item in overrides or []:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"command line: override {item!r}: '{part}' is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def _check_keys(cls: type, data: dict, origin: str, prefix: str = "") -> None:
+    """Raise on the first unknown key before building (so the origin is right)."""
+    names = {f.name: f for f in fields(cls)}
+    hints = _hints(cls)
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{origin}: unknown config key '{prefix}{key}' (known keys"
+                              f"{' in ' + repr(prefix.rstrip('.')) if prefix else ''}: "
+                              f"{', '.join(names)})")
+        if is_dataclass(hints[key]) and isinstance(value, dict):
+            _check_keys(hints[key], value, origin, f"{prefix}{key}.")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """YAML file (optional) + ``key.sub=value`` overrides → validated :class:`TrainConfig`."""
+    import yaml
+
+    data: dict = {}
+    origin = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        origin = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of config keys")
+        _check_keys(TrainConfig, data, origin)
+    if overrides:
+        if path is not None:
+            from_dict(TrainConfig, data, origin)  # type errors in the file name the file
+        over = apply_overrides({}, overrides)
+        _check_keys(TrainConfig, over, "command line")
+        data = _merge(data, over)
+        origin = f"{origin} + command line" if path is not None else "command line"
+    return validate(from_dict(TrainConfig, data, origin))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def config_from_dict(data: dict, origin: str = "<dict>") -> TrainConfig:
+    """Rebuild a config saved with :meth:`TrainConfig.to_dict` (checkpoints)."""
+    _check_keys(TrainConfig, data, origin)
+    return validate(from_dict(TrainConfig, data, origin))
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+__all__ = ["AlgoConfig", "ConfigError", "DataConfig", "ModelConfig", "OptimConfig",
+           "ParallelConfig", "RolloutConfig", "TrainConfig", "apply_overrides",
+           "config_from_dict", "dump_yaml", "from_dict", "load_config", "validate"]

@@ -1,0 +1,118 @@
+"""Evaluation on a mixed set: greedy (``k = 1``, temperature 0) or pass@k sampling, scored by
+Mixed-Reward, reported per task type.
+
+Per task: ``accuracy`` = mean accuracy reward over all completions, ``format`` = mean format
+reward, ``total`` = mean Mixed-Reward, and ``pass@k`` = fraction of prompts with at least one
+completion whose accuracy reward is ≥ ``pass_threshold`` (0.5: for the 0/1 rewards this is
+"correct"; for IoU and BMAS it is IoU ≥ 0.5 / BMAS ≥ 0.5).
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from mixed_r1.data.schema import TASK_TYPES
+
+
+def evaluate_generator(generator: Any, processor: Any, samples: Sequence[Any], reward: Any, *,
+                       k: int = 1, temperature: float = 0.0, max_new_tokens: int = 64,
+                       seed: int = 0, pass_threshold: float = 0.5) -> dict:
+    """Generate ``k`` completions per sample and score them; returns the report dict."""
+    from mixed_r1.data.prompts import build_messages, model_frame_sample
+    from mixed_r1.rollout import Prompt, SamplingParams
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k > 1 and temperature == 0:
+        raise ValueError("pass@k with k > 1 needs temperature > 0")
+    prompts = [Prompt(messages=build_messages(s), images=list(s.images), id=s.id) for s in samples]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    comps = generator.generate(prompts, k, params)
+    framed = [model_frame_sample(s, processor) for s in samples]
+    scored = reward([c.text for c in comps], [framed[c.prompt_index] for c in comps])
+    per: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    passed: dict[int, bool] = defaultdict(bool)
+    for i, c in enumerate(comps):
+        task = samples[c.prompt_index].task_type
+        per[task]["accuracy"].append(scored.accuracy[i])
+        per[task]["format"].append(scored.format[i])
+        per[task]["total"].append(scored.total[i])
+        passed[c.prompt_index] |= scored.accuracy[i] >= pass_threshold
+    tasks = {}
+    for task in [t for t in TASK_TYPES if t in per]:
+        idx = [j for j, s in enumerate(samples) if s.task_type == task]
+        vals = per[task]
+        tasks[task] = {"n": len(idx),
+                       "accuracy": sum(vals["accuracy"]) / len(vals["accuracy"]),
+                       "format": sum(vals["format"]) / len(vals["format"]),
+                       "total": sum(vals["total"]) / len(vals["total"]),
+                       f"pass@{k}": sum(passed[j] for j in idx) / len(idx)}
+    n = len(comps)
+    overall = {"n": len(samples), "accuracy": sum(scored.accuracy) / n,
+               "format": sum(scored.format) / n, "total": sum(scored.total) / n,
+               f"pass@{k}": sum(passed[j] for j in range(len(samples))) / len(samples)}
+    return {"k": k, "temperature": temperature, "tasks": tasks, "overall": overall,
+            "reward_failures": scored.failures,
+            "examples": [{"id": samples[c.prompt_index].id, "text": c.text[:300]}
+                         for c in comps[:: max(1, n // 6)][:6]]}
+
+
+def format_table(report: dict, title: str | None = None) -> str:
+    """A fixed-width table: one row per task type plus ``overall``."""
+    k = report["k"]
+    cols = ("n", "accuracy", "format", "total", f"pass@{k}")
+    lines = [title] if title else []
+    lines.append(f"{'task':<16}" + "".join(f"{c:>10}" for c in cols))
+    rows = list(report["tasks"].items()) + [("overall", report["overall"])]
+    for task, st in rows:
+        lines.append(f"{task:<16}" + "".join(
+            f"{st[c]:>10d}" if c == "n" else f"{st[c]:>10.3f}" for c in cols))
+    return "\n".join(lines)
+
+
+def load_eval_model(model_dir: str | Path):
+    """(model, processor) from a directory written by ``GRPOTrainer.export_model``."""
+    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+    from mixed_r1.policy import load_pretrained_model
+
+    p = Path(model_dir)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"--model {p}: not a model directory (no config.json)")
+    extra = {}
+    if (p / "mixed_r1_model.json").is_file():
+        extra = json.loads((p / "mixed_r1_model.json").read_text())
+    kw = {k: extra[k] for k in ("min_pixels", "max_pixels") if k in extra}
+    processor = build_qwen25vl_processor(**kw)
+    return load_pretrained_model(p).eval(), processor
+
+
+def run_eval(model_dir: str | Path, data_file: str | Path, *, k: int = 1,
+             temperature: float | None = None, max_new_tokens: int = 64, limit: int = 0,
+             seed: int = 0, out: str | Path | None = None, batch_size: int = 32) -> dict:
+    """``mixed-r1 eval``: load, generate, score, write the JSON report (``out``)."""
+    from mixed_r1.data import load_samples
+    from mixed_r1.rewards import MixedReward
+    from mixed_r1.rollout import HFGenerator
+    from mixed_r1.trainer import set_bmas_embedder
+    from mixed_r1.policy import HFPolicy
+
+    if not Path(data_file).is_file():
+        raise FileNotFoundError(f"--data: no such file: {data_file}")
+    samples, _ = load_samples(data_file)
+    if limit:
+        samples = samples[:limit]
+    model, processor = load_eval_model(model_dir)
+    set_bmas_embedder(processor, HFPolicy(model, trainable=False))
+    temp = temperature if temperature is not None else (0.0 if k == 1 else 1.0)
+    report = evaluate_generator(HFGenerator(model, processor, batch_size=batch_size), processor,
+                                samples, MixedReward(), k=k, temperature=temp,
+                                max_new_tokens=max_new_tokens, seed=seed)
+    report.update(model=str(model_dir), data=str(data_file))
+    if out is not None:
+        Path(out).write_text(json.dumps(report, indent=2))
+    return report
+
+
+__all__ = ["evaluate_generator", "format_table", "load_eval_model", "run_eval"]

@@ -1,0 +1,124 @@
+"""``mixed-r1 train | eval | plot | bench``: ``register(subparsers)`` adds them to the main CLI.
+
+Heavy imports happen inside each command. ``python -m mixed_r1.train_cli <command> …`` works on
+its own too (``main``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _train(args: argparse.Namespace) -> int:
+    from mixed_r1.config import load_config
+    from mixed_r1.trainer import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    trainer = run_training(cfg, resume=args.resume)
+    print(f"trained to step {trainer.step_count}; run dir {trainer.run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from mixed_r1.evaluate import format_table, run_eval
+
+    report = run_eval(args.model, args.data, k=args.k, temperature=args.temperature,
+                      max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
+                      out=args.out)
+    print(format_table(report, f"{args.model} on {args.data} "
+                               f"({'greedy' if report['temperature'] == 0 else 'sampled'}, k={args.k})"))
+    if args.out:
+        print(f"report: {args.out}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from mixed_r1.metrics import plot_run
+
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+def bench_step(cfg, steps: int = 2) -> list[dict]:
+    """Time ``steps`` GRPO steps after one warm-up step; returns their metrics."""
+    from mixed_r1.trainer import build_trainer
+
+    trainer = build_trainer(cfg)
+    trainer.step()  # warm-up
+    return [trainer.step() for _ in range(steps)]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from mixed_r1.config import load_config
+
+    overrides = list(args.overrides)
+    tmp = None
+    if args.config is None and not any(o.startswith("data.train_file=") for o in overrides):
+        from mixed_r1.data.synth import SynthConfig, synthesize
+
+        tmp = tempfile.mkdtemp(prefix="mixed-r1-bench-")
+        path = synthesize(tmp, SynthConfig(sizes={t: 8 for t in
+                                                  ("yes_no", "multiple_choice", "chart", "math",
+                                                   "grounding", "open_ended")}))
+        overrides = [f"data.train_file={path}", f"out_dir={tmp}/run", "model.max_pixels=12544",
+                     "progress=false"] + overrides
+    cfg = load_config(args.config, overrides)
+    rows = bench_step(cfg, args.steps)
+    phases = ("generate_and_reward", "old_ref_logprobs", "update", "sync", "step")
+    print(f"{'phase':<22}{'seconds':>10}{'share':>8}")
+    for ph in phases:
+        sec = sum(r[f"time/{ph}"] for r in rows) / len(rows)
+        tot = sum(r["time/step"] for r in rows) / len(rows)
+        print(f"{ph:<22}{sec:>10.3f}{sec / tot:>8.1%}")
+    for key in ("perf/tokens_per_s", "perf/train_tokens_per_s", "perf/samples_per_s",
+                "perf/gen_tokens"):
+        print(f"{key:<30}{sum(r[key] for r in rows) / len(rows):>12.2f}")
+    if args.json:
+        print(json.dumps(rows[-1], indent=1, sort_keys=True))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="GRPO training from a YAML config")
+    p.add_argument("--config", required=True, help="YAML config (see examples/)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser("eval", help="greedy or pass@k evaluation on a mixed set")
+    p.add_argument("--model", required=True, help="model dir written by train (<run>/model)")
+    p.add_argument("--data", required=True, help="JSONL/Parquet mixed eval set")
+    p.add_argument("--k", type=int, default=1, help="completions per prompt (pass@k)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="default: 0 (greedy) for k=1, 1.0 otherwise")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--limit", type=int, default=0, help="only the first N samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the JSON report here")
+    p.set_defaults(func=_eval)
+
+    p = subparsers.add_parser("plot", help="draw a run's curves to PNG")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=_plot)
+
+    p = subparsers.add_parser("bench", help="per-phase time and tokens/s of GRPO steps")
+    p.add_argument("--config", default=None, help="YAML config (default: tiny CPU setup)")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--json", action="store_true", help="also print the last step's metrics")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.set_defaults(func=_bench)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mixed-r1")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,482 @@
+"""The GRPO loop, top to bottom.
+
+One step (``GRPOTrainer.step``):
+
+1. take ``P`` prompts from the (seeded, checkpointed) prompt stream;
+2. ``generator.generate`` → ``G`` completions per prompt, sampled with seed ``f(seed, step)``;
+3. Mixed-Reward scores them: ``r = w_acc · accuracy(task) + w_fmt · format``;
+4. group advantages ``A_i = (r_i − mean_g r) / (std_g r + ε)`` (:mod:`mixed_r1.algo`);
+   optionally drop groups whose rewards all tie (DAPO dynamic sampling: their A is 0);
+5. ``generator.sleep()``; old log-probs from the policy before any update (PPO-style
+   ``ppo_epochs``/``mini_batches`` > 1; a single on-policy update needs none: ratio ≡ 1) and
+   reference log-probs when ``beta > 0``;
+6. policy updates: each mini-batch is one AdamW step accumulated over micro-batches; the loss is
+   :func:`mixed_r1.kernels.grpo_loss`; a non-finite loss or gradient skips the update (counted);
+7. weight sync ``generator.update_weights(policy.export_hf_weights())``; ``generator.wake_up()``.
+
+Checkpoints (:mod:`mixed_r1.checkpoint`) hold the weights, optimizer, every RNG state and the
+prompt-stream position, so ``--resume`` continues exactly where the run stopped.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from mixed_r1.config import ConfigError, TrainConfig, dump_yaml
+from mixed_r1.policy import HFPolicy, LossConfig, PolicyBatch, encode_rows, rows_tensor
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------- seeding
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int, salt: int = 0) -> int:
+    """A sampling seed that depends only on (run seed, step, salt)."""
+    return (seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2**31 - 1)
+
+
+class PromptStream:
+    """Endless prompts in epoch order: epoch ``e`` is ``permutation(n)`` seeded by (seed, e).
+
+    The position ``(epoch, index)`` is all the state there is (saved in checkpoints).
+    """
+
+    def __init__(self, samples: Sequence[Any], seed: int, shuffle: bool = True) -> None:
+        if not samples:
+            raise ValueError("the training set is empty")
+        self.samples, self.seed, self.shuffle = list(samples), seed, shuffle
+        self.epoch, self.index = 0, 0
+        self._order = self._perm(0)
+
+    def _perm(self, epoch: int) -> list[int]:
+        n = len(self.samples)
+        if not self.shuffle:
+            return list(range(n))
+        return np.random.default_rng([self.seed, epoch]).permutation(n).tolist()
+
+    def next(self, k: int) -> list[Any]:
+        out = []
+        for _ in range(k):
+            if self.index >= len(self._order):
+                self.epoch, self.index = self.epoch + 1, 0
+                self._order = self._perm(self.epoch)
+            out.append(self.samples[self._order[self.index]])
+            self.index += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+        self._order = self._perm(self.epoch)
+
+
+# ------------------------------------------------------------------------------- building
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The policy network from ``cfg.model`` (random tiny Qwen2.5-VL or a local HF directory)."""
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
+    m = cfg.model
+    if m.kind == "tiny_qwen25vl":
+        from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
+
+        model = build_tiny_qwen25vl(seed=m.seed, hidden_size=m.hidden_size,
+                                    num_layers=m.num_layers, num_heads=m.num_heads,
+                                    num_kv_heads=m.num_kv_heads,
+                                    intermediate_size=m.intermediate_size,
+                                    vision_hidden=m.vision_hidden, vision_depth=m.vision_depth)
+    else:
+        from mixed_r1.policy import load_pretrained_model
+
+        model = load_pretrained_model(m.path, dtype)
+    model = model.to(device=cfg.device, dtype=dtype)
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def build_processor(cfg: TrainConfig):
+    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+
+    return build_qwen25vl_processor(min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
+
+
+def load_train_samples(cfg: TrainConfig) -> list:
+    from mixed_r1.data import load_samples
+
+    path = cfg.data.train_file
+    if not path:
+        raise ConfigError("config key 'data.train_file' is not set")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"data.train_file: no such file: {path}")
+    samples, report = load_samples(path, on_error=cfg.data.on_error)
+    if report.n_skipped:
+        log.warning("%s: skipped %d bad rows %s", path, report.n_skipped, dict(report.skipped))
+    return samples
+
+
+def build_generator(cfg: TrainConfig, model: torch.nn.Module, processor: Any):
+    """The rollout backend over its own copy of the weights (synced after every update)."""
+    if cfg.rollout.backend == "vllm":
+        from mixed_r1.rollout.vllm_backend import VLLMGenerator  # text LMs on CPU for now
+
+        model_dir = cfg.model.path
+        if cfg.model.kind != "pretrained":  # the engine loads from a directory: write one
+            model_dir = str(Path(cfg.out_dir) / "init_model")
+            model.save_pretrained(model_dir, safe_serialization=True)
+        return VLLMGenerator(model_dir, dtype=cfg.model.dtype, seed=cfg.seed,
+                             tensor_parallel_size=cfg.parallel.tensor_parallel,
+                             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                             enable_sleep_mode=cfg.rollout.enable_sleep_mode,
+                             tokenizer=getattr(processor, "tokenizer", processor))
+    from mixed_r1.rollout import HFGenerator
+
+    gen_model = copy.deepcopy(model).eval()
+    for p in gen_model.parameters():
+        p.requires_grad_(False)
+    return HFGenerator(gen_model, processor, batch_size=cfg.rollout.batch_size)
+
+
+def set_bmas_embedder(processor: Any, policy: HFPolicy) -> None:
+    """BMAS embeds with the policy's live input-embedding table (a view on CPU float32)."""
+    from mixed_r1.rewards import TableEmbedder, set_default_embedder
+
+    tok = getattr(processor, "tokenizer", processor)
+    set_default_embedder(TableEmbedder(tok, policy.model.get_input_embeddings().weight))
+
+
+# ------------------------------------------------------------------------------- trainer
+@dataclass
+class Rollouts:
+    """What one step sampled and how it scored."""
+
+    samples: list  # the step's prompts (grounding boxes in the processor frame)
+    prompt_texts: list[str]
+    completions: list  # Completion, prompt-major
+    rewards: Any  # RewardBatch
+    advantages: torch.Tensor
+    keep: list[int] = field(default_factory=list)  # rows that enter the update
+
+
+class GRPOTrainer:
+    """Owns the policy, generator, reward and prompt stream; ``train()`` runs ``cfg.steps``."""
+
+    def __init__(self, cfg: TrainConfig, policy: HFPolicy, generator: Any, processor: Any,
+                 reward: Any, train_samples: Sequence[Any], ref_policy: HFPolicy | None = None,
+                 run_dir: str | Path | None = None) -> None:
+        self.cfg, self.policy, self.generator = cfg, policy, generator
+        self.processor, self.reward, self.ref = processor, reward, ref_policy
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+        self.run_dir = Path(run_dir or cfg.out_dir)
+        self.stream = PromptStream(train_samples, cfg.seed, cfg.data.shuffle)
+        self.step_count = 0
+        self.counters = {"nonfinite_skips": 0, "dropped_groups": 0, "empty_steps": 0,
+                         "reward_failures": 0}
+        self.loss_cfg = LossConfig(beta=cfg.algo.beta, eps_low=cfg.algo.eps_low,
+                                   eps_high=cfg.algo.eps_high,
+                                   temperature=cfg.rollout.temperature,
+                                   loss_type=cfg.algo.loss_type,
+                                   importance_level=cfg.algo.importance_level,
+                                   max_completion_length=cfg.rollout.max_new_tokens)
+
+    # ------------------------------------------------------------------ schedule
+    def lr_at(self, step: int) -> float:
+        """Linear warmup over ``warmup_steps``, then constant or cosine decay to 0 at ``steps``."""
+        o = self.cfg.optim
+        if o.warmup_steps and step <= o.warmup_steps:
+            return o.lr * step / o.warmup_steps
+        if o.schedule == "cosine":
+            span = max(1, self.cfg.steps - o.warmup_steps)
+            frac = min(1.0, (step - o.warmup_steps) / span)
+            return o.lr * 0.5 * (1 + math.cos(math.pi * frac))
+        return o.lr
+
+    # ------------------------------------------------------------------ phases
+    def rollout(self, step: int) -> Rollouts:
+        """Sample, score, compute advantages, mark the rows that enter the update."""
+        from mixed_r1.algo import compute_advantages
+        from mixed_r1.data.prompts import build_messages, model_frame_sample, render_prompt
+        from mixed_r1.rollout import Prompt, SamplingParams
+
+        r = self.cfg.rollout
+        samples = self.stream.next(r.prompts_per_step)
+        prompts = [Prompt(messages=build_messages(s), images=list(s.images), id=s.id)
+                   for s in samples]
+        params = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature,
+                                top_p=r.top_p, top_k=r.top_k, seed=step_seed(self.cfg.seed, step))
+        completions = self.generator.generate(prompts, r.group_size, params)
+        framed = [model_frame_sample(s, self.processor) for s in samples]
+        scored = self.reward([c.text for c in completions],
+                             [framed[c.prompt_index] for c in completions])
+        rewards = torch.tensor(scored.total, dtype=torch.float32)
+        adv = compute_advantages(self.cfg.algo.advantage, rewards, r.group_size)
+        keep = []
+        for g in range(len(samples)):
+            idx = list(range(g * r.group_size, (g + 1) * r.group_size))
+            tied = float(rewards[idx].max() - rewards[idx].min()) < 1e-6
+            if tied and self.cfg.algo.dynamic_sampling:
+                self.counters["dropped_groups"] += 1
+                continue
+            keep.extend(i for i in idx if completions[i].token_ids)
+        texts = [render_prompt(s, self.processor) for s in samples]
+        return Rollouts(framed, texts, completions, scored, adv, keep)
+
+    def micro_batches(self, ro: Rollouts, step: int) -> list[list[PolicyBatch]]:
+        """Kept rows, shuffled (seeded by step), cut into micro-batches, grouped into
+        ``mini_batches`` updates; each micro-batch knows its loss scale."""
+        a = self.cfg.algo
+        gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, salt=1))
+        rows = [ro.keep[i] for i in torch.randperm(len(ro.keep), generator=gen).tolist()]
+        mbs: list[PolicyBatch] = []
+        for start in range(0, len(rows), a.micro_batch_size):
+            chunk = rows[start:start + a.micro_batch_size]
+            comps = [ro.completions[i] for i in chunk]
+            pidx = [c.prompt_index for c in comps]
+            inputs, targets, mask = encode_rows(
+                self.processor, [ro.prompt_texts[p] for p in pidx],
+                [ro.samples[p].images for p in pidx], [c.token_ids for c in comps],
+                self.pad_id, self.policy.device)
+            T = targets.shape[1]
+            mbs.append(PolicyBatch(inputs=inputs, targets=targets, mask=mask,
+                                   advantages=ro.advantages[chunk].to(self.policy.device),
+                                   rollout_logprobs=rows_tensor([c.logprobs for c in comps], T),
+                                   rows=chunk))
+        n_mini = min(a.mini_batches, len(mbs))
+        minis = [mbs[i::n_mini] for i in range(n_mini)] if n_mini else []
+        for mini in minis:  # exact aggregation across the micro-batches of one update
+            ntok = sum(mb.num_tokens for mb in mini)
+            nseq = sum(mb.targets.shape[0] for mb in mini)
+            for mb in mini:
+                if a.loss_type == "dapo":
+                    mb.num_items, mb.scale = float(ntok), 1.0
+                else:
+                    mb.scale = mb.targets.shape[0] / nseq
+        return minis
+
+    # ------------------------------------------------------------------ one step
+    def step(self) -> dict[str, float]:
+        """One GRPO step (see the module docstring); returns its metrics."""
+        cfg, step = self.cfg, self.step_count + 1
+        t = {}
+        t0 = time.perf_counter()
+        set_bmas_embedder(self.processor, self.policy)
+
+        ro = self.rollout(step)
+        t["generate_and_reward"] = time.perf_counter() - t0
+        self.generator.sleep()
+
+        t1 = time.perf_counter()
+        minis = self.micro_batches(ro, step)
+        need_old = cfg.algo.ppo_epochs > 1 or len(minis) > 1
+        for mb in (mb for mini in minis for mb in mini):
+            if need_old:
+                mb.old_logprobs = self.policy.forward_logprobs(mb, cfg.rollout.temperature)
+            if cfg.algo.beta > 0 and self.ref is not None:
+                mb.ref_logprobs = self.ref.forward_logprobs(mb, cfg.rollout.temperature)
+        t["old_ref_logprobs"] = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        updates: list[dict] = []
+        lr = self.lr_at(step)
+        for _epoch in range(cfg.algo.ppo_epochs):
+            for mini in minis:
+                updates.append(self.policy.train_step(mini, self.loss_cfg, lr))
+        t["update"] = time.perf_counter() - t2
+        skipped = sum(int(u["skipped"]) for u in updates)
+        self.counters["nonfinite_skips"] += skipped
+        if not minis:
+            self.counters["empty_steps"] += 1
+
+        t3 = time.perf_counter()
+        self.generator.update_weights(self.policy.export_hf_weights())
+        self.generator.wake_up()
+        t["sync"] = time.perf_counter() - t3
+        t["step"] = time.perf_counter() - t0
+
+        self.step_count = step
+        self.counters["reward_failures"] += ro.rewards.failures
+        return self._metrics(ro, minis, updates, need_old, t, lr)
+
+    # ------------------------------------------------------------------ metrics
+    def _metrics(self, ro: Rollouts, minis: list[list[PolicyBatch]], updates: list[dict],
+                 need_old: bool, t: dict[str, float], lr: float) -> dict[str, float]:
+        G = self.cfg.rollout.group_size
+        m: dict[str, float] = dict(ro.rewards.metrics("reward"))
+        rewards = torch.tensor(ro.rewards.total)
+        groups = rewards.view(-1, G)
+        m["reward/std"] = float(rewards.std()) if rewards.numel() > 1 else 0.0
+        m["groups/tied_frac"] = float(((groups.max(1).values - groups.min(1).values) < 1e-6)
+                                      .float().mean())
+        m["adv/mean"] = float(ro.advantages.mean())
+        m["adv/abs_mean"] = float(ro.advantages.abs().mean())
+        m["adv/max"] = float(ro.advantages.max())
+        m["adv/min"] = float(ro.advantages.min())
+        lengths = torch.tensor([len(c.token_ids) for c in ro.completions], dtype=torch.float32)
+        m["response/length_mean"] = float(lengths.mean())
+        m["response/length_max"] = float(lengths.max())
+        m["response/truncated_frac"] = float(np.mean([c.finish_reason == "length"
+                                                      for c in ro.completions]))
+        m["rows/kept"] = float(len(ro.keep))
+        # rollout vs trainer log-prob mismatch, on the pre-update policy
+        diffs, ntok = 0.0, 0.0
+        mbs = [mb for mini in minis for mb in mini]
+        first = updates[0]["logprobs"] if updates else []
+        for j, mb in enumerate(mbs):
+            trainer_lp = mb.old_logprobs if need_old else (first[j] if j < len(first) and
+                                                             len(minis) == 1 else None)
+            if trainer_lp is None or mb.rollout_logprobs is None:
+                continue
+            d = (trainer_lp.float().cpu() - mb.rollout_logprobs) * mb.mask.cpu()
+            diffs += float(d.abs().sum())
+            ntok += float(mb.mask.sum())
+        if ntok:
+            m["rollout/logprob_abs_diff"] = diffs / ntok
+        # update statistics: mean over the step's updates
+        for key in ("loss", "grad_norm", "clip_frac", "clip_frac_low", "clip_frac_high",
+                    "ratio_mean", "ratio_min", "ratio_max", "kl_mean", "entropy"):
+            vals = [u[key] for u in updates if key in u and not u["skipped"]]
+            if vals:
+                m[key] = float(np.mean(vals))
+        m["update/count"] = float(len(updates))
+        m["update/skipped"] = float(sum(u["skipped"] for u in updates))
+        m["lr"] = lr
+        for k, v in self.counters.items():
+            m[f"counters/{k}"] = float(v)
+        for k, v in t.items():
+            m[f"time/{k}"] = v
+        gen_tokens = float(lengths.sum())
+        train_tokens = float(sum(u["tokens"] for u in updates))
+        m["perf/gen_tokens"] = gen_tokens
+        m["perf/tokens_per_s"] = gen_tokens / max(t["step"], 1e-9)
+        m["perf/train_tokens_per_s"] = train_tokens / max(t["update"], 1e-9)
+        m["perf/samples_per_s"] = len(ro.completions) / max(t["step"], 1e-9)
+        return m
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainer_state(self) -> dict:
+        return {"data": self.stream.state_dict(), "counters": dict(self.counters)}
+
+    def save(self) -> Path:
+        from mixed_r1.checkpoint import save_checkpoint
+
+        return save_checkpoint(self.run_dir / "checkpoints", self.step_count,
+                               self.policy.state_dict_for_checkpoint(), self.trainer_state(),
+                               dump_yaml(self.cfg), keep_last=self.cfg.keep_last)
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """Restore the newest checkpoint (or ``path``); returns its step (0: nothing to resume)."""
+        from mixed_r1.checkpoint import latest_checkpoint, load_checkpoint, restore_rng
+        from mixed_r1.metrics import truncate_metrics
+
+        ck_path = Path(path) if path else latest_checkpoint(self.run_dir / "checkpoints")
+        if ck_path is None:
+            return 0
+        ck = load_checkpoint(ck_path)
+        self.policy.load(ck.model, ck.optimizer, source=str(ck_path / "model.safetensors"))
+        self.stream.load_state_dict(ck.state["data"])
+        self.counters.update(ck.state.get("counters", {}))
+        self.step_count = int(ck.state["step"])
+        restore_rng(ck.rng)
+        self.generator.update_weights(self.policy.export_hf_weights())
+        truncate_metrics(self.run_dir, self.step_count)
+        return self.step_count
+
+    def export_model(self, out: str | Path | None = None) -> Path:
+        """Save the policy as a loadable HF directory (+ processor settings), atomically."""
+        import json
+        import os
+        import shutil
+
+        final = Path(out) if out is not None else self.run_dir / "model"
+        tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.policy.save_pretrained(tmp)
+        (tmp / "mixed_r1_model.json").write_text(json.dumps(
+            {"min_pixels": self.cfg.model.min_pixels, "max_pixels": self.cfg.model.max_pixels,
+             "step": self.step_count}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        return final
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, logger: Any = None) -> list[dict]:
+        """Run until ``cfg.steps``; log every step, checkpoint every ``save_every`` and at the end."""
+        history = []
+        while self.step_count < self.cfg.steps:
+            metrics = self.step()
+            history.append(metrics)
+            if logger is not None and self.step_count % self.cfg.log_every == 0:
+                logger.log(self.step_count, metrics)
+            if self.cfg.save_every and self.step_count % self.cfg.save_every == 0:
+                self.save()
+        if not self.cfg.save_every or self.step_count % self.cfg.save_every:
+            self.save()
+        return history
+
+
+def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
+                  model: torch.nn.Module | None = None) -> GRPOTrainer:
+    """Everything from the config: data, processor, policy (+ reference), generator, reward."""
+    from mixed_r1.rewards import MixedReward
+
+    if cfg.parallel.backend != "hf":
+        raise ConfigError("parallel.backend 'mcore' is not wired into the trainer yet; "
+                          "use parallel.backend=hf")
+    seed_everything(cfg.seed)
+    samples = load_train_samples(cfg)
+    processor = build_processor(cfg)
+    model = model if model is not None else build_model(cfg)
+    o = cfg.optim
+    policy = HFPolicy(model, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                      weight_decay=o.weight_decay, grad_clip=o.grad_clip)
+    ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
+    generator = build_generator(cfg, model, processor)
+    reward = MixedReward(cfg.reward)
+    set_bmas_embedder(processor, policy)
+    return GRPOTrainer(cfg, policy, generator, processor, reward, samples, ref, run_dir)
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False, run_dir: str | Path | None = None,
+                 model: torch.nn.Module | None = None) -> GRPOTrainer:
+    """Build, optionally resume, train with logging, export the final model."""
+    from mixed_r1.metrics import MetricsLogger
+
+    run = Path(run_dir or cfg.out_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    trainer = build_trainer(cfg, run, model)
+    start = trainer.resume() if resume else 0
+    if not resume:
+        from mixed_r1.metrics import truncate_metrics
+
+        truncate_metrics(run, 0)
+    logger = MetricsLogger(run, total_steps=cfg.steps, initial_step=start,
+                           tensorboard=cfg.tensorboard, progress=cfg.progress)
+    try:
+        trainer.train(logger)
+    finally:
+        logger.close()
+    trainer.export_model()
+    return trainer
+
+
+__all__ = ["GRPOTrainer", "PromptStream", "Rollouts", "build_generator", "build_model",
+           "build_processor", "build_trainer", "load_train_samples", "run_training",
+           "seed_everything", "set_bmas_embedder", "step_seed"]

@@ -1,0 +1,210 @@
+"""GRPO trainer end to end on CPU: steps run, the loss falls on a fixed batch, the generator
+serves new weights after each step, metrics are written; errors are clear."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from _trainer_util import make_data, tiny_overrides
+from mixed_r1.config import load_config
+from mixed_r1.trainer import GRPOTrainer, PromptStream, build_trainer
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def trainer(data_file, tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    cfg = load_config(None, tiny_overrides(data_file, run) + ["algo.ppo_epochs=2", "algo.beta=0.05"])
+    return build_trainer(cfg, run)
+
+
+def _gen_params(tr):
+    return {k: v.detach().clone() for k, v in tr.generator.model.named_parameters()}
+
+
+def test_steps_sync_weights_and_write_metrics(trainer, tmp_path):
+    from mixed_r1.metrics import MetricsLogger, read_metrics
+
+    logger = MetricsLogger(tmp_path, tensorboard=False, progress=False)
+    for _ in range(3):
+        before = _gen_params(trainer)
+        m = trainer.step()
+        logger.log(trainer.step_count, m)
+        after = _gen_params(trainer)
+        changed = [k for k in after if not torch.equal(before[k], after[k])]
+        if m["update/count"] and not m["update/skipped"] and m["adv/abs_mean"] > 0:
+            assert changed, "the generator serves the same weights after an update"
+        pol = dict(trainer.policy.model.named_parameters())
+        assert all(torch.equal(after[k], pol[k].detach()) for k in after)  # in sync
+    logger.close()
+    rows = read_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for key in ("reward/total", "reward/format", "reward/accuracy", "adv/abs_mean",
+                "response/length_mean", "time/generate_and_reward", "time/update",
+                "perf/tokens_per_s", "counters/nonfinite_skips", "lr"):
+        assert key in rows[-1], key
+    updated = [r for r in rows if r["update/count"] and r["adv/abs_mean"] > 0]
+    assert updated, "no step had a non-zero advantage"
+    for key in ("loss", "kl_mean", "clip_frac", "entropy", "rollout/logprob_abs_diff"):
+        assert key in updated[-1], key
+    # the sampler and trainer log-probs agree on the pre-update policy (same weights)
+    assert updated[-1]["rollout/logprob_abs_diff"] < 1e-3
+    from mixed_r1.data import TASK_TYPES
+
+    for r in rows:  # per-task reward components for the task types sampled in that step
+        assert any(f"reward/{t}/accuracy" in r and f"reward/{t}/format" in r for t in TASK_TYPES)
+
+
+def _fixed_batch(trainer, step=100, with_rollouts=False):
+    ro = trainer.rollout(step)
+    ro.keep = list(range(len(ro.completions)))
+    ro.advantages = torch.tensor([1.0, -1.0] * (len(ro.completions) // 2))
+    minis = trainer.micro_batches(ro, step)
+    for mb in (mb for mini in minis for mb in mini):
+        mb.old_logprobs = trainer.policy.forward_logprobs(mb, 1.0)
+        mb.ref_logprobs = trainer.ref.forward_logprobs(mb, 1.0)
+    return (ro, minis) if with_rollouts else minis
+
+
+def _loss(trainer, minis):
+    with torch.no_grad():
+        return sum(float(trainer.policy.loss(mb, trainer.loss_cfg)[0]) * mb.scale
+                   for mini in minis for mb in mini)
+
+
+def test_loss_decreases_on_fixed_batch(trainer):
+    minis = _fixed_batch(trainer)
+    start = _loss(trainer, minis)
+    for _ in range(4):
+        trainer.policy.train_step(minis[0], trainer.loss_cfg, 3e-3)
+    end = _loss(trainer, minis)
+    assert end < start - 1e-3, (start, end)
+
+
+def test_micro_batches_accumulate_exactly(trainer):
+    """Gradient of one 8-row micro-batch == accumulated gradient of two 4-row ones (dapo)."""
+    ro, minis4 = _fixed_batch(trainer, step=101, with_rollouts=True)
+    assert len(minis4[0]) == 2
+    mbs = minis4[0]
+
+    def grads(batches):
+        model = trainer.policy.model
+        model.zero_grad(set_to_none=True)
+        for mb in batches:
+            loss, _ = trainer.policy.loss(mb, trainer.loss_cfg)
+            (loss * mb.scale).backward()
+        out = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return out
+
+    g_acc = grads(mbs)
+    # rebuild the same 8 rows as one micro-batch from the 4-row ones
+    from mixed_r1.policy import PolicyBatch
+
+    T = max(mb.targets.shape[1] for mb in mbs)
+    rows = [r for mb in mbs for r in mb.rows]
+    comps = [ro.completions[i] for i in rows]
+    from mixed_r1.policy import encode_rows
+
+    inputs, targets, mask = encode_rows(trainer.processor, [ro.prompt_texts[c.prompt_index] for c in comps],
+                                        [ro.samples[c.prompt_index].images for c in comps],
+                                        [c.token_ids for c in comps], trainer.pad_id)
+    pad = lambda x: torch.nn.functional.pad(x, (0, targets.shape[1] - x.shape[1]))  # noqa: E731
+    one = PolicyBatch(inputs=inputs, targets=targets, mask=mask,
+                      advantages=torch.cat([mb.advantages for mb in mbs]),
+                      old_logprobs=torch.cat([pad(mb.old_logprobs) for mb in mbs]),
+                      ref_logprobs=torch.cat([pad(mb.ref_logprobs) for mb in mbs]),
+                      num_items=float(mask.sum()))
+    assert T <= targets.shape[1]
+    g_one = grads([one])
+    # equal up to float32 noise from the different padding; a wrong micro-batch scale or
+    # token normalizer would be off by tens of percent
+    num = sum(float((g_acc[k] - g_one[k]).square().sum()) for k in g_one) ** 0.5
+    den = sum(float(g_one[k].square().sum()) for k in g_one) ** 0.5
+    assert den > 0 and num / den < 1e-3, num / den
+
+
+def test_nonfinite_loss_skips_update(trainer):
+    minis = _fixed_batch(trainer, step=102)
+    for mb in minis[0]:
+        mb.advantages = torch.full_like(mb.advantages, float("nan"))
+    before = {k: v.detach().clone() for k, v in trainer.policy.model.named_parameters()}
+    out = trainer.policy.train_step(minis[0], trainer.loss_cfg, 1e-2)
+    assert out["skipped"] == 1.0 and not math.isfinite(out["loss"])
+    after = dict(trainer.policy.model.named_parameters())
+    assert all(torch.equal(before[k], after[k].detach()) for k in before)
+
+
+def test_dynamic_sampling_drops_tied_groups(trainer, monkeypatch):
+    from mixed_r1.rewards.router import RewardBatch
+
+    def tied(completions, samples):
+        n = len(completions)
+        return RewardBatch(total=[1.0] * n, accuracy=[1.0] * n, format=[0.0] * n,
+                           task_types=[s.task_type for s in samples])
+
+    monkeypatch.setattr(trainer, "reward", tied)
+    monkeypatch.setattr(trainer.cfg.algo, "dynamic_sampling", True)
+    before = trainer.counters["dropped_groups"]
+    ro = trainer.rollout(200)
+    assert ro.keep == [] and trainer.counters["dropped_groups"] == before + 2
+    assert float(ro.advantages.abs().max()) == 0.0
+
+
+def test_prompt_stream_resumes():
+    a = PromptStream(list(range(5)), seed=3)
+    first = a.next(7)
+    b = PromptStream(list(range(5)), seed=3)
+    b.load_state_dict(a.state_dict())
+    assert a.next(9) == b.next(9)
+    assert sorted(first[:5]) == list(range(5))  # an epoch is a permutation
+
+
+def test_missing_data_file_is_clear(tmp_path):
+    cfg = load_config(None, tiny_overrides(tmp_path / "nope.jsonl", tmp_path))
+    with pytest.raises(FileNotFoundError, match="data.train_file: no such file: .*nope.jsonl"):
+        build_trainer(cfg, tmp_path)
+
+
+def test_model_mismatch_is_clear(trainer, data_file, tmp_path):
+    from mixed_r1.checkpoint import load_checkpoint
+    from mixed_r1.policy import ModelMismatchError
+
+    path = trainer.save()
+    cfg = load_config(None, tiny_overrides(data_file, tmp_path) + ["model.hidden_size=48"])
+    other = build_trainer(cfg, tmp_path)
+    ck = load_checkpoint(path)
+    with pytest.raises(ModelMismatchError, match=r"model.safetensors: tensor '.*' has shape"):
+        other.policy.load(ck.model, None, source=str(path / "model.safetensors"))
+    with pytest.raises(ModelMismatchError, match="model.safetensors"):
+        other.resume(path)
+
+
+def test_checkpoint_roundtrip_and_keep_last(trainer, tmp_path):
+    import random
+
+    from mixed_r1.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+
+    random.seed(5)
+    for step in (1, 2, 3):
+        p = save_checkpoint(tmp_path, step, trainer.policy.state_dict_for_checkpoint(),
+                            {"data": {"epoch": 0, "index": step}}, "seed: 0\n", keep_last=2)
+    assert [c.name for c in list_checkpoints(tmp_path)] == ["step_00000002", "step_00000003"]
+    assert not list(tmp_path.glob(".tmp-*"))
+    x = random.random()
+    ck = load_checkpoint(p)
+    from mixed_r1.checkpoint import restore_rng
+
+    restore_rng(ck.rng)
+    assert random.random() == x
+    sd = trainer.policy.model.state_dict()
+    for k, v in ck.model.items():
+        assert torch.equal(v, sd[k])
+    assert json.loads((p / "trainer_state.json").read_text())["step"] == 3
