@@ -18,7 +18,7 @@ endif
 
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean bench-rewards bench-kernels bench-data bench-rollout
+.PHONY: install test demo clean bench-rewards bench-kernels bench-data bench-rollout bench-trl
 
 install: $(STAMP)
 
@@ -51,6 +51,10 @@ bench-data: install
 
 bench-rollout: install
 	$(PY) tools/bench_rollout.py
+
+bench-trl: install
+	$(PIP) install -q "trl>=1.0"
+	$(PY) tools/bench_vs_trl.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
