@@ -11,6 +11,12 @@ Layout of ``<run>/checkpoints/step_00000012/``::
 A checkpoint is written under ``.tmp-step_…``, every file fsynced, then renamed into place and
 the parent directory fsynced, so a crash (even SIGKILL) never leaves a partial ``step_…``
 directory. Only the newest ``keep_last`` checkpoints are kept.
+
+A multi-rank (megatron-core) policy writes a *sharded* checkpoint instead
+(:func:`save_sharded_checkpoint`): ``model_<shard>.safetensors`` and ``optimizer_<shard>.pt`` per
+(TP rank, PP stage) — each rank its own shard — in place of ``model.safetensors``/``optimizer.pt``;
+the other files are written once by global rank 0, and the same temporary-name-then-rename rule
+holds. ``load_checkpoint(path, shard=…)`` reads one rank's shard.
 """
 from __future__ import annotations
 
@@ -168,22 +174,84 @@ def save_checkpoint(root: str | Path, step: int, policy_state: dict[str, Any],
     return final
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a checkpoint directory; a missing file raises :class:`CheckpointError` naming it."""
+def save_sharded_checkpoint(root: str | Path, step: int, shard: str, policy_state: dict[str, Any],
+                            trainer_state: dict[str, Any], config_yaml: str, keep_last: int = 2,
+                            *, write_shard: bool = True) -> Path:
+    """Collective over all ranks of the default process group: write ``step_<step>`` with this
+    rank's ``model_<shard>.safetensors``/``optimizer_<shard>.pt`` (when ``write_shard``; replicas
+    holding the same shard pass False) and, from global rank 0, the RNG, trainer state and config;
+    renamed into place by rank 0 after every rank has fsynced its files."""
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    root = Path(root)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    final = step_dir(root, step)
+    tmp = root / f".tmp-{final.name}-sharded"
+
+    def barrier() -> None:
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()
+
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(".tmp-step_*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    try:
+        if write_shard:
+            f = tmp / f"model_{shard}.safetensors"
+            save_file(dedupe_tensors(policy_state["model"]), str(f),
+                      metadata={"format": "pt", "step": str(step), "shard": shard})
+            _fsync_file(f)
+            if policy_state.get("optimizer") is not None:
+                torch.save(policy_state["optimizer"], tmp / f"optimizer_{shard}.pt")
+                _fsync_file(tmp / f"optimizer_{shard}.pt")
+        if rank == 0:
+            torch.save(capture_rng(), tmp / "rng.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps(
+                {"step": step, "sharded": True, **trainer_state}, indent=2, sort_keys=True))
+            (tmp / "config.yaml").write_text(config_yaml)
+            for name in ("rng.pt", "trainer_state.json", "config.yaml"):
+                _fsync_file(tmp / name)
+        barrier()
+        if rank == 0:
+            _fsync_dir(tmp)
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+            _fsync_dir(root)
+            for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+                shutil.rmtree(old, ignore_errors=True)
+        barrier()
+    except BaseException:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_checkpoint(path: str | Path, shard: str | None = None) -> Checkpoint:
+    """Read a checkpoint directory (``shard``: one rank's shard of a sharded checkpoint); a missing
+    file raises :class:`CheckpointError` naming it."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    for name in ("model.safetensors", "rng.pt", "trainer_state.json", "config.yaml"):
+    model_file = "model.safetensors" if shard is None else f"model_{shard}.safetensors"
+    opt_file = "optimizer.pt" if shard is None else f"optimizer_{shard}.pt"
+    for name in (model_file, "rng.pt", "trainer_state.json", "config.yaml"):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: incomplete checkpoint, {name} is missing")
     opt = None
-    if (path / "optimizer.pt").is_file():
-        opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    return Checkpoint(path=path, model=load_file(str(path / "model.safetensors")), optimizer=opt,
+    if (path / opt_file).is_file():
+        opt = torch.load(path / opt_file, map_location="cpu", weights_only=True)
+    return Checkpoint(path=path, model=load_file(str(path / model_file)), optimizer=opt,
                       rng=torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
                       state=json.loads((path / "trainer_state.json").read_text()),
                       config=(path / "config.yaml").read_text())
 
 
 __all__ = ["Checkpoint", "CheckpointError", "capture_rng", "dedupe_tensors", "latest_checkpoint",
-           "list_checkpoints", "load_checkpoint", "restore_rng", "save_checkpoint", "step_dir"]
+           "list_checkpoints", "load_checkpoint", "restore_rng", "save_checkpoint",
+           "save_sharded_checkpoint", "step_dir"]

@@ -101,8 +101,9 @@ class OptimConfig:
 
 @dataclass
 class ParallelConfig:
-    """Policy backend and its layout. ``backend: hf`` is single-process; ``mcore`` (megatron-core
-    TP/PP, see mixed_r1.parallel) is configured here but not wired into the trainer yet."""
+    """Policy backend and its layout. ``backend: hf`` is single-process; ``mcore`` is the
+    megatron-core TP/PP/DP policy (:class:`mixed_r1.parallel.policy.McorePolicy`), launched with
+    ``torchrun --nproc_per_node tensor_parallel*pipeline_parallel*data_parallel``."""
 
     backend: str = "hf"  # hf | mcore
     tensor_parallel: int = 1

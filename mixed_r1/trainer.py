@@ -16,6 +16,12 @@ One step (``GRPOTrainer.step``):
 
 Checkpoints (:mod:`mixed_r1.checkpoint`) hold the weights, optimizer, every RNG state and the
 prompt-stream position, so ``--resume`` continues exactly where the run stopped.
+
+``parallel.backend: mcore`` (launched with ``torchrun``, world = TP·PP·DP) trains a megatron-core
+policy (:class:`mixed_r1.parallel.policy.McorePolicy`). Every rank runs the same loop on identical
+rollouts: global rank 0 generates (HF backend; vLLM runs on every rank) and scores, and broadcasts
+the completions and rewards; rank 0 alone writes metrics, logs, the config and the exported model;
+each rank checkpoints its own shard.
 """
 from __future__ import annotations
 
@@ -151,12 +157,25 @@ def build_generator(cfg: TrainConfig, model: torch.nn.Module, processor: Any):
     return HFGenerator(gen_model, processor, batch_size=cfg.rollout.batch_size)
 
 
-def set_bmas_embedder(processor: Any, policy: HFPolicy) -> None:
-    """BMAS embeds with the policy's live input-embedding table (a view on CPU float32)."""
+def set_bmas_embedder(processor: Any, policy: Any) -> None:
+    """BMAS embeds with the policy's live input-embedding table (a view on CPU float32); a sharded
+    policy offers ``embedding_table()`` (the full table on the rank that scores, else None)."""
     from mixed_r1.rewards import TableEmbedder, set_default_embedder
 
     tok = getattr(processor, "tokenizer", processor)
-    set_default_embedder(TableEmbedder(tok, policy.model.get_input_embeddings().weight))
+    if hasattr(policy, "embedding_table"):
+        table = policy.embedding_table()
+        if table is None:
+            return
+    else:
+        table = policy.model.get_input_embeddings().weight
+    set_default_embedder(TableEmbedder(tok, table))
+
+
+def _is_main_rank() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 # ------------------------------------------------------------------------------- trainer
@@ -179,6 +198,7 @@ class GRPOTrainer:
                  reward: Any, train_samples: Sequence[Any], ref_policy: HFPolicy | None = None,
                  run_dir: str | Path | None = None) -> None:
         self.cfg, self.policy, self.generator = cfg, policy, generator
+        self.is_main = _is_main_rank()  # writes metrics, logs, exports; scores the rollouts
         self.processor, self.reward, self.ref = processor, reward, ref_policy
         self.tokenizer = getattr(processor, "tokenizer", processor)
         pad = self.tokenizer.pad_token_id
@@ -222,8 +242,14 @@ class GRPOTrainer:
                                 top_p=r.top_p, top_k=r.top_k, seed=step_seed(self.cfg.seed, step))
         completions = self.generator.generate(prompts, r.group_size, params)
         framed = [model_frame_sample(s, self.processor) for s in samples]
-        scored = self.reward([c.text for c in completions],
-                             [framed[c.prompt_index] for c in completions])
+        scored = None
+        if self.is_main:
+            scored = self.reward([c.text for c in completions],
+                                 [framed[c.prompt_index] for c in completions])
+        if self.cfg.parallel.backend == "mcore":  # every rank updates on rank 0's scores
+            from mixed_r1.parallel.policy import broadcast_object
+
+            scored = broadcast_object(scored)
         rewards = torch.tensor(scored.total, dtype=torch.float32)
         adv = compute_advantages(self.cfg.algo.advantage, rewards, r.group_size)
         keep = []
@@ -373,8 +399,14 @@ class GRPOTrainer:
         return {"data": self.stream.state_dict(), "counters": dict(self.counters)}
 
     def save(self) -> Path:
-        from mixed_r1.checkpoint import save_checkpoint
+        from mixed_r1.checkpoint import save_checkpoint, save_sharded_checkpoint
 
+        shard = getattr(self.policy, "checkpoint_shard", None)
+        if shard is not None:  # every rank writes its own shard
+            return save_sharded_checkpoint(
+                self.run_dir / "checkpoints", self.step_count, shard,
+                self.policy.state_dict_for_checkpoint(), self.trainer_state(), dump_yaml(self.cfg),
+                keep_last=self.cfg.keep_last, write_shard=self.policy.writes_checkpoint_shard)
         return save_checkpoint(self.run_dir / "checkpoints", self.step_count,
                                self.policy.state_dict_for_checkpoint(), self.trainer_state(),
                                dump_yaml(self.cfg), keep_last=self.cfg.keep_last)
@@ -387,14 +419,17 @@ class GRPOTrainer:
         ck_path = Path(path) if path else latest_checkpoint(self.run_dir / "checkpoints")
         if ck_path is None:
             return 0
-        ck = load_checkpoint(ck_path)
-        self.policy.load(ck.model, ck.optimizer, source=str(ck_path / "model.safetensors"))
+        shard = getattr(self.policy, "checkpoint_shard", None)
+        ck = load_checkpoint(ck_path, shard=shard)
+        model_file = "model.safetensors" if shard is None else f"model_{shard}.safetensors"
+        self.policy.load(ck.model, ck.optimizer, source=str(ck_path / model_file))
         self.stream.load_state_dict(ck.state["data"])
         self.counters.update(ck.state.get("counters", {}))
         self.step_count = int(ck.state["step"])
         restore_rng(ck.rng)
         self.generator.update_weights(self.policy.export_hf_weights())
-        truncate_metrics(self.run_dir, self.step_count)
+        if self.is_main:
+            truncate_metrics(self.run_dir, self.step_count)
         return self.step_count
 
     def export_model(self, out: str | Path | None = None) -> Path:
@@ -405,8 +440,11 @@ class GRPOTrainer:
 
         final = Path(out) if out is not None else self.run_dir / "model"
         tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.policy.save_pretrained(tmp)
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.policy.save_pretrained(tmp)  # collective for a sharded policy; rank 0 writes
+        if not self.is_main:
+            return final
         (tmp / "mixed_r1_model.json").write_text(json.dumps(
             {"min_pixels": self.cfg.model.min_pixels, "max_pixels": self.cfg.model.max_pixels,
              "step": self.step_count}))
@@ -436,9 +474,8 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     """Everything from the config: data, processor, policy (+ reference), generator, reward."""
     from mixed_r1.rewards import MixedReward
 
-    if cfg.parallel.backend != "hf":
-        raise ConfigError("parallel.backend 'mcore' is not wired into the trainer yet; "
-                          "use parallel.backend=hf")
+    if cfg.parallel.backend == "mcore":
+        return build_mcore_trainer(cfg, run_dir, model)
     seed_everything(cfg.seed)
     samples = load_train_samples(cfg)
     processor = build_processor(cfg)
@@ -453,30 +490,129 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     return GRPOTrainer(cfg, policy, generator, processor, reward, samples, ref, run_dir)
 
 
+def _init_mcore_parallel(cfg: TrainConfig) -> None:
+    """torch.distributed + megatron groups for ``cfg.parallel``; a process started without
+    torchrun becomes a world of one. world must equal TP·PP·DP."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+
+    from mixed_r1.parallel.state import ParallelConfig, init_parallel
+
+    p = cfg.parallel
+    if not dist.is_initialized() and "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port))
+    world = int(os.environ.get("WORLD_SIZE", "1")) if not dist.is_initialized() \
+        else dist.get_world_size()
+    need = p.tensor_parallel * p.pipeline_parallel * p.data_parallel
+    if world != need:
+        raise ConfigError(f"parallel.backend=mcore: the world has {world} ranks but "
+                          f"parallel.tensor_parallel*pipeline_parallel*data_parallel = "
+                          f"{p.tensor_parallel}*{p.pipeline_parallel}*{p.data_parallel} = {need}; "
+                          "launch with torchrun --nproc_per_node <that product>")
+    init_parallel(ParallelConfig(tp=p.tensor_parallel, pp=p.pipeline_parallel, seed=cfg.seed))
+
+
+def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
+                        model: torch.nn.Module | None = None) -> GRPOTrainer:
+    """The trainer over a megatron-core policy (``parallel.backend: mcore``), collective over the
+    torchrun world: the HF model is written once by rank 0 (``<run>/init_model`` for a tiny random
+    model), converted to mcore shards cached in ``<run>/mcore_init``, and each rank loads its shard.
+    Generation: ``rollout.backend: hf`` on rank 0 only; ``vllm`` on every rank (TP = training TP)."""
+    import os
+    import shutil
+
+    from mixed_r1.parallel.policy import DistributedGenerator, McorePolicy, barrier
+    from mixed_r1.rewards import MixedReward
+
+    p = cfg.parallel
+    if cfg.model.gradient_checkpointing:
+        raise ConfigError("model.gradient_checkpointing is not supported with parallel.backend=mcore "
+                          "(use megatron activation recomputation); set it to false")
+    if cfg.rollout.backend == "vllm" and (p.pipeline_parallel > 1 or p.data_parallel > 1):
+        raise ConfigError("rollout.backend=vllm with parallel.backend=mcore needs "
+                          "pipeline_parallel=1 and data_parallel=1 (the engine's TP is the "
+                          "training TP over the whole world)")
+    _init_mcore_parallel(cfg)
+    run = Path(run_dir or cfg.out_dir)
+    main = _is_main_rank()
+    seed_everything(cfg.seed)
+    samples = load_train_samples(cfg)
+    processor = build_processor(cfg)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
+    if cfg.model.kind == "pretrained":
+        hf_dir = Path(cfg.model.path)
+        if main and cfg.rollout.backend == "hf" and model is None:
+            model = build_model(cfg)
+    else:
+        hf_dir = run / "init_model"
+        if main:
+            model = model if model is not None else build_model(cfg)
+            tmp = run / f".tmp-init_model-{os.getpid()}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            if hf_dir.exists():
+                shutil.rmtree(hf_dir)
+            os.rename(tmp, hf_dir)
+        barrier()
+    tok = getattr(processor, "tokenizer", processor)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    o = cfg.optim
+    policy = McorePolicy.from_hf(hf_dir, run / "mcore_init", pad_id=int(pad), params_dtype=dtype,
+                                 lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                 weight_decay=o.weight_decay, grad_clip=o.grad_clip)
+    ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
+    inner = None
+    if cfg.rollout.backend == "vllm":  # every rank: vLLM's external launcher, TP = training TP
+        from mixed_r1.rollout.vllm_backend import VLLMGenerator
+
+        inner = VLLMGenerator(str(hf_dir), dtype=cfg.model.dtype, seed=cfg.seed,
+                              tensor_parallel_size=p.tensor_parallel,
+                              gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                              enable_sleep_mode=cfg.rollout.enable_sleep_mode, tokenizer=tok)
+    elif main:
+        inner = build_generator(cfg, model, processor)
+    generator = DistributedGenerator(inner)
+    generator.update_weights(policy.export_hf_weights())  # the same weights; primes the BMAS table
+    reward = MixedReward(cfg.reward)
+    set_bmas_embedder(processor, policy)
+    return GRPOTrainer(cfg, policy, generator, processor, reward, samples, ref, run)
+
+
 def run_training(cfg: TrainConfig, *, resume: bool = False, run_dir: str | Path | None = None,
                  model: torch.nn.Module | None = None) -> GRPOTrainer:
-    """Build, optionally resume, train with logging, export the final model."""
+    """Build, optionally resume, train with logging, export the final model (rank 0 writes the
+    config, metrics and logs when the policy spans several ranks)."""
     from mixed_r1.metrics import MetricsLogger
 
     run = Path(run_dir or cfg.out_dir)
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(dump_yaml(cfg))
+    if _is_main_rank():
+        (run / "config.yaml").write_text(dump_yaml(cfg))
     trainer = build_trainer(cfg, run, model)
     start = trainer.resume() if resume else 0
-    if not resume:
+    if not resume and trainer.is_main:
         from mixed_r1.metrics import truncate_metrics
 
         truncate_metrics(run, 0)
-    logger = MetricsLogger(run, total_steps=cfg.steps, initial_step=start,
-                           tensorboard=cfg.tensorboard, progress=cfg.progress)
+    logger = None
+    if trainer.is_main:
+        logger = MetricsLogger(run, total_steps=cfg.steps, initial_step=start,
+                               tensorboard=cfg.tensorboard, progress=cfg.progress)
     try:
         trainer.train(logger)
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
     trainer.export_model()
     return trainer
 
 
-__all__ = ["GRPOTrainer", "PromptStream", "Rollouts", "build_generator", "build_model",
-           "build_processor", "build_trainer", "load_train_samples", "run_training",
+__all__ = ["GRPOTrainer", "PromptStream", "Rollouts", "build_generator", "build_mcore_trainer",
+           "build_model", "build_processor", "build_trainer", "load_train_samples", "run_training",
            "seed_everything", "set_bmas_embedder", "step_seed"]

@@ -1,0 +1,88 @@
+"""GRPO steps on the megatron-core policy backend, run under torchrun (gloo ranks, float32).
+
+    torchrun --nproc_per_node N tests/mcore_trainer_checks.py OUT DATA BACKEND TP [resume]
+
+Builds the trainer from the tiny test config (tiny Qwen2.5-VL, HF generator on rank 0) with
+``parallel.backend=BACKEND`` (``mcore`` or ``hf``) and ``parallel.tensor_parallel=TP``, runs two
+GRPO steps (2 PPO epochs, beta > 0: old/ref log-probs, KL, clipping all exercised), then streams the
+weights out (``export_hf_weights``) and saves a checkpoint. Rank 0 writes ``OUT/result.json``
+(metrics, rewards and sampled tokens of every step; the total reward is replaced by a
+deterministic hash of the completion text so that advantages are non-zero) and ``OUT/weights.safetensors`` (the streamed HF tensors). With ``resume``
+(mcore only), a second trainer is built on the same run dir, resumes from the checkpoint, and its
+streamed weights and optimizer state must equal the first trainer's: ``resume_exact`` in the result.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+if __name__ == "__main__":
+    import torch
+
+    torch.set_num_threads(1)
+    from safetensors.torch import save_file
+
+    from _trainer_util import tiny_overrides
+    from mixed_r1.config import load_config
+    from mixed_r1.trainer import build_trainer
+
+    out, data, backend, tp = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    with_resume = len(sys.argv) > 5 and sys.argv[5] == "resume"
+    run = out / "run"
+    overrides = tiny_overrides(data, run, steps=2) + [
+        "model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=4",
+        "model.num_kv_heads=2", "algo.ppo_epochs=2", "algo.beta=0.05",
+        f"parallel.backend={backend}", f"parallel.tensor_parallel={tp}"]
+    cfg = load_config(None, overrides)
+    trainer = build_trainer(cfg, run)
+    real_reward = trainer.reward
+
+    def toy_reward(texts, samples):  # the real scores, total replaced by a spread-out text hash
+        scored = real_reward(texts, samples)
+        scored.total = [(sum(map(ord, t)) % 5) / 4 for t in texts]
+        return scored
+
+    trainer.reward = toy_reward  # a random tiny policy never earns a real reward
+    rows, rollouts = [], []
+    sample = trainer.rollout
+
+    def recording_rollout(step):  # keep each step's rewards and sampled token ids
+        ro = sample(step)
+        rollouts.append({"rewards": [float(r) for r in ro.rewards.total],
+                         "tokens": [list(c.token_ids) for c in ro.completions]})
+        return ro
+
+    trainer.rollout = recording_rollout
+    for _ in range(2):
+        m = trainer.step()
+        rows.append({k: v for k, v in m.items() if not k.startswith(("time/", "perf/"))}
+                    | rollouts[-1])
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in trainer.policy.export_hf_weights()}
+    result = {"metrics": rows, "n_weights": len(weights)}
+    if backend == "mcore":
+        ck = trainer.save()
+        result["ckpt_files"] = sorted(p.name for p in ck.iterdir()) if trainer.is_main else []
+        if with_resume:
+            import torch.distributed as dist
+
+            second = build_trainer(cfg, run)
+            step = second.resume()
+            again = {k: v.detach().cpu().clone() for k, v in second.policy.export_hf_weights()}
+            opt_a = trainer.policy.optimizer.state_dict()["state"]
+            opt_b = second.policy.optimizer.state_dict()["state"]
+            ok = step == 2 and sorted(again) == sorted(weights) and all(
+                torch.equal(again[k], weights[k]) for k in weights) and all(
+                torch.equal(opt_a[i][n], opt_b[i][n]) for i in opt_a for n in opt_a[i])
+            flag = torch.tensor([0.0 if ok else 1.0])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            result["resume_exact"] = bool(flag.item() == 0)
+    if trainer.is_main:
+        save_file(weights, str(out / "weights.safetensors"))
+        (out / "result.json").write_text(json.dumps(result))
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+    os._exit(0)
