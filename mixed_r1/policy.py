@@ -139,6 +139,21 @@ def build_optimizer(params: list[torch.nn.Parameter], lr: float, betas: tuple[fl
                                  weight_decay=weight_decay, foreach=True)
 
 
+def prepare_trainable(model: torch.nn.Module, trainable: bool, lr: float,
+                      betas: tuple[float, float], eps: float, weight_decay: float
+                      ) -> torch.optim.Optimizer | None:
+    """Train mode and an AdamW over the trainable parameters, or eval mode with every
+    parameter frozen (a reference policy) and no optimizer."""
+    if not trainable:
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return None
+    model.train()
+    return build_optimizer([p for p in model.parameters() if p.requires_grad], lr, betas, eps,
+                           weight_decay)
+
+
 class HFPolicy:
     """A single-process HF model as a :class:`PolicyBackend` (plus save/load helpers).
 
@@ -152,15 +167,7 @@ class HFPolicy:
         self.model = model
         self.grad_clip = grad_clip
         self.device = next(model.parameters()).device
-        self.optimizer: torch.optim.Optimizer | None = None
-        if trainable:
-            self.model.train()
-            params = [p for p in model.parameters() if p.requires_grad]
-            self.optimizer = build_optimizer(params, lr, betas, eps, weight_decay)
-        else:
-            self.model.eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
+        self.optimizer = prepare_trainable(model, trainable, lr, betas, eps, weight_decay)
 
     # ---------------------------------------------------------------- forward
     def _logits(self, batch: PolicyBatch) -> torch.Tensor:

@@ -190,7 +190,7 @@ class McorePolicy:
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, grad_clip: float = 1.0, trainable: bool = True,
                  params_dtype: torch.dtype = torch.float32) -> None:
-        from ..policy import build_optimizer
+        from ..policy import prepare_trainable
 
         self.model, self.arch = model, arch
         self.mcore_dir = Path(mcore_dir)
@@ -204,17 +204,9 @@ class McorePolicy:
             raise ValueError("parallel.backend=mcore: Qwen2.5-VL with pipeline_parallel > 1 is not "
                              "supported by the trainer yet (the vision tower lives on the first stage "
                              "only and is not streamed to the generator); use pipeline_parallel=1")
-        self.optimizer: torch.optim.Optimizer | None = None
         self._embed_table: torch.Tensor | None = None
         self._opt_kw = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-        if trainable:
-            self.model.train()
-            params = [p for p in model.parameters() if p.requires_grad]
-            self.optimizer = build_optimizer(params, lr, betas, eps, weight_decay)
-        else:
-            self.model.eval()
-            for p in model.parameters():
-                p.requires_grad_(False)
+        self.optimizer = prepare_trainable(model, trainable, lr, betas, eps, weight_decay)
 
     # ---------------------------------------------------------------- building
     @classmethod

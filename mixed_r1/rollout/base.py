@@ -64,13 +64,13 @@ class Generator(Protocol):
     """What the trainer and the data engine need from a rollout backend."""
 
     def generate(self, prompts: list[Prompt], n: int, params: SamplingParams) -> list[Completion]:
-        ...
+        """``len(prompts) * n`` completions, prompt-major, with the sampler's log-probs."""
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
-        ...
+        """Load ``(hf_name, tensor)`` pairs in place; a bad update raises and changes nothing."""
 
     def sleep(self) -> None:
-        ...
+        """Release what the update needs (e.g. the KV cache) until :meth:`wake_up`."""
 
     def wake_up(self) -> None:
-        ...
+        """Take the released memory back before the next ``generate``."""
