@@ -7,7 +7,7 @@ import sys
 import pytest
 
 if not sys.platform.startswith("linux"):
-    pytest.skip("peak-RSS probe reads /proc (Linux only)", allow_module_level=True)
+    pytest.skip(reason="peak-RSS probe reads /proc (Linux only)", allow_module_level=True)
 
 _path = os.path.join(os.path.dirname(__file__), "..", "tools", "bench_kernels.py")
 _spec = importlib.util.spec_from_file_location("bench_kernels", _path)

@@ -59,6 +59,6 @@ def test_vocab_parallel_two_gloo_ranks():
 
 def test_vocab_parallel_needs_process_group():
     if dist.is_initialized():
-        pytest.skip("a process group is already initialized")
+        pytest.skip(reason="another test left a default process group initialized")
     with pytest.raises(ValueError, match="process group"):
         vocab_parallel_token_logprobs(torch.randn(1, 2, 4), torch.zeros(1, 2, dtype=torch.long))
