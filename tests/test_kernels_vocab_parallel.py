@@ -48,6 +48,12 @@ def _worker(rank: int, world: int, port: int, backends: list[str]):
                 tol = dict(atol=2e-5, rtol=2e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
                 torch.testing.assert_close(x.grad.to(D), xr.grad[..., start:start + splits[rank]], **tol)
                 assert x.grad.dtype == dtype
+        # a target outside every shard is an error on every rank, not a silent -lse
+        shard = torch.randn(B, T, 8)
+        bad = torch.zeros(B, T, dtype=torch.long)
+        bad[1, 2] = 16  # shards cover [0, 16)
+        with pytest.raises(ValueError, match=r"target 16 \(row 7\) is owned by no rank"):
+            vocab_parallel_token_logprobs(shard, bad)
     finally:
         dist.destroy_process_group()
 

@@ -23,8 +23,14 @@ class VocabParallelTokenLogprobsFunction(torch.autograd.Function):
         m, s, _, tx = ops.row_stats(x, targets, temperature, vocab_start=vocab_start, want_z=False)
         gmax = m.clone()
         dist.all_reduce(gmax, op=dist.ReduceOp.MAX, group=group)
-        st = torch.stack([s * torch.exp(m - gmax), tx])
+        tg = targets.reshape(-1)
+        owned = ((tg >= vocab_start) & (tg < vocab_start + x.shape[-1])).to(s.dtype)
+        st = torch.stack([s * torch.exp(m - gmax), tx, owned])  # one all-reduce for all three
         dist.all_reduce(st, op=dist.ReduceOp.SUM, group=group)
+        if not bool((st[2] == 1).all()):  # every target must lie in exactly one rank's shard
+            bad = int((st[2] != 1).nonzero()[0])
+            raise ValueError(f"vocab_parallel_token_logprobs: target {int(tg[bad])} (row {bad}) is "
+                             "owned by no rank's vocab shard (out of range, or shards overlap/miss)")
         lse = gmax + torch.log(st[0])
         ctx.save_for_backward(x, targets, lse)
         ctx.cfg = (vocab_start, temperature, inplace)
