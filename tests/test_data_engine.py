@@ -152,6 +152,7 @@ def test_cli_tiny_policy_killed_and_restarted(tmp_path, tmp_path_factory) -> Non
     assert tot["candidates"] == 18 == tot["duplicates"] + tot["scored"]
     assert tot["in_band"] == tot["scored"]  # closed band [0, 1] keeps every prompt
     assert tot["selected"] == 12 and tot["over_target"] == 6
+    assert report["load"]["rows"] == report["load"]["loaded"] == 18  # nothing skipped on load
 
     state = tmp_path / "cut" / "state" / "scores.jsonl"
     proc = subprocess.Popen(_cli(tmp_path / "cut", src), env=env, stdout=subprocess.DEVNULL,

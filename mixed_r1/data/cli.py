@@ -85,7 +85,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     model, processor = _load_policy(args)
     gen = HFGenerator(model, processor, batch_size=args.gen_batch_size)
     res = select(samples, gen, processor, args.out, cfg,
-                 progress=lambda m: print(m, file=sys.stderr, flush=True))
+                 progress=lambda m: print(m, file=sys.stderr, flush=True),
+                 load_report=load_report.to_dict())
     print(json.dumps({"out": str(res.out_dir), "totals": res.report["totals"],
                       "selected_per_task": res.report["selected_per_task"]}))
     return 0

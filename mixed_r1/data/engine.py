@@ -211,13 +211,14 @@ def score_chunk(samples: Sequence[Sample], generator: Any, processor: Any, rewar
 
 def select(candidates: Sequence[Sample], generator: Any, processor: Any, out_dir: str | Path,
            config: SelectConfig | None = None, reward: Any = None,
-           max_chunks: int | None = None, progress: Callable[[str], None] | None = None
-           ) -> SelectResult:
+           max_chunks: int | None = None, progress: Callable[[str], None] | None = None,
+           load_report: dict | None = None) -> SelectResult:
     """Run dedup → difficulty filter → balance; writes under ``out_dir``.
 
     Outputs: ``selected.jsonl`` (each sample's ``meta.pass_rate`` set), ``report.json``,
     ``pass_rates.png``, ``state/``. ``max_chunks`` stops after that many newly scored
     chunks (a controlled interruption); the result then has ``complete=False``.
+    ``load_report`` (rows read/skipped while loading the pools) is copied into the report.
     """
     cfg = config or SelectConfig()
     out = Path(out_dir)
@@ -250,10 +251,11 @@ def select(candidates: Sequence[Sample], generator: Any, processor: Any, out_dir
         if progress:
             progress(f"scored chunk {c + 1}/{n_chunks}")
     pass_rates = {s.id: state.scores[s.id]["pass_rate"] for s in unique}
-    return _finish(candidates, unique, dropped, pass_rates, cfg, out)
+    return _finish(candidates, unique, dropped, pass_rates, cfg, out, load_report)
 
 
-def _finish(candidates, unique, dropped, pass_rates, cfg: SelectConfig, out: Path) -> SelectResult:
+def _finish(candidates, unique, dropped, pass_rates, cfg: SelectConfig, out: Path,
+            load_report: dict | None = None) -> SelectResult:
     in_band = [s for s in unique if cfg.in_band(pass_rates[s.id])]
     by_task: dict[str, list[Sample]] = defaultdict(list)
     for s in in_band:
@@ -296,7 +298,8 @@ def _finish(candidates, unique, dropped, pass_rates, cfg: SelectConfig, out: Pat
               "pass_rate_histogram": {str(k): v for k, v in sorted(hist.items())},
               "selected_per_task": {t: sum(s.task_type == t for s in selected)
                                     for t in TASK_TYPES},
-              "duplicates": [{"id": d.id, "duplicate_of": keep} for d, keep in dropped]}
+              "duplicates": [{"id": d.id, "duplicate_of": keep} for d, keep in dropped],
+              "load": load_report or {}}
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
     _histogram_png(list(pass_rates.values()), cfg, out / "pass_rates.png")
