@@ -1,13 +1,17 @@
 """GRPO steps on the megatron-core policy backend, run under torchrun (gloo ranks, float32).
 
-    torchrun --nproc_per_node N tests/mcore_trainer_checks.py OUT DATA BACKEND TP [resume]
+    torchrun --nproc_per_node N tests/mcore_trainer_checks.py OUT DATA BACKEND TP [resume] [dp=D]
 
 Builds the trainer from the tiny test config (tiny Qwen2.5-VL, HF generator on rank 0) with
-``parallel.backend=BACKEND`` (``mcore`` or ``hf``) and ``parallel.tensor_parallel=TP``, runs two
+``parallel.backend=BACKEND`` (``mcore`` or ``hf``), ``parallel.tensor_parallel=TP`` and
+``parallel.data_parallel=D`` (default 1; N = TP·D), runs two
 GRPO steps (2 PPO epochs, beta > 0: old/ref log-probs, KL, clipping all exercised), then streams the
 weights out (``export_hf_weights``) and saves a checkpoint. Rank 0 writes ``OUT/result.json``
 (metrics, rewards and sampled tokens of every step; the total reward is replaced by a
-deterministic hash of the completion text so that advantages are non-zero) and ``OUT/weights.safetensors`` (the streamed HF tensors). With ``resume``
+deterministic hash of the completion text so that advantages are non-zero; ``update_logprob_diff``:
+max |log-probs returned by the step's first ``train_step`` - the old log-probs|, which checks the
+per-micro-batch log-probs gathered over DP replicas) and ``OUT/weights.safetensors`` (the streamed HF
+tensors). With ``resume``
 (mcore only), a second trainer is built on the same run dir, resumes from the checkpoint, and its
 streamed weights and optimizer state must equal the first trainer's: ``resume_exact`` in the result.
 """
@@ -29,12 +33,15 @@ if __name__ == "__main__":
     from mixed_r1.trainer import build_trainer
 
     out, data, backend, tp = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    with_resume = len(sys.argv) > 5 and sys.argv[5] == "resume"
+    extra = sys.argv[5:]
+    with_resume = "resume" in extra
+    dp = next((int(a[3:]) for a in extra if a.startswith("dp=")), 1)
     run = out / "run"
     overrides = tiny_overrides(data, run, steps=2) + [
         "model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=4",
         "model.num_kv_heads=2", "algo.ppo_epochs=2", "algo.beta=0.05",
-        f"parallel.backend={backend}", f"parallel.tensor_parallel={tp}"]
+        f"parallel.backend={backend}", f"parallel.tensor_parallel={tp}",
+        f"parallel.data_parallel={dp}"]
     cfg = load_config(None, overrides)
     trainer = build_trainer(cfg, run)
     real_reward = trainer.reward
@@ -55,10 +62,22 @@ if __name__ == "__main__":
         return ro
 
     trainer.rollout = recording_rollout
+    update_lp_diff: list[float] = []
+    train_step = trainer.policy.train_step
+
+    def recording_train_step(micro_batches, loss, lr):  # the update's (DP-gathered) log-probs
+        out = train_step(micro_batches, loss, lr)
+        if len(update_lp_diff) < len(rollouts):  # the first update of the step: pre-update weights
+            update_lp_diff.append(max(float(((lp.float().cpu() - mb.old_logprobs.float().cpu())
+                                             * mb.mask.cpu()).abs().max())
+                                      for lp, mb in zip(out["logprobs"], micro_batches)))
+        return out
+
+    trainer.policy.train_step = recording_train_step
     for _ in range(2):
         m = trainer.step()
         rows.append({k: v for k, v in m.items() if not k.startswith(("time/", "perf/"))}
-                    | rollouts[-1])
+                    | rollouts[-1] | {"update_logprob_diff": update_lp_diff[-1]})
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in trainer.policy.export_hf_weights()}
     result = {"metrics": rows, "n_weights": len(weights)}
     if backend == "mcore":
