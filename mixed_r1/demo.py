@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-DEMO_TASKS = ("yes_no", "multiple_choice", "chart", "math", "grounding", "open_ended")
+from mixed_r1.tasks import TASK_TYPES
+
 THINK = "Look at the image."
 SFT_MAX_WORDS = 12  # long (open-ended) solutions are cut to their first words in the warm start
 
@@ -96,10 +97,10 @@ def run_demo(out_dir: str | Path = "runs/demo", *, per_task: int = 32, eval_per_
 
     t = time.perf_counter()
     path = synthesize(out / "data", SynthConfig(seed=0, sizes={k: per_task + eval_per_task
-                                                               for k in DEMO_TASKS}))
+                                                               for k in TASK_TYPES}))
     samples, _ = load_samples(path)
     train, held = [], []
-    for task in DEMO_TASKS:
+    for task in TASK_TYPES:
         rows = [s for s in samples if s.task_type == task]
         held += rows[:eval_per_task]
         train += rows[eval_per_task:]

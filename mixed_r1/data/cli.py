@@ -5,15 +5,15 @@ import argparse
 import json
 import sys
 
-TASKS = ("yes_no", "multiple_choice", "chart", "math", "grounding", "open_ended")
+from mixed_r1.tasks import TASK_TYPES
 
 
 def _task_counts(pairs: list[str] | None, flag: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for item in pairs or []:
         task, sep, n = item.partition("=")
-        if not sep or task not in TASKS or not n.isdigit():
-            raise SystemExit(f"{flag}: expected TASK=N with TASK in {', '.join(TASKS)}, "
+        if not sep or task not in TASK_TYPES or not n.isdigit():
+            raise SystemExit(f"{flag}: expected TASK=N with TASK in {', '.join(TASK_TYPES)}, "
                              f"got {item!r}")
         out[task] = int(n)
     return out
@@ -22,7 +22,7 @@ def _task_counts(pairs: list[str] | None, flag: str) -> dict[str, int]:
 def cmd_synth(args: argparse.Namespace) -> int:
     from mixed_r1.data.synth import SynthConfig, synthesize
 
-    sizes = {t: args.per_task for t in TASKS}
+    sizes = {t: args.per_task for t in TASK_TYPES}
     sizes.update(_task_counts(args.size, "--size"))
     path = synthesize(args.out, SynthConfig(seed=args.seed, sizes=sizes, fmt=args.format))
     print(f"wrote {sum(sizes.values())} samples to {path}")
@@ -76,7 +76,7 @@ def cmd_select(args: argparse.Namespace) -> int:
               file=sys.stderr)
     targets = _task_counts(args.target, "--target")
     if args.per_task is not None:
-        targets = {t: targets.get(t, args.per_task) for t in TASKS}
+        targets = {t: targets.get(t, args.per_task) for t in TASK_TYPES}
     cfg = SelectConfig(k=args.k, pass_band=(args.band[0], args.band[1]),
                        closed_band=args.closed_band, pass_threshold=args.pass_threshold,
                        targets=targets or None, batch_size=args.batch_size, seed=args.seed,

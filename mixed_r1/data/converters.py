@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .io import LoadReport
+from .io import LoadReport, collect_rows
 from .schema import LETTERS, DataError, Sample, sample_from_dict
 
 COORDS = ("pixel", "norm", "norm1000")
@@ -64,37 +64,24 @@ def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
 def _convert(path: str | Path, build: Callable[[int, Any, Path], list[dict]], *,
              image_root: str | Path | None, on_error: str, check_images: bool
              ) -> tuple[list[Sample], LoadReport]:
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     path = Path(path)
     root = Path(image_root) if image_root is not None else path.parent
-    rep = LoadReport()
-    out: list[Sample] = []
-    for row, rec in _read_rows(path):
-        rep.rows += 1
+
+    def to_samples(row: int, rec: object) -> list[Sample]:
+        if not isinstance(rec, dict):
+            raise DataError(f"record is a {type(rec).__name__}, expected an object",
+                            file=str(path), row=row, reason="malformed")
         try:
-            if isinstance(rec, DataError):
-                raise rec
-            if not isinstance(rec, dict):
-                raise DataError(f"record is a {type(rec).__name__}, expected an object",
-                                file=str(path), row=row, reason="malformed")
-            for raw in build(row, rec, root):
-                out.append(sample_from_dict(raw, base_dir=root, check_images=check_images,
-                                            file=str(path), row=row))
-            rep.loaded += 1
-        except DataError as exc:
-            if on_error == "raise":
-                raise
-            rep.skipped[exc.reason] += 1
-            rep.errors.append(str(exc))
+            raws = build(row, rec, root)
+        except DataError:
+            raise
         except (KeyError, ValueError, TypeError) as exc:
-            err = DataError(f"cannot convert record: {exc!r}", file=str(path), row=row,
-                            reason="malformed")
-            if on_error == "raise":
-                raise err from None
-            rep.skipped[err.reason] += 1
-            rep.errors.append(str(err))
-    return out, rep
+            raise DataError(f"cannot convert record: {exc!r}", file=str(path), row=row,
+                            reason="malformed") from None
+        return [sample_from_dict(raw, base_dir=root, check_images=check_images,
+                                 file=str(path), row=row) for raw in raws]
+
+    return collect_rows(_read_rows(path), to_samples, on_error)
 
 
 def _need(rec: dict, *keys: str) -> Any:

@@ -17,7 +17,7 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from .schema import DataError, Sample, format_box, sample_from_dict
 
@@ -154,6 +154,30 @@ def iter_records(path: str | Path) -> Iterator[tuple[int, object]]:
             yield row, rec
 
 
+def collect_rows(rows: Iterable[tuple[int, object]], to_samples: Callable[[int, object], list[Sample]],
+                 on_error: str) -> tuple[list[Sample], LoadReport]:
+    """Turn ``(row, record)`` pairs into samples with ``to_samples``; a :class:`DataError`
+    (yielded as a record or raised) raises with ``on_error="raise"`` or is skipped and counted
+    by reason with ``on_error="skip"``."""
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    rep = LoadReport()
+    out: list[Sample] = []
+    for row, rec in rows:
+        rep.rows += 1
+        try:
+            if isinstance(rec, DataError):
+                raise rec
+            out.extend(to_samples(row, rec))
+            rep.loaded += 1
+        except DataError as exc:
+            if on_error == "raise":
+                raise
+            rep.skipped[exc.reason] += 1
+            rep.errors.append(str(exc))
+    return out, rep
+
+
 def load_samples(path: str | Path, *, on_error: str = "raise", check_images: bool = True,
                  report: LoadReport | None = None) -> tuple[list[Sample], LoadReport]:
     """Load and validate every row of ``path``.
@@ -161,24 +185,12 @@ def load_samples(path: str | Path, *, on_error: str = "raise", check_images: boo
     ``on_error="raise"``: the first bad row raises one :class:`DataError` naming file and row.
     ``on_error="skip"``: bad rows are skipped and counted by reason in the returned report.
     """
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     path = Path(path)
-    rep = LoadReport()
-    out: list[Sample] = []
-    for row, rec in iter_records(path):
-        rep.rows += 1
-        try:
-            if isinstance(rec, DataError):
-                raise rec
-            out.append(sample_from_dict(rec, base_dir=path.parent, check_images=check_images,
-                                        file=str(path), row=row))
-            rep.loaded += 1
-        except DataError as exc:
-            if on_error == "raise":
-                raise
-            rep.skipped[exc.reason] += 1
-            rep.errors.append(str(exc))
+    out, rep = collect_rows(
+        iter_records(path),
+        lambda row, rec: [sample_from_dict(rec, base_dir=path.parent, check_images=check_images,
+                                           file=str(path), row=row)],
+        on_error)
     if report is not None:
         report.merge(rep)
     return out, rep

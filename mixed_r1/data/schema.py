@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-TASK_TYPES = ("yes_no", "multiple_choice", "chart", "math", "grounding", "open_ended")
+from mixed_r1.tasks import TASK_TYPES
+
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 

@@ -17,8 +17,13 @@ def impl(t: torch.Tensor):
 def check_logits_targets(logits: torch.Tensor, targets: torch.Tensor, temperature: float, name: str = "logits"):
     if logits.dim() != 3:
         raise ValueError(f"{name} must be [B, T, V], got shape {tuple(logits.shape)}")
-    if targets.shape != logits.shape[:2]:
-        raise ValueError(f"targets must be [B, T] = {tuple(logits.shape[:2])}, got {tuple(targets.shape)}")
+    check_targets(targets, logits.shape[:2], temperature)
+
+
+def check_targets(targets: torch.Tensor, bt: tuple[int, ...], temperature: float) -> None:
+    """``targets`` is an integer [B, T] tensor matching the scores' leading dims; temperature > 0."""
+    if targets.shape != bt:
+        raise ValueError(f"targets must be [B, T] = {tuple(bt)}, got {tuple(targets.shape)}")
     if targets.dtype.is_floating_point:
         raise ValueError(f"targets must be an integer tensor, got {targets.dtype}")
     if not temperature > 0:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import check_target_range, impl
+from ._common import check_target_range, check_targets, impl
 
 
 def default_chunk_tokens(V: int, device: torch.device) -> int:
@@ -76,12 +76,7 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: t
         raise ValueError(f"hidden must be [B, T, H], got shape {tuple(hidden.shape)}")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
         raise ValueError(f"weight must be [V, H={hidden.shape[-1]}], got shape {tuple(weight.shape)}")
-    if targets.shape != hidden.shape[:2]:
-        raise ValueError(f"targets must be [B, T] = {tuple(hidden.shape[:2])}, got {tuple(targets.shape)}")
-    if targets.dtype.is_floating_point:
-        raise ValueError(f"targets must be an integer tensor, got {targets.dtype}")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_targets(targets, hidden.shape[:2], temperature)
     if hidden.dtype != weight.dtype:
         raise ValueError(f"hidden and weight dtypes differ: {hidden.dtype} vs {weight.dtype}")
     check_target_range(targets, weight.shape[0])

@@ -34,10 +34,10 @@ from mixed_r1.rewards.iou import iou_reward, parse_solution_box
 from mixed_r1.rewards.math import math_reward
 from mixed_r1.rewards.matching import matching_reward
 from mixed_r1.rewards.pool import ScoringPool
+from mixed_r1.tasks import TASK_TYPES
 
 log = logging.getLogger(__name__)
 
-TASK_TYPES = ("yes_no", "multiple_choice", "chart", "math", "grounding", "open_ended")
 
 
 @dataclass
