@@ -159,3 +159,83 @@ def test_reference_logprobs_and_entropy():
                                torch.tensor([[math.log(0.75)]], dtype=D))
     h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
     torch.testing.assert_close(algo.entropy_ref(logits, dtype=D), torch.tensor([[h]], dtype=D))
+
+
+# ---------------------------------------------------------------- masked slots and the KL clamp
+# Hand values: k3(d) = e^d - d - 1. d = ref - logp = -0.1 on both live tokens below:
+K3_MINUS_01 = 0.0048374180359595  # e^-0.1 + 0.1 - 1
+E20 = 485165195.4097903  # e^20
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+@pytest.mark.parametrize("kl_estimator", ["k1", "k2", "k3"])
+def test_masked_slot_changes_neither_loss_nor_gradient(level, kl_estimator):
+    """Issue case: beta 0.04, logp [[-1, -2, -100]], ref [[-1.1, -2.1, 0]], mask [[1, 1, 0]] used to
+    give a NaN loss and gradient (k3 overflowed at the masked slot, then inf * 0)."""
+    mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=D)
+    adv = torch.tensor([1.0], dtype=D)
+    kw = dict(beta=0.04, kl_estimator=kl_estimator, importance_level=level)
+    logp = torch.tensor([[-1.0, -2.0, -100.0]], dtype=D, requires_grad=True)
+    ref = torch.tensor([[-1.1, -2.1, 0.0]], dtype=D)
+    old = torch.tensor([[-1.0, -2.0, 90.0]], dtype=D)  # a wild old value at the slot too
+    loss, m = algo.compute_policy_loss(logp, adv, mask, old, ref, **kw)
+    (grad,) = torch.autograd.grad(loss, logp)
+    # the same batch with that slot's values made ordinary
+    logp2 = torch.tensor([[-1.0, -2.0, -3.0]], dtype=D, requires_grad=True)
+    ordinary_ref = torch.tensor([[-1.1, -2.1, -3.0]], dtype=D)
+    ordinary_old = torch.tensor([[-1.0, -2.0, -3.0]], dtype=D)
+    loss2, m2 = algo.compute_policy_loss(logp2, adv, mask, ordinary_old, ordinary_ref, **kw)
+    (grad2,) = torch.autograd.grad(loss2, logp2)
+    assert torch.isfinite(loss) and torch.isfinite(grad).all()
+    assert loss.item() == loss2.item()
+    assert torch.equal(grad, grad2) and grad[0, 2].item() == 0.0
+    for k in m:
+        assert torch.equal(m[k], m2[k]), k
+    # hand value: ratio 1 (old == logp on live tokens), surrogate -A = -1 per token, dapo mean of 2
+    kl_live = {"k1": 0.1, "k2": 0.005, "k3": K3_MINUS_01}[kl_estimator]
+    assert loss.item() == pytest.approx(-1.0 + 0.04 * kl_live, rel=1e-12)
+    assert m["kl_clamp_frac"].item() == 0.0
+
+
+def test_masked_slot_with_non_finite_values_and_on_policy():
+    mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=D)
+    for bad in (float("-inf"), float("nan"), float("inf")):
+        logp = torch.tensor([[-1.0, -2.0, bad]], dtype=D, requires_grad=True)
+        ref = torch.tensor([[-1.1, -2.1, -bad]], dtype=D)
+        loss, m = algo.compute_policy_loss(logp, torch.tensor([0.0], dtype=D), mask, None, ref,
+                                           beta=0.04, loss_type="grpo")
+        (grad,) = torch.autograd.grad(loss, logp)
+        assert loss.item() == pytest.approx(0.04 * K3_MINUS_01, rel=1e-12)
+        assert grad[0, 2].item() == 0.0 and torch.isfinite(grad).all()
+        assert all(torch.isfinite(v).all() for v in m.values())
+    # masked_mean ignores what a zero mask covers
+    assert algo.masked_mean(torch.tensor([1.0, float("inf")]), torch.tensor([1.0, 0.0])).item() == 1.0
+
+
+def test_kl_log_ratio_is_clamped_to_twenty_in_every_estimator():
+    lp = torch.tensor([-100.0, -1.0, 30.0, -21.0, 19.0], dtype=D)
+    ref = torch.tensor([0.0, -1.0, 0.0, -1.0, 0.0], dtype=D)
+    # log pi - log pi_ref = [-100, 0, 30, -20, 19] -> clamped [-20, 0, 20, -20, 19]
+    torch.testing.assert_close(algo.kl_penalty(lp, ref, "k1"),
+                               torch.tensor([-20.0, 0.0, 20.0, -20.0, 19.0], dtype=D))
+    torch.testing.assert_close(algo.kl_penalty(lp, ref, "k2"),
+                               torch.tensor([200.0, 0.0, 200.0, 200.0, 180.5], dtype=D))
+    k3 = torch.tensor([E20 - 21, 0.0, math.exp(-20) + 19, E20 - 21, math.exp(-19) + 18], dtype=D)
+    torch.testing.assert_close(algo.kl_penalty(lp, ref, "k3"), k3)
+    assert algo.KL_LOG_RATIO_BOUND == 20.0
+
+
+def test_unbounded_kl_stays_finite_and_the_clamp_is_counted():
+    """Issue case: logp [[-100, -1]], ref [[0, -1]], mask all ones, beta 0.04 gave loss = inf."""
+    for dtype in (D, torch.float32):
+        logp = torch.tensor([[-100.0, -1.0]], dtype=dtype, requires_grad=True)
+        ref = torch.tensor([[0.0, -1.0]], dtype=dtype)
+        loss, m = algo.compute_policy_loss(logp, torch.tensor([0.0], dtype=dtype),
+                                           torch.ones(1, 2, dtype=dtype), None, ref, beta=0.04)
+        (grad,) = torch.autograd.grad(loss, logp)
+        # dapo over 2 tokens: 0.04 * ((e^20 - 20 - 1) + 0) / 2; surrogate 0 (A = 0)
+        assert loss.item() == pytest.approx(0.04 * (E20 - 21) / 2, rel=1e-6)
+        assert m["kl_clamp_frac"].item() == 0.5
+        assert m["kl_mean"].item() == pytest.approx((E20 - 21) / 2, rel=1e-6)
+        # beyond the bound the KL term is constant: no gradient from it (verl's clamp)
+        assert grad.tolist() == [[0.0, 0.0]]

@@ -1,5 +1,7 @@
 """mixed_r1.kernels against float64 references from mixed_r1.algo; both backends (Triton runs under
 TRITON_INTERPRET=1 on CPU tensors), several shapes, fp32 and bf16, temperature != 1, masked tokens."""
+import math
+
 import pytest
 import torch
 
@@ -234,3 +236,63 @@ if given is not None:
         exp.backward()
         torch.testing.assert_close(loss.to(D), exp.detach(), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(xx.grad.to(D), xr.grad, atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- masked slots and the KL clamp (issue cases)
+def _logits_for_logprobs(logps):
+    """[1, T, 2] float32 logits whose log-softmax at target 0 is each of ``logps``:
+    logits [l, 0] give log p_0 = -log(1 + e^-l), so l = -log(e^-lp - 1)."""
+    rows = [[-math.log(math.expm1(-lp)), 0.0] for lp in logps]
+    return torch.tensor([rows], dtype=torch.float32)
+
+
+def _grpo_case(backend, logps, ref, mask, adv, beta=0.04):
+    x = _logits_for_logprobs(logps).requires_grad_()
+    tg = torch.zeros(x.shape[:2], dtype=torch.long)
+    with force_backend(backend):
+        loss, m = grpo_loss(x, tg, torch.tensor([adv]), torch.tensor(mask), None, torch.tensor(ref), beta=beta)
+    loss.backward()
+    return loss, m, x.grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("adv", [0.0, 1.0])
+def test_grpo_loss_masked_slot_is_inert(backend, adv):
+    """beta 0.04, logp [[-1, -2, -100]], ref [[-1.1, -2.1, 0]], mask [[1, 1, 0]]: NaN before (k3 overflowed at
+    the masked slot); now the loss of the batch with ordinary values there, and a zero gradient at the slot."""
+    loss, m, grad = _grpo_case(backend, [-1.0, -2.0, -100.0], [[-1.1, -2.1, 0.0]], [[1, 1, 0]], adv)
+    loss2, m2, grad2 = _grpo_case(backend, [-1.0, -2.0, -3.0], [[-1.1, -2.1, -3.0]], [[1, 1, 0]], adv)
+    k3 = math.exp(-0.1) + 0.1 - 1  # d = ref - logp = -0.1 on both live tokens
+    assert loss.item() == pytest.approx(-adv + 0.04 * k3, rel=1e-5, abs=1e-9)
+    assert loss.item() == loss2.item()
+    assert torch.isfinite(grad).all() and grad[0, 2].abs().max().item() == 0.0
+    torch.testing.assert_close(grad[0, :2], grad2[0, :2], atol=0, rtol=0)
+    assert m["kl_clamp_frac"].item() == 0.0 and m["kl_mean"].item() == pytest.approx(k3, rel=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grpo_loss_kl_clamp_keeps_loss_finite(backend):
+    """logp [[-100, -1]], ref [[0, -1]], mask all ones, beta 0.04: the loss was inf; the k3 log-ratio is clamped
+    to 20, so loss = 0.04 * (e^20 - 21) / 2 and kl_clamp_frac = 1/2; no KL gradient beyond the bound."""
+    loss, m, grad = _grpo_case(backend, [-100.0, -1.0], [[0.0, -1.0]], [[1, 1]], 0.0)
+    assert loss.item() == pytest.approx(0.04 * (math.exp(20) - 21) / 2, rel=1e-6)
+    assert m["kl_clamp_frac"].item() == 0.5
+    # A = 0: token 0's KL term is flat beyond the bound (exactly 0), token 1's d = 0 up to float32 rounding
+    assert torch.isfinite(grad).all() and grad[0, 0].abs().max().item() == 0.0
+    assert grad[0, 1].abs().max().item() < 1e-8
+    # inside the bound the kernel's k3 gradient is the reference's: d = ref - logp = 19.5 on token 0
+    x = _logits_for_logprobs([-19.5, -1.0])
+    ref = torch.tensor([[0.0, -0.5]])
+    xx = x.clone().requires_grad_()
+    with force_backend(backend):
+        loss, m = grpo_loss(xx, torch.zeros(1, 2, dtype=torch.long), torch.tensor([0.3]), torch.ones(1, 2), None,
+                            ref, beta=0.04)
+    loss.backward()
+    xr = x.to(D).requires_grad_()
+    lp = algo.token_logprobs_ref(xr, torch.zeros(1, 2, dtype=torch.long), dtype=D)
+    exp_loss, _ = algo.compute_policy_loss(lp, torch.tensor([0.3], dtype=D), torch.ones(1, 2, dtype=D), None,
+                                           ref.to(D), beta=0.04)
+    exp_loss.backward()
+    assert m["kl_clamp_frac"].item() == 0.0
+    torch.testing.assert_close(loss.to(D), exp_loss.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xx.grad.to(D), xr.grad, rtol=1e-4, atol=1e-5)

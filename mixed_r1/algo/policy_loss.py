@@ -6,6 +6,16 @@ loss aggregation and metrics. Loss types follow TRL's GRPOTrainer:
 - ``dr_grpo``: sum of masked token losses / (B * max_completion_length)   (T here by default)
 - ``dapo``:    sum of masked token losses / number of masked tokens in the global batch
                (``num_items`` when given, else the local count; equals bnpo for one micro-batch)
+
+Two numerical rules hold everywhere (here and in the fused kernels of ``mixed_r1.kernels``):
+
+- Masked positions never reach ``exp`` or a division: their log-probabilities are replaced by 0
+  (``torch.where``) before any per-token term is formed, so whatever a masked slot holds (padding
+  values, -inf, NaN) the loss equals the loss with ordinary values there and its gradient is 0.
+- The KL log-ratio is clamped to ``[-KL_LOG_RATIO_BOUND, KL_LOG_RATIO_BOUND]`` = [-20, 20] before
+  ``exp`` in every estimator (k1, k2, k3), as verl's ``kl_penalty`` does for ``low_var_kl``; beyond
+  the bound the KL term is constant (no gradient), and the metric ``kl_clamp_frac`` reports the
+  fraction of masked-in tokens where the clamp changed the value.
 """
 from __future__ import annotations
 
@@ -15,22 +25,36 @@ import torch
 
 ImportanceLevel = Literal["token", "sequence"]
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+# |log pi - log pi_ref| beyond this is clamped before exp: e^20 ~ 4.9e8 keeps k3 finite in float32
+# and bfloat16 (whose max is ~3.4e38 = e^88). The bound is verl's (core_algos.kl_penalty).
+KL_LOG_RATIO_BOUND = 20.0
 
 
 # ---------------------------------------------------------------- KL estimators (Schulman's k1/k2/k3)
+def kl_log_ratio(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """log pi - log pi_ref clamped to [-KL_LOG_RATIO_BOUND, KL_LOG_RATIO_BOUND] (no gradient outside)."""
+    return torch.clamp(logp - ref_logp, -KL_LOG_RATIO_BOUND, KL_LOG_RATIO_BOUND)
+
+
+def kl_clamped(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Boolean: where the KL log-ratio lies outside the clamp bound (the clamp bites)."""
+    return (logp - ref_logp).abs() > KL_LOG_RATIO_BOUND
+
+
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k1 = log pi - log pi_ref."""
-    return logp - ref_logp
+    """k1 = log pi - log pi_ref   (log-ratio clamped to +-KL_LOG_RATIO_BOUND)."""
+    return kl_log_ratio(logp, ref_logp)
 
 
 def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k2 = (log pi - log pi_ref)^2 / 2."""
-    return 0.5 * (logp - ref_logp).square()
+    """k2 = (log pi - log pi_ref)^2 / 2   (log-ratio clamped to +-KL_LOG_RATIO_BOUND)."""
+    return 0.5 * kl_log_ratio(logp, ref_logp).square()
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k3 = exp(log pi_ref - log pi) - (log pi_ref - log pi) - 1   (>= 0, unbiased)."""
-    d = ref_logp - logp
+    """k3 = exp(d) - d - 1 with d = log pi_ref - log pi clamped to +-KL_LOG_RATIO_BOUND (>= 0; unbiased
+    inside the bound)."""
+    d = -kl_log_ratio(logp, ref_logp)
     return torch.exp(d) - d - 1
 
 
@@ -40,6 +64,7 @@ KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
+    """Per-token KL estimate ``kind`` (k1, k2, k3 = low_var_kl), log-ratio clamped (module doc)."""
     if kind not in KL_ESTIMATORS:
         raise ValueError(f"unknown KL estimator {kind!r}; expected one of {sorted(KL_ESTIMATORS)}")
     return KL_ESTIMATORS[kind](logp, ref_logp)
@@ -47,11 +72,13 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> 
 
 # ---------------------------------------------------------------- ratio and surrogate
 def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    """sum(x * mask) / max(sum(mask), 1) over ``dim`` (all dims if None)."""
+    """sum(x * mask) / max(sum(mask), 1) over ``dim`` (all dims if None); masked values never enter
+    (an inf or NaN under a zero mask does not make the mean NaN)."""
     m = mask.to(x.dtype)
+    xm = torch.where(m != 0, x * m, torch.zeros((), dtype=x.dtype, device=x.device))
     if dim is None:
-        return (x * m).sum() / m.sum().clamp(min=1)
-    return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
+        return xm.sum() / m.sum().clamp(min=1)
+    return xm.sum(dim) / m.sum(dim).clamp(min=1)
 
 
 def importance_ratio(logp: torch.Tensor, old_logp: torch.Tensor | None, mask: torch.Tensor,
@@ -61,9 +88,12 @@ def importance_ratio(logp: torch.Tensor, old_logp: torch.Tensor | None, mask: to
     token:    r = exp(logp - old_logp)
     sequence: r = exp(masked_mean_t(logp - old_logp)) broadcast over t (GSPO), gradient through the mean.
     ``old_logp`` None means on-policy: old_logp = logp.detach() (r == 1, d r / d logp == 1).
+    Where ``mask`` is 0 the log-ratio is 0 (r == 1, no gradient), whatever logp/old_logp hold there.
     """
     old = logp.detach() if old_logp is None else old_logp.to(logp.dtype)
-    log_ratio = logp - old
+    live = mask != 0
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
+    log_ratio = torch.where(live, logp, zero) - torch.where(live, old, zero)
     if level == "token":
         return torch.exp(log_ratio)
     if level == "sequence":
@@ -107,7 +137,8 @@ def aggregation_weights(mask: torch.Tensor, loss_type: str, *, max_completion_le
 def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, **kw) -> torch.Tensor:
     """Scalar loss for ``loss_type`` (see module docstring)."""
     w = aggregation_weights(mask, loss_type, dtype=per_token_loss.dtype, **kw)
-    return (per_token_loss * w).sum()
+    zero = torch.zeros((), dtype=per_token_loss.dtype, device=per_token_loss.device)
+    return torch.where(w != 0, per_token_loss * w, zero).sum()
 
 
 # ---------------------------------------------------------------- the full loss
@@ -131,30 +162,43 @@ def compute_policy_loss(
     """GRPO loss = aggregate(clipped_surrogate(r, A) + beta * KL(pi || pi_ref)) and detached metrics.
 
     Shapes: logp/old_logp/ref_logp/mask [B, T], advantages [B]. ``entropy`` [B, T] (optional) is
-    only averaged into the metrics.
+    only averaged into the metrics. Masked positions are replaced by ordinary values (0) before any
+    exp, so they change neither the loss nor the gradient (which is 0 there); the KL log-ratio is
+    clamped to +-KL_LOG_RATIO_BOUND and ``kl_clamp_frac`` (with ``kl_mean``, when ``ref_logp`` is
+    given) counts the masked-in tokens where that clamp bit.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logprobs")
     mask = mask.to(logp.dtype)
+    live = mask != 0
+    zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
     ratio = importance_ratio(logp, old_logp, mask, importance_level)
     per_token, low, high = clipped_surrogate(ratio, advantages, eps_low, eps_high)
-    kl = None
+    kl = clamp_frac = None
     if ref_logp is not None:
-        kl = kl_penalty(logp, ref_logp.to(logp.dtype), kl_estimator)
+        # masked slots: logp = ref = 0 there, so every KL estimator sees an ordinary log-ratio of 0
+        lp = torch.where(live, logp, zero)
+        ref = torch.where(live, ref_logp.to(logp.dtype), zero)
+        kl = kl_penalty(lp, ref, kl_estimator)
+        with torch.no_grad():
+            clamp_frac = masked_mean(kl_clamped(lp.detach(), ref).to(logp.dtype), mask)
         if beta != 0:
             per_token = per_token + beta * kl
     loss = aggregate_loss(per_token, mask, loss_type, max_completion_length=max_completion_length,
                           num_items=num_items)
     with torch.no_grad():
         metrics = policy_metrics(ratio, low, high, mask, kl=kl, entropy=entropy)
+        if clamp_frac is not None:
+            metrics["kl_clamp_frac"] = clamp_frac
     return loss, metrics
 
 
 def policy_metrics(ratio: torch.Tensor, low: torch.Tensor, high: torch.Tensor, mask: torch.Tensor,
                    kl: torch.Tensor | None = None, entropy: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Masked token means: clip fractions (low, high, total), KL, entropy; ratio mean/min/max."""
+    """Masked token means: clip fractions (low, high, total), KL, entropy; ratio mean/min/max.
+    ``compute_policy_loss`` adds ``kl_clamp_frac`` when it has a reference."""
     mb = mask.bool()
     r = ratio.detach()
     big = torch.finfo(r.dtype).max

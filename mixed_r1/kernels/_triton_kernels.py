@@ -4,7 +4,8 @@ start is b*stride_b + t*stride_t, the vocab axis must have unit stride). All mat
 - ``row_stats``:    one online pass: m = max(x/T), s = sum exp(x/T - m), z = sum exp(x/T - m) * x/T,
                     tx = x[target - vocab_start]/T (0 where the target is not in this shard).
 - ``softmax_grad``: grad[v] = d * (onehot[v] - exp(x_v/T - lse)), d = dlogp/T per row; may write in place.
-- ``grpo_fused``:   row_stats + clipped-surrogate/k3-KL coefficient + softmax_grad in one program.
+- ``grpo_fused``:   row_stats + clipped-surrogate/k3-KL coefficient + softmax_grad in one program; masked
+                    rows (weight 0) are skipped, the k3 log-ratio is clamped to +-kl_bound before exp.
 """
 from __future__ import annotations
 
@@ -70,7 +71,7 @@ def _softmax_grad_kernel(X, G, TGT, LSE, D, stride_b, stride_t, gstride_b, gstri
 @triton.jit
 def _grpo_fused_kernel(X, G, TGT, ADV, OLD, REF, W, LOGP, LSE, ENT,
                        stride_b, stride_t, gstride_b, gstride_t, T_len, V, inv_temp, beta, eps_low, eps_high,
-                       HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr, WRITE_GRAD: tl.constexpr,
+                       kl_bound, HAS_OLD: tl.constexpr, HAS_REF: tl.constexpr, WRITE_GRAD: tl.constexpr,
                        BLOCK_V: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     b = row // T_len
@@ -115,8 +116,11 @@ def _grpo_fused_kernel(X, G, TGT, ADV, OLD, REF, W, LOGP, LSE, ENT,
             clipped = tl.minimum(tl.maximum(ratio, 1.0 - eps_low), 1.0 + eps_high)
             # d/dlogp of -min(r A, clip(r) A): -A r where the unclipped term is the min, else 0
             dlogp = tl.where(ratio * adv <= clipped * adv, -adv * ratio, 0.0)
-            if HAS_REF:  # d k3 / d logp = 1 - exp(ref - logp)
-                dlogp += beta * (1.0 - tl.exp(tl.load(REF + row).to(tl.float32) - logp))
+            if HAS_REF:  # d k3 / d logp = 1 - exp(d), d = ref - logp clamped to +-kl_bound (0 outside)
+                d_ref = tl.load(REF + row).to(tl.float32) - logp
+                inside = (d_ref >= -kl_bound) & (d_ref <= kl_bound)
+                d_ref = tl.minimum(tl.maximum(d_ref, -kl_bound), kl_bound)
+                dlogp += tl.where(inside, beta * (1.0 - tl.exp(d_ref)), 0.0)
             d = dlogp * w * inv_temp
             for start in range(0, V, BLOCK_V):
                 cols = start + tl.arange(0, BLOCK_V)
@@ -165,9 +169,11 @@ def softmax_grad(x: torch.Tensor, out: torch.Tensor, targets: torch.Tensor, lse:
     return out
 
 
-def grpo_fused(x, grad_out, targets, advantages, old, ref, weights, temperature, beta, eps_low, eps_high):
+def grpo_fused(x, grad_out, targets, advantages, old, ref, weights, temperature, beta, eps_low, eps_high,
+               kl_bound=20.0):
     """Forward stats and (when grad_out is not None) the loss gradient in one pass per row.
-    Returns float32 [B*T] logp, lse, entropy."""
+    Rows with weight 0 (masked) are not read and get a zero gradient; the k3 log-ratio is clamped to
+    +-kl_bound as in ``mixed_r1.algo`` (``KL_LOG_RATIO_BOUND``). Returns float32 [B*T] logp, lse, entropy."""
     B, T, V = x.shape
     N = B * T
     f = dict(dtype=torch.float32, device=x.device)
@@ -182,6 +188,7 @@ def grpo_fused(x, grad_out, targets, advantages, old, ref, weights, temperature,
             ref.reshape(-1).float().contiguous() if ref is not None else dummy,
             weights.reshape(-1).float().contiguous(), logp, lse, ent,
             x.stride(0), x.stride(1), g.stride(0), g.stride(1), T, V, 1.0 / temperature, float(beta),
-            float(eps_low), float(eps_high), HAS_OLD=old is not None, HAS_REF=ref is not None and beta != 0,
-            WRITE_GRAD=grad_out is not None, BLOCK_V=bv, num_warps=_warps(bv))
+            float(eps_low), float(eps_high), float(kl_bound), HAS_OLD=old is not None,
+            HAS_REF=ref is not None and beta != 0, WRITE_GRAD=grad_out is not None, BLOCK_V=bv,
+            num_warps=_warps(bv))
     return logp, lse, ent

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..algo.policy_loss import LOSS_TYPES, aggregation_weights, compute_policy_loss
+from ..algo.policy_loss import KL_LOG_RATIO_BOUND, LOSS_TYPES, aggregation_weights, compute_policy_loss
 from ._backend import rows_view, use_triton
 from ._common import check_logits_targets, check_target_range, grad_buffer, impl
 
@@ -32,7 +32,7 @@ class GRPOLossFunction(torch.autograd.Function):
                                     num_items=cfg["num_items"])
             grad = grad_buffer(x, cfg["inplace"]) if need_grad else None
             logp, lse, ent = tk.grpo_fused(x, grad, targets, advantages, old_logp, ref_logp, w, temperature,
-                                           cfg["beta"], cfg["eps_low"], cfg["eps_high"])
+                                           cfg["beta"], cfg["eps_low"], cfg["eps_high"], KL_LOG_RATIO_BOUND)
             logp, ent = logp.view(B, T), ent.view(B, T)
             loss, metrics = _algo_loss(logp, advantages, mask_f, old_logp, ref_logp, ent, cfg)
         else:
@@ -96,10 +96,13 @@ def grpo_loss(
 
     logp = log softmax(logits/T)[targets]; r = exp(logp - old) (token) or exp(masked_mean_t(logp - old))
     (``importance_level="sequence"``, GSPO), old = logp.detach() when ``old_logprobs`` is None;
-    per-token loss = -min(r A, clip(r, 1-eps_low, 1+eps_high) A) + beta * k3(logp, ref);
+    per-token loss = -min(r A, clip(r, 1-eps_low, 1+eps_high) A) + beta * k3(logp, ref), the k3 log-ratio
+    clamped to +-20 (``mixed_r1.algo.KL_LOG_RATIO_BOUND``, verl's bound) before exp;
     loss = aggregate over ``mask`` by ``loss_type`` (grpo, bnpo, dr_grpo: / (B * T), dapo: / masked
-    tokens or ``num_items``). Returns (loss, metrics) with detached clip_frac_low/high, clip_frac,
-    ratio_mean/min/max, kl_mean (when ref_logprobs given), entropy and the per-token ``logprobs``.
+    tokens or ``num_items``). Masked positions never reach exp: the loss is that of the same batch with
+    ordinary values there and their logits get a zero gradient (both backends). Returns (loss, metrics)
+    with detached clip_frac_low/high, clip_frac, ratio_mean/min/max, kl_mean and kl_clamp_frac (when
+    ref_logprobs given), entropy and the per-token ``logprobs``.
     ``inplace``: the forward writes the logits gradient into the logits buffer (destroys the logits).
     """
     check_logits_targets(logits, targets, temperature)
