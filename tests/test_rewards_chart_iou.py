@@ -41,9 +41,33 @@ def test_chart_reward(answer, solution, expected):
     assert chart_reward(T.format("...", answer), solution) == expected
 
 
-def test_chart_tolerance_is_configurable_and_relaxed_equal_is_symmetric_in_spirit():
+def test_chart_tolerance_is_configurable():
     assert chart_reward("108", "100", tolerance=0.1) == 1.0
-    assert relaxed_equal(100.0, 100.0) and not relaxed_equal(float("nan"), 1.0)
+    assert chart_reward("108", "100", tolerance=0.05) == 0.0
+    assert chart_reward("111", "100", tolerance=0.1) == 0.0
+
+
+@pytest.mark.parametrize("pred,target,expected", [
+    (100.0, 100.0, True),
+    (105.0, 100.0, True), (95.0, 100.0, True),          # |pred - target| = 5% of the target
+    (105.5, 100.0, False), (94.5, 100.0, False),
+    # the tolerance is relative to the target (ChartQA), so the relation is not symmetric:
+    (95.2, 100.0, True), (100.0, 95.2, False),          # 4.8 <= 5.0 but 4.8 > 4.76
+    (-104.0, -100.0, True), (-106.0, -100.0, False), (100.0, -100.0, False),
+    (0.0, 0.0, True), (1e-9, 0.0, False), (-0.0, 0.0, True),   # exact for a zero target
+    (float("nan"), 1.0, False), (1.0, float("nan"), False), (float("inf"), float("inf"), False),
+])
+def test_relaxed_equal(pred, target, expected):
+    assert relaxed_equal(pred, target) is expected
+
+
+def test_untagged_chart_and_grounding_read_the_last_answer():
+    assert chart_reward("I estimated 30, but the bar reads 45", "45") == 1.0
+    assert chart_reward("I estimated 45, but the bar reads 30", "45") == 0.0
+    assert iou_reward("[500, 500, 600, 600]? No: [10, 20, 110, 220]", GT) == 1.0
+    assert iou_reward("[10, 20, 110, 220]? No: [500, 500, 600, 600]", GT) == 0.0
+    # with a tag, the first box of its content
+    assert iou_reward(T.format("…", "[10, 20, 110, 220] or [500, 500, 600, 600]"), GT) == 1.0
 
 
 def numpy_iou(a, b):

@@ -1,7 +1,7 @@
 """format_reward and matching_reward: hand-made cases for every rule."""
 import pytest
 
-from mixed_r1.rewards import extract_answer, format_reward, matching_reward
+from mixed_r1.rewards import answer_span, extract_answer, format_reward, matching_reward
 
 T = "<think>{}</think><answer>{}</answer>"
 
@@ -107,3 +107,40 @@ def test_matching_options_as_mapping_and_without_options():
 def test_matching_free_text_solution_is_normalized_exact_match():
     assert matching_reward("<answer> Red. </answer>", "red") == 1.0
     assert matching_reward("dark red", "red") == 0.0
+
+
+# ------------------------------------------------------------------ the answer rule without a tag
+@pytest.mark.parametrize("completion,expected", [
+    ("<think>x</think><answer> y </answer>", ("y", True)),
+    ("<think>x</think> y", ("<think>x</think> y", False)),
+    ("<answer>open only", ("<answer>open only", False)),
+])
+def test_answer_span_says_whether_a_tag_was_found(completion, expected):
+    assert answer_span(completion) == expected
+
+
+@pytest.mark.parametrize("completion,solution,expected", [
+    # issue case: no answer tag, the model reasons past a first "yes" to a final "no"
+    ("<think>Is it yes? Looking closer, the answer is no.</think>", "yes", 0.0),
+    ("<think>Is it yes? Looking closer, the answer is no.</think>", "no", 1.0),
+    ("Yes. Wait, no.", "no", 1.0),
+    ("No... actually, yes", "yes", 1.0),
+    ("no, no, no, YES", "no", 0.0),
+    (T.format("Is it yes? Looking closer, no.", "Yes"), "yes", 1.0),  # a tag: its content only
+])
+def test_untagged_yes_no_reads_the_last_word(completion, solution, expected):
+    assert matching_reward(completion, solution) == expected
+
+
+@pytest.mark.parametrize("completion,solution,expected", [
+    ("<think>Maybe A. Looking closer, it is C.</think>", "C", 1.0),
+    ("<think>Maybe A. Looking closer, it is C.</think>", "A", 0.0),
+    ("I first thought (A). The answer is (B).", "B", 1.0),
+    ("I first thought (A).\nThe answer is (B)", "A", 0.0),
+    ("The answer is B. Or A or C", "B", 0.0),             # the final sentence hedges
+    ("Option D is out. It has three corners, so triangle", "B", 0.0),  # not an option's exact text
+    ("It has three corners.\ntriangle", "B", 1.0),         # the last line is option B's text
+    (T.format("Maybe A. Looking closer, it is C.", "A"), "A", 1.0),   # a tag: its content only
+])
+def test_untagged_multiple_choice_reads_the_last_commitment(completion, solution, expected):
+    assert matching_reward(completion, solution, OPTS) == expected

@@ -1,9 +1,10 @@
-"""IoU reward for grounding: the first box in the answer against the solution box."""
+"""IoU reward for grounding: the answer's box against the solution box (the first box of the
+tagged answer; without an answer tag, the last box the completion states)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mixed_r1.rewards.parsing import Box, extract_answer, find_first_box, valid_box
+from mixed_r1.rewards.parsing import Box, answer_span, find_first_box, find_last_box, valid_box
 
 
 def box_iou(a: Box, b: Box) -> float:
@@ -28,14 +29,16 @@ def parse_solution_box(solution: Sequence[float] | str) -> Box:
 
 def iou_reward(completion: str, solution: Sequence[float] | str,
                threshold: float | None = None) -> float:
-    """IoU of the answer's first box with the solution box, in [0, 1].
+    """IoU of the answer's box with the solution box, in [0, 1].
 
-    The first box is a ``[x1, y1, x2, y2]`` list (also as a Qwen2.5-VL ``{"bbox_2d": […]}``)
-    or ``(x1, y1), (x2, y2)``; a malformed, degenerate or non-finite box scores 0. With
-    ``threshold`` set the reward is 1.0 iff IoU ≥ threshold, else 0.0.
+    The box is the first one inside the ``<answer>`` tag, or without a tag the last one in the
+    completion (its committed answer): a ``[x1, y1, x2, y2]`` list (also as a Qwen2.5-VL
+    ``{"bbox_2d": […]}``) or ``(x1, y1), (x2, y2)``; a malformed, degenerate or non-finite box
+    scores 0. With ``threshold`` set the reward is 1.0 iff IoU ≥ threshold, else 0.0.
     """
     target = parse_solution_box(solution)
-    box = valid_box(find_first_box(extract_answer(completion)) or ())
+    answer, tagged = answer_span(completion)
+    box = valid_box((find_first_box(answer) if tagged else find_last_box(answer)) or ())
     iou = box_iou(box, target) if box is not None else 0.0
     if threshold is not None:
         return 1.0 if iou >= threshold else 0.0

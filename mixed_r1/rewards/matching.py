@@ -2,8 +2,11 @@
 
 Rules (each has tests):
 
-* yes/no — the first standalone ``yes``/``no`` word of the answer (case and punctuation
-  ignored) equals the solution's.
+* which text is read — with an ``<answer>`` tag, the tag's content; without one, the answer the
+  completion states last (a model reasoning "is it yes? … the answer is no" committed to "no").
+* yes/no — with a tag, the first standalone ``yes``/``no`` word of the answer; without a tag, the
+  last one in the completion (case, punctuation and unicode width ignored); it equals the
+  solution's.
 * multiple choice — the option letter the answer commits to equals the solution's letter.
   Commitments, strongest first: the whole answer is a letter (``B``, ``(B)``, ``B.``, ``b)``);
   the answer starts with a letter and a delimiter (``B: cat``, ``B. cat``, ``(B) cat``); a
@@ -11,7 +14,9 @@ Rules (each has tests):
   letter anywhere. Where the sample carries its options, an answer that is exactly one
   option's text counts as that option. Without any of these, a lone capital letter among the
   valid options counts (an article ``A`` before a lower-case word does not). An answer that
-  commits to two different letters is a hedge and scores 0.
+  commits to two different letters is a hedge and scores 0. Without an answer tag these rules
+  apply to the last sentence (split at ``.``/``!``/``?`` + space and at line breaks, think tags
+  removed) that commits to any letter.
 * anything else — normalised exact match (lower case, punctuation and spacing ignored).
 """
 from __future__ import annotations
@@ -21,7 +26,7 @@ import string
 import unicodedata
 from collections.abc import Mapping, Sequence
 
-from mixed_r1.rewards.parsing import as_text, extract_answer, normalize_text
+from mixed_r1.rewards.parsing import answer_span, as_text, normalize_text, strip_tags
 
 _YES_NO_RE = re.compile(r"(?<![A-Za-z0-9])(yes|no)(?![A-Za-z0-9])", re.IGNORECASE)
 _WHOLE_LETTER_RE = re.compile(r"^\(?\s*([A-Za-z])\s*\)?\s*[.):：]?$")
@@ -80,9 +85,25 @@ def choice_letters(answer: str, options: Options = None) -> set[str]:
     return lone
 
 
-def _yes_no(text: str) -> str | None:
-    m = _YES_NO_RE.search(unicodedata.normalize("NFKC", text))
+_SENTENCE_RE = re.compile(r"(?<=[.!?。！？])\s+|\n+")
+
+
+def _yes_no(text: str, last: bool = False) -> str | None:
+    """The first (or, with ``last``, the final) standalone yes/no word of ``text``."""
+    m = None
+    for m in _YES_NO_RE.finditer(unicodedata.normalize("NFKC", text)):
+        if not last:
+            break
     return m.group(1).lower() if m else None
+
+
+def final_choice_letters(text: str, options: Options = None) -> set[str]:
+    """Letters committed to by the last sentence of an untagged completion that names any."""
+    for sentence in reversed(_SENTENCE_RE.split(strip_tags(text))):
+        letters = choice_letters(sentence, options)
+        if letters:
+            return letters
+    return set()
 
 
 def solution_letter(solution: str, options: Options = None) -> str | None:
@@ -96,15 +117,16 @@ def solution_letter(solution: str, options: Options = None) -> str | None:
 def matching_reward(completion: str, solution: str, options: Options = None) -> float:
     """1.0 iff the answer matches the yes/no or multiple-choice solution (rules in the module doc)."""
     solution = str(solution).strip()
-    answer = extract_answer(completion)
+    answer, tagged = answer_span(completion)
     if not answer:
         return 0.0
     norm_solution = normalize_text(solution)
     if norm_solution in ("yes", "no"):
-        return 1.0 if _yes_no(answer) == norm_solution else 0.0
+        return 1.0 if _yes_no(answer, last=not tagged) == norm_solution else 0.0
     letter = solution_letter(solution, options)
     if letter is not None:
-        committed = choice_letters(answer, options)
+        committed = (choice_letters(answer, options) if tagged
+                     else final_choice_letters(answer, options))
         return 1.0 if committed == {letter} else 0.0
     return 1.0 if normalize_text(answer) == norm_solution and norm_solution else 0.0
 

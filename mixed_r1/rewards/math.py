@@ -1,16 +1,29 @@
 """Math reward: symbolic equivalence with math-verify under a hard per-call time limit.
 
+Which expression is scored (:func:`final_math_answer`): the answer is the whole expression the
+completion commits to, never a prefix of it. From the tag's content (or, without an answer tag,
+from the whole completion): the content of the last box (``\\boxed{…}``, ``\\boxed x``,
+``\\fbox{…}``, MATH reference conventions); else the content of the last ``$…$`` / ``\\(…\\)`` /
+``\\[…\\]`` span; else, with a tag, the tag's whole content; without one, the last line when it is
+a bare expression, else the last number stated. That expression reaches math-verify wrapped in
+``$…$``, so ``2^{10}`` is read as 1024 and ``1 - \\sqrt{2}`` as itself (bare text would let
+math-verify's plain-number extraction read only the leading ``2`` or ``1``).
+
 math-verify's own timeout uses ``signal.alarm``, which only works in a process's main
 thread. Here every check runs in a small persistent child process per calling process
 (:class:`MathVerifier`); a check that exceeds its limit kills the child (it is restarted on
 the next call) and scores 0. The limit therefore holds in threads, in worker processes and
 against parsers that hang in C code or crash the interpreter.
+
+Golds: :func:`gold_error` says why math-verify cannot use a solution (the data layer raises it as
+a data error naming file and row), so a bad gold never silently scores every answer 0.
 """
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import select
 import subprocess
 import sys
@@ -18,11 +31,17 @@ import threading
 import time
 from pathlib import Path
 
-from mixed_r1.rewards.parsing import extract_answer
+from mixed_r1.rewards.latex import is_bare_expression, last_boxed, last_math_span
+from mixed_r1.rewards.parsing import _NUM, answer_span, strip_tags
 
 log = logging.getLogger(__name__)
 _WORKER = Path(__file__).with_name("_math_worker.py")
 _STARTUP_TIMEOUT_S = 60.0
+GOLD_TIMEOUT_S = 10.0  # limit for checking that math-verify parses one gold (data validation)
+
+# the last number of prose, with an optional "/ n" (3/4 stays a fraction)
+_LAST_NUMBER_RE = re.compile(rf"(?<![\w.])(?:{_NUM})(?:\s*/\s*\d+)?(?![\d])")
+_DOLLARS_RE = re.compile(r"\\?\$")
 
 
 def wrap_gold(solution: str) -> str:
@@ -31,6 +50,33 @@ def wrap_gold(solution: str) -> str:
     if "$" in solution or "\\boxed" in solution or "\\(" in solution or "\\[" in solution:
         return solution
     return f"${solution}$"
+
+
+def final_math_answer(completion: object) -> str | None:
+    """The expression ``completion`` commits to (rule in the module doc), or ``None``."""
+    text, tagged = answer_span(completion)
+    if not text:
+        return None
+    expr = last_boxed(text)
+    if expr is None:
+        expr = last_math_span(text)
+    if expr is None:
+        if tagged:
+            expr = text
+        else:
+            lines = [ln.strip() for ln in strip_tags(text).splitlines() if ln.strip()]
+            line = lines[-1].rstrip(".").strip() if lines else ""
+            if is_bare_expression(line):
+                expr = line
+            else:
+                last = None
+                for last in _LAST_NUMBER_RE.finditer(text):
+                    pass
+                expr = last.group(0).replace("−", "-") if last is not None else None
+    if expr is None:
+        return None
+    expr = _DOLLARS_RE.sub("", expr).strip()  # stray or escaped dollars are not delimiters here
+    return expr or None
 
 
 class MathVerifier:
@@ -78,14 +124,14 @@ class MathVerifier:
         line, self._buf = self._buf.split(b"\n", 1)
         return line
 
-    def verify(self, gold: str, answer: str) -> bool | None:
-        """``True``/``False`` from math-verify; ``None`` if it timed out or crashed."""
-        request = json.dumps({"gold": gold, "answer": answer}).encode() + b"\n"
+    def _ask(self, request: dict) -> dict | None:
+        """One request to the child; ``None`` if it timed out or crashed (counted, logged)."""
+        line_out = json.dumps(request).encode() + b"\n"
         with self._lock:
             proc = self._proc if self._proc is not None and self._proc.poll() is None else None
             proc = proc or self._start()
             try:
-                proc.stdin.write(request)  # type: ignore[union-attr]
+                proc.stdin.write(line_out)  # type: ignore[union-attr]
             except (BrokenPipeError, OSError):
                 self.crashes += 1
                 self._kill()
@@ -100,7 +146,18 @@ class MathVerifier:
                     log.warning("math_reward: math-verify worker died, scored 0")
                 self._kill()
                 return None
-            return json.loads(line).get("ok") is True
+            return json.loads(line)
+
+    def verify(self, gold: str, answer: str) -> bool | None:
+        """``True``/``False`` from math-verify; ``None`` if it timed out or crashed."""
+        reply = self._ask({"gold": gold, "answer": answer})
+        return None if reply is None else reply.get("ok") is True
+
+    def parses(self, gold: str) -> bool | None:
+        """Whether math-verify parses ``gold`` to an expression (not a fallback string);
+        ``None`` if it timed out or crashed."""
+        reply = self._ask({"parse": gold})
+        return None if reply is None else reply.get("ok") is True
 
     def close(self) -> None:
         with self._lock:
@@ -124,16 +181,48 @@ def get_verifier(timeout_s: float = 5.0) -> MathVerifier:
     return _verifiers[key]
 
 
-def math_reward(completion: str, solution: str, timeout_s: float = 5.0) -> float:
-    """1.0 iff math-verify finds the answer equivalent to the solution (``$…$``-wrapped).
-
-    A literal match (after normalising spacing and case) short-cuts the check; a check that
-    exceeds ``timeout_s`` seconds or crashes scores 0.
-    """
-    answer = extract_answer(completion)
-    if not answer:
+def math_score(completion: str, solution: str, timeout_s: float = 5.0) -> float | None:
+    """:func:`math_reward`, but ``None`` when the check did not finish (time limit or crash), so
+    a caller can count it (:class:`~mixed_r1.rewards.router.MixedReward` does)."""
+    answer = final_math_answer(completion)
+    if answer is None:
         return 0.0
     solution = str(solution)
     if "".join(answer.split()).lower() == "".join(solution.split()).lower():
         return 1.0
-    return 1.0 if get_verifier(timeout_s).verify(wrap_gold(solution), answer) else 0.0
+    ok = get_verifier(timeout_s).verify(wrap_gold(solution), f"${answer}$")
+    return None if ok is None else (1.0 if ok else 0.0)
+
+
+def math_reward(completion: str, solution: str, timeout_s: float = 5.0) -> float:
+    """1.0 iff math-verify finds the committed expression (:func:`final_math_answer`, wrapped in
+    ``$…$``) equivalent to the solution (``$…$``-wrapped unless delimited), else 0.0.
+
+    A literal match (after normalising spacing and case) short-cuts the check; a check that
+    exceeds ``timeout_s`` seconds or crashes scores 0 (and is counted by the verifier).
+    """
+    return math_score(completion, solution, timeout_s) or 0.0
+
+
+_gold_cache: dict[str, str | None] = {}
+
+
+def gold_error(solution: object, timeout_s: float = GOLD_TIMEOUT_S) -> str | None:
+    """Why ``solution`` cannot serve as a math gold, or ``None`` when math-verify parses it (as
+    :func:`math_reward` passes it, :func:`wrap_gold`) to an expression. Cached per text."""
+    gold = str(solution).strip()
+    if gold in _gold_cache:
+        return _gold_cache[gold]
+    if not gold:
+        problem: str | None = "the solution is empty"
+    else:
+        ok = get_verifier(timeout_s).parses(wrap_gold(gold))
+        if ok is None:
+            problem = f"math-verify did not parse it within {timeout_s:.0f}s"
+        elif not ok:
+            problem = "math-verify cannot parse it as an expression"
+        else:
+            problem = None
+    if problem is not None or len(_gold_cache) < 100_000:
+        _gold_cache[gold] = problem
+    return problem

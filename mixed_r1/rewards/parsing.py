@@ -21,24 +21,42 @@ def as_text(value: object) -> str:
     return value[:MAX_CHARS]
 
 
-def extract_answer(completion: object) -> str:
-    """The text inside the last ``<answer>…</answer>``, else the whole completion; stripped."""
+def answer_span(completion: object) -> tuple[str, bool]:
+    """``(text, tagged)``: the text inside the last ``<answer>…</answer>`` (stripped) and True, or
+    the whole completion (stripped) and False when it has no closed answer tag.
+
+    Which answer counts (the rule every reward follows): with a tag, the tag's content; without
+    one, the answer the completion states *last* (the last yes/no word, the last sentence naming
+    an option letter, the last number, the last box) — a model that reasons "yes? … no" has
+    committed to "no". Each reward's docstring says what "last" means for it.
+    """
     text = as_text(completion)
     lower = text.lower()  # same length as text for these ASCII tags' positions
     close = lower.rfind("</answer>")
     start = lower.rfind("<answer>", 0, close) if close >= 0 else -1
     if start < 0 or len(lower) != len(text):
         return _answer_by_regex(text)
-    return text[start + len("<answer>"):close].strip()
+    return text[start + len("<answer>"):close].strip(), True
+
+
+def extract_answer(completion: object) -> str:
+    """The text inside the last ``<answer>…</answer>``, else the whole completion; stripped."""
+    return answer_span(completion)[0]
 
 
 _ANSWER_RE = re.compile(r"<answer>((?:(?!<answer>).)*?)</answer>", re.DOTALL | re.IGNORECASE)
+_TAG_RE = re.compile(r"</?(?:think|answer)\s*>", re.IGNORECASE)
 
 
-def _answer_by_regex(text: str) -> str:
+def _answer_by_regex(text: str) -> tuple[str, bool]:
     """Fallback when lower() changes lengths (rare unicode) or no closed span exists."""
     spans = _ANSWER_RE.findall(text)
-    return (spans[-1] if spans else text).strip()
+    return (spans[-1].strip(), True) if spans else (text.strip(), False)
+
+
+def strip_tags(text: str) -> str:
+    """``text`` with its think/answer tags replaced by line breaks (for untagged answers)."""
+    return _TAG_RE.sub("\n", text)
 
 
 def normalize_text(text: str) -> str:
@@ -129,6 +147,17 @@ def find_first_box(text: str) -> tuple[float, ...] | None:
         return None
     first = min(found, key=lambda m: m.start())
     return _as_floats(first.groups())
+
+
+def find_last_box(text: str) -> tuple[float, ...] | None:
+    """The last box written in ``text`` (the forms of :func:`find_first_box`), unvalidated."""
+    text = as_text(text)
+    last = None
+    for regex in (_LIST_BOX_RE, _PAIR_BOX_RE):
+        for m in regex.finditer(text):
+            if last is None or m.start() > last.start():
+                last = m
+    return _as_floats(last.groups()) if last is not None else None
 
 
 def valid_box(box: object) -> Box | None:

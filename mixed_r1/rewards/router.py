@@ -31,7 +31,7 @@ from mixed_r1.rewards.bmas import MiniLMEmbedder, TokenEmbedder, bmas_batch
 from mixed_r1.rewards.chart import chart_reward
 from mixed_r1.rewards.format import format_reward
 from mixed_r1.rewards.iou import iou_reward, parse_solution_box
-from mixed_r1.rewards.math import math_reward
+from mixed_r1.rewards.math import gold_error, math_score
 from mixed_r1.rewards.matching import matching_reward
 from mixed_r1.rewards.pool import ScoringPool
 from mixed_r1.tasks import TASK_TYPES
@@ -71,7 +71,8 @@ class RewardBatch:
     accuracy: list[float]
     format: list[float]
     task_types: list[str]
-    failures: int = 0  # samples scored 0 because a reward hung, crashed or raised
+    failures: int = 0  # samples scored 0 because a reward hung (incl. math-verify's time
+    # limit), crashed or raised
     extra: dict[str, Any] = field(default_factory=dict)
 
     def by_task(self) -> dict[str, dict[str, float]]:
@@ -105,14 +106,19 @@ def _field(sample: Any, key: str, default: Any = None) -> Any:
 
 
 def score_rule(payload: tuple[str, str, Any, Any], cfg: dict[str, Any]) -> float:
-    """Accuracy reward of one non-open-ended sample: ``(task, completion, solution, options)``."""
+    """Accuracy reward of one non-open-ended sample: ``(task, completion, solution, options)``.
+
+    NaN when the check did not finish (a math-verify check past ``math_timeout_s`` or crashed):
+    the caller scores it 0 and counts it in ``RewardBatch.failures``, in-process and in the pool.
+    """
     task, completion, solution, options = payload
     if task in ("yes_no", "multiple_choice"):
         return matching_reward(completion, solution, options)
     if task == "chart":
         return chart_reward(completion, solution, tolerance=cfg["chart_tolerance"])
     if task == "math":
-        return math_reward(completion, solution, timeout_s=cfg["math_timeout_s"])
+        value = math_score(completion, solution, timeout_s=cfg["math_timeout_s"])
+        return float("nan") if value is None else value
     if task == "grounding":
         return iou_reward(completion, solution, threshold=cfg["iou_threshold"])
     raise ValueError(f"no rule-based reward for task type {task!r}")
@@ -149,6 +155,11 @@ class MixedReward:
                 except ValueError as exc:
                     raise ValueError(f"MixedReward: sample {i} (id={_field(sample, 'id', '?')})"
                                      f": {exc}") from None
+            if task == "math":
+                problem = gold_error(_field(sample, "solution"))
+                if problem is not None:
+                    raise ValueError(f"MixedReward: sample {i} (id={_field(sample, 'id', '?')})"
+                                     f": math solution {_field(sample, 'solution')!r}: {problem}")
             tasks.append(task)
         return tasks
 
@@ -178,10 +189,15 @@ class MixedReward:
         else:
             for i, payload in rule_items:
                 try:
-                    accuracy[i] = score_rule(payload, self._cfg)
+                    value = score_rule(payload, self._cfg)
                 except Exception as exc:  # rules never raise on model output; be sure
                     failures += 1
                     log.warning("reward for sample %d scored 0: %s", i, exc)
+                    continue
+                if value != value:  # NaN: the check hit its time limit or crashed (logged)
+                    failures += 1
+                    value = 0.0
+                accuracy[i] = value
         open_idx = [i for i, t in enumerate(tasks) if t == "open_ended"]
         if open_idx:
             try:

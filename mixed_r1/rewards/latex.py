@@ -1,0 +1,188 @@
+"""LaTeX answer handling shared by the math reward and the math converter (standard library only).
+
+* :func:`last_boxed` — the content of the last box, after the MATH reference's
+  ``last_boxed_only_string`` / ``remove_boxed`` conventions (Hendrycks et al. 2021): ``\\boxed{…}``
+  with nested braces, ``\\boxed x`` (the text up to the next ``$``), ``\\fbox{…}``; the last box in
+  the text wins, whichever command it uses.
+* :func:`last_math_span` — the content of the last ``$…$``, ``$$…$$``, ``\\(…\\)`` or ``\\[…\\]``.
+* :func:`normalize_math_answer` — the MATH reference's ``strip_string`` normalisation of a final
+  answer (``\\dfrac``→``\\frac``, ``\\left``/``\\right``, degrees, ``\\$``, trailing ``\\text{ unit}``,
+  ``\\%``, ``.5``→``0.5``, a short ``x =`` prefix, ``\\sqrt3``, ``\\frac12``, spaces, ``0.5`` and
+  ``a/b`` as fractions), with two deliberate differences so that the result stays something
+  math-verify parses to the same value: ``\\\\`` is kept (collapsing it breaks matrix rows) and
+  the space after a command before a letter is kept (``\\le x`` must not become ``\\lex``).
+* :func:`is_bare_expression` — whether a line is an expression rather than prose.
+
+Every function is linear in its input and never raises on text.
+"""
+from __future__ import annotations
+
+import re
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{…}``, ``\\boxed x`` or ``\\fbox{…}`` in ``text`` (stripped).
+
+    ``None`` when there is no box or the last one is unclosed (MATH reference behaviour: the last
+    box decides, an earlier one is not used instead).
+    """
+    idx, cmd = max((text.rfind(c), c) for c in _BOX_COMMANDS)
+    if idx < 0:
+        return None
+    j = idx + len(cmd)
+    n = len(text)
+    k = j
+    while k < n and text[k] in " \t":
+        k += 1
+    if k < n and text[k] == "{":
+        depth = 0
+        for end in range(k, n):
+            ch = text[end]
+            if ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[k + 1:end].strip()
+        return None
+    if cmd == "\\boxed" and k > j:  # "\boxed 5$": the text up to the next "$" (or line end)
+        rest = text[k:]
+        cut = min((p for p in (rest.find("$"), rest.find("\n")) if p >= 0), default=len(rest))
+        content = rest[:cut].strip()
+        return content or None
+    return None
+
+
+def last_math_span(text: str) -> str | None:
+    """Content of the last complete ``$…$``, ``$$…$$``, ``\\(…\\)`` or ``\\[…\\]`` (stripped), or
+    ``None``. ``\\$`` is an escaped dollar, not a delimiter. One left-to-right scan."""
+    last = None
+    opened, start = None, 0
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == "\\" and i + 1 < n:
+            nxt = text[i + 1]
+            if opened is None and nxt in "([":
+                opened, start = "\\" + nxt, i + 2
+            elif (opened, nxt) in (("\\(", ")"), ("\\[", "]")):
+                last, opened = text[start:i], None
+            i += 2  # an escaped character (\$, \{, \\ …) is content
+            continue
+        if ch == "$" and opened in (None, "$", "$$"):
+            tok = "$$" if text.startswith("$$", i) else "$"
+            if opened is None:
+                opened, start = tok, i + len(tok)
+                i += len(tok)
+            elif opened == "$":  # closes at its first "$" ("$a$$b$" is two spans)
+                last, opened = text[start:i], None
+                i += 1
+            elif tok == "$$":
+                last, opened = text[start:i], None
+                i += 2
+            else:  # a lone "$" inside display math is content
+                i += 1
+            continue
+        i += 1
+    return last.strip() if last is not None else None
+
+
+# ------------------------------------------------------------------ MATH `strip_string` rules
+def _remove_right_units(s: str) -> str:
+    # "5\text{ cm}" -> "5": the reference drops everything from "\text{ " on
+    return s.split("\\text{ ", 1)[0] if "\\text{ " in s else s
+
+
+def _fix_sqrt(s: str) -> str:
+    # "\sqrt3" -> "\sqrt{3}"
+    parts = s.split("\\sqrt")
+    out = parts[0]
+    for part in parts[1:]:
+        if part and part[0] not in "{[":  # "\sqrt[3]{x}" is left alone
+            part = "{" + part[0] + "}" + part[1:]
+        out += "\\sqrt" + part
+    return out
+
+
+def _fix_fracs(s: str) -> str:
+    # "\frac12" -> "\frac{1}{2}", "\frac1{2}" -> "\frac{1}{2}", "\frac{1}2" -> "\frac{1}{2}"
+    parts = s.split("\\frac")
+    out = parts[0]
+    for part in parts[1:]:
+        out += "\\frac"
+        if part.startswith("{"):
+            close = _matching_brace(part, 0)
+            if close is not None and close + 1 < len(part) and part[close + 1] not in "{":
+                part = part[:close + 1] + "{" + part[close + 1] + "}" + part[close + 2:]
+            out += part
+        elif len(part) >= 2:
+            a, b, rest = part[0], part[1], part[2:]
+            out += "{" + a + "}" + (b + rest if b == "{" else "{" + b + "}" + rest)
+        else:
+            return s  # malformed: leave the whole string as it was (reference behaviour)
+    return out
+
+
+def _matching_brace(s: str, open_idx: int) -> int | None:
+    depth = 0
+    for i in range(open_idx, len(s)):
+        if s[i] == "{":
+            depth += 1
+        elif s[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return None
+
+
+def _fix_a_slash_b(s: str) -> str:
+    # "3/4" -> "\frac{3}{4}" when both sides are plain integers
+    a, sep, b = s.partition("/")
+    if sep and "/" not in b and re.fullmatch(r"-?\d+", a) and re.fullmatch(r"\d+", b):
+        return f"\\frac{{{a}}}{{{b}}}"
+    return s
+
+
+_CMD_SPACE_LETTER_RE = re.compile(r"(\\[A-Za-z]+)\s+(?=[A-Za-z])")
+_THIN_SPACE_THOUSANDS_RE = re.compile(r"(?<=\d)\\,(?=\d{3}(?!\d))")
+
+
+def normalize_math_answer(answer: str) -> str:
+    """A final answer normalised as the MATH reference's ``strip_string`` does (module doc)."""
+    s = str(answer).strip()
+    s = s.replace("\n", "").replace("\\!", "")
+    s = s.replace("\\tfrac", "\\frac").replace("\\dfrac", "\\frac")
+    s = s.replace("\\left", "").replace("\\right", "")
+    s = s.replace("^{\\circ}", "").replace("^\\circ", "")
+    s = s.replace("\\$", "")
+    s = _remove_right_units(s)
+    s = s.replace("\\%", "").replace("%", "")
+    s = _THIN_SPACE_THOUSANDS_RE.sub("", s)  # "1\,000" -> "1000" (math-verify reads "1\,000" as 1*0)
+    s = s.replace(" .", " 0.").replace("{.", "{0.")
+    if s.startswith("."):
+        s = "0" + s
+    left, eq, right = s.partition("=")
+    if eq and "=" not in right and len(left) <= 2:  # "x = 5", "k=5" -> "5"
+        s = right
+    s = _fix_sqrt(s)
+    s = _CMD_SPACE_LETTER_RE.sub(lambda m: m.group(1) + "\x00", s)
+    s = re.sub(r"\s+", "", s).replace("\x00", " ")
+    s = _fix_fracs(s)
+    if s == "0.5":
+        s = "\\frac{1}{2}"
+    return _fix_a_slash_b(s)
+
+
+# ------------------------------------------------------------------ expressions vs prose
+_TEXT_GROUP_RE = re.compile(r"\\(?:text|mathrm|textbf|mbox|operatorname)\s*\{[^{}]*\}")
+_WORD_RE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+
+
+def is_bare_expression(text: str) -> bool:
+    """True when ``text`` reads as one math expression: no run of three or more letters outside
+    LaTeX command names and ``\\text{…}``-like groups (``x^2+2x+1``, ``\\frac{3}{4}``, ``3/4``), as
+    opposed to prose (``we get 3 then 5``)."""
+    t = _TEXT_GROUP_RE.sub("", text)
+    return bool(t.strip()) and _WORD_RE.search(t) is None
