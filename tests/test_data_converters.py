@@ -90,3 +90,125 @@ def test_cli_convert(tmp_path: Path, capsys) -> None:
                  "--out", str(out)]) == 0
     samples, _ = load_samples(out)
     assert len(samples) == 3 and samples[2].solution == [40.0, 20.0, 60.0, 50.0]
+
+
+# ------------------------------------------------------------------ math golds (MATH conventions)
+@pytest.mark.parametrize("solution,gold", [
+    # issue cases: an \fbox and a brace-less \boxed (MATH reference forms)
+    ("Thus the total is $\\fbox{12}$.", "12"),
+    ("So we get $\\boxed 5$.", "5"),
+    ("nested: $\\boxed{\\frac{\\sqrt{3}}{2}}$", "\\frac{\\sqrt{3}}{2}"),
+    ("first $\\boxed{1}$, finally $\\fbox{2}$", "2"),            # the last box wins
+    ("first $\\fbox{1}$, finally $\\boxed{2}$", "2"),
+    ("$\\boxed{\\boxed{7}}$", "7"),
+    # the MATH normaliser's rules
+    ("$\\boxed{\\dfrac{3}{4}}$", "\\frac{3}{4}"), ("$\\boxed{\\tfrac{1}{3}}$", "\\frac{1}{3}"),
+    ("$\\boxed{\\left( 1, 2 \\right)}$", "(1,2)"), ("$\\boxed{90^\\circ}$", "90"),
+    ("$\\boxed{90^{\\circ}}$", "90"), ("$\\boxed{\\$1.50}$", "1.50"), ("$\\boxed{5\\text{ cm}}$", "5"),
+    ("$\\boxed{50\\%}$", "50"), ("$\\boxed{.5}$", "\\frac{1}{2}"), ("$\\boxed{x = 5}$", "5"),
+    ("$\\boxed{\\sqrt3}$", "\\sqrt{3}"), ("$\\boxed{\\frac12}$", "\\frac{1}{2}"),
+    ("$\\boxed{\\frac1{2}}$", "\\frac{1}{2}"), ("$\\boxed{3/4}$", "\\frac{3}{4}"),
+    ("$\\boxed{10,\\!000}$", "10,000"), ("$\\boxed{1\\,000}$", "1000"), ("$\\boxed{0.5}$", "\\frac{1}{2}"),
+    ("$\\boxed{2 \\pi r}$", "2\\pi r"),  # a command's space before a letter is kept
+    ("$\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}$", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
+    # GSM8K tails and bare answers
+    ("so 12 - 2 = 10\n#### 1,010", "1010"), ("1024", "1024"), ("$2^{10}$", "2^{10}"),
+])
+def test_math_gold_extraction_and_normalisation(solution, gold):
+    assert extract_math_answer(solution) == gold
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+MATH_ROWS = [
+    {"id": "fbox", "problem": "Add.", "solution": "Thus the total is $\\fbox{12}$."},
+    {"id": "bspace", "problem": "Five.", "solution": "So we get $\\boxed 5$."},
+    {"id": "empty-frac", "problem": "?", "solution": "Hence $\\boxed{\\frac{1}{}}$."},
+    {"id": "prose", "problem": "?", "solution": "The total is twelve."},
+    {"id": "paren", "problem": "?", "answer": "()"},
+]
+
+
+def test_math_converter_extracts_golds_and_names_unparseable_rows(tmp_path: Path) -> None:
+    src = _write_jsonl(tmp_path / "m.jsonl", MATH_ROWS)
+    samples, rep = convert_math(src, on_error="skip")
+    assert [(s.id, s.solution) for s in samples] == [("fbox", "12"), ("bspace", "5")]
+    assert dict(rep.skipped) == {"unparseable_gold": 2, "no_final_answer": 1}
+    assert any("row 3" in e and "math-verify cannot parse" in e for e in rep.errors)
+    assert any("row 5" in e and "math-verify cannot parse" in e for e in rep.errors)
+    assert any("row 4" in e and "no \\boxed" in e for e in rep.errors)
+    with pytest.raises(DataError, match=r"m\.jsonl, row 3, key 'solution'.*math-verify cannot parse"):
+        convert_math(src)
+
+
+def test_load_rejects_a_math_gold_the_verifier_cannot_parse(tmp_path: Path) -> None:
+    rows = [{"id": "ok", "task_type": "math", "question": "q", "solution": "\\frac{3}{4}"},
+            {"id": "bad", "task_type": "math", "question": "q", "solution": "\\sqrt{}"}]
+    path = _write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError, match=r"d\.jsonl, row 2, key 'solution': math solution"):
+        load_samples(path)
+    samples, rep = load_samples(path, on_error="skip")
+    assert [s.id for s in samples] == ["ok"] and dict(rep.skipped) == {"unparseable_gold": 1}
+
+
+def test_cli_convert_math_reports_unparseable_golds(tmp_path: Path, capsys) -> None:
+    from mixed_r1.cli import main
+
+    src = _write_jsonl(tmp_path / "m.jsonl", MATH_ROWS)
+    out = tmp_path / "m_out.jsonl"
+    assert main(["data", "convert", "math", "--input", str(src), "--out", str(out),
+                 "--on-error", "skip"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert summary["samples"] == 2 and summary["unparseable_golds"] == 2
+    assert "unparseable gold:" in captured.err and "row 3" in captured.err and "row 5" in captured.err
+    assert [s.solution for s in load_samples(out)[0]] == ["12", "5"]
+
+
+def test_cli_convert_exits_non_zero_when_nothing_was_converted(tmp_path: Path, capsys) -> None:
+    from mixed_r1.cli import main
+
+    src = _write_jsonl(tmp_path / "bad.jsonl", MATH_ROWS[2:])
+    out = tmp_path / "nothing.jsonl"
+    assert main(["data", "convert", "math", "--input", str(src), "--out", str(out),
+                 "--on-error", "skip"]) == 1
+    assert not out.exists()
+    assert "nothing converted" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ ChartQA labels, image paths
+def test_chartqa_label_as_a_list_or_its_csv_text(tmp_path: Path) -> None:
+    img = str(FIX / "images/chart_b.png")
+    rows = [{"imgname": img, "query": "q1", "label": ["14"]},      # the Hugging Face form
+            {"imgname": img, "query": "q2", "label": "15"},
+            {"imgname": img, "query": "q3", "label": ["Blue "]}]
+    (tmp_path / "c.json").write_text(json.dumps(rows))
+    samples, _ = convert_chartqa(tmp_path / "c.json")
+    assert [s.solution for s in samples] == ["14", "15", "Blue"]
+    (tmp_path / "c.csv").write_text(f"imgname,query,label\n{img},q,['14']\n{img},q,\"[\"\"7\"\"]\"\n")
+    samples, _ = convert_chartqa(tmp_path / "c.csv")
+    assert [s.solution for s in samples] == ["14", "7"]
+    (tmp_path / "two.json").write_text(json.dumps([{"imgname": img, "query": "q", "label": ["1", "2"]}]))
+    with pytest.raises(DataError, match=r"two\.json, row 1, key 'label'.*not one answer"):
+        convert_chartqa(tmp_path / "two.json")
+
+
+def test_converted_image_paths_are_relative_to_the_output_file(tmp_path: Path) -> None:
+    import shutil
+
+    from mixed_r1.data import write_samples
+
+    src = tmp_path / "set" / "raw"
+    (src / "images").mkdir(parents=True)
+    shutil.copy(FIX / "images/chart_b.png", src / "images/chart_b.png")
+    (src / "c.json").write_text(json.dumps([{"imgname": "images/chart_b.png", "query": "q",
+                                             "label": ["3"]}]))
+    samples, _ = convert_chartqa(src / "c.json")
+    out = write_samples(samples, tmp_path / "set" / "converted" / "chart.jsonl")
+    assert json.loads(out.read_text())["images"] == ["../raw/images/chart_b.png"]
+    moved = shutil.move(str(tmp_path / "set"), str(tmp_path / "moved"))  # the dataset moves
+    back, _ = load_samples(Path(moved) / "converted" / "chart.jsonl")
+    assert back[0].images == [str((Path(moved) / "raw/images/chart_b.png").resolve())]

@@ -40,11 +40,26 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.source:
         kwargs["source"] = args.source
     samples, report = CONVERTERS[args.kind](args.input, **kwargs)
-    write_samples(samples, args.out)
-    print(json.dumps({"out": args.out, "rows": report.rows, "samples": len(samples),
-                      "skipped": dict(report.skipped)}))
-    for line in report.errors[:20]:
+    summary = {"out": args.out, "rows": report.rows, "samples": len(samples),
+               "skipped": dict(report.skipped)}
+    if args.kind == "math":  # golds math-verify cannot parse (rows named on stderr)
+        summary["unparseable_golds"] = report.skipped.get("unparseable_gold", 0)
+    unparseable = [e for e in report.errors if ": math solution " in e]  # schema's message
+    others = [e for e in report.errors if ": math solution " not in e]
+    for line in unparseable:  # every one of them, so each bad gold can be fixed
+        print(f"unparseable gold: {line}", file=sys.stderr)
+    for line in others[:20]:
         print(f"skipped: {line}", file=sys.stderr)
+    if len(others) > 20:
+        print(f"skipped: … and {len(others) - 20} more", file=sys.stderr)
+    if not samples:
+        summary["out"] = None
+        print(json.dumps(summary))
+        print(f"error: nothing converted from {args.input} ({report.rows} rows read, "
+              f"{report.n_skipped} skipped); {args.out} not written", file=sys.stderr)
+        return 1
+    write_samples(samples, args.out)
+    print(json.dumps(summary))
     return 0
 
 

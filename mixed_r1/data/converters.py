@@ -8,12 +8,20 @@ against ``image_root`` (default: the input file's directory).
 - ``llava``: LLaVA conversations JSON/JSONL (``image`` + ``conversations`` of human/gpt turns);
   one sample per human→gpt pair; task type inferred (yes/no answer → yes_no, ``A.``-style
   options with a letter answer → multiple_choice, else open_ended) unless given.
-- ``chartqa``: ChartQA JSON (``imgname``, ``query``, ``label``) or CSV with those columns.
+- ``chartqa``: ChartQA JSON (``imgname``, ``query``, ``label``) or CSV with those columns; the
+  label is a string or a one-answer list (``["14"]``, as in the public Hugging Face copy, also
+  as the text ``['14']`` a CSV export writes).
 - ``refcoco``: JSON/JSONL of ``image``, ``expression`` (or ``sentence``/``sentences``/``refs``)
   and ``bbox``; ``box_format`` ``xyxy`` or ``xywh`` (COCO) and ``coords`` ``pixel``,
   ``norm`` (0..1) or ``norm1000`` (0..1000, Qwen2-VL style) → absolute-pixel ``xyxy``.
-- ``math``: plain math JSONL: ``problem``/``question`` and ``answer``/``solution``; a GSM8K
-  ``#### 42`` tail or a MATH ``\\boxed{…}`` is extracted as the answer; optional ``image``.
+- ``math``: plain math JSONL: ``problem``/``question`` and ``answer``/``solution``; the gold is
+  a GSM8K ``#### 42`` tail, else the last box of a MATH solution (``\\boxed{…}``, ``\\boxed x``,
+  ``\\fbox{…}``, nested braces; MATH reference ``last_boxed_only_string``), else the whole text
+  when it is a bare expression (prose without a box is a ``no_final_answer`` data error); then
+  normalised as the MATH reference's ``strip_string`` does (:mod:`mixed_r1.rewards.latex`). A gold
+  math-verify cannot parse is an ``unparseable_gold`` data error naming the row (schema check).
+
+Image paths are stored relative to the output file by :func:`mixed_r1.data.io.write_samples`.
 """
 from __future__ import annotations
 
@@ -22,6 +30,9 @@ import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from mixed_r1.rewards.latex import is_bare_expression, normalize_math_answer
+from mixed_r1.rewards.latex import last_boxed as _last_boxed
 
 from .io import LoadReport, collect_rows
 from .schema import LETTERS, DataError, Sample, sample_from_dict
@@ -73,7 +84,10 @@ def _convert(path: str | Path, build: Callable[[int, Any, Path], list[dict]], *,
                             file=str(path), row=row, reason="malformed")
         try:
             raws = build(row, rec, root)
-        except DataError:
+        except DataError as exc:
+            if exc.row is None:  # raised by a builder: name the file and row
+                raise DataError(exc.detail, file=str(path), row=row, key=exc.key,
+                                reason=exc.reason) from None
             raise
         except (KeyError, ValueError, TypeError) as exc:
             raise DataError(f"cannot convert record: {exc!r}", file=str(path), row=row,
@@ -149,14 +163,33 @@ def convert_llava(path: str | Path, *, image_root: str | Path | None = None,
 
 
 # ------------------------------------------------------------------------ ChartQA
+_LIST_TEXT_RE = re.compile(r"""^\[\s*(?:'([^']*)'|"([^"]*)")\s*\]$""")
+
+
+def chartqa_label(label: Any) -> str:
+    """The answer of a ChartQA ``label``: a string, or a list holding exactly one answer (the
+    Hugging Face copy's form; its CSV text ``['14']`` too). Raises :class:`DataError` otherwise."""
+    if isinstance(label, (list, tuple)):
+        if len(label) != 1 or isinstance(label[0], (list, tuple, dict)) or label[0] is None:
+            raise DataError(f"label {label!r} is not one answer", key="label", reason="malformed")
+        label = label[0]
+    text = str(label).strip()
+    m = _LIST_TEXT_RE.match(text)
+    if m:
+        text = (m.group(1) if m.group(1) is not None else m.group(2)).strip()
+    if not text:
+        raise DataError("label is empty", key="label", reason="missing_field")
+    return text
+
+
 def convert_chartqa(path: str | Path, *, image_root: str | Path | None = None,
                     source: str = "chartqa", on_error: str = "raise", check_images: bool = True
                     ) -> tuple[list[Sample], LoadReport]:
     """ChartQA JSON/CSV (``imgname``, ``query``, ``label``) → chart samples."""
     def build(row: int, rec: dict, root: Path) -> list[dict]:
-        label = _need(rec, "label", "answer")
+        label = chartqa_label(_need(rec, "label", "answer"))
         return [{"id": str(rec.get("id") or f"{Path(path).stem}-{row}"), "task_type": "chart",
-                 "question": _need(rec, "query", "question"), "solution": str(label).strip(),
+                 "question": _need(rec, "query", "question"), "solution": label,
                  "images": [_need(rec, "imgname", "image")], "source": source}]
 
     return _convert(path, build, image_root=image_root, on_error=on_error,
@@ -227,44 +260,56 @@ def convert_refcoco(path: str | Path, *, image_root: str | Path | None = None,
 
 
 # ------------------------------------------------------------------------ math
+_UNESCAPED_DOLLAR_RE = re.compile(r"(?<!\\)\$")
+
+
 def last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{…}`` (balanced braces), or None."""
-    start = text.rfind("\\boxed")
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1:j].strip()
-    return None
+    """Content of the last box (``\\boxed{…}``, ``\\boxed x``, ``\\fbox{…}``), or None
+    (:func:`mixed_r1.rewards.latex.last_boxed`)."""
+    return _last_boxed(text)
 
 
 def extract_math_answer(answer: str) -> str:
-    """GSM8K ``… #### 42`` → ``42``; MATH ``… \\boxed{x}`` → ``x``; else the text stripped."""
+    """The gold of a math answer/solution text, normalised (MATH reference conventions).
+
+    GSM8K ``… #### 42`` → ``42``; MATH ``… \\boxed{x}`` / ``\\boxed x`` / ``\\fbox{x}`` → ``x``
+    (the last box wins); else the text. Math ``$`` delimiters are dropped and the result is
+    normalised as the MATH reference's ``strip_string`` does
+    (:func:`mixed_r1.rewards.latex.normalize_math_answer`).
+    """
     s = str(answer)
     if "####" in s:
-        return s.rsplit("####", 1)[1].strip().replace(",", "")
-    boxed = last_boxed(s)
-    return boxed if boxed is not None else s.strip()
+        final = s.rsplit("####", 1)[1].strip().replace(",", "")
+    else:
+        boxed = _last_boxed(s)
+        final = boxed if boxed is not None else s.strip()
+    return normalize_math_answer(_UNESCAPED_DOLLAR_RE.sub("", final))
+
+
+def has_final_answer(answer: str) -> bool:
+    """A ``####`` tail, a closed box, or a text that is itself a bare expression (not prose)."""
+    s = str(answer)
+    return "####" in s or _last_boxed(s) is not None or is_bare_expression(s.strip())
 
 
 def convert_math(path: str | Path, *, image_root: str | Path | None = None,
                  source: str = "math", on_error: str = "raise", check_images: bool = True
                  ) -> tuple[list[Sample], LoadReport]:
-    """Plain math JSONL (``problem``/``question``, ``answer``/``solution``) → math samples."""
+    """Plain math JSONL (``problem``/``question``, ``answer``/``solution``) → math samples.
+
+    The report counts golds math-verify cannot parse under ``skipped["unparseable_gold"]`` and
+    prose without a final answer under ``skipped["no_final_answer"]`` (rows named in ``errors``).
+    """
     def build(row: int, rec: dict, root: Path) -> list[dict]:
         image = rec.get("image") or rec.get("images")
         images = [image] if isinstance(image, str) else list(image or [])
+        raw = _need(rec, "answer", "solution")
+        if not has_final_answer(raw):
+            raise DataError(f"solution {str(raw)[:80]!r} has no \\boxed{{…}} or #### answer and is "
+                            "not a bare expression", key="solution", reason="no_final_answer")
         return [{"id": str(rec.get("id") or f"{Path(path).stem}-{row}"), "task_type": "math",
                  "question": _need(rec, "problem", "question"),
-                 "solution": extract_math_answer(_need(rec, "answer", "solution")),
+                 "solution": extract_math_answer(raw),
                  "images": images, "source": rec.get("source") or source}]
 
     return _convert(path, build, image_root=image_root, on_error=on_error,

@@ -1,8 +1,9 @@
 """Read and write samples as JSONL or Parquet (the Parquet form is readable by HF ``datasets``).
 
 Writes go to a temporary name in the target directory and are renamed into place. Image paths
-are written relative to the output file's directory when the image lies under it (a portable
-set), absolute otherwise; on load, relative paths resolve against the file's directory.
+are written relative to the output file's directory (``../images/a.png`` when the images lie
+beside it), so a dataset moved together with its images keeps loading; on load, relative paths
+resolve against the file's directory. Only an image on another drive (Windows) stays absolute.
 
 Parquet columns: id, task_type, question, solution (text; a box as ``[x1, y1, x2, y2]``),
 images (list<string>), options (list<string>, null when absent), messages (JSON text, null
@@ -78,8 +79,8 @@ def _rel_images(images: list[str], out_dir: Path) -> list[str]:
     for p in images:
         ap = Path(p).resolve()
         try:
-            out.append(ap.relative_to(root).as_posix())
-        except ValueError:
+            out.append(Path(os.path.relpath(ap, root)).as_posix())
+        except ValueError:  # another drive: no relative path exists
             out.append(str(ap))
     return out
 

@@ -4,7 +4,10 @@ A :class:`Sample` is ``id, task_type, images, question, messages, solution, opti
 meta``. The solution is a string for every task except ``grounding``, where it is a box
 ``[x1, y1, x2, y2]`` of four finite floats in the original image's absolute pixels with
 ``x1 < x2`` and ``y1 < y2``. A multiple-choice solution is the letter of one of ``options``
-(A, B, C, ...); an option's text is accepted on input and turned into its letter.
+(A, B, C, ...); an option's text is accepted on input and turned into its letter. A math solution
+must be a gold math-verify parses to an expression (checked in math-verify's time-limited child
+process, :func:`mixed_r1.rewards.math.gold_error`); otherwise the row is an ``unparseable_gold``
+data error, never a gold that silently scores every answer 0.
 """
 from __future__ import annotations
 
@@ -117,8 +120,8 @@ def sample_from_dict(d: dict, *, base_dir: str | Path | None = None, check_image
                      file: str | None = None, row: int | None = None) -> Sample:
     """Validate a raw record and build a :class:`Sample`; raises :class:`DataError`.
 
-    Relative image paths are resolved against ``base_dir``. With ``check_images`` every image
-    must exist and be decodable by PIL (header read).
+    Relative image paths are resolved against ``base_dir`` (see :func:`_resolve_image`). With
+    ``check_images`` every image must exist and be decodable by PIL (header read).
     """
     def err(msg: str, key: str | None, reason: str) -> DataError:
         return DataError(msg, file=file, row=row, key=key, reason=reason)
@@ -148,8 +151,7 @@ def sample_from_dict(d: dict, *, base_dir: str | Path | None = None, check_image
         images = [images]
     if not isinstance(images, (list, tuple)) or not all(isinstance(p, str) for p in images):
         raise err(f"images must be a list of paths, got {images!r}", "images", "malformed")
-    resolved = [str(Path(base_dir) / p) if base_dir is not None and not Path(p).is_absolute()
-                else p for p in images]
+    resolved = [_resolve_image(p, base_dir) for p in images]
     if check_images:
         for p in resolved:
             _check_image(p, err)
@@ -178,6 +180,12 @@ def sample_from_dict(d: dict, *, base_dir: str | Path | None = None, check_image
         if task == "yes_no" and solution.strip().lower() not in ("yes", "no"):
             raise err(f"yes/no solution {solution!r} is neither yes nor no", "solution",
                       "bad_solution")
+        if task == "math":
+            from mixed_r1.rewards.math import gold_error  # light: no torch
+
+            problem = gold_error(solution)
+            if problem is not None:
+                raise err(f"math solution {solution!r}: {problem}", "solution", "unparseable_gold")
     meta = d.get("meta") or {}
     if isinstance(meta, str):
         try:
@@ -187,6 +195,15 @@ def sample_from_dict(d: dict, *, base_dir: str | Path | None = None, check_image
     return Sample(id=str(d["id"]), task_type=task, question=str(question), solution=solution,
                   images=list(resolved), options=options, messages=messages,
                   source=str(d.get("source") or ""), meta=dict(meta))
+
+
+def _resolve_image(path: str, base_dir: str | Path | None) -> str:
+    """A relative image path joined to ``base_dir``; one that climbs out of it (``../``) is
+    resolved, so ``out/../images/a.png`` reads back as the image's real path."""
+    if base_dir is None or Path(path).is_absolute():
+        return path
+    joined = Path(base_dir) / path
+    return str(joined.resolve() if ".." in Path(path).parts else joined)
 
 
 def _text_of(message: dict) -> str | None:
