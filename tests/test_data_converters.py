@@ -104,11 +104,13 @@ def test_cli_convert(tmp_path: Path, capsys) -> None:
     # the MATH normaliser's rules
     ("$\\boxed{\\dfrac{3}{4}}$", "\\frac{3}{4}"), ("$\\boxed{\\tfrac{1}{3}}$", "\\frac{1}{3}"),
     ("$\\boxed{\\left( 1, 2 \\right)}$", "(1,2)"), ("$\\boxed{90^\\circ}$", "90"),
-    ("$\\boxed{90^{\\circ}}$", "90"), ("$\\boxed{\\$1.50}$", "1.50"), ("$\\boxed{5\\text{ cm}}$", "5"),
+    ("$\\boxed{90^{\\circ}}$", "90"), ("$\\boxed{\\$1.50}$", "1.50"),
+    ("$\\boxed{5\\text{ cm}}$", "5"),
     ("$\\boxed{50\\%}$", "50"), ("$\\boxed{.5}$", "\\frac{1}{2}"), ("$\\boxed{x = 5}$", "5"),
     ("$\\boxed{\\sqrt3}$", "\\sqrt{3}"), ("$\\boxed{\\frac12}$", "\\frac{1}{2}"),
     ("$\\boxed{\\frac1{2}}$", "\\frac{1}{2}"), ("$\\boxed{3/4}$", "\\frac{3}{4}"),
-    ("$\\boxed{10,\\!000}$", "10,000"), ("$\\boxed{1\\,000}$", "1000"), ("$\\boxed{0.5}$", "\\frac{1}{2}"),
+    ("$\\boxed{10,\\!000}$", "10,000"), ("$\\boxed{1\\,000}$", "1000"),
+    ("$\\boxed{0.5}$", "\\frac{1}{2}"),
     ("$\\boxed{2 \\pi r}$", "2\\pi r"),  # a command's space before a letter is kept
     ("$\\boxed{\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}}$", "\\begin{pmatrix}1\\\\2\\end{pmatrix}"),
     # GSM8K tails and bare answers
@@ -140,7 +142,8 @@ def test_math_converter_extracts_golds_and_names_unparseable_rows(tmp_path: Path
     assert any("row 3" in e and "math-verify cannot parse" in e for e in rep.errors)
     assert any("row 5" in e and "math-verify cannot parse" in e for e in rep.errors)
     assert any("row 4" in e and "no \\boxed" in e for e in rep.errors)
-    with pytest.raises(DataError, match=r"m\.jsonl, row 3, key 'solution'.*math-verify cannot parse"):
+    with pytest.raises(DataError,
+                       match=r"m\.jsonl, row 3, key 'solution'.*math-verify cannot parse"):
         convert_math(src)
 
 
@@ -164,7 +167,8 @@ def test_cli_convert_math_reports_unparseable_golds(tmp_path: Path, capsys) -> N
     captured = capsys.readouterr()
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["samples"] == 2 and summary["unparseable_golds"] == 2
-    assert "unparseable gold:" in captured.err and "row 3" in captured.err and "row 5" in captured.err
+    assert "unparseable gold:" in captured.err
+    assert "row 3" in captured.err and "row 5" in captured.err
     assert [s.solution for s in load_samples(out)[0]] == ["12", "5"]
 
 
@@ -188,10 +192,12 @@ def test_chartqa_label_as_a_list_or_its_csv_text(tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text(json.dumps(rows))
     samples, _ = convert_chartqa(tmp_path / "c.json")
     assert [s.solution for s in samples] == ["14", "15", "Blue"]
-    (tmp_path / "c.csv").write_text(f"imgname,query,label\n{img},q,['14']\n{img},q,\"[\"\"7\"\"]\"\n")
+    csv_text = f"imgname,query,label\n{img},q,['14']\n{img},q,\"[\"\"7\"\"]\"\n"
+    (tmp_path / "c.csv").write_text(csv_text)
     samples, _ = convert_chartqa(tmp_path / "c.csv")
     assert [s.solution for s in samples] == ["14", "7"]
-    (tmp_path / "two.json").write_text(json.dumps([{"imgname": img, "query": "q", "label": ["1", "2"]}]))
+    two = [{"imgname": img, "query": "q", "label": ["1", "2"]}]
+    (tmp_path / "two.json").write_text(json.dumps(two))
     with pytest.raises(DataError, match=r"two\.json, row 1, key 'label'.*not one answer"):
         convert_chartqa(tmp_path / "two.json")
 

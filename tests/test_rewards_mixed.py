@@ -103,7 +103,8 @@ class _ByteTokenizer:
 
 
 # the fuzz targets the router and the parsers; MiniLM is exercised in test_rewards_math_bmas
-FUZZ_EMBEDDER = TableEmbedder(_ByteTokenizer(), torch.randn(256, 8, generator=torch.Generator().manual_seed(0)))
+FUZZ_EMBEDDER = TableEmbedder(_ByteTokenizer(),
+                              torch.randn(256, 8, generator=torch.Generator().manual_seed(0)))
 FUZZ_REWARD = MixedReward(RewardConfig(math_timeout_s=5.0), embedder=FUZZ_EMBEDDER)
 N_EXAMPLES, BATCH = 170, 60  # 10,200 completions, 1,700 per task type
 FUZZ_SETTINGS = dict(deadline=None, derandomize=True, database=None,
@@ -174,7 +175,8 @@ def test_math_check_past_its_time_limit_scores_0_and_is_counted(num_workers):
 
 def test_unparseable_math_gold_is_a_data_error():
     with pytest.raises(ValueError, match=r"sample 0 \(id=bad\).*math solution '\\\\frac\{'"):
-        MixedReward()(["<answer>1</answer>"], [{"id": "bad", "task_type": "math", "solution": "\\frac{"}])
+        MixedReward()(["<answer>1</answer>"],
+                      [{"id": "bad", "task_type": "math", "solution": "\\frac{"}])
 
 
 @given(st.text(max_size=300))

@@ -4,8 +4,9 @@ A numeric solution is matched by the number the answer states (see
 :func:`~mixed_r1.rewards.parsing.parse_number`: the whole answer when it is one number, else its
 last number — with or without an answer tag, the last number stated is the committed one;
 thousands separators, currency, a percent sign or a short unit allowed) within ``tolerance``
-relative error (exact when the solution is 0). A percent sign may be read either way: ``12%`` matches ``12`` and ``0.12``. Any other
-solution is a case-insensitive exact match after trimming whitespace and a final period.
+relative error (exact when the solution is 0). A percent sign may be read either way: ``12%``
+matches ``12`` and ``0.12``. Any other solution is a case-insensitive exact match after trimming
+whitespace and a final period.
 """
 from __future__ import annotations
 

@@ -3,17 +3,21 @@
 * :func:`last_boxed` — the content of the last box, after the MATH reference's
   ``last_boxed_only_string`` / ``remove_boxed`` conventions (Hendrycks et al. 2021): ``\\boxed{…}``
   with nested braces, ``\\boxed x`` (the text up to the next ``$``), ``\\fbox{…}``; the last box in
-  the text wins, whichever command it uses.
+  the text wins, whichever command it uses (the reference looks for ``\\fbox`` only when there is
+  no ``\\boxed`` at all).
 * :func:`last_math_span` — the content of the last ``$…$``, ``$$…$$``, ``\\(…\\)`` or ``\\[…\\]``.
 * :func:`normalize_math_answer` — the MATH reference's ``strip_string`` normalisation of a final
-  answer (``\\dfrac``→``\\frac``, ``\\left``/``\\right``, degrees, ``\\$``, trailing ``\\text{ unit}``,
-  ``\\%``, ``.5``→``0.5``, a short ``x =`` prefix, ``\\sqrt3``, ``\\frac12``, spaces, ``0.5`` and
-  ``a/b`` as fractions), with two deliberate differences so that the result stays something
-  math-verify parses to the same value: ``\\\\`` is kept (collapsing it breaks matrix rows) and
-  the space after a command before a letter is kept (``\\le x`` must not become ``\\lex``).
+  answer (``\\dfrac``→``\\frac``, ``\\left``/``\\right``, degrees, ``\\$``, a trailing
+  ``\\text{ unit}``, ``\\%``, ``.5``→``0.5``, a short ``x =`` prefix, ``\\sqrt3``, ``\\frac12``,
+  spaces, ``0.5`` and ``a/b`` as fractions). Differences, so that the result stays something
+  math-verify parses to the same value: ``\\\\`` is kept (collapsing it breaks matrix rows),
+  the space after a command before a letter is kept (``\\le x`` must not become ``\\lex``), a
+  bare ``%`` goes like ``\\%`` (it would start a LaTeX comment) and a thin-space thousands
+  separator ``1\\,000`` becomes ``1000`` (math-verify reads it as a product, 0).
 * :func:`is_bare_expression` — whether a line is an expression rather than prose.
 
-Every function is linear in its input and never raises on text.
+:func:`last_boxed`, :func:`last_math_span` and :func:`is_bare_expression` read model output: they
+are linear in their input and never raise. The normaliser is for golds (data) and never raises.
 """
 from __future__ import annotations
 
@@ -159,7 +163,7 @@ def normalize_math_answer(answer: str) -> str:
     s = s.replace("\\$", "")
     s = _remove_right_units(s)
     s = s.replace("\\%", "").replace("%", "")
-    s = _THIN_SPACE_THOUSANDS_RE.sub("", s)  # "1\,000" -> "1000" (math-verify reads "1\,000" as 1*0)
+    s = _THIN_SPACE_THOUSANDS_RE.sub("", s)  # "1\,000" -> "1000" (math-verify reads 1*0)
     s = s.replace(" .", " 0.").replace("{.", "{0.")
     if s.startswith("."):
         s = "0" + s
