@@ -48,6 +48,19 @@ def _worker(rank: int, world: int, port: int, backends: list[str]):
                 tol = dict(atol=2e-5, rtol=2e-5) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
                 torch.testing.assert_close(x.grad.to(D), xr.grad[..., start:start + splits[rank]], **tol)
                 assert x.grad.dtype == dtype
+        # entropy from the same pass equals -sum p log p of the unsharded float64 softmax, also
+        # when a shard ends in -inf columns (the padded vocab rows megatron adds under TP)
+        full = 3 * torch.randn(B, T, 12, generator=g)
+        full[..., -3:] = float("-inf")
+        tg = torch.randint(0, 9, (B, T), generator=g)
+        p = torch.softmax(full.to(D) / temp, -1)
+        want = -(p * torch.log_softmax(full.to(D) / temp, -1).nan_to_num(neginf=0.0)).sum(-1)
+        for backend in backends:
+            with force_backend(backend):
+                lp, ent = vocab_parallel_token_logprobs(full[..., rank * 6:(rank + 1) * 6].clone(), tg,
+                                                        temperature=temp, return_entropy=True)
+            torch.testing.assert_close(ent.to(D), want, atol=2e-5, rtol=2e-5)
+            assert not ent.requires_grad
         # a target outside every shard is an error on every rank, not a silent -lse
         shard = torch.randn(B, T, 8)
         bad = torch.zeros(B, T, dtype=torch.long)
