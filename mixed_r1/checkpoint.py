@@ -13,10 +13,12 @@ the parent directory fsynced, so a crash (even SIGKILL) never leaves a partial `
 directory. Only the newest ``keep_last`` checkpoints are kept.
 
 A multi-rank (megatron-core) policy writes a *sharded* checkpoint instead
-(:func:`save_sharded_checkpoint`): ``model_<shard>.safetensors`` and ``optimizer_<shard>.pt`` per
-(TP rank, PP stage) — each rank its own shard — in place of ``model.safetensors``/``optimizer.pt``;
-the other files are written once by global rank 0, and the same temporary-name-then-rename rule
-holds. ``load_checkpoint(path, shard=…)`` reads one rank's shard.
+(:func:`save_sharded_checkpoint`): ``model_<shard>.safetensors`` per (TP rank, PP stage) and
+``optimizer_<optimizer shard>.pt`` (the model shard's name, or per DP rank as well with the
+distributed optimizer, whose fp32 masters and moments are DP shards) in place of
+``model.safetensors``/``optimizer.pt``; the other files are written once by global rank 0, and the
+same temporary-name-then-rename rule holds. ``load_checkpoint(path, shard=…, optimizer_shard=…)``
+reads one rank's shards. In mixed precision the optimizer file holds the fp32 master weights.
 """
 from __future__ import annotations
 
@@ -176,11 +178,13 @@ def save_checkpoint(root: str | Path, step: int, policy_state: dict[str, Any],
 
 def save_sharded_checkpoint(root: str | Path, step: int, shard: str, policy_state: dict[str, Any],
                             trainer_state: dict[str, Any], config_yaml: str, keep_last: int = 2,
-                            *, write_shard: bool = True) -> Path:
+                            *, write_shard: bool = True, optimizer_shard: str | None = None,
+                            write_optimizer: bool | None = None) -> Path:
     """Collective over all ranks of the default process group: write ``step_<step>`` with this
-    rank's ``model_<shard>.safetensors``/``optimizer_<shard>.pt`` (when ``write_shard``; replicas
-    holding the same shard pass False) and, from global rank 0, the RNG, trainer state and config;
-    renamed into place by rank 0 after every rank has fsynced its files."""
+    rank's ``model_<shard>.safetensors`` (when ``write_shard``; replicas holding the same shard pass
+    False), its ``optimizer_<optimizer_shard>.pt`` (default: ``shard``, written when
+    ``write_optimizer``, default ``write_shard``) and, from global rank 0, the RNG, trainer state and
+    config; renamed into place by rank 0 after every rank has fsynced its files."""
     import torch.distributed as dist
     from safetensors.torch import save_file
 
@@ -205,9 +209,11 @@ def save_sharded_checkpoint(root: str | Path, step: int, shard: str, policy_stat
             save_file(dedupe_tensors(policy_state["model"]), str(f),
                       metadata={"format": "pt", "step": str(step), "shard": shard})
             _fsync_file(f)
-            if policy_state.get("optimizer") is not None:
-                torch.save(policy_state["optimizer"], tmp / f"optimizer_{shard}.pt")
-                _fsync_file(tmp / f"optimizer_{shard}.pt")
+        opt_name = f"optimizer_{optimizer_shard or shard}.pt"
+        if (write_shard if write_optimizer is None else write_optimizer) and \
+                policy_state.get("optimizer") is not None:
+            torch.save(policy_state["optimizer"], tmp / opt_name)
+            _fsync_file(tmp / opt_name)
         if rank == 0:
             torch.save(capture_rng(), tmp / "rng.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(
@@ -232,14 +238,15 @@ def save_sharded_checkpoint(root: str | Path, step: int, shard: str, policy_stat
     return final
 
 
-def load_checkpoint(path: str | Path, shard: str | None = None) -> Checkpoint:
-    """Read a checkpoint directory (``shard``: one rank's shard of a sharded checkpoint); a missing
-    file raises :class:`CheckpointError` naming it."""
+def load_checkpoint(path: str | Path, shard: str | None = None,
+                    optimizer_shard: str | None = None) -> Checkpoint:
+    """Read a checkpoint directory (``shard``/``optimizer_shard``: one rank's model and optimizer
+    shards of a sharded checkpoint); a missing file raises :class:`CheckpointError` naming it."""
     from safetensors.torch import load_file
 
     path = Path(path)
     model_file = "model.safetensors" if shard is None else f"model_{shard}.safetensors"
-    opt_file = "optimizer.pt" if shard is None else f"optimizer_{shard}.pt"
+    opt_file = "optimizer.pt" if shard is None else f"optimizer_{optimizer_shard or shard}.pt"
     for name in (model_file, "rng.pt", "trainer_state.json", "config.yaml"):
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: incomplete checkpoint, {name} is missing")

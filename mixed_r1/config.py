@@ -102,14 +102,18 @@ class OptimConfig:
 @dataclass
 class ParallelConfig:
     """Policy backend and its layout. ``backend: hf`` is single-process; ``mcore`` is the
-    megatron-core TP/PP/DP policy (:class:`mixed_r1.parallel.policy.McorePolicy`), launched with
-    ``torchrun --nproc_per_node tensor_parallel*pipeline_parallel*data_parallel``."""
+    megatron-core TP/PP/DP policy (:class:`mixed_r1.engine.megatron.MegatronEngine`), launched with
+    ``torchrun --nproc_per_node tensor_parallel*pipeline_parallel*data_parallel``.
+    ``distributed_optimizer``: megatron-core's distributed optimizer (fp32 masters and Adam moments
+    sharded over DP); ``overlap_grad_reduce``: start DP gradient reduction during the backward."""
 
     backend: str = "hf"  # hf | mcore
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     data_parallel: int = 1
     colocate_generator: bool = True
+    distributed_optimizer: bool = False
+    overlap_grad_reduce: bool = False
 
 
 @dataclass

@@ -37,7 +37,8 @@ def warm_start(trainer: Any, samples: Sequence[Any], steps: int, batch_size: int
     import torch
 
     from mixed_r1.data.prompts import model_frame_sample, render_prompt
-    from mixed_r1.policy import LossConfig, PolicyBatch, encode_rows
+    from mixed_r1.data.prompts import encode_rows
+    from mixed_r1.engine import LossConfig, PolicyBatch, run_update
 
     tok, proc, policy = trainer.tokenizer, trainer.processor, trainer.policy
     eos = tok.convert_tokens_to_ids("<|im_end|>")
@@ -53,9 +54,8 @@ def warm_start(trainer: Any, samples: Sequence[Any], steps: int, batch_size: int
                                             policy.device)
         mb = PolicyBatch(inputs=inputs, targets=targets, mask=mask,
                          advantages=torch.ones(len(batch), device=policy.device))
-        out = policy.train_step([mb], cfg, step_lr)
-        lp = torch.cat([(x * mask).sum().reshape(1) for x in out["logprobs"]])
-        losses.append(float(-lp.sum() / mask.sum()))
+        out = run_update(policy, [mb], cfg, step_lr, grad_clip=trainer.cfg.optim.grad_clip)
+        losses.append(-out["logprob_mean"])  # the token-mean NLL before this step
     return losses
 
 

@@ -75,7 +75,7 @@ def format_table(report: dict, title: str | None = None) -> str:
 def load_eval_model(model_dir: str | Path):
     """(model, processor) from a directory written by ``GRPOTrainer.export_model``."""
     from mixed_r1.models.qwen_vl import build_qwen25vl_processor
-    from mixed_r1.policy import load_pretrained_model
+    from mixed_r1.engine import load_pretrained_model
 
     p = Path(model_dir)
     if not (p / "config.json").is_file():
@@ -96,7 +96,7 @@ def run_eval(model_dir: str | Path, data_file: str | Path, *, k: int = 1,
     from mixed_r1.rewards import MixedReward
     from mixed_r1.rollout import HFGenerator
     from mixed_r1.trainer import set_bmas_embedder
-    from mixed_r1.policy import HFPolicy
+    from mixed_r1.engine import HFEngine
 
     if not Path(data_file).is_file():
         raise FileNotFoundError(f"--data: no such file: {data_file}")
@@ -104,7 +104,7 @@ def run_eval(model_dir: str | Path, data_file: str | Path, *, k: int = 1,
     if limit:
         samples = samples[:limit]
     model, processor = load_eval_model(model_dir)
-    set_bmas_embedder(processor, HFPolicy(model, trainable=False))
+    set_bmas_embedder(processor, HFEngine(model, trainable=False))
     temp = temperature if temperature is not None else (0.0 if k == 1 else 1.0)
     report = evaluate_generator(HFGenerator(model, processor, batch_size=batch_size), processor,
                                 samples, MixedReward(), k=k, temperature=temp,

@@ -10,15 +10,16 @@ One step (``GRPOTrainer.step``):
 5. ``generator.sleep()``; old log-probs from the policy before any update (PPO-style
    ``ppo_epochs``/``mini_batches`` > 1; a single on-policy update needs none: ratio ≡ 1) and
    reference log-probs when ``beta > 0``;
-6. policy updates: each mini-batch is one AdamW step accumulated over micro-batches; the loss is
-   :func:`mixed_r1.kernels.grpo_loss`; a non-finite loss or gradient skips the update (counted);
+6. policy updates: each mini-batch is one optimizer step accumulated over micro-batches, driven by
+   :func:`mixed_r1.engine.run_update` on the policy's engine (HF or megatron-core; bf16 weights
+   train against fp32 masters); a non-finite loss or gradient skips the update (counted);
 7. weight sync ``generator.update_weights(policy.export_hf_weights())``; ``generator.wake_up()``.
 
 Checkpoints (:mod:`mixed_r1.checkpoint`) hold the weights, optimizer, every RNG state and the
 prompt-stream position, so ``--resume`` continues exactly where the run stopped.
 
 ``parallel.backend: mcore`` (launched with ``torchrun``, world = TP·PP·DP) trains a megatron-core
-policy (:class:`mixed_r1.parallel.policy.McorePolicy`). Every rank runs the same loop on identical
+policy (:class:`mixed_r1.engine.megatron.MegatronEngine`). Every rank runs the same loop on identical
 rollouts: global rank 0 generates (HF backend; vLLM runs on every rank) and scores, and broadcasts
 the completions and rewards; rank 0 alone writes metrics, logs, the config and the exported model;
 each rank checkpoints its own shard.
@@ -38,7 +39,8 @@ import numpy as np
 import torch
 
 from mixed_r1.config import ConfigError, TrainConfig, dump_yaml
-from mixed_r1.policy import HFPolicy, LossConfig, PolicyBatch, encode_rows, rows_tensor
+from mixed_r1.data.prompts import encode_rows, rows_tensor
+from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch, TrainEngine, run_update
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
                                     intermediate_size=m.intermediate_size,
                                     vision_hidden=m.vision_hidden, vision_depth=m.vision_depth)
     else:
-        from mixed_r1.policy import load_pretrained_model
+        from mixed_r1.engine import load_pretrained_model
 
         model = load_pretrained_model(m.path, dtype)
     model = model.to(device=cfg.device, dtype=dtype)
@@ -158,18 +160,14 @@ def build_generator(cfg: TrainConfig, model: torch.nn.Module, processor: Any):
 
 
 def set_bmas_embedder(processor: Any, policy: Any) -> None:
-    """BMAS embeds with the policy's live input-embedding table (a view on CPU float32); a sharded
-    policy offers ``embedding_table()`` (the full table on the rank that scores, else None)."""
+    """BMAS embeds with the policy's live input-embedding table (``embedding_table()``: the full
+    table on the rank that scores, else None)."""
     from mixed_r1.rewards import TableEmbedder, set_default_embedder
 
     tok = getattr(processor, "tokenizer", processor)
-    if hasattr(policy, "embedding_table"):
-        table = policy.embedding_table()
-        if table is None:
-            return
-    else:
-        table = policy.model.get_input_embeddings().weight
-    set_default_embedder(TableEmbedder(tok, table))
+    table = policy.embedding_table()
+    if table is not None:
+        set_default_embedder(TableEmbedder(tok, table))
 
 
 def _is_main_rank() -> bool:
@@ -194,8 +192,8 @@ class Rollouts:
 class GRPOTrainer:
     """Owns the policy, generator, reward and prompt stream; ``train()`` runs ``cfg.steps``."""
 
-    def __init__(self, cfg: TrainConfig, policy: HFPolicy, generator: Any, processor: Any,
-                 reward: Any, train_samples: Sequence[Any], ref_policy: HFPolicy | None = None,
+    def __init__(self, cfg: TrainConfig, policy: TrainEngine, generator: Any, processor: Any,
+                 reward: Any, train_samples: Sequence[Any], ref_policy: TrainEngine | None = None,
                  run_dir: str | Path | None = None) -> None:
         self.cfg, self.policy, self.generator = cfg, policy, generator
         self.is_main = _is_main_rank()  # writes metrics, logs, exports; scores the rollouts
@@ -321,8 +319,10 @@ class GRPOTrainer:
         updates: list[dict] = []
         lr = self.lr_at(step)
         for _epoch in range(cfg.algo.ppo_epochs):
-            for mini in minis:
-                updates.append(self.policy.train_step(mini, self.loss_cfg, lr))
+            for mini in minis:  # the first update sees the sampler's weights: measure the mismatch
+                updates.append(run_update(self.policy, mini, self.loss_cfg, lr,
+                                          grad_clip=cfg.optim.grad_clip,
+                                          rollout_mismatch=not need_old and not updates))
         t["update"] = time.perf_counter() - t2
         skipped = sum(int(u["skipped"]) for u in updates)
         self.counters["nonfinite_skips"] += skipped
@@ -359,26 +359,30 @@ class GRPOTrainer:
         m["response/truncated_frac"] = float(np.mean([c.finish_reason == "length"
                                                       for c in ro.completions]))
         m["rows/kept"] = float(len(ro.keep))
-        # rollout vs trainer log-prob mismatch, on the pre-update policy
-        diffs, ntok = 0.0, 0.0
-        mbs = [mb for mini in minis for mb in mini]
-        first = updates[0]["logprobs"] if updates else []
-        for j, mb in enumerate(mbs):
-            trainer_lp = mb.old_logprobs if need_old else (first[j] if j < len(first) and
-                                                             len(minis) == 1 else None)
-            if trainer_lp is None or mb.rollout_logprobs is None:
-                continue
-            d = (trainer_lp.float().cpu() - mb.rollout_logprobs) * mb.mask.cpu()
-            diffs += float(d.abs().sum())
-            ntok += float(mb.mask.sum())
-        if ntok:
-            m["rollout/logprob_abs_diff"] = diffs / ntok
-        # update statistics: mean over the step's updates
+        # rollout vs trainer log-prob mismatch, on the pre-update policy: from the old log-probs
+        # when they were computed, else measured by the (single, on-policy) update
+        if need_old:
+            diffs, ntok = 0.0, 0.0
+            for mb in (mb for mini in minis for mb in mini):
+                if mb.old_logprobs is None or mb.rollout_logprobs is None:
+                    continue
+                d = (mb.old_logprobs.float().cpu() - mb.rollout_logprobs) * mb.mask.cpu()
+                diffs += float(d.abs().sum())
+                ntok += float(mb.mask.sum())
+            if ntok:
+                m["rollout/logprob_abs_diff"] = diffs / ntok
+        elif updates and "rollout_logprob_abs_diff" in updates[0]:
+            m["rollout/logprob_abs_diff"] = updates[0]["rollout_logprob_abs_diff"]
+        # update statistics: mean over the step's updates (min / max for the ratio extremes)
+        done = [u for u in updates if not u["skipped"]]
         for key in ("loss", "grad_norm", "clip_frac", "clip_frac_low", "clip_frac_high",
-                    "ratio_mean", "ratio_min", "ratio_max", "kl_mean", "entropy"):
-            vals = [u[key] for u in updates if key in u and not u["skipped"]]
+                    "ratio_mean", "kl_mean", "entropy", "logprob_mean", "update/rel_change"):
+            vals = [u[key] for u in done if key in u]
             if vals:
                 m[key] = float(np.mean(vals))
+        if done:
+            m["ratio_min"] = min(u["ratio_min"] for u in done)
+            m["ratio_max"] = max(u["ratio_max"] for u in done)
         m["update/count"] = float(len(updates))
         m["update/skipped"] = float(sum(u["skipped"] for u in updates))
         m["lr"] = lr
@@ -406,7 +410,9 @@ class GRPOTrainer:
             return save_sharded_checkpoint(
                 self.run_dir / "checkpoints", self.step_count, shard,
                 self.policy.state_dict_for_checkpoint(), self.trainer_state(), dump_yaml(self.cfg),
-                keep_last=self.cfg.keep_last, write_shard=self.policy.writes_checkpoint_shard)
+                keep_last=self.cfg.keep_last, write_shard=self.policy.writes_checkpoint_shard,
+                optimizer_shard=self.policy.optimizer_shard,
+                write_optimizer=self.policy.writes_optimizer_shard)
         return save_checkpoint(self.run_dir / "checkpoints", self.step_count,
                                self.policy.state_dict_for_checkpoint(), self.trainer_state(),
                                dump_yaml(self.cfg), keep_last=self.cfg.keep_last)
@@ -420,7 +426,8 @@ class GRPOTrainer:
         if ck_path is None:
             return 0
         shard = getattr(self.policy, "checkpoint_shard", None)
-        ck = load_checkpoint(ck_path, shard=shard)
+        ck = load_checkpoint(ck_path, shard=shard,
+                             optimizer_shard=getattr(self.policy, "optimizer_shard", None))
         model_file = "model.safetensors" if shard is None else f"model_{shard}.safetensors"
         self.policy.load(ck.model, ck.optimizer, source=str(ck_path / model_file))
         self.stream.load_state_dict(ck.state["data"])
@@ -481,8 +488,8 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     processor = build_processor(cfg)
     model = model if model is not None else build_model(cfg)
     o = cfg.optim
-    policy = HFPolicy(model, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                      weight_decay=o.weight_decay, grad_clip=o.grad_clip)
+    policy = HFEngine(model, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                      weight_decay=o.weight_decay)
     ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
     generator = build_generator(cfg, model, processor)
     reward = MixedReward(cfg.reward)
@@ -527,7 +534,8 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     import os
     import shutil
 
-    from mixed_r1.parallel.policy import DistributedGenerator, McorePolicy, barrier
+    from mixed_r1.engine.megatron import MegatronEngine
+    from mixed_r1.parallel.policy import DistributedGenerator, barrier
     from mixed_r1.rewards import MixedReward
 
     p = cfg.parallel
@@ -563,9 +571,11 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     tok = getattr(processor, "tokenizer", processor)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     o = cfg.optim
-    policy = McorePolicy.from_hf(hf_dir, run / "mcore_init", pad_id=int(pad), params_dtype=dtype,
-                                 lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                 weight_decay=o.weight_decay, grad_clip=o.grad_clip)
+    policy = MegatronEngine.from_hf(hf_dir, run / "mcore_init", pad_id=int(pad), params_dtype=dtype,
+                                    lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                    weight_decay=o.weight_decay,
+                                    use_distributed_optimizer=p.distributed_optimizer,
+                                    overlap_grad_reduce=p.overlap_grad_reduce)
     ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
     inner = None
     if cfg.rollout.backend == "vllm":  # every rank: vLLM's external launcher, TP = training TP

@@ -9,11 +9,12 @@ GRPO steps (2 PPO epochs, beta > 0: old/ref log-probs, KL, clipping all exercise
 weights out (``export_hf_weights``) and saves a checkpoint. Rank 0 writes ``OUT/result.json``
 (metrics, rewards and sampled tokens of every step; the total reward is replaced by a
 deterministic hash of the completion text so that advantages are non-zero; ``update_logprob_diff``:
-max |log-probs returned by the step's first ``train_step`` - the old log-probs|, which checks the
-per-micro-batch log-probs gathered over DP replicas) and ``OUT/weights.safetensors`` (the streamed HF
-tensors). With ``resume``
+max |ratio - 1| over the tokens of the step's first update, whose weights are the ones the old
+log-probs came from — so it checks that the training forward of every DP replica reproduces the
+forward-only log-probs) and ``OUT/weights.safetensors`` (the streamed HF tensors). With ``resume``
 (mcore only), a second trainer is built on the same run dir, resumes from the checkpoint, and its
-streamed weights and optimizer state must equal the first trainer's: ``resume_exact`` in the result.
+streamed weights and optimizer state (fp32 masters and moments) must equal the first trainer's:
+``resume_exact`` in the result.
 """
 import json
 import os
@@ -28,6 +29,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     from safetensors.torch import save_file
 
+    import mixed_r1.trainer as trainer_mod
     from _trainer_util import tiny_overrides
     from mixed_r1.config import load_config
     from mixed_r1.trainer import build_trainer
@@ -63,17 +65,15 @@ if __name__ == "__main__":
 
     trainer.rollout = recording_rollout
     update_lp_diff: list[float] = []
-    train_step = trainer.policy.train_step
+    run_update = trainer_mod.run_update
 
-    def recording_train_step(micro_batches, loss, lr):  # the update's (DP-gathered) log-probs
-        out = train_step(micro_batches, loss, lr)
-        if len(update_lp_diff) < len(rollouts):  # the first update of the step: pre-update weights
-            update_lp_diff.append(max(float(((lp.float().cpu() - mb.old_logprobs.float().cpu())
-                                             * mb.mask.cpu()).abs().max())
-                                      for lp, mb in zip(out["logprobs"], micro_batches)))
+    def recording_run_update(engine, micro_batches, *args, **kw):  # the step's first update
+        out = run_update(engine, micro_batches, *args, **kw)
+        if len(update_lp_diff) < len(rollouts):  # pre-update weights: the ratio is exactly 1
+            update_lp_diff.append(max(out["ratio_max"] - 1.0, 1.0 - out["ratio_min"]))
         return out
 
-    trainer.policy.train_step = recording_train_step
+    trainer_mod.run_update = recording_run_update
     for _ in range(2):
         m = trainer.step()
         rows.append({k: v for k, v in m.items() if not k.startswith(("time/", "perf/"))}
@@ -89,11 +89,20 @@ if __name__ == "__main__":
             second = build_trainer(cfg, run)
             step = second.resume()
             again = {k: v.detach().cpu().clone() for k, v in second.policy.export_hf_weights()}
-            opt_a = trainer.policy.optimizer.state_dict()["state"]
-            opt_b = second.policy.optimizer.state_dict()["state"]
+            def tensors(obj):  # every tensor of a nested optimizer state, in order
+                if torch.is_tensor(obj):
+                    return [obj]
+                if isinstance(obj, dict):
+                    return [t for k in sorted(obj, key=str) for t in tensors(obj[k])]
+                if isinstance(obj, (list, tuple)):
+                    return [t for v in obj for t in tensors(v)]
+                return []
+
+            opt_a = tensors(trainer.policy.state_dict_for_checkpoint()["optimizer"])
+            opt_b = tensors(second.policy.state_dict_for_checkpoint()["optimizer"])
             ok = step == 2 and sorted(again) == sorted(weights) and all(
-                torch.equal(again[k], weights[k]) for k in weights) and all(
-                torch.equal(opt_a[i][n], opt_b[i][n]) for i in opt_a for n in opt_a[i])
+                torch.equal(again[k], weights[k]) for k in weights) and len(opt_a) == len(opt_b) \
+                and len(opt_a) > 0 and all(torch.equal(a, b) for a, b in zip(opt_a, opt_b))
             flag = torch.tensor([0.0 if ok else 1.0])
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             result["resume_exact"] = bool(flag.item() == 0)

@@ -10,6 +10,7 @@ import torch
 
 from _trainer_util import make_data, tiny_overrides
 from mixed_r1.config import load_config
+from mixed_r1.engine import run_update
 from mixed_r1.trainer import GRPOTrainer, PromptStream, build_trainer
 
 
@@ -73,17 +74,22 @@ def _fixed_batch(trainer, step=100, with_rollouts=False):
     return (ro, minis) if with_rollouts else minis
 
 
+def _mb_loss(trainer, mb):
+    from mixed_r1.engine import PolicyLoss
+
+    return PolicyLoss(trainer.loss_cfg).from_logits(trainer.policy.logits(mb), mb)[0]
+
+
 def _loss(trainer, minis):
     with torch.no_grad():
-        return sum(float(trainer.policy.loss(mb, trainer.loss_cfg)[0]) * mb.scale
-                   for mini in minis for mb in mini)
+        return sum(float(_mb_loss(trainer, mb)) * mb.scale for mini in minis for mb in mini)
 
 
 def test_loss_decreases_on_fixed_batch(trainer):
     minis = _fixed_batch(trainer)
     start = _loss(trainer, minis)
     for _ in range(4):
-        trainer.policy.train_step(minis[0], trainer.loss_cfg, 3e-3)
+        run_update(trainer.policy, minis[0], trainer.loss_cfg, 3e-3)
     end = _loss(trainer, minis)
     assert end < start - 1e-3, (start, end)
 
@@ -98,20 +104,19 @@ def test_micro_batches_accumulate_exactly(trainer):
         model = trainer.policy.model
         model.zero_grad(set_to_none=True)
         for mb in batches:
-            loss, _ = trainer.policy.loss(mb, trainer.loss_cfg)
-            (loss * mb.scale).backward()
+            (_mb_loss(trainer, mb) * mb.scale).backward()
         out = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
         model.zero_grad(set_to_none=True)
         return out
 
     g_acc = grads(mbs)
     # rebuild the same 8 rows as one micro-batch from the 4-row ones
-    from mixed_r1.policy import PolicyBatch
+    from mixed_r1.engine import PolicyBatch
 
     T = max(mb.targets.shape[1] for mb in mbs)
     rows = [r for mb in mbs for r in mb.rows]
     comps = [ro.completions[i] for i in rows]
-    from mixed_r1.policy import encode_rows
+    from mixed_r1.data.prompts import encode_rows
 
     inputs, targets, mask = encode_rows(trainer.processor, [ro.prompt_texts[c.prompt_index] for c in comps],
                                         [ro.samples[c.prompt_index].images for c in comps],
@@ -136,7 +141,7 @@ def test_nonfinite_loss_skips_update(trainer):
     for mb in minis[0]:
         mb.advantages = torch.full_like(mb.advantages, float("nan"))
     before = {k: v.detach().clone() for k, v in trainer.policy.model.named_parameters()}
-    out = trainer.policy.train_step(minis[0], trainer.loss_cfg, 1e-2)
+    out = run_update(trainer.policy, minis[0], trainer.loss_cfg, 1e-2)
     assert out["skipped"] == 1.0 and not math.isfinite(out["loss"])
     after = dict(trainer.policy.model.named_parameters())
     assert all(torch.equal(before[k], after[k].detach()) for k in before)
@@ -175,7 +180,7 @@ def test_missing_data_file_is_clear(tmp_path):
 
 def test_model_mismatch_is_clear(trainer, data_file, tmp_path):
     from mixed_r1.checkpoint import load_checkpoint
-    from mixed_r1.policy import ModelMismatchError
+    from mixed_r1.engine import ModelMismatchError
 
     path = trainer.save()
     cfg = load_config(None, tiny_overrides(data_file, tmp_path) + ["model.hidden_size=48"])

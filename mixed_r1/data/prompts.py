@@ -162,5 +162,56 @@ class Collator:
         return batch
 
 
-__all__ = ["THINK_INSTRUCTION", "Collator", "build_messages", "format_box", "question_text",
-           "render_prompt", "rescale_box", "resized_hw", "model_frame_sample"]
+# ------------------------------------------------------------------------- training rows
+def encode_rows(processor: Any, prompt_texts: Sequence[str], images: Sequence[Sequence[Any]],
+                completions: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu"
+                ) -> tuple[dict, Any, Any]:
+    """Processor inputs for ``prompt + completion`` rows, plus ``targets`` and ``mask`` [B, T].
+
+    Prompts are rendered texts (the chat template with the generation prompt) and are encoded
+    exactly as the generator encodes them (left padding); completions are appended right-padded
+    with ``pad_id``. ``targets`` [B, T] int64, ``mask`` [B, T] float32 (1 on completion tokens),
+    ``T`` the longest completion; everything moved to ``device``.
+    """
+    from pathlib import Path
+
+    import torch
+
+    kwargs: dict[str, Any] = {"text": list(prompt_texts), "return_tensors": "pt",
+                              "padding": True, "padding_side": "left"}
+    flat = [im for row in images for im in row]
+    if flat and hasattr(processor, "image_processor"):
+        kwargs["images"] = [load_images([str(im)])[0] if isinstance(im, (str, Path))
+                            else im.convert("RGB") for im in flat]
+    enc = dict(processor(**kwargs))
+    B = len(completions)
+    T = max(1, max(len(c) for c in completions))
+    targets = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.float32)
+    for i, ids in enumerate(completions):
+        targets[i, :len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+        mask[i, :len(ids)] = 1.0
+    enc["input_ids"] = torch.cat([enc["input_ids"], targets], dim=1)
+    enc["attention_mask"] = torch.cat([enc["attention_mask"], mask.long()], dim=1)
+    if "mm_token_type_ids" in enc:  # text tokens are type 0 (needed for 3-D rope positions)
+        enc["mm_token_type_ids"] = torch.cat(
+            [enc["mm_token_type_ids"], torch.zeros(B, T, dtype=enc["mm_token_type_ids"].dtype)], 1)
+    enc = {k: v.to(device) if torch.is_tensor(v) else v for k, v in enc.items()}
+    return enc, targets.to(device), mask.to(device)
+
+
+def rows_tensor(values: Sequence[Sequence[float]], T: int):
+    """Ragged per-token floats → [B, T] float32 tensor (zero-padded, cut at ``T``)."""
+    import torch
+
+    out = torch.zeros(len(values), T, dtype=torch.float32)
+    for i, v in enumerate(values):
+        n = min(len(v), T)
+        if n:
+            out[i, :n] = torch.tensor(list(v)[:n], dtype=torch.float32)
+    return out
+
+
+__all__ = ["THINK_INSTRUCTION", "Collator", "build_messages", "encode_rows", "format_box",
+           "question_text", "render_prompt", "rescale_box", "resized_hw", "model_frame_sample",
+           "rows_tensor"]

@@ -11,15 +11,21 @@ here ever runs on a GPU. Everything it changes, and why:
 3. The "CUDA" RNG tracker becomes :class:`CpuRNGStatesTracker`, which forks the CPU generator
    (megatron forks it around weight init and dropout); ``model_parallel_cuda_manual_seed`` is
    re-pointed at :func:`model_parallel_cpu_manual_seed` with the same seed rule.
-4. ``megatron.core.pipeline_parallel.schedules`` and ``megatron.core.transformer.utils`` see a
-   ``torch`` whose factory functions map ``device="cuda"`` to CPU (the schedules allocate a token
-   counter, and ``get_default_causal_mask`` the causal mask, with ``device="cuda"``).
+4. The megatron modules that allocate with ``device="cuda"`` see a ``torch`` whose factory functions
+   map that to CPU: the schedules (a token counter), ``transformer.utils`` (the causal mask), the
+   DDP gradient buffers, the optimizers and their grad-norm/clip helpers, ``megatron.core.utils``'
+   multi-tensor fallbacks (:data:`_CUDA_FACTORY_MODULES`).
+5. ``Tensor.type()`` called with no argument *from megatron-core code* names CPU tensors as CUDA ones
+   (``torch.BFloat16Tensor`` → ``torch.cuda.BFloat16Tensor``): megatron's mixed-precision and
+   distributed optimizers sort parameters by those strings and refuse anything else. Calls from any
+   other module see the real name.
 
 Call :func:`install` before building models (``mixed_r1.parallel.init_parallel`` does).
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 import types
 from typing import Any
 
@@ -131,6 +137,32 @@ class _CpuTorch(types.ModuleType):
         return attr
 
 
+_CUDA_FACTORY_MODULES = (
+    "megatron.core.pipeline_parallel.schedules",
+    "megatron.core.transformer.utils",
+    "megatron.core.distributed.param_and_grad_buffer",
+    "megatron.core.distributed.distributed_data_parallel",
+    "megatron.core.optimizer.optimizer",
+    "megatron.core.optimizer.distrib_optimizer",
+    "megatron.core.optimizer.clip_grads",
+    "megatron.core.optimizer.grad_scaler",
+    "megatron.core.utils",
+)
+
+
+def _megatron_tensor_type(orig):
+    """``Tensor.type`` that reports CPU tensors as CUDA ones to megatron-core callers (rule 5)."""
+
+    def type_(self, *args: Any, **kwargs: Any):
+        if not args and not kwargs and self.device.type == "cpu":
+            caller = sys._getframe(1).f_globals.get("__name__", "")
+            if caller.startswith("megatron.core."):
+                return orig(self).replace("torch.", "torch.cuda.", 1)
+        return orig(self, *args, **kwargs)
+
+    return type_
+
+
 def install() -> bool:
     """Patch megatron-core for CPU execution (idempotent). Returns True iff the shim is active."""
     global _INSTALLED
@@ -138,10 +170,10 @@ def install() -> bool:
         return False
     if _INSTALLED:
         return True
+    import importlib
+
     from megatron.core import tensor_parallel
-    from megatron.core.pipeline_parallel import schedules
     from megatron.core.tensor_parallel import random as mrandom
-    from megatron.core.transformer import utils as mutils
 
     torch.cuda.current_device = lambda: "cpu"  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
@@ -151,7 +183,8 @@ def install() -> bool:
     mrandom.model_parallel_cuda_manual_seed = model_parallel_cpu_manual_seed
     tensor_parallel.model_parallel_cuda_manual_seed = model_parallel_cpu_manual_seed
     mrandom.initialize_rng_tracker = lambda *a, **k: None
-    for mod in (schedules, mutils):
-        mod.torch = _CpuTorch()
+    torch.Tensor.type = _megatron_tensor_type(torch.Tensor.type)  # type: ignore[method-assign]
+    for name in _CUDA_FACTORY_MODULES:
+        importlib.import_module(name).torch = _CpuTorch()
     _INSTALLED = True
     return True

@@ -114,13 +114,15 @@ def mask_vocab_padding(logits: torch.Tensor, arch: LMArch) -> torch.Tensor:
 
 
 def shard_token_logprobs(logits_shard: torch.Tensor, targets: torch.Tensor, arch: LMArch,
-                         temperature: float = 1.0) -> torch.Tensor:
-    """log p(targets) [b, s] from the vocab-parallel logits shard, never gathering [tokens, vocab]."""
+                         temperature: float = 1.0, return_entropy: bool = False):
+    """log p(targets) [b, s] from the vocab-parallel logits shard, never gathering [tokens, vocab]
+    (with ``return_entropy``: and the per-token entropy [b, s] over the whole vocab)."""
     from ..kernels import vocab_parallel_token_logprobs
 
     start, _ = vocab_range(arch)
     return vocab_parallel_token_logprobs(mask_vocab_padding(logits_shard, arch), targets, vocab_start=start,
-                                         group=state.tp_group(), temperature=temperature)
+                                         group=state.tp_group(), temperature=temperature,
+                                         return_entropy=return_entropy)
 
 
 def shard_argmax(logits_shard: torch.Tensor, arch: LMArch) -> torch.Tensor:

@@ -20,7 +20,7 @@ from ..models.config import LMArch
 from . import state
 from .model import shard_token_logprobs
 
-LossFn = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]  # (logp [b, s], microbatch[, entropy=[b, s]]) -> loss
 MM_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
 
 
@@ -51,7 +51,8 @@ class PipelineResult:
     losses: list[torch.Tensor] = field(default_factory=list)
 
 
-def _forward_step(arch: LMArch, loss_fn: LossFn, temperature: float, data_iterator, model):
+def _forward_step(arch: LMArch, loss_fn: LossFn, temperature: float, with_entropy: bool,
+                  per_token_loss: bool, data_iterator, model):
     mb = next(data_iterator)
     first = state.is_first_stage()
     ids = mb["input_ids"] if first else None
@@ -59,20 +60,31 @@ def _forward_step(arch: LMArch, loss_fn: LossFn, temperature: float, data_iterat
     out = model(ids, mb.get("position_ids"), None, **extra)
 
     def loss_func(logits_shard: torch.Tensor):
-        logp = shard_token_logprobs(logits_shard, mb["targets"], arch, temperature)
-        loss = loss_fn(logp, mb)
-        return loss, {"logprobs": logp.detach(), "loss": loss.detach()}
+        if with_entropy:
+            logp, ent = shard_token_logprobs(logits_shard, mb["targets"], arch, temperature,
+                                             return_entropy=True)
+            loss = loss_fn(logp, mb, entropy=ent)
+        else:
+            logp = shard_token_logprobs(logits_shard, mb["targets"], arch, temperature)
+            loss = loss_fn(logp, mb)
+        stats = {"logprobs": logp.detach(), "loss": loss.detach()}
+        if per_token_loss:  # the loss is already normalized: megatron must not divide it again
+            return loss, torch.ones((), dtype=torch.int, device=loss.device), stats
+        return loss, stats
 
     return out, loss_func
 
 
 def pipeline_logprobs(model: torch.nn.Module, arch: LMArch, microbatches: Iterable[dict[str, torch.Tensor]], *,
                       forward_only: bool = True, loss_fn: LossFn = masked_nll,
-                      temperature: float = 1.0) -> PipelineResult:
+                      temperature: float = 1.0, with_entropy: bool = False) -> PipelineResult:
     """Run the 1F1B schedule over ``microbatches`` (all the same shape) and collect log-probs.
 
     With ``forward_only=False`` gradients accumulate into the model's ``.grad`` (``main_grad`` when wrapped
-    in megatron DDP); megatron divides each microbatch loss by the number of microbatches.
+    in megatron DDP). Megatron divides each microbatch loss by the number of microbatches unless the
+    model's config sets ``calculate_per_token_loss`` (the trainer's policy does: its losses carry their
+    own global normalization), in which case the loss is back-propagated as ``loss_fn`` returns it.
+    ``with_entropy``: ``loss_fn(logp, mb, entropy=[b, s])`` also gets the per-token entropy.
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -82,7 +94,10 @@ def pipeline_logprobs(model: torch.nn.Module, arch: LMArch, microbatches: Iterab
         mbs = [prepare(mb) for mb in mbs]
     b, s = mbs[0]["input_ids"].shape
     fb = get_forward_backward_func()
-    out = fb(forward_step_func=partial(_forward_step, arch, loss_fn, temperature), data_iterator=iter(mbs),
+    config = _model_attr(model, "config")
+    per_token = bool(getattr(config, "calculate_per_token_loss", False))
+    step = partial(_forward_step, arch, loss_fn, temperature, with_entropy, per_token)
+    out = fb(forward_step_func=step, data_iterator=iter(mbs),
              model=[model], num_microbatches=len(mbs), seq_length=s, micro_batch_size=b, forward_only=forward_only)
     res = PipelineResult()
     for d in out or []:

@@ -113,7 +113,7 @@ class MegatronWeightStream:
         return canonical
 
     def _broadcast_bucket(self, bucket: _Bucket, canonical: dict[str, torch.Tensor] | None,
-                          dtype: torch.dtype) -> dict[str, torch.Tensor]:
+                          dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         """Send the owner's canonical tensors to every pipeline stage (one flat broadcast)."""
         if self.pp == 1:
             assert canonical is not None
@@ -124,7 +124,7 @@ class MegatronWeightStream:
         if canonical is not None:
             flat = torch.cat([canonical[s.name].reshape(-1) for _, s in bucket.specs])
         else:
-            flat = torch.empty(sum(_numel(s) for s in shapes), dtype=dtype)
+            flat = torch.empty(sum(_numel(s) for s in shapes), dtype=dtype, device=device)
         dist.broadcast(flat, src=src, group=group)
         out, offset = {}, 0
         for (_, spec), shape in zip(bucket.specs, shapes):
@@ -135,11 +135,11 @@ class MegatronWeightStream:
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         params = self._local()
-        dtype = next(iter(params.values())).dtype
+        first = next(iter(params.values()))
         for bucket in self._buckets():
             mine = state.pp_rank() == bucket.stage
             canonical = self._gather_bucket(bucket, params) if mine else None
-            canonical = self._broadcast_bucket(bucket, canonical, dtype)
+            canonical = self._broadcast_bucket(bucket, canonical, first.dtype, first.device)
             for unit in bucket.units:
                 unit_tensors = {s.name: canonical[s.name] for s in unit_specs(self.arch, unit)}
                 for name, tensor in canonical_to_hf(self.arch, unit, unit_tensors).items():

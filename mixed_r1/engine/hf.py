@@ -1,0 +1,259 @@
+"""The single-process Hugging Face policy backend (:class:`HFEngine`).
+
+Mixed precision as megatron-core's ``Float16OptimizerWithFloat16Params`` does it, on a plain HF
+model: with bf16 parameters, each trainable parameter gets an fp32 *main* copy that the optimizer
+(torch AdamW, fused where the device supports it, else foreach) updates with fp32 moments. A
+post-accumulate-grad hook adds each micro-batch's bf16 gradient into the fp32 main gradient and
+frees the bf16 one, so gradients accumulate over micro-batches in fp32. After every step the bf16
+weights are refreshed from the masters (round to nearest). A float32 model is its own master.
+
+Weight decay follows the usual convention (megatron-core's default param groups, HF Trainer): none on
+biases and norm weights (1-D parameters).
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+
+from mixed_r1.engine.base import LossFn, MicroBatchResult, ModelMismatchError, PolicyBatch
+
+
+def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], eps: float
+                ) -> torch.optim.Optimizer:
+    """torch AdamW, fused where the device supports it, else foreach."""
+    try:
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
+
+
+def decay_groups(named: list[tuple[str, torch.Tensor]], weight_decay: float) -> list[dict]:
+    """Two AdamW param groups: weight decay on matrices, none on biases and norm weights (1-D)."""
+    decay = [p for n, p in named if p.dim() > 1 and not n.endswith(".bias")]
+    no_decay = [p for n, p in named if not (p.dim() > 1 and not n.endswith(".bias"))]
+    return [g for g in ({"params": decay, "weight_decay": weight_decay},
+                        {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+
+
+class HFEngine:
+    """A single-process HF model as a :class:`~mixed_r1.engine.base.TrainEngine`.
+
+    ``trainable=False`` makes a frozen policy (the KL reference): eval mode, no grads, no optimizer.
+    """
+
+    def __init__(self, model: torch.nn.Module, *, lr: float = 1e-5,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, trainable: bool = True) -> None:
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._named: list[tuple[str, torch.nn.Parameter]] = []
+        self._main: list[torch.Tensor] = []
+        self._hooks: list[Any] = []
+        if not trainable:
+            model.eval()
+            for p in model.parameters():
+                p.requires_grad_(False)
+            return
+        model.train()
+        self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.mixed = any(p.dtype != torch.float32 for _, p in self._named)
+        if self.mixed:
+            self._main = [p.detach().float().clone() for _, p in self._named]
+            for (_, p), main in zip(self._named, self._main):
+                self._hooks.append(p.register_post_accumulate_grad_hook(_accumulate_into(main)))
+        else:
+            self._main = [p for _, p in self._named]
+        named_main = [(n, m) for (n, _), m in zip(self._named, self._main)]
+        self.optimizer = build_adamw(decay_groups(named_main, weight_decay), lr, betas, eps)
+
+    # ---------------------------------------------------------------- forward
+    def logits(self, batch: PolicyBatch) -> torch.Tensor:
+        """[B, T, V] logits scoring ``batch.targets`` (only the completion positions)."""
+        T = batch.targets.shape[1]
+        out = self.model(**batch.inputs, logits_to_keep=T + 1, use_cache=False)
+        return out.logits[:, :-1]
+
+    def forward_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
+        from mixed_r1.kernels import token_logprobs
+
+        was_training = self.model.training
+        self.model.eval()  # no dropout in scoring passes
+        try:
+            with torch.no_grad():
+                logits = self.logits(batch)
+                return token_logprobs(logits, batch.targets, temperature) * batch.mask
+        finally:
+            self.model.train(was_training)
+
+    def forward_backward(self, micro_batches: Sequence[PolicyBatch], loss_fn: LossFn
+                         ) -> list[MicroBatchResult]:
+        if self.optimizer is None:
+            raise RuntimeError("forward_backward on a frozen policy")
+        self.model.train()
+        results = []
+        for i, mb in enumerate(micro_batches):
+            loss, metrics, logp = loss_fn.from_logits(self.logits(mb), mb)
+            (loss * mb.scale).backward()
+            results.append(MicroBatchResult(index=i, loss=loss.detach(), metrics=metrics,
+                                            logprobs=logp.detach().float()))
+        return results
+
+    def reduce_metrics(self, sums: torch.Tensor, maxes: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        return sums, maxes  # one process holds every micro-batch
+
+    # ---------------------------------------------------------------- gradients and step
+    def zero_grad(self) -> None:
+        for _, p in self._named:
+            p.grad = None
+        for m in self._main:
+            m.grad = None
+
+    def _main_grads(self) -> list[torch.Tensor]:
+        if not self.mixed:
+            return [p.grad for p in self._main if p.grad is not None]
+        return [m.grad for m in self._main if m.grad is not None]
+
+    def grad_norm(self) -> float:
+        grads = self._main_grads()
+        if not grads:
+            return 0.0
+        return float(torch.nn.utils.get_total_norm(grads, 2.0))
+
+    def main_params(self) -> list[torch.Tensor]:
+        return list(self._main)
+
+    def reduce_param_stats(self, stats: torch.Tensor) -> torch.Tensor:
+        return stats
+
+    def step(self, lr: float, grad_scale: float) -> None:
+        if self.optimizer is None:
+            raise RuntimeError("step on a frozen policy")
+        grads = self._main_grads()
+        if grad_scale != 1.0 and grads:
+            torch._foreach_mul_(grads, grad_scale)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        if self.mixed:
+            with torch.no_grad():
+                for (_, p), m in zip(self._named, self._main):
+                    p.copy_(m)
+
+    # ---------------------------------------------------------------- weights
+    def export_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Parameters by their HF names (tied weights once), detached, no copy."""
+        for name, p in self.model.named_parameters():
+            yield name, p.detach()
+
+    def embedding_table(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight
+
+    def state_dict_for_checkpoint(self) -> dict[str, Any]:
+        """``model``: the compute weights; ``optimizer``: AdamW state and, in mixed precision, the
+        fp32 masters by parameter name (``main_params``) — resume is exact."""
+        opt = None
+        if self.optimizer is not None:
+            opt = {"adamw": self.optimizer.state_dict()}
+            if self.mixed:
+                opt["main_params"] = {n: m.detach() for (n, _), m in zip(self._named, self._main)}
+        return {"model": {k: v.detach() for k, v in self.model.state_dict().items()},
+                "optimizer": opt}
+
+    def load(self, model_state: dict[str, torch.Tensor], optimizer_state: dict | None,
+             source: str = "<memory>") -> None:
+        check_state_fits(self.model, model_state, source)
+        self.model.load_state_dict(model_state, strict=False)
+        if self.optimizer is None:
+            return
+        masters = (optimizer_state or {}).get("main_params")
+        with torch.no_grad():
+            for (name, p), m in zip(self._named, self._main):
+                if not self.mixed:
+                    continue
+                if masters is not None:
+                    if name not in masters or masters[name].shape != m.shape:
+                        raise ModelMismatchError(f"{source}: the optimizer state has no fp32 master "
+                                                 f"of shape {tuple(m.shape)} for '{name}'")
+                    m.copy_(masters[name])
+                else:
+                    m.copy_(p)  # fresh masters from the loaded compute weights
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state["adamw"])
+
+    def frozen_copy(self) -> "HFEngine":
+        """A frozen deep copy (the KL reference)."""
+        return HFEngine(copy.deepcopy(self.model), trainable=False)
+
+    def save_pretrained(self, out_dir: str | Path) -> None:
+        """``config.json`` + safetensors weights (loadable by :func:`load_pretrained_model`)."""
+        self.model.save_pretrained(str(out_dir), safe_serialization=True)
+
+
+def _accumulate_into(main: torch.Tensor):
+    """A post-accumulate-grad hook: ``main.grad += p.grad`` in fp32, then free ``p.grad``."""
+
+    def hook(p: torch.Tensor) -> None:
+        g = p.grad
+        if g is None:
+            return
+        if main.grad is None:
+            main.grad = g.detach().to(torch.float32)
+        else:
+            main.grad.add_(g.detach())
+        p.grad = None
+
+    return hook
+
+
+def _tied_keys(model: torch.nn.Module) -> set[str]:
+    """State-dict keys whose tensor shares storage with an earlier key (tied weights)."""
+    seen: dict[int, str] = {}
+    tied = set()
+    for k, v in model.state_dict().items():
+        ptr = v.data_ptr()
+        if ptr in seen and v.numel():
+            tied.add(k)
+        else:
+            seen[ptr] = k
+    return tied
+
+
+def check_state_fits(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`ModelMismatchError` naming the first missing/unexpected key or bad shape."""
+    own = model.state_dict()
+    tied = _tied_keys(model)
+    for k, v in state.items():
+        if k not in own:
+            raise ModelMismatchError(f"{source}: tensor '{k}' is not a parameter of the configured "
+                                     f"model ({type(model).__name__}); is model.* in the config "
+                                     "the model these weights came from?")
+        if tuple(v.shape) != tuple(own[k].shape):
+            raise ModelMismatchError(f"{source}: tensor '{k}' has shape {tuple(v.shape)} but the "
+                                     f"configured model expects {tuple(own[k].shape)}")
+    missing = [k for k in own if k not in state and k not in tied]
+    if missing:
+        raise ModelMismatchError(f"{source}: no tensor for '{missing[0]}' ({len(missing)} missing); "
+                                 "the weights do not belong to the configured model")
+
+
+def load_pretrained_model(path: str | Path, dtype: torch.dtype = torch.float32):
+    """A local HF model directory → model (Qwen2.5-VL or any causal LM); no hub access."""
+    from transformers import AutoConfig
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p}: not a model directory (no config.json)")
+    cfg = AutoConfig.from_pretrained(str(p), local_files_only=True)
+    if cfg.model_type == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLForConditionalGeneration as cls
+    else:
+        from transformers import AutoModelForCausalLM as cls
+    return cls.from_pretrained(str(p), dtype=dtype, local_files_only=True)
+
+
+__all__ = ["HFEngine", "build_adamw", "check_state_fits", "decay_groups", "load_pretrained_model"]

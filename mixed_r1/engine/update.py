@@ -1,0 +1,133 @@
+"""The one update driver: a GRPO optimizer step over any :class:`~mixed_r1.engine.base.TrainEngine`.
+
+``run_update(engine, micro_batches, loss_cfg, lr, grad_clip)``:
+
+1. zero the gradients; ``engine.forward_backward`` runs every micro-batch (each data-parallel replica
+   its share) with :class:`PolicyLoss`, accumulating the gradient of ``Σ_m scale_m · loss_m`` in fp32;
+2. metrics are reduced once, on the engine's device: token-weighted sums over micro-batches and
+   replicas (``loss`` is ``Σ_m scale_m · loss_m``; the clip fractions, ``ratio_mean``, ``kl_mean``,
+   ``entropy`` and ``logprob_mean`` are means over all completion tokens of the update; ``ratio_min``/
+   ``ratio_max`` are the min/max over them);
+3. ``grad_norm`` is the global L2 norm of the fp32 main gradients. A non-finite loss or norm skips the
+   update on every rank (both values are already identical on every rank, so no extra collective):
+   gradients are dropped and ``skipped`` is 1;
+4. otherwise the gradients are scaled by ``min(1, grad_clip / (grad_norm + 1e-6))`` (global-norm
+   clipping as ``torch.nn.utils.clip_grad_norm_`` and megatron-core do it; ``grad_clip`` 0 disables it)
+   and the engine steps at ``lr``;
+5. ``update/rel_change`` = ‖θ_after − θ_before‖ / ‖θ_before‖ over the fp32 main parameters (the
+   update-to-weight ratio; it needs one transient fp32 copy of this rank's masters).
+
+With ``rollout_mismatch`` (the first update of a step, when the weights are still the sampler's) the
+mean |log p_trainer − log p_sampler| over completion tokens is returned as ``rollout_logprob_abs_diff``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from mixed_r1.engine.base import LossConfig, PolicyBatch, TrainEngine
+
+#: token-weighted means reduced over micro-batches and data-parallel replicas
+MEAN_METRICS = ("clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean", "entropy")
+
+
+class PolicyLoss:
+    """The GRPO loss of one micro-batch, for backends that hold full-vocab logits (the fused
+    :func:`mixed_r1.kernels.grpo_loss`, which never builds the float32 log-softmax) and for those
+    that hold log-probs already reduced over vocab shards (:func:`mixed_r1.algo.compute_policy_loss`,
+    the same math). Both return the unscaled loss and the same metric keys."""
+
+    def __init__(self, cfg: LossConfig) -> None:
+        self.cfg = cfg
+
+    def _kw(self, mb: PolicyBatch) -> dict[str, Any]:
+        c = self.cfg
+        return dict(beta=c.beta, eps_low=c.eps_low, eps_high=c.eps_high, loss_type=c.loss_type,
+                    importance_level=c.importance_level,
+                    max_completion_length=c.max_completion_length, num_items=mb.num_items)
+
+    def from_logits(self, logits: torch.Tensor, mb: PolicyBatch
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        from mixed_r1.kernels import grpo_loss
+
+        loss, metrics = grpo_loss(logits, mb.targets, mb.advantages, mb.mask, mb.old_logprobs,
+                                  mb.ref_logprobs, temperature=self.cfg.temperature, **self._kw(mb))
+        logp = metrics.pop("logprobs")
+        return loss, metrics, logp
+
+    def from_logprobs(self, logp: torch.Tensor, mb: PolicyBatch, entropy: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from mixed_r1.algo import compute_policy_loss
+
+        return compute_policy_loss(logp, mb.advantages, mb.mask, mb.old_logprobs, mb.ref_logprobs,
+                                   entropy=entropy, **self._kw(mb))
+
+
+def run_update(engine: TrainEngine, micro_batches: Sequence[PolicyBatch], loss_cfg: LossConfig,
+               lr: float, *, grad_clip: float = 1.0, rollout_mismatch: bool = False
+               ) -> dict[str, float]:
+    """One optimizer update accumulated over ``micro_batches`` (see the module docstring). Returns
+    ``loss``, ``grad_norm``, ``skipped`` (0/1), ``tokens``, the :data:`MEAN_METRICS` present,
+    ``ratio_min``/``ratio_max``, ``logprob_mean``, ``update/rel_change`` and, when asked,
+    ``rollout_logprob_abs_diff``. Collective over the engine's ranks; same result on every rank."""
+    dev = engine.device
+    has_kl = any(mb.ref_logprobs is not None for mb in micro_batches)
+    keys = [k for k in MEAN_METRICS if k != "kl_mean" or has_kl]
+    engine.zero_grad()
+    results = engine.forward_backward(micro_batches, PolicyLoss(loss_cfg))
+
+    # sums: [Σ scale·loss, tokens, Σ n·metric_k ..., Σ logp, Σ |logp − logp_rollout|, rollout tokens]
+    n_fixed = 2 + len(keys)
+    sums = torch.zeros(n_fixed + 3, dtype=torch.float64, device=dev)
+    maxes = torch.full((2,), -math.inf, dtype=torch.float64, device=dev)  # [-ratio_min, ratio_max]
+    for r in results:
+        mb = micro_batches[r.index]
+        mask = mb.mask.to(dev, torch.float64)
+        n = mask.sum()
+        lp = r.logprobs.to(dev, torch.float64)
+        sums[0] += r.loss.to(dev, torch.float64) * mb.scale
+        sums[1] += n
+        for j, k in enumerate(keys):
+            sums[2 + j] += r.metrics[k].to(dev, torch.float64) * n
+        sums[n_fixed] += (lp * mask).sum()
+        if rollout_mismatch and mb.rollout_logprobs is not None:
+            ro = mb.rollout_logprobs.to(dev, torch.float64)
+            sums[n_fixed + 1] += ((lp - ro).abs() * mask).sum()
+            sums[n_fixed + 2] += n
+        if int(mb.mask.sum()) > 0:  # empty micro-batches report ratio 0: not a min/max
+            maxes[0] = torch.maximum(maxes[0], -r.metrics["ratio_min"].to(dev, torch.float64))
+            maxes[1] = torch.maximum(maxes[1], r.metrics["ratio_max"].to(dev, torch.float64))
+    sums, maxes = engine.reduce_metrics(sums, maxes)
+    s, mx = sums.tolist(), maxes.tolist()
+    total_loss, ntok = s[0], s[1]
+    out: dict[str, float] = {k: s[2 + j] / max(ntok, 1.0) for j, k in enumerate(keys)}
+    out["ratio_min"] = -mx[0] if math.isfinite(mx[0]) else 0.0
+    out["ratio_max"] = mx[1] if math.isfinite(mx[1]) else 0.0
+    out["logprob_mean"] = s[n_fixed] / max(ntok, 1.0)
+    if rollout_mismatch and s[n_fixed + 2] > 0:
+        out["rollout_logprob_abs_diff"] = s[n_fixed + 1] / s[n_fixed + 2]
+
+    gnorm = engine.grad_norm()
+    skipped = not (math.isfinite(total_loss) and math.isfinite(gnorm))
+    rel_change = 0.0
+    if not skipped:
+        coef = min(1.0, grad_clip / (gnorm + 1e-6)) if grad_clip > 0 else 1.0
+        masters = engine.main_params()
+        before = [p.detach().clone() for p in masters]
+        engine.step(lr, coef)
+        stats = torch.zeros(2, dtype=torch.float64, device=dev)
+        for p, b in zip(masters, before):
+            stats[0] += (p.detach() - b).double().square().sum()
+            stats[1] += b.double().square().sum()
+        del before
+        delta_sq, norm_sq = engine.reduce_param_stats(stats).tolist()
+        rel_change = math.sqrt(delta_sq / norm_sq) if norm_sq > 0 else 0.0
+    engine.zero_grad()
+    out.update(loss=total_loss, grad_norm=gnorm, skipped=float(skipped), tokens=ntok)
+    out["update/rel_change"] = rel_change
+    return out
+
+
+__all__ = ["MEAN_METRICS", "PolicyLoss", "run_update"]
