@@ -1,12 +1,19 @@
 """`mixed-r1 convert`: HF <-> megatron-core checkpoints.
 
-    mixed-r1 convert hf-to-mcore --hf DIR --out DIR --tp N --pp M
+    mixed-r1 convert hf-to-mcore --hf DIR --out DIR --tp N --pp M [--pipeline-layers 10,9,9]
     mixed-r1 convert mcore-to-hf --mcore DIR --out DIR [--max-shard-gb G]
-    mixed-r1 convert reshard     --mcore DIR --out DIR --tp N --pp M
+    mixed-r1 convert reshard     --mcore DIR --out DIR --tp N --pp M [--pipeline-layers 10,9,9]
+
+``--pipeline-layers`` gives the transformer layers of each pipeline stage (one integer per stage,
+summing to the model's layers); without it the layers split evenly over ``--pp``. megatron-core
+builds only splits whose middle stages are even (``num_layers_in_first_pipeline_stage`` /
+``num_layers_in_last_pipeline_stage``, megatron/core/transformer/transformer_block.py), see
+:func:`mixed_r1.models.config.resolve_pipeline_layers`.
 
 Wire with ``mixed_r1.convert_cli.register(subparsers)``; each sub-command sets ``func(args) -> int``.
-A user error (unsupported config, missing/mis-shaped/corrupt tensor, existing output) prints one line
-``error: ...`` naming the tensor or file and returns 2; nothing is left under ``--out``.
+A user error (unsupported config or split, missing/mis-shaped/corrupt tensor, existing output)
+prints one line ``error: ...`` naming the tensor, file or flag and returns 2; nothing is left
+under ``--out``.
 """
 from __future__ import annotations
 
@@ -16,12 +23,16 @@ import time
 
 
 def _run(fn, *a, **kw) -> int:
-    from .models.config import UnsupportedConfigError
+    from .models.config import PipelineLayersError, UnsupportedConfigError
     from .models.safetensors_io import CheckpointError
 
     t0 = time.perf_counter()
     try:
         fn(*a, **kw)
+    except PipelineLayersError as e:
+        flag = "--pipeline-layers" if kw.get("pipeline_layers") is not None else "--pp"
+        print(f"error: {flag}: {e}", file=sys.stderr)
+        return 2
     except (UnsupportedConfigError, CheckpointError, FileExistsError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -29,10 +40,30 @@ def _run(fn, *a, **kw) -> int:
     return 0
 
 
+def _pipeline_layers(text: str | None) -> list[int] | None:
+    """``--pipeline-layers 10,9,9`` -> [10, 9, 9]; ValueError unless comma-separated integers."""
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--pipeline-layers: {text!r} is not a comma-separated list of integers "
+                         "(one layer count per pipeline stage, e.g. 10,9,9)") from None
+
+
+def _with_layers(fn, args: argparse.Namespace, *a, **kw) -> int:
+    try:
+        layers = _pipeline_layers(args.pipeline_layers)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return _run(fn, *a, **kw, pipeline_layers=layers)
+
+
 def _hf_to_mcore(args: argparse.Namespace) -> int:
     from .models.convert import hf_to_mcore
 
-    return _run(hf_to_mcore, args.hf, args.out, tp=args.tp, pp=args.pp)
+    return _with_layers(hf_to_mcore, args, args.hf, args.out, tp=args.tp, pp=args.pp)
 
 
 def _mcore_to_hf(args: argparse.Namespace) -> int:
@@ -44,7 +75,7 @@ def _mcore_to_hf(args: argparse.Namespace) -> int:
 def _reshard(args: argparse.Namespace) -> int:
     from .models.convert import reshard
 
-    return _run(reshard, args.mcore, args.out, tp=args.tp, pp=args.pp)
+    return _with_layers(reshard, args, args.mcore, args.out, tp=args.tp, pp=args.pp)
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -56,6 +87,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     a.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     a.add_argument("--tp", type=int, default=1)
     a.add_argument("--pp", type=int, default=1)
+    a.add_argument("--pipeline-layers", default=None, metavar="N0,N1,...",
+                   help="transformer layers per pipeline stage, e.g. 10,9,9 (default: even "
+                        "split over --pp; megatron needs the middle stages even)")
     a.set_defaults(func=_hf_to_mcore)
     b = sub.add_parser("mcore-to-hf", help="mcore shards -> HF safetensors")
     b.add_argument("--mcore", required=True)
@@ -67,6 +101,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     c.add_argument("--out", required=True)
     c.add_argument("--tp", type=int, default=1)
     c.add_argument("--pp", type=int, default=1)
+    c.add_argument("--pipeline-layers", default=None, metavar="N0,N1,...",
+                   help="transformer layers per pipeline stage, e.g. 10,9,9 (default: even "
+                        "split over --pp; megatron needs the middle stages even)")
     c.set_defaults(func=_reshard)
     return p
 

@@ -2,12 +2,20 @@
 
 An **mcore checkpoint** is a directory::
 
-    manifest.json                     format, architecture, tp, pp, layer ranges, HF config, and for every
-                                      file every tensor's shape, dtype and sha256
+    manifest.json                     format, architecture, tp, pp, pipeline_layers (layers
+                                      per stage), layer ranges, HF config, and for every file
+                                      every tensor's shape, dtype and sha256
     model_tp{r}_pp{s}.safetensors     the state_dict of GPTModel on (tp rank r, pipeline stage s),
                                       stage-local layer names (see models/mapping.py)
     vision.safetensors                Qwen2.5-VL only: the HF vision tower, names and values as in HF
     hf/                               the HF side files (config.json byte-for-byte, tokenizer, ...)
+
+Pipeline split: ``pipeline_layers`` lists the transformer layers of each stage (e.g. ``[2, 1]``)
+as :func:`mixed_r1.models.config.resolve_pipeline_layers` decides it: even by default, or uneven
+in megatron-core's form (first and last stage free, middle stages even: TransformerConfig's
+``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``, see
+megatron/core/transformer/transformer_block.py ``get_num_layers_to_build``). A manifest without
+the key (written before uneven splits existed) means the even split.
 
 Streaming rule: a conversion reads one *unit* (embedding, one layer, or the head) at a time, splits or
 merges it, and appends the pieces to files whose headers were fixed up front, so memory holds one unit
@@ -23,13 +31,14 @@ import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from safetensors import safe_open
 
 from . import mapping as M
-from .config import LMArch, UnsupportedConfigError, arch_from_hf_config, resolve_hf_names
+from .config import (LMArch, PipelineLayersError, UnsupportedConfigError, arch_from_hf_config,
+                     resolve_hf_names)
 from .safetensors_io import (ST_TO_DTYPE, CheckpointError, StreamWriter, read_header, sha256_of, write_json_atomic)
 
 log = logging.getLogger(__name__)
@@ -166,6 +175,19 @@ def read_manifest(mcore_dir: str | os.PathLike) -> dict[str, Any]:
     return man
 
 
+def manifest_pipeline_layers(man: dict[str, Any], arch: LMArch | None = None) -> tuple[int, ...]:
+    """The pipeline split an mcore checkpoint was written with: its ``pipeline_layers`` (checked by
+    :func:`~mixed_r1.models.config.resolve_pipeline_layers`), or the even split of ``pp`` for
+    manifests written before the key existed."""
+    arch = arch or arch_from_hf_config(man["hf_config"])
+    recorded = man.get("pipeline_layers")
+    try:
+        return arch.stage_layers(man["pp"], recorded)
+    except PipelineLayersError as e:
+        raise CheckpointError(f"manifest pipeline split (pp={man['pp']}, "
+                              f"pipeline_layers={recorded}) is not usable: {e}") from e
+
+
 def read_verified(mcore_dir: Path, man: dict[str, Any], file: str, name: str) -> torch.Tensor:
     """Read one tensor of an mcore checkpoint and check shape, dtype and sha256 against the manifest."""
     entry = man["files"].get(file, {}).get(name)
@@ -191,12 +213,13 @@ def read_verified(mcore_dir: Path, man: dict[str, Any], file: str, name: str) ->
 
 def _mcore_unit_reader(mcore_dir: Path, man: dict[str, Any], arch: LMArch) -> ReadUnit:
     tp, pp = man["tp"], man["pp"]
+    layers = manifest_pipeline_layers(man, arch)
 
     def read(unit: str) -> dict[str, torch.Tensor]:
-        stage = M.unit_stage(arch, unit, pp)
+        stage = M.unit_stage(arch, unit, pp, layers)
         out = {}
         for spec in M.unit_specs(arch, unit):
-            ln = M.local_name(arch, spec.name, pp)
+            ln = M.local_name(arch, spec.name, pp, layers)
             parts = [read_verified(mcore_dir, man, shard_file(r, stage), ln) for r in range(tp)]
             out[spec.name] = M.tp_merge(parts, spec.kind, arch)
             if tuple(out[spec.name].shape) != spec.shape:
@@ -207,11 +230,12 @@ def _mcore_unit_reader(mcore_dir: Path, man: dict[str, Any], arch: LMArch) -> Re
 
 # ------------------------------------------------------------------------------------ writers
 def _write_mcore(arch: LMArch, read_unit: ReadUnit, canon_dtype: dict[str, torch.dtype], out: Path,
-                 tp: int, pp: int) -> dict[str, dict[str, Any]]:
-    """Write all ``model_tp*_pp*.safetensors``; returns the manifest's per-file tensor table."""
+                 tp: int, pp: int, layers: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """Write all ``model_tp*_pp*.safetensors`` for the pipeline split ``layers``; returns the
+    manifest's per-file tensor table."""
     files: dict[str, dict[str, Any]] = {}
     for stage in range(pp):
-        plan = list(M.shard_specs(arch, tp, pp, stage))
+        plan = list(M.shard_specs(arch, tp, pp, stage, layers))
         with ExitStack() as stack:
             writers = []
             for r in range(tp):
@@ -296,15 +320,23 @@ def _canon_dtypes_from_hf(arch: LMArch, dtypes, shapes) -> dict[str, torch.dtype
     return {k: v.dtype for unit in M.units(arch) for k, v in M.hf_to_canonical(arch, unit, meta).items()}
 
 
-def hf_to_mcore(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, tp: int = 1, pp: int = 1) -> dict[str, Any]:
-    """Convert an HF safetensors checkpoint to an mcore checkpoint at TP=``tp``, PP=``pp``; returns the manifest."""
+def hf_to_mcore(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, tp: int = 1, pp: int = 1,
+                pipeline_layers: Sequence[int] | None = None) -> dict[str, Any]:
+    """Convert an HF safetensors checkpoint to an mcore checkpoint at TP=``tp``, PP=``pp``;
+    returns the manifest.
+
+    ``pipeline_layers``: transformer layers per stage (None = even). An uneven split must be in
+    megatron's form, first and last stage free and the middle stages even
+    (megatron/core/transformer/transformer_block.py ``get_num_layers_to_build``); see
+    :func:`~mixed_r1.models.config.resolve_pipeline_layers`. The manifest records it.
+    """
     hf_dir = Path(hf_dir)
     cfg_path = hf_dir / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: missing HF config")
     cfg = json.loads(cfg_path.read_text())
     arch = arch_from_hf_config(cfg)
-    arch.check_parallel(tp, pp)
+    layers = arch.check_parallel(tp, pp, pipeline_layers)
     idx = HFIndex.scan(hf_dir)
     arch = resolve_hf_names(arch, idx.shapes)
     vision = _check_hf_tensors(arch, idx)
@@ -315,24 +347,26 @@ def hf_to_mcore(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, tp: int =
     if extra_lm_head:
         hf_names.append(arch.names.lm_head)
     with _AtomicDir(out_dir) as tmp:
-        files = _write_mcore(arch, lambda u: M.hf_to_canonical(arch, u, get), canon_dtype, tmp, tp, pp)
+        files = _write_mcore(arch, lambda u: M.hf_to_canonical(arch, u, get), canon_dtype, tmp, tp,
+                             pp, layers)
         if vision:
             files[VISION_FILE] = _write_vision(vision, get, idx.dtypes, idx.shapes, tmp)
         (tmp / HF_SIDE_DIR).mkdir()
         side = _copy_side_files(hf_dir, tmp / HF_SIDE_DIR,
                                 lambda n: n.endswith(".safetensors") or n == "model.safetensors.index.json"
                                 or n.endswith((".bin", ".pt", ".pth", ".gguf")))
-        man = _manifest(arch, cfg, tp, pp, files, side,
+        man = _manifest(arch, cfg, tp, pp, layers, files, side,
                         {n: {"shape": list(idx.shapes[n]), "dtype": str(idx.dtypes[n])} for n in hf_names + vision})
         write_json_atomic(tmp / MANIFEST, man)
     return man
 
 
-def _manifest(arch: LMArch, cfg: dict, tp: int, pp: int, files: dict, side: list[str], hf_tensors: dict) -> dict:
+def _manifest(arch: LMArch, cfg: dict, tp: int, pp: int, layers: Sequence[int], files: dict,
+              side: list[str], hf_tensors: dict) -> dict:
     return {"format": FORMAT, "architecture": arch.architecture, "model_type": arch.model_type, "tp": tp, "pp": pp,
             "vocab_size": arch.vocab_size, "padded_vocab_size": arch.padded_vocab_size(tp),
-            "tie_embeddings": arch.tie_embeddings,
-            "layer_ranges": [list(arch.layer_range(s, pp)) for s in range(pp)],
+            "tie_embeddings": arch.tie_embeddings, "pipeline_layers": list(layers),
+            "layer_ranges": [list(arch.layer_range(s, pp, layers)) for s in range(pp)],
             "hf_config": cfg, "hf_side_files": side, "hf_tensors": hf_tensors, "files": files}
 
 
@@ -361,31 +395,36 @@ def mcore_to_hf(mcore_dir: str | os.PathLike, out_dir: str | os.PathLike,
     return fnames
 
 
-def reshard(mcore_dir: str | os.PathLike, out_dir: str | os.PathLike, tp: int, pp: int) -> dict[str, Any]:
-    """Re-split an mcore checkpoint at TP=a/PP=b into TP=``tp``/PP=``pp`` directly (no HF round trip)."""
+def reshard(mcore_dir: str | os.PathLike, out_dir: str | os.PathLike, tp: int, pp: int,
+            pipeline_layers: Sequence[int] | None = None) -> dict[str, Any]:
+    """Re-split an mcore checkpoint at TP=a/PP=b (any recorded split) into TP=``tp``/PP=``pp``
+    directly (no HF round trip). ``pipeline_layers`` is the new per-stage split (None = even;
+    rules as in :func:`hf_to_mcore`), independent of the source's split."""
     mcore_dir = Path(mcore_dir)
     man = read_manifest(mcore_dir)
     arch = arch_from_hf_config(man["hf_config"])
-    arch.check_parallel(tp, pp)
-    src_pp = man["pp"]
+    layers = arch.check_parallel(tp, pp, pipeline_layers)
+    src_pp, src_layers = man["pp"], manifest_pipeline_layers(man, arch)
     canon_dtype: dict[str, torch.dtype] = {}
     for unit in M.units(arch):
-        stage = M.unit_stage(arch, unit, src_pp)
+        stage = M.unit_stage(arch, unit, src_pp, src_layers)
         for spec in M.unit_specs(arch, unit):
-            entry = man["files"][shard_file(0, stage)].get(M.local_name(arch, spec.name, src_pp))
+            local = M.local_name(arch, spec.name, src_pp, src_layers)
+            entry = man["files"][shard_file(0, stage)].get(local)
             if entry is None:
                 raise CheckpointError(f"tensor {spec.name} is missing from {shard_file(0, stage)} in the manifest")
             canon_dtype[spec.name] = _parse_dtype(entry["dtype"])
     read_unit = _mcore_unit_reader(mcore_dir, man, arch)
     with _AtomicDir(out_dir) as tmp:
-        files = _write_mcore(arch, read_unit, canon_dtype, tmp, tp, pp)
+        files = _write_mcore(arch, read_unit, canon_dtype, tmp, tp, pp, layers)
         if VISION_FILE in man["files"]:
             names = list(man["files"][VISION_FILE])
             vd = {n: _parse_dtype(e["dtype"]) for n, e in man["files"][VISION_FILE].items()}
             vs = {n: tuple(e["shape"]) for n, e in man["files"][VISION_FILE].items()}
             files[VISION_FILE] = _write_vision(names, lambda n: read_verified(mcore_dir, man, VISION_FILE, n), vd, vs, tmp)
         shutil.copytree(mcore_dir / HF_SIDE_DIR, tmp / HF_SIDE_DIR)
-        new = _manifest(arch, man["hf_config"], tp, pp, files, man["hf_side_files"], man["hf_tensors"])
+        new = _manifest(arch, man["hf_config"], tp, pp, layers, files, man["hf_side_files"],
+                        man["hf_tensors"])
         write_json_atomic(tmp / MANIFEST, new)
     return new
 

@@ -8,7 +8,9 @@ Three layouts of the same numbers:
   for each of the G KV groups, [its q heads (heads_per_group*head_dim rows); k (head_dim); v (head_dim)];
   ``mlp.linear_fc1.weight`` = [gate; up]; the embedding/output layer unpadded [vocab, hidden].
 * **shard** (tp_rank, pp_stage): what ``GPTModel.state_dict()`` holds on that rank: stage-local layer
-  indices, and the TP slice of each tensor by its :data:`SplitKind`.
+  indices, and the TP slice of each tensor by its :data:`SplitKind`. Which layers a stage holds
+  is the pipeline split (per-stage layer counts: even, or megatron's uneven first/last-stage
+  form) decided by :func:`mixed_r1.models.config.resolve_pipeline_layers`.
 
 TP split rules (megatron's): ``col`` splits dim 0 (QKV: whole query groups per rank), ``row`` dim 1,
 ``fc1`` splits gate and up separately and stacks [gate_r; up_r], ``vocab`` pads dim 0 with zero rows to a
@@ -17,11 +19,11 @@ multiple of TP then splits it, ``rep`` is replicated.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 
-from .config import LMArch
+from .config import LMArch, stage_of_layer
 
 SplitKind = Literal["col", "row", "fc1", "vocab", "rep"]
 
@@ -69,21 +71,27 @@ def unit_specs(arch: LMArch, unit: str) -> list[TensorSpec]:
     return specs
 
 
-def unit_stage(arch: LMArch, unit: str, pp: int) -> int:
-    """Pipeline stage that owns a unit (embed: first, head: last, layers: by even split)."""
+def unit_stage(arch: LMArch, unit: str, pp: int,
+               pipeline_layers: Sequence[int] | None = None) -> int:
+    """Pipeline stage that owns a unit (embed: first, head: last, layers: by the split
+    :func:`~mixed_r1.models.config.resolve_pipeline_layers` makes of ``pp``/``pipeline_layers``)."""
+    layers = arch.stage_layers(pp, pipeline_layers)
     if unit == "embed":
         return 0
     if unit == "head":
         return pp - 1
-    return int(unit.split(".")[1]) // (arch.num_layers // pp)
+    return stage_of_layer(layers, int(unit.split(".")[1]))[0]
 
 
-def local_name(arch: LMArch, name: str, pp: int) -> str:
-    """Canonical name -> the name in its stage's state_dict (layer index made stage-local)."""
+def local_name(arch: LMArch, name: str, pp: int,
+               pipeline_layers: Sequence[int] | None = None) -> str:
+    """Canonical name -> the name in its stage's state_dict (layer index made stage-local: the
+    global index minus the earlier stages' layers, megatron's ``get_transformer_layer_offset``)."""
     if name.startswith("decoder.layers."):
         rest = name[len("decoder.layers."):]
         idx, tail = rest.split(".", 1)
-        return f"decoder.layers.{int(idx) % (arch.num_layers // pp)}.{tail}"
+        _, local = stage_of_layer(arch.stage_layers(pp, pipeline_layers), int(idx))
+        return f"decoder.layers.{local}.{tail}"
     return name
 
 
@@ -245,16 +253,20 @@ def tp_merge(parts: list[torch.Tensor], kind: SplitKind, arch: LMArch) -> torch.
     raise ValueError(f"unknown split kind {kind!r}")
 
 
-def shard_specs(arch: LMArch, tp: int, pp: int, pp_rank: int) -> Iterator[tuple[str, TensorSpec, str]]:
-    """(unit, canonical spec, local name) of every tensor a (any tp rank, ``pp_rank``) shard holds.
+def shard_specs(arch: LMArch, tp: int, pp: int, pp_rank: int,
+                pipeline_layers: Sequence[int] | None = None
+                ) -> Iterator[tuple[str, TensorSpec, str]]:
+    """(unit, canonical spec, local name) of every tensor a (any tp rank, ``pp_rank``) shard holds,
+    for the split of ``pp``/``pipeline_layers`` (even when None; ``resolve_pipeline_layers``).
 
     A tied model with pp > 1 also stores the embedding on the last stage as ``output_layer.weight``
     (megatron keeps that copy in sync); with pp == 1 the output layer reuses the embedding.
     """
+    layers = arch.stage_layers(pp, pipeline_layers)
     for unit in units(arch):
-        if unit_stage(arch, unit, pp) != pp_rank:
+        if unit_stage(arch, unit, pp, layers) != pp_rank:
             continue
         for spec in unit_specs(arch, unit):
-            yield unit, spec, local_name(arch, spec.name, pp)
+            yield unit, spec, local_name(arch, spec.name, pp, layers)
     if arch.tie_embeddings and pp > 1 and pp_rank == pp - 1:
         yield "embed", unit_specs(arch, "embed")[0], OUTPUT
