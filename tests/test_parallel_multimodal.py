@@ -3,9 +3,10 @@
 The reference is ``Qwen2_5_VLForConditionalGeneration`` (float32) fed the same real processor outputs
 (an easy_vqa image through the offline Qwen2.5-VL processor: pixel_values, image_grid_thw,
 mm_token_type_ids); the megatron side is loaded from the converted mcore checkpoint (vision tower from
-vision.safetensors) and run through megatron-core's 1F1B schedule at TP=2, PP=2 on 4 gloo ranks, and at
-TP=1, PP=1. Logits must match within 1e-5 relative (to the largest |logit|), log-probs within 1e-5, and
-every gradient of the masked log-prob loss — language model and vision tower, in HF names — within 1e-4.
+vision.safetensors) and run through megatron-core's 1F1B schedule at TP=2, PP=2 on 4 gloo ranks, at
+TP=1, PP=1, and (a 3-layer model) at PP=2 with the uneven split (2, 1). Logits must match within
+1e-5 relative (to the largest |logit|), log-probs within 1e-5, and every gradient of the masked
+log-prob loss — language model and vision tower, in HF names — within 1e-4.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp(min=1e-30))
 
 
-def _worker(rank: int, port: int, workdir: str, tp: int, pp: int) -> None:
+def _worker(rank: int, port: int, workdir: str, tp: int, pp: int,
+            split: list[int] | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(tp * pp),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -46,7 +48,7 @@ def _worker(rank: int, port: int, workdir: str, tp: int, pp: int) -> None:
 
     wd = Path(workdir)
     init_parallel(ParallelConfig(tp=tp, pp=pp))
-    policy, arch = load_vl_policy(wd / f"mcore_tp{tp}_pp{pp}")
+    policy, arch = load_vl_policy(wd / f"mcore_tp{tp}_pp{pp}")  # the split the manifest records
     assert (policy.visual is not None) == state.is_first_stage()
     data = load_file(wd / "inputs.safetensors")
     keys = ("input_ids", "targets", "mask", "pixel_values", "image_grid_thw", "mm_token_type_ids")
@@ -89,11 +91,11 @@ def _worker(rank: int, port: int, workdir: str, tp: int, pp: int) -> None:
         params = dict(lm.named_parameters())
         grads: dict[str, torch.Tensor] = {}
         for unit in M.units(arch):
-            if M.unit_stage(arch, unit, pp) != state.pp_rank():
+            if M.unit_stage(arch, unit, pp, split) != state.pp_rank():
                 continue
             canon = {}
             for spec in M.unit_specs(arch, unit):
-                g = params[M.local_name(arch, spec.name, pp)].grad
+                g = params[M.local_name(arch, spec.name, pp, split)].grad
                 parts = [torch.empty_like(g) for _ in range(tp)]
                 dist.all_gather(parts, g.contiguous(), group=state.tp_group())
                 canon[spec.name] = M.tp_merge(parts, spec.kind, arch)
@@ -120,10 +122,10 @@ def _worker(rank: int, port: int, workdir: str, tp: int, pp: int) -> None:
     destroy_parallel()
 
 
-def _perturbed_tiny_vl():
+def _perturbed_tiny_vl(num_layers: int = 2):
     from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
 
-    model = build_tiny_qwen25vl(seed=0)
+    model = build_tiny_qwen25vl(seed=0, num_layers=num_layers)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():  # non-trivial biases and norms so a mapping slip shows up
         for n, p in model.named_parameters():
@@ -207,8 +209,8 @@ def _reference(hf, inputs) -> dict[str, dict]:
     return out
 
 
-def _run(wd: Path, tp: int, pp: int) -> dict[str, torch.Tensor]:
-    mp.spawn(_worker, args=(_free_port(), str(wd), tp, pp), nprocs=tp * pp, join=True)
+def _run(wd: Path, tp: int, pp: int, split: list[int] | None = None) -> dict[str, torch.Tensor]:
+    mp.spawn(_worker, args=(_free_port(), str(wd), tp, pp, split), nprocs=tp * pp, join=True)
     out: dict[str, torch.Tensor] = {}
     for s in range(pp):
         out.update(load_file(wd / f"out_tp{tp}_pp{pp}_stage{s}.safetensors"))
@@ -275,3 +277,29 @@ def test_tp2_pp2_logits_logprobs_grads_match_hf(vl_setup):
     wd, hf, _, ref = vl_setup
     worst = _check(_run(wd, 2, 2), ref, hf)
     print("tp2 pp2 max relative errors:", worst)
+
+
+@pytest.fixture(scope="module")
+def vl_setup_3_layers(tmp_path_factory):
+    """A 3-layer tiny Qwen2.5-VL converted at TP=1, PP=2 with the uneven split (2, 1)."""
+    from mixed_r1.models.convert import hf_to_mcore
+    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+
+    wd = tmp_path_factory.mktemp("vl3")
+    hf = _perturbed_tiny_vl(num_layers=3)
+    hf.save_pretrained(wd / "hf")
+    hf_to_mcore(wd / "hf", wd / "mcore_tp1_pp2", tp=1, pp=2, pipeline_layers=[2, 1])
+    inputs = _inputs(build_qwen25vl_processor(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS))
+    save_file(inputs, str(wd / "inputs.safetensors"))
+    return wd, hf, inputs, _reference(hf, inputs)
+
+
+@pytest.mark.multirank
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_pp2_uneven_split_matches_hf(vl_setup_3_layers):
+    """load_vl_policy builds the language model with the manifest's (2, 1) split (megatron's
+    num_layers_in_first/last_pipeline_stage): logits, log-probs and grads equal HF's."""
+    wd, hf, _, ref = vl_setup_3_layers
+    worst = _check(_run(wd, 1, 2, [2, 1]), ref, hf)
+    print("tp1 pp2 (2, 1) max relative errors:", worst)

@@ -1,7 +1,9 @@
-"""Megatron policy at TP=2, PP=2 (4 gloo ranks, float32) vs the HF model: logits, log-probs, grads.
+"""Megatron policy vs the HF model (float32 gloo ranks): logits, log-probs, grads.
 
-The reference is an independent HF ``Qwen2ForCausalLM``; the megatron side is built from the converted
-mcore checkpoint and run through megatron-core's 1F1B schedule.
+At TP=2, PP=2 (4 ranks, 4 layers, even split) and at PP=2 with an uneven split of 3 layers (2 ranks,
+(2, 1) and (1, 2): megatron's num_layers_in_first/last_pipeline_stage). The reference is an
+independent HF ``Qwen2ForCausalLM``; the megatron side is built from the converted mcore checkpoint
+and run through megatron-core's 1F1B schedule.
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
-TP, PP, WORLD = 2, 2, 4
 B, S, NMB = 2, 8, 2
 
 
@@ -25,12 +26,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tiny_qwen2(vocab: int = 101, tie: bool = False):
+def _tiny_qwen2(vocab: int = 101, tie: bool = False, layers: int = 4):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
     cfg = Qwen2Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, intermediate_size=96,
-                      num_hidden_layers=4, vocab_size=vocab, rms_norm_eps=1e-6, max_position_embeddings=64,
+                      num_hidden_layers=layers, vocab_size=vocab, rms_norm_eps=1e-6,
+                      max_position_embeddings=64,
                       tie_word_embeddings=tie, rope_parameters={"rope_theta": 5000.0, "rope_type": "default"})
     model = Qwen2ForCausalLM(cfg).float().eval()
     with torch.no_grad():  # non-trivial biases and norms so a mapping slip shows up
@@ -40,9 +42,9 @@ def _tiny_qwen2(vocab: int = 101, tie: bool = False):
     return model
 
 
-def _worker(rank: int, port: int, workdir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+def _worker(rank: int, port: int, workdir: str, TP: int, PP: int, split: list[int] | None) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(TP * PP), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -51,7 +53,7 @@ def _worker(rank: int, port: int, workdir: str) -> None:
 
     wd = Path(workdir)
     init_parallel(ParallelConfig(tp=TP, pp=PP))
-    model, arch = load_policy(wd / "mcore")
+    model, arch = load_policy(wd / "mcore")  # built with the split the manifest records
     data = load_file(wd / "inputs.safetensors")
     mbs = [{"input_ids": data[f"ids{i}"], "targets": data[f"tgt{i}"], "mask": data[f"mask{i}"]} for i in range(NMB)]
     report: dict = {}
@@ -80,17 +82,26 @@ def _worker(rank: int, port: int, workdir: str) -> None:
     grads: dict[str, torch.Tensor] = {}
     params = dict(model.named_parameters())
     for unit in M.units(arch):
-        if M.unit_stage(arch, unit, PP) != state.pp_rank():
+        if M.unit_stage(arch, unit, PP, split) != state.pp_rank():
             continue
         canon = {}
         for spec in M.unit_specs(arch, unit):
-            g = params[M.local_name(arch, spec.name, PP)].grad
+            g = params[M.local_name(arch, spec.name, PP, split)].grad
             parts = [torch.empty_like(g) for _ in range(TP)]
             torch.distributed.all_gather(parts, g.contiguous(), group=state.tp_group())
             canon[spec.name] = M.tp_merge(parts, spec.kind, arch)
         grads.update(M.canonical_to_hf(arch, unit, canon))
+    if split is not None:  # a model built with the other split must refuse this checkpoint
+        from mixed_r1.models import CheckpointError
+        try:
+            load_policy(wd / "mcore", pipeline_layers=split[::-1])
+        except CheckpointError as e:
+            (wd / f"mismatch_rank{rank}.txt").write_text(str(e))
     if state.tp_rank() == 0:
         out = {f"grad/{k}": v.contiguous() for k, v in grads.items()}
+        # megatron's 1-based global layer numbers of this stage's decoder.layers.0..
+        numbers = [layer.layer_number for layer in model.decoder.layers]
+        out[f"layer_numbers{state.pp_rank()}"] = torch.tensor(numbers)
         if state.is_last_stage():
             out.update({f"logits{i}": t.contiguous() for i, t in enumerate(logits_out)})
             out.update({f"logp{i}": t.contiguous() for i, t in enumerate(res.logprobs)})
@@ -103,12 +114,15 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.timeout(300)
-def test_tp2_pp2_logits_logprobs_grads_match_hf(tmp_path):
+@pytest.mark.parametrize("tp,pp,layers,split",
+                         [(2, 2, 4, None), (1, 2, 3, [2, 1]), (1, 2, 3, [1, 2])],
+                         ids=["tp2pp2-even4", "pp2-uneven-2-1", "pp2-uneven-1-2"])
+def test_logits_logprobs_grads_match_hf(tmp_path, tp, pp, layers, split):
     from mixed_r1.models.convert import hf_to_mcore
 
-    hf = _tiny_qwen2()
+    hf = _tiny_qwen2(layers=layers)
     hf.save_pretrained(tmp_path / "hf")
-    hf_to_mcore(tmp_path / "hf", tmp_path / "mcore", tp=TP, pp=PP)
+    hf_to_mcore(tmp_path / "hf", tmp_path / "mcore", tp=tp, pp=pp, pipeline_layers=split)
     g = torch.Generator().manual_seed(1)
     inputs = {}
     for i in range(NMB):
@@ -117,7 +131,7 @@ def test_tp2_pp2_logits_logprobs_grads_match_hf(tmp_path):
         inputs[f"mask{i}"] = (torch.rand(B, S, generator=g) > 0.3).float()
     save_file(inputs, str(tmp_path / "inputs.safetensors"))
 
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path), tp, pp, split), nprocs=tp * pp, join=True)
 
     # reference: HF float32, same loss (mean over microbatches of the masked mean NLL)
     hf.zero_grad()
@@ -132,7 +146,13 @@ def test_tp2_pp2_logits_logprobs_grads_match_hf(tmp_path):
         ref_logp.append(logp.detach().float())
     total.backward()
 
-    out = {**load_file(tmp_path / "out_pp0.safetensors"), **load_file(tmp_path / "out_pp1.safetensors")}
+    out = {}
+    for s in range(pp):
+        out.update(load_file(tmp_path / f"out_pp{s}.safetensors"))
+    per_stage = split or [layers // pp] * pp
+    for s in range(pp):  # stage s runs HF layers sum(per_stage[:s]) .. (megatron numbers from 1)
+        start = sum(per_stage[:s])
+        assert out[f"layer_numbers{s}"].tolist() == list(range(start + 1, start + per_stage[s] + 1))
     for i in range(NMB):
         assert _rel(out[f"logits{i}"], ref_logits[i]) < 1e-5
         assert torch.allclose(out[f"logp{i}"], ref_logp[i], atol=1e-5, rtol=1e-5)
@@ -141,3 +161,8 @@ def test_tp2_pp2_logits_logprobs_grads_match_hf(tmp_path):
     assert set(got) == set(hf_grads)
     for name, ref in hf_grads.items():
         assert _rel(got[name], ref) < 1e-4, name
+    if split is not None:
+        for r in range(tp * pp):
+            msg = (tmp_path / f"mismatch_rank{r}.txt").read_text()
+            assert f"checkpoint has pipeline_layers={split}" in msg
+            assert f"the model was built with pipeline_layers={split[::-1]}" in msg

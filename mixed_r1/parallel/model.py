@@ -4,12 +4,17 @@ and score tokens through the vocab-parallel log-prob op (logits stay sharded [b,
 Layer spec: Transformer-Engine's where TE is installed (and CUDA present), megatron's local spec
 (torch RMSNorm, unfused attention) otherwise. Vocab is padded to a multiple of TP; the pad columns of
 the logits are masked to -inf before any softmax, so the pad never changes a probability.
+
+Pipeline split: the per-stage layer counts of
+:func:`mixed_r1.models.config.resolve_pipeline_layers` (even, or uneven through megatron's
+``num_layers_in_first_pipeline_stage`` / ``num_layers_in_last_pipeline_stage``); a model loaded
+from an mcore checkpoint is built with the split its manifest records.
 """
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.distributed as dist
@@ -32,15 +37,22 @@ def layer_spec(arch: LMArch):
     return S.get_gpt_layer_local_spec(normalization="RMSNorm")
 
 
-def build_gpt_model(arch: LMArch, *, params_dtype: torch.dtype = torch.float32, **config_overrides: Any):
+def build_gpt_model(arch: LMArch, *, params_dtype: torch.dtype = torch.float32,
+                    pipeline_layers: Sequence[int] | None = None, **config_overrides: Any):
     """GPTModel for this rank's (TP rank, PP stage); parallel sizes come from ``parallel_state``.
 
+    ``pipeline_layers``: transformer layers per stage (None = even), resolved by
+    :func:`~mixed_r1.models.config.resolve_pipeline_layers` and handed to megatron as
+    ``num_layers_in_first/last_pipeline_stage`` (megatron/core/transformer/transformer_block.py
+    ``get_num_layers_to_build``: first and last stage as given, the middle stages even), so this
+    stage's ``decoder.layers.<i>`` are the global layers ``sum(layers[:stage]) + i``.
     ``parallel_output=True``: the last stage returns this TP rank's logits shard [b, s, V_pad/TP].
     """
     from megatron.core.models.gpt import GPTModel
 
     tp, pp = state.tp_size(), state.pp_size()
-    cfg = transformer_config(arch, tp, pp, params_dtype=params_dtype, **config_overrides)
+    cfg = transformer_config(arch, tp, pp, params_dtype=params_dtype,
+                             pipeline_layers=pipeline_layers, **config_overrides)
     model = GPTModel(
         config=cfg, transformer_layer_spec=layer_spec(arch), vocab_size=arch.padded_vocab_size(tp),
         max_sequence_length=arch.max_position_embeddings, pre_process=state.is_first_stage(),
@@ -65,13 +77,33 @@ def te_name(name: str) -> str:
     return name
 
 
+def model_pipeline_layers(model: torch.nn.Module) -> tuple[int, ...]:
+    """The per-stage layer counts ``model`` (a GPTModel or a wrapper with its ``config``) was built
+    with, as megatron itself computes them (``get_num_layers_to_build`` for every stage)."""
+    from megatron.core.transformer.transformer_block import get_num_layers_to_build
+
+    cfg = model.config
+    if cfg.virtual_pipeline_model_parallel_size is not None:
+        raise C.UnsupportedConfigError("virtual pipeline parallelism is not supported")
+    pp = cfg.pipeline_model_parallel_size
+    return tuple(get_num_layers_to_build(cfg, pp_rank=s) for s in range(pp))
+
+
 def load_mcore_shard(model: torch.nn.Module, mcore_dir: str | Path) -> dict[str, Any]:
-    """Copy this rank's verified shard into ``model``; raise naming any missing/unexpected/mis-shaped tensor."""
+    """Copy this rank's verified shard into ``model``; raise naming any missing/unexpected/
+    mis-shaped tensor, or both splits when the model's pipeline split is not the checkpoint's."""
     man = C.read_manifest(mcore_dir)
     tp, pp = state.tp_size(), state.pp_size()
     if (man["tp"], man["pp"]) != (tp, pp):
         raise C.CheckpointError(f"{mcore_dir}: checkpoint is tp={man['tp']} pp={man['pp']}, model is tp={tp} pp={pp}"
                                 " (reshard it with `mixed-r1 convert reshard`)")
+    ckpt_layers, model_layers = C.manifest_pipeline_layers(man), model_pipeline_layers(model)
+    if ckpt_layers != model_layers:
+        flag = ",".join(map(str, model_layers))
+        raise C.CheckpointError(
+            f"{mcore_dir}: checkpoint has pipeline_layers={list(ckpt_layers)}, the model was built "
+            f"with pipeline_layers={list(model_layers)} (build it with the checkpoint's split, or "
+            f"reshard with `mixed-r1 convert reshard --pp {pp} --pipeline-layers {flag}`)")
     params = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     seen = set()
     with torch.no_grad():
@@ -89,11 +121,16 @@ def load_mcore_shard(model: torch.nn.Module, mcore_dir: str | Path) -> dict[str,
     return man
 
 
-def load_policy(mcore_dir: str | Path, **kw: Any):
-    """Build the model for this rank from an mcore checkpoint's manifest and load its shard."""
+def load_policy(mcore_dir: str | Path, *, pipeline_layers: Sequence[int] | None = None, **kw: Any):
+    """Build the model for this rank from an mcore checkpoint's manifest and load its shard.
+
+    The model gets the checkpoint's pipeline split (manifest ``pipeline_layers``; even for old
+    manifests) unless ``pipeline_layers`` asks for another, which then fails in
+    :func:`load_mcore_shard` naming both splits."""
     man = C.read_manifest(mcore_dir)
     arch = arch_from_hf_config(man["hf_config"])
-    model = build_gpt_model(arch, **kw)
+    layers = C.manifest_pipeline_layers(man, arch) if pipeline_layers is None else pipeline_layers
+    model = build_gpt_model(arch, pipeline_layers=layers, **kw)
     load_mcore_shard(model, mcore_dir)
     return model, arch
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -258,15 +258,22 @@ class Qwen25VLPolicy(torch.nn.Module):
 
 
 def load_vl_policy(mcore_dir: str | Path, *, params_dtype: torch.dtype = torch.float32,
-                   attn_implementation: str | None = None, **kw: Any) -> tuple[Qwen25VLPolicy, LMArch]:
+                   attn_implementation: str | None = None,
+                   pipeline_layers: Sequence[int] | None = None,
+                   **kw: Any) -> tuple[Qwen25VLPolicy, LMArch]:
     """Build this rank's Qwen2.5-VL policy from an mcore checkpoint: the GPTModel shard, and on the first
-    pipeline stage the vision tower from ``vision.safetensors`` (checksums verified)."""
+    pipeline stage the vision tower from ``vision.safetensors`` (checksums verified).
+
+    The language model gets the checkpoint's pipeline split (manifest ``pipeline_layers``, even for
+    old manifests; see :func:`mixed_r1.models.config.resolve_pipeline_layers`) unless
+    ``pipeline_layers`` asks for another, which then fails naming both splits."""
     mcore_dir = Path(mcore_dir)
     man = C.read_manifest(mcore_dir)
     arch = arch_from_hf_config(man["hf_config"])
     if not arch.is_vl:
         raise C.CheckpointError(f"{mcore_dir}: model_type={arch.model_type!r} is not a vision-language model")
-    lm = build_gpt_model(arch, params_dtype=params_dtype, **kw)
+    layers = C.manifest_pipeline_layers(man, arch) if pipeline_layers is None else pipeline_layers
+    lm = build_gpt_model(arch, params_dtype=params_dtype, pipeline_layers=layers, **kw)
     load_mcore_shard(lm, mcore_dir)
     visual = None
     if state.is_first_stage():
