@@ -166,3 +166,27 @@ def test_logits_logprobs_grads_match_hf(tmp_path, tp, pp, layers, split):
             msg = (tmp_path / f"mismatch_rank{r}.txt").read_text()
             assert f"checkpoint has pipeline_layers={split}" in msg
             assert f"the model was built with pipeline_layers={split[::-1]}" in msg
+
+
+def test_prepare_mcore_checkpoint_caches_one_conversion_per_split(tmp_path):
+    """Each pipeline split gets its own cache directory (and manifest); a repeat call reuses it."""
+    from mixed_r1.models import PipelineLayersError, read_manifest
+    from mixed_r1.parallel.policy import prepare_mcore_checkpoint
+
+    _tiny_qwen2(layers=3).save_pretrained(tmp_path / "hf")
+    cache = tmp_path / "cache"
+    a = prepare_mcore_checkpoint(tmp_path / "hf", cache, 1, 2, pipeline_layers=[2, 1])
+    b = prepare_mcore_checkpoint(tmp_path / "hf", cache, 1, 2, pipeline_layers=(1, 2))
+    even = prepare_mcore_checkpoint(tmp_path / "hf", cache, 1, 3)
+    assert len({a, b, even}) == 3 and all(p.parent == cache for p in (a, b, even))
+    assert even.name == "tp1_pp3"  # the name even caches had before uneven splits
+    assert read_manifest(a)["pipeline_layers"] == [2, 1]
+    assert read_manifest(b)["pipeline_layers"] == [1, 2]
+    assert read_manifest(even)["pipeline_layers"] == [1, 1, 1]
+    stamp = (a / "manifest.json").stat().st_mtime_ns
+    assert prepare_mcore_checkpoint(tmp_path / "hf", cache, 1, 2, pipeline_layers=[2, 1]) == a
+    assert (a / "manifest.json").stat().st_mtime_ns == stamp  # not converted again
+    assert prepare_mcore_checkpoint(tmp_path / "hf", cache, 1, 3, pipeline_layers=[1, 1, 1]) == even
+    with pytest.raises(PipelineLayersError, match=r"num_hidden_layers=3 is not divisible by pp=2"):
+        prepare_mcore_checkpoint(tmp_path / "hf", cache, 1, 2)
+    assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in (a, b, even))

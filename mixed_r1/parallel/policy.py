@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch.distributed as dist
 
@@ -42,17 +42,34 @@ def _hf_fingerprint(hf_dir: Path) -> str:
     return h.hexdigest()
 
 
-def prepare_mcore_checkpoint(hf_dir: str | Path, cache_dir: str | Path, tp: int, pp: int) -> Path:
-    """The mcore checkpoint of ``hf_dir`` at (tp, pp), converted by global rank 0 into
-    ``cache_dir/tp{tp}_pp{pp}`` (atomic) unless a conversion of the same HF files is already there.
-    Collective: every rank calls it and waits for rank 0."""
+def mcore_cache_name(tp: int, pp: int, layers: Sequence[int]) -> str:
+    """Cache sub-directory of one conversion: ``tp{tp}_pp{pp}`` for the even split (the name caches
+    had before uneven splits), ``tp{tp}_pp{pp}_layers{n0}-{n1}-..`` for an uneven one."""
+    name = f"tp{tp}_pp{pp}"
+    if len(set(layers)) > 1:
+        name += "_layers" + "-".join(str(n) for n in layers)
+    return name
+
+
+def prepare_mcore_checkpoint(hf_dir: str | Path, cache_dir: str | Path, tp: int, pp: int,
+                             pipeline_layers: Sequence[int] | None = None) -> Path:
+    """The mcore checkpoint of ``hf_dir`` at (tp, pp) and the pipeline split ``pipeline_layers``
+    (layers per stage, None = even; resolved by
+    :func:`mixed_r1.models.config.resolve_pipeline_layers`: an uneven split must be megatron's
+    first/last-stage form, middle stages even), converted by global rank 0 into
+    ``cache_dir/<mcore_cache_name>`` (one directory per split; atomic) unless a conversion of the
+    same HF files is already there. Collective: every rank calls it and waits for rank 0."""
+    from ..models.config import arch_from_hf_config
     from ..models.convert import hf_to_mcore
 
     hf_dir = Path(hf_dir)
-    out = Path(cache_dir) / f"tp{tp}_pp{pp}"
+    out: Path | None = None
     err: str | None = None
     if is_main_rank():
         try:
+            arch = arch_from_hf_config(json.loads((hf_dir / "config.json").read_text()))
+            layers = arch.check_parallel(tp, pp, pipeline_layers)
+            out = Path(cache_dir) / mcore_cache_name(tp, pp, layers)
             fp = _hf_fingerprint(hf_dir)
             stamp = out / "mixed_r1_source.json"
             fresh = stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") == fp
@@ -62,7 +79,8 @@ def prepare_mcore_checkpoint(hf_dir: str | Path, cache_dir: str | Path, tp: int,
                 if out.exists():
                     shutil.rmtree(out)
                 out.parent.mkdir(parents=True, exist_ok=True)
-                hf_to_mcore(hf_dir, out, tp=tp, pp=pp)  # written under a temporary name, renamed
+                # written under a temporary name, renamed
+                hf_to_mcore(hf_dir, out, tp=tp, pp=pp, pipeline_layers=layers)
                 tmp = stamp.with_name(stamp.name + ".tmp")
                 tmp.write_text(json.dumps({"hf_dir": str(hf_dir), "fingerprint": fp}))
                 os.replace(tmp, stamp)
@@ -70,10 +88,12 @@ def prepare_mcore_checkpoint(hf_dir: str | Path, cache_dir: str | Path, tp: int,
             err = f"{type(exc).__name__}: {exc}"
             if not dist.is_initialized() or dist.get_world_size() == 1:
                 raise
-    err = broadcast_object(err)
+    err, where = broadcast_object((err, None if out is None else str(out)))
     if err is not None:
-        raise ValueError(f"converting {hf_dir} to mcore (tp={tp}, pp={pp}) failed on rank 0: {err}")
-    return out
+        split = "" if pipeline_layers is None else f", pipeline_layers={list(pipeline_layers)}"
+        raise ValueError(f"converting {hf_dir} to mcore (tp={tp}, pp={pp}{split}) failed on "
+                         f"rank 0: {err}")
+    return Path(where)
 
 
 class DistributedGenerator:
@@ -110,4 +130,4 @@ class DistributedGenerator:
 
 
 __all__ = ["DistributedGenerator", "barrier", "broadcast_object", "is_main_rank",
-           "prepare_mcore_checkpoint"]
+           "mcore_cache_name", "prepare_mcore_checkpoint"]
