@@ -37,7 +37,14 @@ class ModelConfig:
     dtype: str = "float32"  # float32 | bfloat16
     min_pixels: int = 56 * 56
     max_pixels: int = 28 * 28 * 1280
-    gradient_checkpointing: bool = False
+    # activation recompute: none | selective (megatron: core attention only) | full (every layer)
+    recompute: str = "none"
+    gradient_checkpointing: bool = False  # HF's name for recompute: full
+
+    @property
+    def recompute_mode(self) -> str:
+        """``recompute`` with ``gradient_checkpointing: true`` read as ``full``."""
+        return "full" if self.gradient_checkpointing and self.recompute == "none" else self.recompute
 
 
 @dataclass
@@ -147,6 +154,7 @@ class TrainConfig:
 _CHOICES = {
     "model.kind": ("tiny_qwen25vl", "pretrained"),
     "model.dtype": ("float32", "bfloat16"),
+    "model.recompute": ("none", "selective", "full"),
     "data.on_error": ("raise", "skip"),
     "rollout.backend": ("hf", "vllm"),
     "algo.advantage": ("grpo", "dr_grpo", "grpo_batch"),
@@ -175,6 +183,13 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key in _POSITIVE:
         if _get(cfg, key) < 1:
             raise ConfigError(f"config key '{key}' must be >= 1, got {_get(cfg, key)}")
+    if cfg.model.gradient_checkpointing and cfg.model.recompute == "selective":
+        raise ConfigError("config keys 'model.gradient_checkpointing' (= recompute: full) and "
+                          "'model.recompute: selective' disagree; set one of them")
+    if cfg.model.recompute_mode == "selective" and cfg.parallel.backend != "mcore":
+        raise ConfigError("config key 'model.recompute: selective' needs parallel.backend=mcore "
+                          "(megatron's core-attention recompute); the HF backend recomputes "
+                          "whole layers: use 'full'")
     if cfg.model.kind == "pretrained" and not cfg.model.path:
         raise ConfigError("config key 'model.path' is required when model.kind is 'pretrained'")
     if cfg.algo.beta < 0:

@@ -112,7 +112,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
 
         model = load_pretrained_model(m.path, dtype)
     model = model.to(device=cfg.device, dtype=dtype)
-    if m.gradient_checkpointing:
+    if m.recompute_mode == "full":
         model.gradient_checkpointing_enable()
     return model
 
@@ -376,7 +376,8 @@ class GRPOTrainer:
         # update statistics: mean over the step's updates (min / max for the ratio extremes)
         done = [u for u in updates if not u["skipped"]]
         for key in ("loss", "grad_norm", "clip_frac", "clip_frac_low", "clip_frac_high",
-                    "ratio_mean", "kl_mean", "entropy", "logprob_mean", "update/rel_change"):
+                    "ratio_mean", "kl_mean", "kl_clamp_frac", "entropy", "logprob_mean",
+                    "update/rel_change"):
             vals = [u[key] for u in done if key in u]
             if vals:
                 m[key] = float(np.mean(vals))
@@ -539,9 +540,6 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     from mixed_r1.rewards import MixedReward
 
     p = cfg.parallel
-    if cfg.model.gradient_checkpointing:
-        raise ConfigError("model.gradient_checkpointing is not supported with parallel.backend=mcore "
-                          "(use megatron activation recomputation); set it to false")
     if cfg.rollout.backend == "vllm" and (p.pipeline_parallel > 1 or p.data_parallel > 1):
         raise ConfigError("rollout.backend=vllm with parallel.backend=mcore needs "
                           "pipeline_parallel=1 and data_parallel=1 (the engine's TP is the "
@@ -575,7 +573,8 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
                                     lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                                     weight_decay=o.weight_decay,
                                     use_distributed_optimizer=p.distributed_optimizer,
-                                    overlap_grad_reduce=p.overlap_grad_reduce)
+                                    overlap_grad_reduce=p.overlap_grad_reduce,
+                                    recompute=cfg.model.recompute_mode)
     ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
     inner = None
     if cfg.rollout.backend == "vllm":  # every rank: vLLM's external launcher, TP = training TP

@@ -120,6 +120,20 @@ def completion_logprobs(logp: torch.Tensor, mb: dict[str, Any], mask: torch.Tens
     return logp[:n].gather(1, mb["gather_index"]) * mask.to(logp.dtype)
 
 
+def recompute_config(mode: str) -> dict[str, Any]:
+    """megatron-core ``TransformerConfig`` fields for activation recompute: ``selective`` recomputes
+    the core attention (megatron's default ``recompute_modules``), ``full`` every transformer layer
+    from its input (``uniform`` method, one layer per checkpoint), ``none`` nothing."""
+    if mode == "none":
+        return {}
+    if mode == "selective":
+        return {"recompute_granularity": "selective"}
+    if mode == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform",
+                "recompute_num_layers": 1}
+    raise ValueError(f"recompute must be none, selective or full, got {mode!r}")
+
+
 # ------------------------------------------------------------------------------- engine
 class MegatronEngine:
     """This rank's megatron-core policy shard as a :class:`~mixed_r1.engine.base.TrainEngine` (see the
@@ -140,10 +154,6 @@ class MegatronEngine:
         self.device = current_device()
         self.is_vl = arch.is_vl
         self.distributed_optimizer = bool(use_distributed_optimizer)
-        if self.is_vl and state.pp_size() > 1:
-            raise ValueError("parallel.backend=mcore: Qwen2.5-VL with pipeline_parallel > 1 is not "
-                             "supported by the trainer yet (the vision tower lives on the first stage "
-                             "only and is not streamed to the generator); use pipeline_parallel=1")
         self._embed_table: torch.Tensor | None = None
         self.optimizer = None
         if not trainable:
@@ -175,24 +185,32 @@ class MegatronEngine:
     # ---------------------------------------------------------------- building
     @classmethod
     def from_hf(cls, hf_dir: str | Path, cache_dir: str | Path, *, pad_id: int = 0,
-                params_dtype: torch.dtype = torch.float32, **kw: Any) -> "MegatronEngine":
-        """Convert ``hf_dir`` once (rank 0, cached in ``cache_dir``) and load this rank's shard."""
+                params_dtype: torch.dtype = torch.float32, recompute: str = "none",
+                **kw: Any) -> "MegatronEngine":
+        """Convert ``hf_dir`` once (rank 0, cached in ``cache_dir``) and load this rank's shard.
+        ``recompute``: megatron activation recompute, ``none`` | ``selective`` (core attention) |
+        ``full`` (every transformer layer, and the HF vision tower's blocks)."""
         mcore_dir = prepare_mcore_checkpoint(hf_dir, cache_dir, state.tp_size(), state.pp_size())
-        module, arch = cls._load(mcore_dir, params_dtype)
+        module, arch = cls._load(mcore_dir, params_dtype, recompute)
         return cls(module, arch, mcore_dir=mcore_dir, hf_dir=hf_dir, pad_id=pad_id,
                    params_dtype=params_dtype, **kw)
 
     @staticmethod
-    def _load(mcore_dir: Path, params_dtype: torch.dtype) -> tuple[torch.nn.Module, LMArch]:
+    def _load(mcore_dir: Path, params_dtype: torch.dtype, recompute: str = "none"
+              ) -> tuple[torch.nn.Module, LMArch]:
         from mixed_r1.models.config import arch_from_hf_config
         from mixed_r1.models.convert import read_manifest
         from mixed_r1.parallel.model import load_policy
         from mixed_r1.parallel.multimodal import load_vl_policy
 
         arch = arch_from_hf_config(read_manifest(mcore_dir)["hf_config"])
+        kw = recompute_config(recompute)
         if arch.is_vl:
-            return load_vl_policy(mcore_dir, params_dtype=params_dtype)
-        return load_policy(mcore_dir, params_dtype=params_dtype)
+            module, arch = load_vl_policy(mcore_dir, params_dtype=params_dtype, **kw)
+            if recompute == "full" and module.visual is not None:
+                module.visual.gradient_checkpointing_enable()
+            return module, arch
+        return load_policy(mcore_dir, params_dtype=params_dtype, **kw)
 
     def frozen_copy(self) -> "MegatronEngine":
         """A frozen copy of the current weights (the KL reference), built from the same shards."""
@@ -328,7 +346,8 @@ class MegatronEngine:
         from mixed_r1.rollout.weight_sync import MegatronWeightStream
 
         lm = getattr(self.module, "language_model", self.module)
-        return MegatronWeightStream(lm, self.arch, extra=self._vision_tensors(), **kw)
+        # the vision tower lives on the first pipeline stage, which streams it to the others
+        return MegatronWeightStream(lm, self.arch, extra=self._vision_tensors(), extra_stage=0, **kw)
 
     def export_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """HF-named full tensors streamed from the shards (collective: every rank iterates it). On

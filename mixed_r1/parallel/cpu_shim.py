@@ -19,6 +19,9 @@ here ever runs on a GPU. Everything it changes, and why:
    (``torch.BFloat16Tensor`` → ``torch.cuda.BFloat16Tensor``): megatron's mixed-precision and
    distributed optimizers sort parameters by those strings and refuse anything else. Calls from any
    other module see the real name.
+6. Activation recompute (``tensor_parallel.CheckpointFunction``) saves and restores the CPU RNG, the
+   CUDA RNG and the tracker's states around the recomputation. The CUDA generator's get/set become
+   no-ops: on CPU every stream is the CPU generator (or a tracker state), already handled there.
 
 Call :func:`install` before building models (``mixed_r1.parallel.init_parallel`` does).
 """
@@ -183,6 +186,8 @@ def install() -> bool:
     mrandom.model_parallel_cuda_manual_seed = model_parallel_cpu_manual_seed
     tensor_parallel.model_parallel_cuda_manual_seed = model_parallel_cpu_manual_seed
     mrandom.initialize_rng_tracker = lambda *a, **k: None
+    mrandom._get_cuda_rng_state = lambda *a, **k: torch.empty(0, dtype=torch.uint8)
+    mrandom._set_cuda_rng_state = lambda *a, **k: None
     torch.Tensor.type = _megatron_tensor_type(torch.Tensor.type)  # type: ignore[method-assign]
     for name in _CUDA_FACTORY_MODULES:
         importlib.import_module(name).torch = _CpuTorch()
