@@ -1,10 +1,12 @@
 """GRPO steps on the megatron-core policy backend, run under torchrun (gloo ranks, float32).
 
-    torchrun --nproc_per_node N tests/mcore_trainer_checks.py OUT DATA BACKEND TP [resume] [dp=D]
+    torchrun --nproc_per_node N tests/mcore_trainer_checks.py OUT DATA BACKEND TP [resume] [dp=D] [pp=P]
+        [distopt]
 
 Builds the trainer from the tiny test config (tiny Qwen2.5-VL, HF generator on rank 0) with
 ``parallel.backend=BACKEND`` (``mcore`` or ``hf``), ``parallel.tensor_parallel=TP`` and
-``parallel.data_parallel=D`` (default 1; N = TP·D), runs two
+``parallel.data_parallel=D``, ``parallel.pipeline_parallel=P`` (default 1; N = TP·PP·DP) and, with
+``distopt``, megatron-core's distributed optimizer, runs two
 GRPO steps (2 PPO epochs, beta > 0: old/ref log-probs, KL, clipping all exercised), then streams the
 weights out (``export_hf_weights``) and saves a checkpoint. Rank 0 writes ``OUT/result.json``
 (metrics, rewards and sampled tokens of every step; the total reward is replaced by a
@@ -38,12 +40,14 @@ if __name__ == "__main__":
     extra = sys.argv[5:]
     with_resume = "resume" in extra
     dp = next((int(a[3:]) for a in extra if a.startswith("dp=")), 1)
+    pp = next((int(a[3:]) for a in extra if a.startswith("pp=")), 1)
     run = out / "run"
     overrides = tiny_overrides(data, run, steps=2) + [
         "model.hidden_size=64", "model.intermediate_size=128", "model.num_heads=4",
         "model.num_kv_heads=2", "algo.ppo_epochs=2", "algo.beta=0.05",
         f"parallel.backend={backend}", f"parallel.tensor_parallel={tp}",
-        f"parallel.data_parallel={dp}"]
+        f"parallel.data_parallel={dp}", f"parallel.pipeline_parallel={pp}",
+        f"parallel.distributed_optimizer={'distopt' in extra}"]
     cfg = load_config(None, overrides)
     trainer = build_trainer(cfg, run)
     real_reward = trainer.reward

@@ -43,14 +43,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(out: Path, data: Path, backend: str, tp: int, *extra: str, dp: int = 1) -> dict:
+def _run(out: Path, data: Path, backend: str, tp: int, *extra: str, dp: int = 1, pp: int = 1) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     if dp > 1:
         extra = (*extra, f"dp={dp}")
+    if pp > 1:
+        extra = (*extra, f"pp={pp}")
     if backend == "hf":
         cmd = [sys.executable, str(SCRIPT), str(out), str(data), backend, str(tp), *extra]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp * dp),
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp * dp * pp),
                "--master_port", str(_free_port()), str(SCRIPT), str(out), str(data), backend,
                str(tp), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
@@ -76,8 +78,17 @@ def runs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def dp2(runs, tmp_path_factory):
-    """TP=1, PP=1, DP=2 on the same data (2 gloo ranks), with a checkpoint resume."""
-    return _run(tmp_path_factory.mktemp("mcore_dp2"), runs["data"], "mcore", 1, "resume", dp=2)
+    """TP=1, PP=1, DP=2 with the distributed optimizer on the same data (2 gloo ranks), with a
+    checkpoint resume."""
+    return _run(tmp_path_factory.mktemp("mcore_dp2"), runs["data"], "mcore", 1, "resume",
+                "distopt", dp=2)
+
+
+@pytest.fixture(scope="module")
+def pp2(runs, tmp_path_factory):
+    """TP=1, PP=2, DP=1: the tiny Qwen2.5-VL's two layers on two stages, the vision tower on the
+    first; with a checkpoint resume."""
+    return _run(tmp_path_factory.mktemp("mcore_pp2"), runs["data"], "mcore", 1, "resume", pp=2)
 
 
 def _compare_metrics(got: list[dict], ref: list[dict]) -> None:
@@ -143,9 +154,10 @@ def test_mcore_tp2_matches_tp1(runs):
 @pytest.mark.multirank
 @pytest.mark.slow
 def test_mcore_dp2_matches_tp1(runs, dp2):
-    """2 GRPO steps at DP=2 (micro-batches split over the replicas, gradients and metrics summed
-    over the DP group) give TP=1's metrics and weights; the checkpoint holds one copy of the shard
-    (DP rank 0 writes it) and resumes exactly on both replicas."""
+    """2 GRPO steps at DP=2 (micro-batches split over the replicas, gradients reduce-scattered and
+    metrics summed over the DP group, Adam state sharded by the distributed optimizer) give TP=1's
+    metrics and weights; the checkpoint holds one copy of the model shard (DP rank 0 writes it) and
+    one optimizer shard per DP rank, and resumes exactly on both replicas."""
     for m in dp2["metrics"]:
         assert m["rows/kept"] == 8  # 2 micro-batches: one per replica
     _compare_metrics(dp2["metrics"], runs["tp1"]["metrics"])
@@ -154,8 +166,25 @@ def test_mcore_dp2_matches_tp1(runs, dp2):
     assert all(tp1[k].shape == got[k].shape for k in tp1)
     assert _update_rel_diff(got, tp1, _init_weights(runs["init"], tp1)) < 1e-3
     assert dp2["ckpt_files"] == ["config.yaml", "model_tp00_pp000.safetensors",
-                                 "optimizer_tp00_pp000.pt", "rng.pt", "trainer_state.json"]
+                                 "optimizer_tp00_pp000_dp000.pt", "optimizer_tp00_pp000_dp001.pt",
+                                 "rng.pt", "trainer_state.json"]
     assert dp2["resume_exact"]
+
+
+@pytest.mark.multirank
+@pytest.mark.slow
+def test_mcore_vl_pp2_matches_tp1(runs, pp2):
+    """Qwen2.5-VL trains at PP=2: the vision tower runs on the first stage only, mrope positions are
+    computed on every stage, the tied embedding's gradient is summed over the first and last stage,
+    and the weight stream carries the vision tower from the first stage to every generator."""
+    _compare_metrics(pp2["metrics"], runs["tp1"]["metrics"])
+    tp1, got = runs["tp1"]["weights"], pp2["weights"]
+    assert sorted(tp1) == sorted(got)
+    assert _update_rel_diff(got, tp1, _init_weights(runs["init"], tp1)) < 1e-3
+    assert pp2["ckpt_files"] == ["config.yaml", "model_tp00_pp000.safetensors",
+                                 "model_tp00_pp001.safetensors", "optimizer_tp00_pp000.pt",
+                                 "optimizer_tp00_pp001.pt", "rng.pt", "trainer_state.json"]
+    assert pp2["resume_exact"]
 
 
 @pytest.mark.multirank

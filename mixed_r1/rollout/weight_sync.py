@@ -15,10 +15,15 @@ stream lazily (one ``reload_weights`` pass), so no full-model copy exists anywhe
 
 Every rank must iterate the stream (it runs collectives); ranks without a generator drain it
 with :func:`sync_weights` and ``generator=None``.
+
+Pipeline split: the stage owning each layer, and its stage-local name, follow the split the model
+was built with, as megatron reports it from the model's config (``get_num_layers_to_build`` per
+stage: even, or ``num_layers_in_first/last_pipeline_stage`` with even middle stages; see
+:func:`mixed_r1.models.config.resolve_pipeline_layers`).
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +34,7 @@ from mixed_r1.models.mapping import (TensorSpec, canonical_to_hf, hf_expected_sh
                                      local_name, tp_merge, tp_shard_shape, unit_specs,
                                      unit_stage, units)
 from mixed_r1.parallel import state
-from mixed_r1.parallel.model import te_name
+from mixed_r1.parallel.model import model_pipeline_layers, te_name
 
 
 @dataclass
@@ -42,35 +47,48 @@ class _Bucket:
 class MegatronWeightStream:
     """Iterable of ``(hf_name, tensor)`` from a megatron ``GPTModel`` shard on every rank.
 
-    ``specs()`` lists every HF name and full shape up front (from the architecture alone, no
-    communication), so a generator can validate the whole update before loading anything.
-    ``dtype`` casts what is sent (e.g. bf16 for a bf16 engine); ``extra`` are named tensors
-    held whole on every rank (e.g. a replicated vision tower), sent after the LM.
+    ``specs()`` lists every HF name and full shape up front (from the architecture, and for the
+    extras one object broadcast at construction), so a generator can validate the whole update
+    before loading anything. ``dtype`` casts what is sent (e.g. bf16 for a bf16 engine);
+    ``extra`` are named tensors held whole by the pipeline stage ``extra_stage`` (e.g. the
+    replicated vision tower on the first stage; empty on the other stages), sent after the LM:
+    with PP > 1 that stage broadcasts them over the pipeline group in buckets of
+    ``bucket_bytes``, so every stage's generator receives them.
     """
 
     def __init__(self, model: torch.nn.Module, arch: LMArch, *, bucket_bytes: int = 256 << 20,
                  dtype: torch.dtype | None = None,
-                 extra: dict[str, torch.Tensor] | None = None) -> None:
+                 pipeline_layers: Sequence[int] | None = None,
+                 extra: dict[str, torch.Tensor] | None = None, extra_stage: int = 0) -> None:
         self.model, self.arch = model, arch
         self.bucket_bytes = int(bucket_bytes)
         self.dtype = dtype
         self.extra = extra or {}
+        self.extra_stage = int(extra_stage)
         self.tp, self.pp = state.tp_size(), state.pp_size()
+        self.layers = stream_pipeline_layers(model, arch, self.pp, pipeline_layers)
         self.bytes_sent = 0
+        self._extra_specs = {k: (tuple(v.shape), v.dtype) for k, v in self.extra.items()}
+        if self.pp > 1:  # the other stages learn names, shapes and dtypes from the owner
+            box = [self._extra_specs]
+            dist.broadcast_object_list(box, src=dist.get_global_rank(state.pp_group(),
+                                                                     self.extra_stage),
+                                       group=state.pp_group())
+            self._extra_specs = box[0]
 
     # ------------------------------------------------------------------------ planning
     def specs(self) -> dict[str, tuple[int, ...]]:
         out: dict[str, tuple[int, ...]] = {}
         for unit in units(self.arch):
             out.update(hf_expected_shapes(self.arch, unit))
-        out.update({k: tuple(v.shape) for k, v in self.extra.items()})
+        out.update({k: shape for k, (shape, _) in self._extra_specs.items()})
         return out
 
     def _buckets(self) -> Iterator[_Bucket]:
         current: _Bucket | None = None
         size = 0
         for unit in units(self.arch):
-            stage = unit_stage(self.arch, unit, self.pp)
+            stage = unit_stage(self.arch, unit, self.pp, self.layers)
             specs = [(unit, s) for s in unit_specs(self.arch, unit)]
             nbytes = sum(_numel(tp_shard_shape(s, self.tp, self.arch)) for _, s in specs) * 4
             if current is not None and (current.stage != stage or size >= self.bucket_bytes):
@@ -93,7 +111,7 @@ class MegatronWeightStream:
         """On the owning stage: all-gather the bucket's shards over TP, merge to canonical."""
         shards = []
         for _, spec in bucket.specs:
-            name = local_name(self.arch, spec.name, self.pp)
+            name = local_name(self.arch, spec.name, self.pp, self.layers)
             name = name if name in params else te_name(name)
             shards.append(params[name].detach())
         dtype = shards[0].dtype
@@ -144,8 +162,38 @@ class MegatronWeightStream:
                 unit_tensors = {s.name: canonical[s.name] for s in unit_specs(self.arch, unit)}
                 for name, tensor in canonical_to_hf(self.arch, unit, unit_tensors).items():
                     yield self._send(name, tensor)
-        for name, tensor in self.extra.items():
-            yield self._send(name, tensor.detach())
+        yield from self._extras(first.device)
+
+    def _extras(self, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+        """The extra tensors; with PP > 1 broadcast from their stage in flat per-dtype buckets."""
+        if self.pp == 1:
+            for name, tensor in self.extra.items():
+                yield self._send(name, tensor.detach())
+            return
+        group = state.pp_group()
+        src = dist.get_global_rank(group, self.extra_stage)
+        mine = state.pp_rank() == self.extra_stage
+        bucket: list[tuple[str, tuple[int, ...]]] = []
+        size, dtype = 0, None
+        items = list(self._extra_specs.items())
+        for i, (name, (shape, dt)) in enumerate(items):
+            bucket.append((name, shape))
+            size += _numel(shape) * dt.itemsize
+            dtype = dt
+            nxt = items[i + 1][1][1] if i + 1 < len(items) else None
+            if size < self.bucket_bytes and nxt == dtype:
+                continue
+            if mine:
+                flat = torch.cat([self.extra[n].detach().reshape(-1) for n, _ in bucket])
+            else:
+                flat = torch.empty(sum(_numel(s) for _, s in bucket), dtype=dtype, device=device)
+            dist.broadcast(flat, src=src, group=group)
+            offset = 0
+            for n, s in bucket:
+                k = _numel(s)
+                yield self._send(n, flat[offset:offset + k].view(s))
+                offset += k
+            bucket, size = [], 0
 
     def _send(self, name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
         if self.dtype is not None:
@@ -159,6 +207,22 @@ def _numel(shape) -> int:
     for d in shape:
         n *= int(d)
     return n
+
+
+def stream_pipeline_layers(model: torch.nn.Module, arch: LMArch, pp: int,
+                           pipeline_layers: Sequence[int] | None = None) -> tuple[int, ...]:
+    """Per-stage layer counts of ``model``: megatron's own count from ``model.config`` (see
+    :func:`mixed_r1.parallel.model.model_pipeline_layers`), or, for a model without a megatron
+    config, ``resolve_pipeline_layers(pp, pipeline_layers)``. A ``pipeline_layers`` that differs
+    from the model's split raises ValueError naming both."""
+    asked = None if pipeline_layers is None else arch.stage_layers(pp, pipeline_layers)
+    if getattr(model, "config", None) is None:
+        return asked if asked is not None else arch.stage_layers(pp)
+    built = arch.stage_layers(pp, model_pipeline_layers(model))
+    if asked is not None and asked != built:
+        raise ValueError(f"pipeline_layers={list(asked)} was asked for, but the model was built "
+                         f"with pipeline_layers={list(built)}")
+    return built
 
 
 def sync_weights(stream: MegatronWeightStream, generator=None) -> int:
