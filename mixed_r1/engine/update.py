@@ -30,7 +30,9 @@ import torch
 from mixed_r1.engine.base import LossConfig, PolicyBatch, TrainEngine
 
 #: token-weighted means reduced over micro-batches and data-parallel replicas
-MEAN_METRICS = ("clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean", "entropy")
+MEAN_METRICS = ("clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean",
+                "kl_clamp_frac", "entropy")
+KL_METRICS = ("kl_mean", "kl_clamp_frac")  # present when the micro-batches carry ref log-probs
 
 
 class PolicyLoss:
@@ -74,7 +76,7 @@ def run_update(engine: TrainEngine, micro_batches: Sequence[PolicyBatch], loss_c
     ``rollout_logprob_abs_diff``. Collective over the engine's ranks; same result on every rank."""
     dev = engine.device
     has_kl = any(mb.ref_logprobs is not None for mb in micro_batches)
-    keys = [k for k in MEAN_METRICS if k != "kl_mean" or has_kl]
+    keys = [k for k in MEAN_METRICS if k not in KL_METRICS or has_kl]
     engine.zero_grad()
     results = engine.forward_backward(micro_batches, PolicyLoss(loss_cfg))
 

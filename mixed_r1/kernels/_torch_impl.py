@@ -29,7 +29,8 @@ def row_stats(x: torch.Tensor, targets: torch.Tensor, temperature: float, vocab_
                                      .squeeze(-1) + mc, torch.zeros_like(mc))
         if want_z:  # z = sum e * x with x = c + m
             e = c.exp()
-            z[i:i + step] = torch.where(e > 0, e * c, 0.0).sum(-1) + mc * e.sum(-1)  # -inf logits add 0
+            # -inf logits (a padded vocab) add 0, not 0 * -inf
+            z[i:i + step] = (e * torch.where(e > 0, c, 0.0)).sum(-1) + mc * e.sum(-1)
             s[i:i + step] = e.sum(-1)
             del e
         else:

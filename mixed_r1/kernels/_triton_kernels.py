@@ -31,7 +31,7 @@ def _row_stats_kernel(X, TGT, M, S, Z, TX, stride_b, stride_t, T_len, V, vocab_s
         e = tl.exp(x - m_new)
         s = s * alpha + tl.sum(e, axis=0)
         if WANT_Z:
-            z = z * alpha + tl.sum(tl.where(e > 0.0, e * x, 0.0), axis=0)  # -inf logits add 0
+            z = z * alpha + tl.sum(e * tl.where(e > 0.0, x, 0.0), axis=0)  # -inf logits: 0
         m = m_new
     tgt = tl.load(TGT + row).to(tl.int64) - vocab_start
     own = (tgt >= 0) & (tgt < V)
@@ -99,7 +99,7 @@ def _grpo_fused_kernel(X, G, TGT, ADV, OLD, REF, W, LOGP, LSE, ENT,
             alpha = tl.exp(m - m_new)
             e = tl.exp(x - m_new)
             s = s * alpha + tl.sum(e, axis=0)
-            z = z * alpha + tl.sum(tl.where(e > 0.0, e * x, 0.0), axis=0)  # -inf logits add 0
+            z = z * alpha + tl.sum(e * tl.where(e > 0.0, x, 0.0), axis=0)  # -inf logits: 0
             m = m_new
         lse = m + tl.log(s)
         tgt = tl.load(TGT + row).to(tl.int64)
