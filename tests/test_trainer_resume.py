@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,9 +19,15 @@ ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ("time/", "perf/")  # wall-clock numbers differ between runs
 
 
-def _cmd(cfg: Path, out: Path, resume: bool = False) -> list[str]:
-    cmd = [sys.executable, "-m", "mixed_r1.train_cli", "train", "--config", str(cfg),
-           f"out_dir={out}"]
+def _cmd(cfg: Path, out: Path, resume: bool = False, world: int = 1) -> list[str]:
+    launch = [sys.executable, "-m", "mixed_r1.train_cli"]
+    if world > 1:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
+                  "--master_port", str(port), "-m", "mixed_r1.train_cli"]
+    cmd = launch + ["train", "--config", str(cfg), f"out_dir={out}"]
     return cmd + (["--resume"] if resume else [])
 
 
@@ -34,14 +41,15 @@ def _stable(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
 
 
-@pytest.mark.timeout(600)
-def test_sigkill_and_resume_is_exact(tmp_path):
+def _kill_and_resume(tmp_path: Path, extra: list[str], world: int = 1) -> None:
+    """Run 4 steps uninterrupted; run again, SIGKILL it (the whole process group) inside step 3,
+    resume; metrics and final weights must be identical."""
     from mixed_r1.metrics import read_metrics
 
     data = make_data(tmp_path / "data")
     cfg = tmp_path / "cfg.yaml"
     lines = [o.split("=", 1) for o in tiny_overrides(data, tmp_path, steps=4)
-             + ["save_every=1", "keep_last=10", "algo.ppo_epochs=2"]]
+             + ["save_every=1", "keep_last=10", "algo.ppo_epochs=2"] + extra]
     import yaml
 
     nested: dict = {}
@@ -54,22 +62,23 @@ def test_sigkill_and_resume_is_exact(tmp_path):
     cfg.write_text(yaml.safe_dump(nested))
 
     ref_dir, cut_dir = tmp_path / "ref", tmp_path / "cut"
-    subprocess.run(_cmd(cfg, ref_dir), check=True, env=_env(), cwd=ROOT,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=400)
+    subprocess.run(_cmd(cfg, ref_dir, world=world), check=True, env=_env(), cwd=ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
 
-    proc = subprocess.Popen(_cmd(cfg, cut_dir), env=_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cmd(cfg, cut_dir, world=world), env=_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     ck2 = cut_dir / "checkpoints" / "step_00000002"
-    deadline = time.time() + 300
+    deadline = time.time() + 400
     while not ck2.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     assert ck2.exists(), "the run never reached its step-2 checkpoint"
     time.sleep(0.3)  # inside step 3
-    os.kill(proc.pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (cut_dir / "model").exists(), "the run finished before it was killed"
-    subprocess.run(_cmd(cfg, cut_dir, resume=True), check=True, env=_env(), cwd=ROOT,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=400)
+    subprocess.run(_cmd(cfg, cut_dir, resume=True, world=world), check=True, env=_env(), cwd=ROOT,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
 
     ref, cut = read_metrics(ref_dir), read_metrics(cut_dir)
     assert [r["step"] for r in cut] == [1, 2, 3, 4]
@@ -82,3 +91,20 @@ def test_sigkill_and_resume_is_exact(tmp_path):
     b = load_file(str(cut_dir / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.timeout(900)
+def test_sigkill_and_resume_is_exact(tmp_path):
+    _kill_and_resume(tmp_path, [])
+
+
+@pytest.mark.multirank
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_sigkill_and_resume_is_exact_megatron_distributed_optimizer(tmp_path):
+    """The megatron backend at DP=2 with the distributed optimizer, bf16 with fp32 masters: every
+    rank restores its model shard, its optimizer shard (masters and moments) and the RNGs."""
+    _kill_and_resume(tmp_path, ["parallel.backend=mcore", "parallel.data_parallel=2",
+                                "parallel.distributed_optimizer=true", "model.dtype=bfloat16",
+                                "model.hidden_size=64", "model.intermediate_size=128",
+                                "model.num_heads=4", "model.num_kv_heads=2"], world=2)
