@@ -190,3 +190,36 @@ def test_prepare_mcore_checkpoint_caches_one_conversion_per_split(tmp_path):
     with pytest.raises(PipelineLayersError, match=r"num_hidden_layers=3 is not divisible by pp=2"):
         prepare_mcore_checkpoint(tmp_path / "hf", cache, 1, 2)
     assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in (a, b, even))
+
+
+@pytest.mark.parametrize("layers,pp,split", [(4, 2, None), (3, 2, [2, 1]), (3, 2, [1, 2]),
+                                             (28, 3, [10, 9, 9]), (30, 4, [6, 8, 8, 8]),
+                                             (7, 3, [1, 5, 1])])
+def test_megatron_builds_the_resolved_split(layers, pp, split):
+    """megatron-core's own per-stage count and layer offset, from the TransformerConfig we build,
+    are the split resolve_pipeline_layers decided (no process group needed: pp_rank is explicit)."""
+    from types import SimpleNamespace
+
+    from megatron.core.transformer.transformer_block import get_num_layers_to_build
+    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
+
+    from mixed_r1.models.config import arch_from_hf_config, transformer_config
+    from mixed_r1.parallel.model import model_pipeline_layers
+    from mixed_r1.rollout.weight_sync import stream_pipeline_layers
+
+    hf_cfg = _tiny_qwen2(layers=1).config.to_dict()
+    arch = arch_from_hf_config({**hf_cfg, "num_hidden_layers": layers})
+    cfg = transformer_config(arch, 1, pp, pipeline_layers=split)
+    want = split or [layers // pp] * pp
+    assert [get_num_layers_to_build(cfg, pp_rank=s) for s in range(pp)] == want
+    assert [get_transformer_layer_offset(cfg, pp_rank=s) for s in range(pp)] == \
+        [sum(want[:s]) for s in range(pp)]
+    model = SimpleNamespace(config=cfg)
+    assert model_pipeline_layers(model) == tuple(want)
+    assert stream_pipeline_layers(model, arch, pp) == tuple(want)
+    if split is not None and split != split[::-1]:
+        import re
+
+        msg = f"model was built with pipeline_layers={want}"
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            stream_pipeline_layers(model, arch, pp, pipeline_layers=split[::-1])

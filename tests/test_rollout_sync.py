@@ -36,6 +36,17 @@ def test_stream_is_bit_exact_hf_weights(tmp_path, tp, pp):
 
 
 @pytest.mark.multirank
+@pytest.mark.parametrize("split", [[2, 1], [1, 2]])
+def test_stream_uneven_pipeline_split_is_bit_exact_hf_weights(tmp_path, split):
+    """3 layers on PP=2 split (2, 1) / (1, 2): each layer streams from the stage that owns it."""
+    r = run_sync(tmp_path, 1, 2, "split=" + ",".join(map(str, split)))
+    assert r["built_layers"] == split  # megatron built the checkpoint's split (rank r = stage r)
+    assert r["stream_layers"] == split
+    assert r["names_equal"] and r["bit_exact"] and r["specs_match"]
+    assert r["n_buckets"] > 1
+
+
+@pytest.mark.multirank
 @pytest.mark.slow
 def test_vllm_after_sync_from_tp2_policy_decodes_like_transformers(tmp_path):
     r = run_sync(tmp_path, 2, 1, "vllm")

@@ -1,9 +1,10 @@
 """Weight sync from a megatron policy into VLLMGenerator, run under torchrun (2 gloo ranks).
 
-    torchrun --nproc_per_node 2 tests/rollout/sync_checks.py WORKDIR TP PP [vllm]
+    torchrun --nproc_per_node 2 tests/rollout/sync_checks.py WORKDIR TP PP [vllm | split=N0,N1,..]
 
 Rank 0 builds two tiny HF Qwen2 models, A (seed 0, what vLLM starts from) and B (seed 1,
-converted to mcore at TP/PP and loaded into the megatron policy). Every rank streams the
+converted to mcore at TP/PP and loaded into the megatron policy). With ``split=2,1`` both have
+sum(split) layers and B is converted with that uneven pipeline split. Every rank streams the
 policy's shards; the streamed HF tensors must equal B's bit for bit. With ``vllm``: a vLLM
 engine (external launcher, TP = the training TP) serving A receives the stream and must then
 decode like transformers does with B. Rank 0 prints one ``RESULT {json}`` line.
@@ -27,6 +28,10 @@ if __name__ == "__main__":
 
     workdir, tp, pp = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     with_vllm = len(sys.argv) > 4 and sys.argv[4] == "vllm"
+    split = None
+    if len(sys.argv) > 4 and sys.argv[4].startswith("split="):
+        split = [int(x) for x in sys.argv[4][len("split="):].split(",")]
+    n_layers = 2 if split is None else sum(split)
     torch.set_num_threads(1)
     from mixed_r1.parallel import ParallelConfig, init_parallel, load_policy
 
@@ -35,9 +40,9 @@ if __name__ == "__main__":
     if rank == 0:
         from mixed_r1.models import hf_to_mcore
 
-        build_tiny(str(workdir / "A"), seed=0)
-        build_tiny(str(workdir / "B"), seed=1)
-        hf_to_mcore(workdir / "B", workdir / "mcore", tp=tp, pp=pp)
+        build_tiny(str(workdir / "A"), seed=0, num_layers=n_layers)
+        build_tiny(str(workdir / "B"), seed=1, num_layers=n_layers)
+        hf_to_mcore(workdir / "B", workdir / "mcore", tp=tp, pp=pp, pipeline_layers=split)
     dist.barrier()
     model, arch = load_policy(workdir / "mcore")
     from mixed_r1.rollout.weight_sync import MegatronWeightStream, sync_weights
@@ -52,6 +57,10 @@ if __name__ == "__main__":
     result["bit_exact"] = all(torch.equal(got[k], reference[k]) for k in reference if k in got)
     result["specs_match"] = stream.specs() == {k: tuple(v.shape) for k, v in reference.items()}
     result["n_buckets"] = sum(1 for _ in stream._buckets())
+    result["stream_layers"] = list(stream.layers)
+    stage_layers = [None] * dist.get_world_size()  # what megatron built on each rank's stage
+    dist.all_gather_object(stage_layers, (dist.get_rank(), len(model.decoder.layers)))
+    result["built_layers"] = [n for _, n in sorted(stage_layers)]
     if with_vllm:
         from mixed_r1.rollout.base import Prompt, SamplingParams
         from mixed_r1.rollout.vllm_backend import VLLMGenerator

@@ -9,7 +9,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
-def build_tiny(out_dir: str, seed: int):
+def build_tiny(out_dir: str, seed: int, num_layers: int = 2):
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -19,7 +19,8 @@ def build_tiny(out_dir: str, seed: int):
     tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<eos>")
     hf_tok.save_pretrained(out_dir)
-    cfg = Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    cfg = Qwen2Config(vocab_size=64, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=num_layers,
                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
                       eos_token_id=27, bos_token_id=27, tie_word_embeddings=False,
                       initializer_range=0.3)
