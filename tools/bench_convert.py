@@ -55,13 +55,11 @@ def main() -> int:
     args = p.parse_args()
     import torch
 
-    from mixed_r1.models.smollm2 import load_smollm2, save_hf
+    from mixed_r1.models.gguf import SMOLLM2, gguf_to_hf
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        model, tok = load_smollm2(getattr(torch, args.dtype))
-        hf = save_hf(model, tok, tmp / "hf")
-        del model
+        hf = gguf_to_hf(SMOLLM2, tmp / "hf", dtype=args.dtype)
         size_mb = sum(f.stat().st_size for f in hf.glob("*.safetensors")) / 2 ** 20
         rows = [("import only (baseline)", _child("import", "", "", 1, 1), None),
                 ("load_file+save_file copy (baseline)", _child("copy", str(hf), str(tmp / "copy.st"), 1, 1), size_mb),
