@@ -22,7 +22,10 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     """The policy. ``kind``: ``tiny_qwen25vl`` (random, built from the sizes below with the real
-    Qwen2.5 tokenizer) or ``pretrained`` (a local HF directory in ``path``)."""
+    Qwen2.5 tokenizer) or ``pretrained`` (a local HF directory in ``path``: its own tokenizer,
+    chat template, generation config and, for Qwen2.5-VL, image processor are used).
+    ``min_pixels``/``max_pixels``: the image budget; unset, a pretrained Qwen2.5-VL keeps its
+    ``preprocessor_config.json``'s and the tiny model Qwen2.5-VL's defaults."""
 
     kind: str = "tiny_qwen25vl"
     path: str | None = None
@@ -35,8 +38,8 @@ class ModelConfig:
     vision_hidden: int = 32
     vision_depth: int = 2
     dtype: str = "float32"  # float32 | bfloat16
-    min_pixels: int = 56 * 56
-    max_pixels: int = 28 * 28 * 1280
+    min_pixels: int | None = None
+    max_pixels: int | None = None
     # activation recompute: none | selective (megatron: core attention only) | full (every layer)
     recompute: str = "none"
     gradient_checkpointing: bool = False  # HF's name for recompute: full
@@ -69,6 +72,8 @@ class RolloutConfig:
     top_p: float = 1.0
     top_k: int = 0
     batch_size: int = 32  # HF generate batch
+    max_prompt_length: int = 1024  # tokens, images included
+    max_model_len: int | None = None  # vllm; default max_prompt_length + max_new_tokens
     gpu_memory_utilization: float = 0.5  # vllm
     enable_sleep_mode: bool = True  # vllm
 
@@ -111,14 +116,17 @@ class ParallelConfig:
     """Policy backend and its layout. ``backend: hf`` is single-process; ``mcore`` is the
     megatron-core TP/PP/DP policy (:class:`mixed_r1.engine.megatron.MegatronEngine`), launched with
     ``torchrun --nproc_per_node tensor_parallel*pipeline_parallel*data_parallel``.
-    ``distributed_optimizer``: megatron-core's distributed optimizer (fp32 masters and Adam moments
-    sharded over DP); ``overlap_grad_reduce``: start DP gradient reduction during the backward."""
+    ``pipeline_layers``: transformer layers per pipeline stage (megatron's rule: first and last stage
+    free, the middle ones equal); ``distributed_optimizer``: megatron-core's distributed optimizer
+    (fp32 masters and Adam moments sharded over DP); ``overlap_grad_reduce``: start DP gradient
+    reduction during the backward."""
 
     backend: str = "hf"  # hf | mcore
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     data_parallel: int = 1
     colocate_generator: bool = True
+    pipeline_layers: list[int] | None = None  # layers per stage, e.g. [10, 9, 9]; None: even
     distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
 
@@ -197,6 +205,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.rollout.temperature <= 0:
         raise ConfigError("config key 'rollout.temperature' must be > 0 for GRPO sampling "
                           f"(got {cfg.rollout.temperature})")
+    layers = cfg.parallel.pipeline_layers
+    if layers is not None and (len(layers) != cfg.parallel.pipeline_parallel
+                               or any(not isinstance(x, int) or x < 1 for x in layers)):
+        raise ConfigError(f"config key 'parallel.pipeline_layers': {layers!r} must list one "
+                          f"positive layer count per pipeline stage "
+                          f"(pipeline_parallel={cfg.parallel.pipeline_parallel})")
     n = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     if cfg.algo.mini_batches > n:
         raise ConfigError(f"config key 'algo.mini_batches'={cfg.algo.mini_batches} exceeds the "

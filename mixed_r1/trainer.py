@@ -43,6 +43,7 @@ from mixed_r1.data.prompts import encode_rows, rows_tensor
 from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch, TrainEngine, run_update
 
 log = logging.getLogger(__name__)
+BMAS_FILE = "bmas_embeddings.safetensors"  # the run's BMAS table, exported beside the model
 
 
 # ------------------------------------------------------------------------------- seeding
@@ -118,13 +119,27 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
 
 
 def build_processor(cfg: TrainConfig):
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+    """The policy's own processor: a pretrained directory's tokenizer / processor
+    (:func:`mixed_r1.models.processor.load_processor`), or the embedded Qwen2.5-VL processor
+    (the real Qwen2.5 vocabulary) for the tiny random model."""
+    m = cfg.model
+    if m.kind == "pretrained":
+        from mixed_r1.models.processor import load_processor
 
-    return build_qwen25vl_processor(min_pixels=cfg.model.min_pixels, max_pixels=cfg.model.max_pixels)
+        return load_processor(m.path, min_pixels=m.min_pixels, max_pixels=m.max_pixels)
+    from mixed_r1.models.qwen_vl import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, build_qwen25vl_processor
+
+    return build_qwen25vl_processor(min_pixels=m.min_pixels or DEFAULT_MIN_PIXELS,
+                                    max_pixels=m.max_pixels or DEFAULT_MAX_PIXELS)
 
 
-def load_train_samples(cfg: TrainConfig) -> list:
+def load_train_samples(cfg: TrainConfig, processor: Any = None) -> list:
+    """The training rows; for a text-only policy (a processor without an image processor) rows
+    with images are refused (``data.on_error: raise``: one error with their count and the first
+    one; ``skip``: dropped and counted in the log)."""
     from mixed_r1.data import load_samples
+    from mixed_r1.data.schema import DataError
+    from mixed_r1.models.processor import is_multimodal
 
     path = cfg.data.train_file
     if not path:
@@ -134,6 +149,19 @@ def load_train_samples(cfg: TrainConfig) -> list:
     samples, report = load_samples(path, on_error=cfg.data.on_error)
     if report.n_skipped:
         log.warning("%s: skipped %d bad rows %s", path, report.n_skipped, dict(report.skipped))
+    if processor is not None and not is_multimodal(processor):
+        bad = [i for i, s in enumerate(samples) if s.images]
+        if bad and cfg.data.on_error == "raise":
+            raise DataError(f"{len(bad)} of {len(samples)} rows have images, but the policy "
+                            f"({cfg.model.path or cfg.model.kind}) is a text-only LM; use a "
+                            "text set or data.on_error=skip", file=path, row=bad[0] + 1,
+                            key="images", reason="image_for_text_model")
+        if bad:
+            log.warning("%s: skipped %d rows with images (text-only policy)", path, len(bad))
+            drop = set(bad)
+            samples = [s for i, s in enumerate(samples) if i not in drop]
+        if not samples:
+            raise DataError("no text-only rows left for a text-only policy", file=path)
     return samples
 
 
@@ -150,6 +178,7 @@ def build_generator(cfg: TrainConfig, model: torch.nn.Module, processor: Any):
                              tensor_parallel_size=cfg.parallel.tensor_parallel,
                              gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                              enable_sleep_mode=cfg.rollout.enable_sleep_mode,
+                             max_model_len=max_model_len(cfg),
                              tokenizer=getattr(processor, "tokenizer", processor))
     from mixed_r1.rollout import HFGenerator
 
@@ -159,15 +188,25 @@ def build_generator(cfg: TrainConfig, model: torch.nn.Module, processor: Any):
     return HFGenerator(gen_model, processor, batch_size=cfg.rollout.batch_size)
 
 
-def set_bmas_embedder(processor: Any, policy: Any) -> None:
-    """BMAS embeds with the policy's live input-embedding table (``embedding_table()``: the full
-    table on the rank that scores, else None)."""
-    from mixed_r1.rewards import TableEmbedder, set_default_embedder
+def max_model_len(cfg: TrainConfig) -> int:
+    """The generator's context: ``rollout.max_model_len``, else prompt budget + new tokens."""
+    r = cfg.rollout
+    return r.max_model_len or r.max_prompt_length + r.max_new_tokens
 
-    tok = getattr(processor, "tokenizer", processor)
+
+def bmas_embedder(cfg: TrainConfig, processor: Any, policy: Any) -> Any:
+    """The run's BMAS yardstick: a snapshot (copy) of the policy's input-embedding table taken when
+    the run is built (``embedding_table()``: on the rank that scores; None elsewhere), so the
+    open-ended reward is one fixed function of text for the whole run and its evals; None with
+    ``reward.bmas_embedder: minilm`` (MiniLM token embeddings)."""
+    from mixed_r1.rewards import TableEmbedder
+
+    if cfg.reward.bmas_embedder != "default":
+        return None
     table = policy.embedding_table()
-    if table is not None:
-        set_default_embedder(TableEmbedder(tok, table))
+    if table is None:
+        return None
+    return TableEmbedder(getattr(processor, "tokenizer", processor), table)
 
 
 def _is_main_rank() -> bool:
@@ -299,7 +338,6 @@ class GRPOTrainer:
         cfg, step = self.cfg, self.step_count + 1
         t = {}
         t0 = time.perf_counter()
-        set_bmas_embedder(self.processor, self.policy)
 
         ro = self.rollout(step)
         t["generate_and_reward"] = time.perf_counter() - t0
@@ -328,6 +366,11 @@ class GRPOTrainer:
         self.counters["nonfinite_skips"] += skipped
         if not minis:
             self.counters["empty_steps"] += 1
+            if self.counters["empty_steps"] == 1 and self.is_main:
+                log.warning("step %d: no row entered the update (%s); the policy did not change. "
+                            "Counted in counters/empty_steps; warned once.", step,
+                            "every group's rewards tied and algo.dynamic_sampling dropped them"
+                            if self.cfg.algo.dynamic_sampling else "no completion had a token")
 
         t3 = time.perf_counter()
         self.generator.update_weights(self.policy.export_hf_weights())
@@ -441,10 +484,14 @@ class GRPOTrainer:
         return self.step_count
 
     def export_model(self, out: str | Path | None = None) -> Path:
-        """Save the policy as a loadable HF directory (+ processor settings), atomically."""
-        import json
+        """Save the policy as a complete HF directory, atomically: weights, config, generation
+        config, the tokenizer and chat template, for Qwen2.5-VL the image/video/processor configs
+        (:func:`mixed_r1.models.processor.save_processor`), and the run's BMAS embedding snapshot
+        (``bmas_embeddings.safetensors``, read by ``mixed-r1 eval``)."""
         import os
         import shutil
+
+        from mixed_r1.models.processor import save_processor
 
         final = Path(out) if out is not None else self.run_dir / "model"
         tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
@@ -453,9 +500,12 @@ class GRPOTrainer:
         self.policy.save_pretrained(tmp)  # collective for a sharded policy; rank 0 writes
         if not self.is_main:
             return final
-        (tmp / "mixed_r1_model.json").write_text(json.dumps(
-            {"min_pixels": self.cfg.model.min_pixels, "max_pixels": self.cfg.model.max_pixels,
-             "step": self.step_count}))
+        save_processor(self.processor, tmp)
+        embedder = getattr(self.reward, "embedder", None)
+        if embedder is not None and hasattr(embedder, "weight"):
+            from safetensors.torch import save_file
+
+            save_file({"weight": embedder.weight.contiguous()}, str(tmp / BMAS_FILE))
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -485,16 +535,15 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     if cfg.parallel.backend == "mcore":
         return build_mcore_trainer(cfg, run_dir, model)
     seed_everything(cfg.seed)
-    samples = load_train_samples(cfg)
     processor = build_processor(cfg)
+    samples = load_train_samples(cfg, processor)
     model = model if model is not None else build_model(cfg)
     o = cfg.optim
     policy = HFEngine(model, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                       weight_decay=o.weight_decay)
     ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
     generator = build_generator(cfg, model, processor)
-    reward = MixedReward(cfg.reward)
-    set_bmas_embedder(processor, policy)
+    reward = MixedReward(cfg.reward, embedder=bmas_embedder(cfg, processor, policy))
     return GRPOTrainer(cfg, policy, generator, processor, reward, samples, ref, run_dir)
 
 
@@ -548,8 +597,8 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     run = Path(run_dir or cfg.out_dir)
     main = _is_main_rank()
     seed_everything(cfg.seed)
-    samples = load_train_samples(cfg)
     processor = build_processor(cfg)
+    samples = load_train_samples(cfg, processor)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
     if cfg.model.kind == "pretrained":
         hf_dir = Path(cfg.model.path)
@@ -574,7 +623,8 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
                                     weight_decay=o.weight_decay,
                                     use_distributed_optimizer=p.distributed_optimizer,
                                     overlap_grad_reduce=p.overlap_grad_reduce,
-                                    recompute=cfg.model.recompute_mode)
+                                    recompute=cfg.model.recompute_mode,
+                                    pipeline_layers=p.pipeline_layers)
     ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
     inner = None
     if cfg.rollout.backend == "vllm":  # every rank: vLLM's external launcher, TP = training TP
@@ -583,13 +633,13 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
         inner = VLLMGenerator(str(hf_dir), dtype=cfg.model.dtype, seed=cfg.seed,
                               tensor_parallel_size=p.tensor_parallel,
                               gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                              enable_sleep_mode=cfg.rollout.enable_sleep_mode, tokenizer=tok)
+                              enable_sleep_mode=cfg.rollout.enable_sleep_mode,
+                              max_model_len=max_model_len(cfg), tokenizer=tok)
     elif main:
         inner = build_generator(cfg, model, processor)
     generator = DistributedGenerator(inner)
     generator.update_weights(policy.export_hf_weights())  # the same weights; primes the BMAS table
-    reward = MixedReward(cfg.reward)
-    set_bmas_embedder(processor, policy)
+    reward = MixedReward(cfg.reward, embedder=bmas_embedder(cfg, processor, policy))
     return GRPOTrainer(cfg, policy, generator, processor, reward, samples, ref, run)
 
 
@@ -624,4 +674,4 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, run_dir: str | Path 
 
 __all__ = ["GRPOTrainer", "PromptStream", "Rollouts", "build_generator", "build_mcore_trainer",
            "build_model", "build_processor", "build_trainer", "load_train_samples", "run_training",
-           "seed_everything", "set_bmas_embedder", "step_seed"]
+           "bmas_embedder", "max_model_len", "seed_everything", "step_seed"]

@@ -92,13 +92,21 @@ def _same_updates(got: dict, ref: dict, hf: Path) -> None:
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("engine_models")
     return {"tied": _tiny_qwen2(root / "tied", tie=True),
-            "untied": _tiny_qwen2(root / "untied", tie=False)}
+            "untied": _tiny_qwen2(root / "untied", tie=False),
+            "tied3": _tiny_qwen2(root / "tied3", tie=True, layers=3)}
 
 
 @pytest.fixture(scope="module")
 def reference(models, tmp_path_factory):
     root = tmp_path_factory.mktemp("engine_ref")
     return {name: _run(hf, root / name, 1, 1, 1) for name, hf in models.items()}
+
+
+@pytest.mark.parametrize("split", ["2,1", "1,2"])
+def test_uneven_pp2_over_3_layers_matches_pp1(models, reference, tmp_path, split):
+    """3 layers on 2 stages (megatron's first/last-stage layer counts): the same updates."""
+    got = _run(models["tied3"], tmp_path, 2, 1, 2, f"layers={split}")
+    _same_updates(got, reference["tied3"], models["tied3"])
 
 
 @pytest.mark.parametrize("tie", ["tied", "untied"])

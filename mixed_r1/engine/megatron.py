@@ -186,11 +186,13 @@ class MegatronEngine:
     @classmethod
     def from_hf(cls, hf_dir: str | Path, cache_dir: str | Path, *, pad_id: int = 0,
                 params_dtype: torch.dtype = torch.float32, recompute: str = "none",
-                **kw: Any) -> "MegatronEngine":
-        """Convert ``hf_dir`` once (rank 0, cached in ``cache_dir``) and load this rank's shard.
-        ``recompute``: megatron activation recompute, ``none`` | ``selective`` (core attention) |
-        ``full`` (every transformer layer, and the HF vision tower's blocks)."""
-        mcore_dir = prepare_mcore_checkpoint(hf_dir, cache_dir, state.tp_size(), state.pp_size())
+                pipeline_layers: Any = None, **kw: Any) -> "MegatronEngine":
+        """Convert ``hf_dir`` once (rank 0, cached in ``cache_dir``, with ``pipeline_layers`` per
+        stage; None: even) and load this rank's shard. ``recompute``: megatron activation
+        recompute, ``none`` | ``selective`` (core attention) | ``full`` (every transformer layer,
+        and the HF vision tower's blocks)."""
+        mcore_dir = prepare_mcore_checkpoint(hf_dir, cache_dir, state.tp_size(), state.pp_size(),
+                                             pipeline_layers=pipeline_layers)
         module, arch = cls._load(mcore_dir, params_dtype, recompute)
         return cls(module, arch, mcore_dir=mcore_dir, hf_dir=hf_dir, pad_id=pad_id,
                    params_dtype=params_dtype, **kw)
