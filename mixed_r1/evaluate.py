@@ -73,19 +73,31 @@ def format_table(report: dict, title: str | None = None) -> str:
 
 
 def load_eval_model(model_dir: str | Path):
-    """(model, processor) from a directory written by ``GRPOTrainer.export_model``."""
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+    """(model, processor) from an HF model directory (e.g. one written by
+    ``GRPOTrainer.export_model``): the directory's own tokenizer / processor."""
     from mixed_r1.engine import load_pretrained_model
+    from mixed_r1.models.processor import load_processor
 
     p = Path(model_dir)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"--model {p}: not a model directory (no config.json)")
-    extra = {}
-    if (p / "mixed_r1_model.json").is_file():
-        extra = json.loads((p / "mixed_r1_model.json").read_text())
-    kw = {k: extra[k] for k in ("min_pixels", "max_pixels") if k in extra}
-    processor = build_qwen25vl_processor(**kw)
-    return load_pretrained_model(p).eval(), processor
+    return load_pretrained_model(p).eval(), load_processor(p)
+
+
+def eval_embedder(model_dir: str | Path, model: Any, processor: Any) -> Any:
+    """BMAS's yardstick for an eval: the training run's snapshot exported beside the model
+    (``bmas_embeddings.safetensors``) so scores compare with the run's, else the model's own
+    input-embedding table."""
+    from mixed_r1.rewards import TableEmbedder
+    from mixed_r1.trainer import BMAS_FILE
+
+    tok = getattr(processor, "tokenizer", processor)
+    f = Path(model_dir) / BMAS_FILE
+    if f.is_file():
+        from safetensors.torch import load_file
+
+        return TableEmbedder(tok, load_file(str(f))["weight"])
+    return TableEmbedder(tok, model.get_input_embeddings().weight)
 
 
 def run_eval(model_dir: str | Path, data_file: str | Path, *, k: int = 1,
@@ -95,8 +107,6 @@ def run_eval(model_dir: str | Path, data_file: str | Path, *, k: int = 1,
     from mixed_r1.data import load_samples
     from mixed_r1.rewards import MixedReward
     from mixed_r1.rollout import HFGenerator
-    from mixed_r1.trainer import set_bmas_embedder
-    from mixed_r1.engine import HFEngine
 
     if not Path(data_file).is_file():
         raise FileNotFoundError(f"--data: no such file: {data_file}")
@@ -104,10 +114,10 @@ def run_eval(model_dir: str | Path, data_file: str | Path, *, k: int = 1,
     if limit:
         samples = samples[:limit]
     model, processor = load_eval_model(model_dir)
-    set_bmas_embedder(processor, HFEngine(model, trainable=False))
+    reward = MixedReward(embedder=eval_embedder(model_dir, model, processor))
     temp = temperature if temperature is not None else (0.0 if k == 1 else 1.0)
     report = evaluate_generator(HFGenerator(model, processor, batch_size=batch_size), processor,
-                                samples, MixedReward(), k=k, temperature=temp,
+                                samples, reward, k=k, temperature=temp,
                                 max_new_tokens=max_new_tokens, seed=seed)
     report.update(model=str(model_dir), data=str(data_file))
     if out is not None:

@@ -60,14 +60,17 @@ def test_k_validation(samples):
 
 
 def test_eval_cli_on_exported_model(tmp_path, capsys):
-    from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
+    from mixed_r1.models.processor import ProcessorError, save_processor
+    from mixed_r1.models.qwen_vl import build_qwen25vl_processor, build_tiny_qwen25vl
     from mixed_r1.train_cli import main
 
     data = make_data(tmp_path / "data", per_task=1)
     model = build_tiny_qwen25vl(hidden_size=32, intermediate_size=64, num_heads=2,
                                 num_kv_heads=1, vision_hidden=16, vision_depth=1)
     model.save_pretrained(tmp_path / "model")
-    (tmp_path / "model" / "mixed_r1_model.json").write_text(json.dumps({"max_pixels": 12544}))
+    with pytest.raises(ProcessorError, match="model: no tokenizer in the model directory"):
+        main(["eval", "--model", str(tmp_path / "model"), "--data", str(data)])
+    save_processor(build_qwen25vl_processor(max_pixels=12544), tmp_path / "model")
     out = tmp_path / "report.json"
     assert main(["eval", "--model", str(tmp_path / "model"), "--data", str(data),
                  "--max-new-tokens", "4", "--out", str(out)]) == 0

@@ -78,14 +78,10 @@ def resized_hw(height: int, width: int, processor: Any) -> tuple[int, int]:
     """``(H', W')`` the processor resizes a ``height x width`` image to (its own smart_resize)."""
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
+    from mixed_r1.models.processor import pixel_budget
+
     ip = _image_processor(processor)
-    size = ip.size
-
-    def get(key: str):
-        return size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-
-    min_px = get("shortest_edge") or get("min_pixels") or getattr(ip, "min_pixels", None)
-    max_px = get("longest_edge") or get("max_pixels") or getattr(ip, "max_pixels", None)
+    min_px, max_px = pixel_budget(ip)
     factor = ip.patch_size * ip.merge_size
     return smart_resize(height, width, factor=factor, min_pixels=min_px, max_pixels=max_px)
 

@@ -170,7 +170,7 @@ def build_qwen25vl_tokenizer(cache_dir: str | os.PathLike | None = None):
     return tok
 
 
-def _processor_class():
+def qwen25vl_processor_class():
     from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 
     class Qwen25VLImageProcessor(Qwen2_5_VLProcessor):
@@ -193,7 +193,7 @@ def build_qwen25vl_processor(min_pixels: int = DEFAULT_MIN_PIXELS,
                              max_pixels: int = DEFAULT_MAX_PIXELS,
                              cache_dir: str | os.PathLike | None = None):
     """A Qwen2.5-VL processor (real tokenizer + PIL image processor, images only)."""
-    cls = _processor_class()
+    cls = qwen25vl_processor_class()
     return cls(image_processor=build_image_processor(min_pixels, max_pixels),
                tokenizer=build_qwen25vl_tokenizer(cache_dir), chat_template=QWEN25VL_CHAT_TEMPLATE)
 

@@ -48,12 +48,13 @@ class TableEmbedder:
     """Token embeddings looked up in an input-embedding table: ``weight[tokenizer(text)]``.
 
     ``tokenizer`` is an HF tokenizer (or anything with ``encode(text) -> list[int]``);
-    ``weight`` is the ``[vocab, hidden]`` table (a copy is kept on CPU in float32).
+    ``weight`` is the ``[vocab, hidden]`` table; a copy is kept on CPU in float32, so later
+    changes to the table (training) do not change the scores.
     """
 
     def __init__(self, tokenizer: Any, weight: torch.Tensor) -> None:
         self.tokenizer = tokenizer
-        self.weight = weight.detach().to("cpu", torch.float32)
+        self.weight = weight.detach().to("cpu", torch.float32, copy=True)
 
     def _ids(self, text: str) -> list[int]:
         tok = self.tokenizer

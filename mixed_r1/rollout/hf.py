@@ -57,7 +57,10 @@ class HFGenerator:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.batch_size = batch_size
-        self.suppress = [int(t) for t in suppress_token_ids]
+        vocab = model.get_output_embeddings().weight.shape[0] \
+            if model.get_output_embeddings() is not None else None
+        # vision special tokens exist only in Qwen vocabularies: suppress the ids the model has
+        self.suppress = [int(t) for t in suppress_token_ids if vocab is None or 0 <= int(t) < vocab]
         if eos_token_ids is None:
             eos = model.generation_config.eos_token_id
             eos_token_ids = [eos] if isinstance(eos, int) else list(eos or [])
