@@ -144,3 +144,18 @@ def test_untagged_yes_no_reads_the_last_word(completion, solution, expected):
 ])
 def test_untagged_multiple_choice_reads_the_last_commitment(completion, solution, expected):
     assert matching_reward(completion, solution, OPTS) == expected
+
+
+def test_empty_answer_earns_format_only_when_allowed():
+    from mixed_r1.rewards import MixedReward
+    from mixed_r1.rewards.router import RewardConfig
+
+    empty = "<think>hm</think><answer>  </answer>"
+    assert format_reward(empty) == 1.0
+    assert format_reward(empty, require_answer=True) == 0.0
+    assert format_reward("<think>hm</think><answer>no</answer>", require_answer=True) == 1.0
+    from mixed_r1.data.schema import Sample
+
+    s = Sample(id="a", task_type="yes_no", question="q?", solution="yes")
+    assert MixedReward()([empty], [s]).format == [1.0]
+    assert MixedReward(RewardConfig(format_requires_answer=True))([empty], [s]).format == [0.0]

@@ -52,6 +52,7 @@ class RewardConfig:
     sample_timeout_s: float = 10.0  # hard limit per sample in the worker pool
     num_workers: int = 0  # 0: score in the calling process
     bmas_embedder: str = "default"  # "default" (policy table once set, else MiniLM) | "minilm"
+    format_requires_answer: bool = False  # an empty <answer></answer> earns no format reward
 
     def __post_init__(self) -> None:
         if self.bmas_embedder not in ("default", "minilm"):
@@ -211,7 +212,8 @@ class MixedReward:
             for i, value in zip(open_idx, scores):
                 accuracy[i] = value
         accuracy = [v if math.isfinite(v) else 0.0 for v in accuracy]
-        fmt = [format_reward(c) for c in completions]
+        fmt = [format_reward(c, require_answer=self.config.format_requires_answer)
+               for c in completions]
         cfg = self.config
         total = [cfg.accuracy_weight * a + cfg.format_weight * f for a, f in zip(accuracy, fmt)]
         return RewardBatch(total=total, accuracy=accuracy, format=fmt, task_types=tasks,
