@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from mixed_r1.data import Sample
-from mixed_r1.data.prompts import (THINK_INSTRUCTION, Collator, build_messages, rescale_box,
-                                   resized_hw)
+from mixed_r1.data.prompts import (THINK_INSTRUCTION, Collator, build_messages, question_text,
+                                   rescale_box, resized_hw)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,16 @@ def test_messages_and_template(processor, tmp_path: Path) -> None:
     own = Sample(id="o", task_type="open_ended", question="q", solution="a",
                  messages=[{"role": "user", "content": "Say hi."}])
     assert build_messages(own)[0]["content"] == "Say hi.\n" + THINK_INSTRUCTION
+
+
+def test_text_only_sample_is_one_string_turn_rendered_like_the_list_form(processor) -> None:
+    s = Sample(id="t", task_type="math", question="What is 2 + 3?", solution="5")
+    msgs = build_messages(s)
+    assert msgs == [{"role": "user", "content": question_text(s)}]  # text-only templates need str
+    as_list = [{"role": "user", "content": [{"type": "text", "text": question_text(s)}]}]
+    for render in (processor.apply_chat_template, processor.tokenizer.apply_chat_template):
+        assert (render(msgs, tokenize=False, add_generation_prompt=True)
+                == render(as_list, tokenize=False, add_generation_prompt=True))
 
 
 def test_collator_batches_pixels_and_placeholders(processor, tmp_path: Path) -> None:

@@ -43,8 +43,10 @@ def build_messages(sample: Sample, system: str | None = None) -> list[dict]:
     """Chat messages for ``sample``: its own ``messages`` when given, else one user turn.
 
     The user turn holds one ``{"type": "image"}`` entry per image, then the text of
-    :func:`question_text`. A sample's own messages get the instruction appended to the
-    last user turn's text if it is not there yet.
+    :func:`question_text`; a sample without images gets that text as a plain string, which every
+    chat template renders (a text-only LM's template, e.g. SmolLM2's, concatenates ``content``
+    as a string; Qwen2.5-VL's renders a string and a one-text-part list alike). A sample's own
+    messages get the instruction appended to the last user turn's text if it is not there yet.
     """
     if sample.messages:
         msgs = copy.deepcopy(sample.messages)
@@ -54,6 +56,8 @@ def build_messages(sample: Sample, system: str | None = None) -> list[dict]:
                 last["content"] = last["content"].rstrip() + "\n" + THINK_INSTRUCTION
             else:
                 last["content"].append({"type": "text", "text": THINK_INSTRUCTION})
+    elif not sample.images:
+        msgs = [{"role": "user", "content": question_text(sample)}]
     else:
         content: list[dict] = [{"type": "image"} for _ in sample.images]
         content.append({"type": "text", "text": question_text(sample)})
