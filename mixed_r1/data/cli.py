@@ -20,12 +20,29 @@ def _task_counts(pairs: list[str] | None, flag: str) -> dict[str, int]:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    if args.text:
+        return _synth_text(args)
     from mixed_r1.data.synth import SynthConfig, synthesize
 
     sizes = {t: args.per_task for t in TASK_TYPES}
     sizes.update(_task_counts(args.size, "--size"))
     path = synthesize(args.out, SynthConfig(seed=args.seed, sizes=sizes, fmt=args.format))
     print(f"wrote {sum(sizes.values())} samples to {path}")
+    return 0
+
+
+def _synth_text(args: argparse.Namespace) -> int:
+    from mixed_r1.data.textsynth import TEXT_TASK_TYPES, TextSynthConfig, synthesize_text
+
+    sizes = {t: args.per_task for t in TEXT_TASK_TYPES}
+    overrides = _task_counts(args.size, "--size")
+    other = sorted(set(overrides) - set(TEXT_TASK_TYPES))
+    if other:
+        raise SystemExit(f"--size: the --text set has no task type {', '.join(other)} "
+                         f"(text task types: {', '.join(TEXT_TASK_TYPES)})")
+    sizes.update(overrides)
+    path = synthesize_text(args.out, TextSynthConfig(seed=args.seed, sizes=sizes, fmt=args.format))
+    print(f"wrote {sum(sizes.values())} text samples to {path}")
     return 0
 
 
@@ -112,8 +129,11 @@ def register(subparsers) -> None:
     data = subparsers.add_parser("data", help="datasets: synthesize, convert, select")
     sub = data.add_subparsers(dest="data_command", required=True)
 
-    p = sub.add_parser("synth", help="build the offline mixed set with real images")
+    p = sub.add_parser("synth", help="build the offline mixed set with real images "
+                       "(--text: the text-only set for text LMs)")
     p.add_argument("--out", required=True)
+    p.add_argument("--text", action="store_true", help="text-only set (math, multiple_choice, "
+                   "yes_no, chart as a table in the question; no images) in OUT/text.jsonl")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--per-task", type=int, default=200, help="samples per task type")
     p.add_argument("--size", action="append", metavar="TASK=N", help="override one task's size")
