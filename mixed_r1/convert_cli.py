@@ -3,7 +3,8 @@
     mixed-r1 convert hf-to-mcore --hf DIR --out DIR --tp N --pp M [--pipeline-layers 10,9,9]
     mixed-r1 convert mcore-to-hf --mcore DIR --out DIR [--max-shard-gb G]
     mixed-r1 convert reshard     --mcore DIR --out DIR --tp N --pp M [--pipeline-layers 10,9,9]
-    mixed-r1 convert gguf-to-hf  --gguf FILE|smollm2 --out DIR [--dtype float32|bfloat16] [--overwrite]
+    mixed-r1 convert gguf-to-hf  --gguf FILE|smollm2 --out DIR [--dtype float32|bfloat16]
+                                 [--overwrite]
 
 ``--pipeline-layers`` gives the transformer layers of each pipeline stage (one integer per stage,
 summing to the model's layers); without it the layers split evenly over ``--pp``. megatron-core

@@ -122,7 +122,8 @@ def read_gguf_info(gguf: str | os.PathLike) -> GGUFInfo:
     def tok(name: str):
         return _field(reader, f"tokenizer.ggml.{name}")
 
-    return GGUFInfo(path=path, architecture=arch, context_length=_field(reader, f"{arch}.context_length"),
+    return GGUFInfo(path=path, architecture=arch,
+                    context_length=_field(reader, f"{arch}.context_length"),
                     bos_token_id=tok("bos_token_id"), eos_token_id=tok("eos_token_id"),
                     pad_token_id=tok("padding_token_id"), eot_token_id=tok("eot_token_id"),
                     eom_token_id=tok("eom_token_id"),
@@ -184,10 +185,11 @@ def _write_generation_config(model, tokenizer, info: GGUFInfo, out: Path) -> Non
     eos = eos_token_ids(info, tokenizer)
     if not eos and model.config.eos_token_id is not None:
         eos = [model.config.eos_token_id]
+    cfg = model.config
     gen = GenerationConfig(
-        bos_token_id=info.bos_token_id if info.bos_token_id is not None else model.config.bos_token_id,
+        bos_token_id=cfg.bos_token_id if info.bos_token_id is None else info.bos_token_id,
         eos_token_id=eos[0] if len(eos) == 1 else (eos or None),
-        pad_token_id=info.pad_token_id if info.pad_token_id is not None else model.config.pad_token_id)
+        pad_token_id=cfg.pad_token_id if info.pad_token_id is None else info.pad_token_id)
     gen.save_pretrained(out)
 
 
