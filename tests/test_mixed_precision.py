@@ -157,7 +157,8 @@ def test_hf_bf16_run_tracks_fp32_run(hf):
 
 
 def test_hf_rel_change_metric(hf):
-    """``update/rel_change`` = ‖θ_after − θ_before‖ / ‖θ_before‖ over the fp32 masters (float64)."""
+    """``update/rel_change`` = ‖θ_after − θ_before‖ / ‖θ_before‖ over the fp32 masters, against a
+    float64 recomputation (the metric sums fp32 norms of 65,536-element chunks: ~1e-6 relative)."""
     from mixed_r1.engine import run_update
 
     trainer, mini = hf
@@ -166,7 +167,7 @@ def test_hf_rel_change_metric(hf):
     after = [m.detach().double() for m in trainer.policy.main_params()]
     want = (sum(float((a - b).square().sum()) for a, b in zip(after, before))
             / sum(float(b.square().sum()) for b in before)) ** 0.5
-    assert out["update/rel_change"] == pytest.approx(want, rel=1e-9)
+    assert out["update/rel_change"] == pytest.approx(want, rel=1e-5)
 
 
 def test_hf_bf16_resume_is_exact(data_file, tmp_path):
@@ -222,7 +223,7 @@ def test_megatron_bf16_masters_distributed_optimizer(data_file, tmp_path):
     assert r["bf16_changed_frac"] < 0.2
     assert r["grad_rel_diff"] < 1e-2
     assert r["update_rel_diff"] < 5e-2
-    assert r["rel_change_err"] < 1e-6
+    assert r["rel_change_err"] < 1e-5
     assert r["resume_exact"]
     # the distributed optimizer's state is a DP shard: one file per DP rank
     assert r["optimizer_files"] == ["optimizer_tp00_pp000_dp000.pt", "optimizer_tp00_pp000_dp001.pt"]

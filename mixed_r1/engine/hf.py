@@ -72,10 +72,13 @@ class HFEngine:
 
     # ---------------------------------------------------------------- forward
     def logits(self, batch: PolicyBatch) -> torch.Tensor:
-        """[B, T, V] logits scoring ``batch.targets`` (only the completion positions)."""
+        """[B, T, V] logits scoring ``batch.targets``: only the T positions ``L-T-1 .. L-2`` go
+        through the LM head (``logits_to_keep`` as indices), and the result is contiguous, so the
+        kernels read it without a copy."""
         T = batch.targets.shape[1]
-        out = self.model(**batch.inputs, logits_to_keep=T + 1, use_cache=False)
-        return out.logits[:, :-1]
+        L = batch.inputs["input_ids"].shape[1]
+        keep = torch.arange(L - T - 1, L - 1, device=batch.targets.device)
+        return self.model(**batch.inputs, logits_to_keep=keep, use_cache=False).logits
 
     def forward_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
         from mixed_r1.kernels import token_logprobs
