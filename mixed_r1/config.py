@@ -73,6 +73,7 @@ class RolloutConfig:
     top_k: int = 0
     batch_size: int = 32  # HF generate batch
     max_prompt_length: int = 1024  # tokens, images included
+    tensor_parallel: int | None = None  # ranks per rollout replica; None: parallel.tensor_parallel
     max_model_len: int | None = None  # vllm; default max_prompt_length + max_new_tokens
     gpu_memory_utilization: float = 0.5  # vllm
     enable_sleep_mode: bool = True  # vllm
@@ -95,6 +96,10 @@ class AlgoConfig:
     mini_batches: int = 1
     micro_batch_size: int = 8
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards all tie
+    # truncated importance sampling against the sampler/trainer mismatch: none | token_tis,
+    # each token's surrogate weighted by min(exp(logp_old - logp_rollout), rollout_is_cap)
+    rollout_is: str = "none"
+    rollout_is_cap: float = 2.0
 
 
 @dataclass
@@ -168,6 +173,7 @@ _CHOICES = {
     "algo.advantage": ("grpo", "dr_grpo", "grpo_batch"),
     "algo.loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
     "algo.importance_level": ("token", "sequence"),
+    "algo.rollout_is": ("none", "token_tis"),
     "optim.schedule": ("constant", "cosine"),
     "parallel.backend": ("hf", "mcore"),
 }
@@ -200,11 +206,27 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           "whole layers: use 'full'")
     if cfg.model.kind == "pretrained" and not cfg.model.path:
         raise ConfigError("config key 'model.path' is required when model.kind is 'pretrained'")
+    if cfg.algo.rollout_is_cap <= 0:
+        raise ConfigError(f"config key 'algo.rollout_is_cap' must be > 0, got {cfg.algo.rollout_is_cap}")
     if cfg.algo.beta < 0:
         raise ConfigError(f"config key 'algo.beta' must be >= 0, got {cfg.algo.beta}")
     if cfg.rollout.temperature <= 0:
         raise ConfigError("config key 'rollout.temperature' must be > 0 for GRPO sampling "
                           f"(got {cfg.rollout.temperature})")
+    p = cfg.parallel
+    world = p.tensor_parallel * p.pipeline_parallel * p.data_parallel if p.backend == "mcore" else 1
+    rtp = cfg.rollout.tensor_parallel or (p.tensor_parallel if p.backend == "mcore" else 1)
+    if cfg.rollout.tensor_parallel is not None and cfg.rollout.tensor_parallel < 1:
+        raise ConfigError("config key 'rollout.tensor_parallel' must be >= 1")
+    if world % rtp:
+        raise ConfigError(f"config key 'rollout.tensor_parallel'={rtp} does not divide the world of "
+                          f"{world} ranks (parallel.tensor_parallel*pipeline_parallel*"
+                          "data_parallel) into rollout replicas")
+    if cfg.rollout.prompts_per_step % (world // rtp):
+        raise ConfigError(f"config key 'rollout.prompts_per_step'={cfg.rollout.prompts_per_step} "
+                          f"is not a multiple of the {world // rtp} rollout replicas "
+                          f"(world {world} / rollout tensor parallel {rtp}); each replica "
+                          "samples an equal share")
     layers = cfg.parallel.pipeline_layers
     if layers is not None and (len(layers) != cfg.parallel.pipeline_parallel
                                or any(not isinstance(x, int) or x < 1 for x in layers)):

@@ -75,6 +75,18 @@ def reward_rise(values: Sequence[float]) -> dict:
             "se": (se2(a) + se2(b)) ** 0.5}
 
 
+def paired_change(before: Sequence[float], after: Sequence[float]) -> dict:
+    """Mean of ``before`` and ``after`` (the same held-out prompts, scored twice) and the standard
+    error of the mean paired difference, ``std(after_i - before_i, ddof=1) / sqrt(n)``."""
+    import statistics
+
+    d = [a - b for a, b in zip(after, before)]
+    n = len(d)
+    se = statistics.stdev(d) / n ** 0.5 if n > 1 else 0.0
+    return {"before": statistics.fmean(before), "after": statistics.fmean(after),
+            "diff": statistics.fmean(d), "se": se, "n": n}
+
+
 def run_demo(out_dir: str | Path = "runs/demo", *, per_task: int = 32, eval_per_task: int = 6,
              sft_steps: int = 60, sft_lr: float = 1e-2, grpo_steps: int | None = None,
              quick: bool = False, overrides: Sequence[str] = ()) -> dict:
@@ -88,10 +100,13 @@ def run_demo(out_dir: str | Path = "runs/demo", *, per_task: int = 32, eval_per_
     from mixed_r1.metrics import MetricsLogger, plot_run
     from mixed_r1.trainer import build_trainer
 
+    import shutil
+
     if quick:
         per_task, eval_per_task, sft_steps, grpo_steps = 6, 2, 3, 3
     t_start = time.perf_counter()
     out = Path(out_dir)
+    shutil.rmtree(out / "run", ignore_errors=True)  # a rerun starts fresh: metrics, plot, model
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
@@ -159,12 +174,15 @@ def run_demo(out_dir: str | Path = "runs/demo", *, per_task: int = 32, eval_per_
           f"{first:.3f} -> {last:.3f}, change {r['diff']:+.3f} ± {r['se']:.3f} (s.e.)"
           f"  [format {rise['format']['first']:.3f} -> {rise['format']['last']:.3f}, "
           f"accuracy {rise['accuracy']['first']:.3f} -> {rise['accuracy']['last']:.3f}]")
+    acc = paired_change(before["sample_accuracy"], after["sample_accuracy"])
+    print(f"[demo] held-out accuracy: {acc['before']:.3f} -> {acc['after']:.3f} "
+          f"(± {acc['se']:.3f})")
     print(f"[demo] held-out greedy total: {before['overall']['total']:.3f} -> "
           f"{after['overall']['total']:.3f}")
     print(f"[demo] plots: {plot}; checkpoint: {out / 'run' / 'checkpoints'}; "
           f"model: {out / 'run' / 'model'}")
     print("[demo] timings (s): " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items()))
-    report = {"before": before, "after": after, "timings": timings,
+    report = {"before": before, "after": after, "timings": timings, "accuracy_change": acc,
               "train_reward_first": first, "train_reward_last": last, "reward_rise": rise,
               "train_rewards": [h["reward/total"] for h in hist], "sft_nll": nll}
     (out / "demo_report.json").write_text(json.dumps(report, indent=2))

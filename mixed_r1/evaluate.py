@@ -50,11 +50,15 @@ def evaluate_generator(generator: Any, processor: Any, samples: Sequence[Any], r
                        "total": sum(vals["total"]) / len(vals["total"]),
                        f"pass@{k}": sum(passed[j] for j in idx) / len(idx)}
     n = len(comps)
+    per_prompt: list[list[float]] = [[] for _ in samples]
+    for i, c in enumerate(comps):
+        per_prompt[c.prompt_index].append(scored.accuracy[i])
     overall = {"n": len(samples), "accuracy": sum(scored.accuracy) / n,
                "format": sum(scored.format) / n, "total": sum(scored.total) / n,
                f"pass@{k}": sum(passed[j] for j in range(len(samples))) / len(samples)}
     return {"k": k, "temperature": temperature, "tasks": tasks, "overall": overall,
             "reward_failures": scored.failures,
+            "sample_accuracy": [sum(v) / len(v) for v in per_prompt],  # mean over the k
             "examples": [{"id": samples[c.prompt_index].id, "text": c.text[:300]}
                          for c in comps[:: max(1, n // 6)][:6]]}
 

@@ -41,6 +41,7 @@ import torch
 from mixed_r1.config import ConfigError, TrainConfig, dump_yaml
 from mixed_r1.data.prompts import encode_rows, rows_tensor
 from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch, TrainEngine, run_update
+from mixed_r1.rollout.base import mix_seed, sync_weights
 
 log = logging.getLogger(__name__)
 BMAS_FILE = "bmas_embeddings.safetensors"  # the run's BMAS table, exported beside the model
@@ -54,8 +55,8 @@ def seed_everything(seed: int) -> None:
 
 
 def step_seed(seed: int, step: int, salt: int = 0) -> int:
-    """A sampling seed that depends only on (run seed, step, salt)."""
-    return (seed * 1_000_003 + step * 7_919 + salt * 104_729) % (2**31 - 1)
+    """A seed that depends only on (run seed, step, salt) (:func:`mixed_r1.rollout.base.mix_seed`)."""
+    return mix_seed(mix_seed(seed, step), salt)
 
 
 class PromptStream:
@@ -165,20 +166,31 @@ def load_train_samples(cfg: TrainConfig, processor: Any = None) -> list:
     return samples
 
 
-def build_generator(cfg: TrainConfig, model: torch.nn.Module, processor: Any):
-    """The rollout backend over its own copy of the weights (synced after every update)."""
-    if cfg.rollout.backend == "vllm":
-        from mixed_r1.rollout.vllm_backend import VLLMGenerator  # text LMs on CPU for now
+def rollout_tp(cfg: TrainConfig) -> int:
+    """Ranks per rollout replica: ``rollout.tensor_parallel``, else the training TP."""
+    return cfg.rollout.tensor_parallel or cfg.parallel.tensor_parallel
 
-        model_dir = cfg.model.path
-        if cfg.model.kind != "pretrained":  # the engine loads from a directory: write one
-            model_dir = str(Path(cfg.out_dir) / "init_model")
-            model.save_pretrained(model_dir, safe_serialization=True)
-        return VLLMGenerator(model_dir, dtype=cfg.model.dtype, seed=cfg.seed,
-                             tensor_parallel_size=cfg.parallel.tensor_parallel,
+
+def build_generator(cfg: TrainConfig, model: torch.nn.Module | None, processor: Any, *,
+                    model_dir: str | Path | None = None, replicas: int = 1):
+    """The rollout backend over its own copy of the weights (synced after every update): vLLM
+    from ``model_dir`` (default ``model.path``; a tiny model is written to ``<out>/init_model``)
+    with ``replicas`` engines of ``rollout_tp`` ranks under torchrun, or HF generate over a copy
+    of ``model``. Both encode images with the trainer's pixel budget."""
+    if cfg.rollout.backend == "vllm":
+        from mixed_r1.models.processor import pixel_budget
+        from mixed_r1.rollout.vllm_backend import VLLMGenerator
+
+        if model_dir is None:
+            model_dir = cfg.model.path
+            if cfg.model.kind != "pretrained":  # the engine loads from a directory: write one
+                model_dir = str(Path(cfg.out_dir) / "init_model")
+                model.save_pretrained(model_dir, safe_serialization=True)
+        return VLLMGenerator(str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed,
+                             tensor_parallel_size=rollout_tp(cfg), replicas=replicas,
                              gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                              enable_sleep_mode=cfg.rollout.enable_sleep_mode,
-                             max_model_len=max_model_len(cfg),
+                             max_model_len=max_model_len(cfg), image_budget=pixel_budget(processor),
                              tokenizer=getattr(processor, "tokenizer", processor))
     from mixed_r1.rollout import HFGenerator
 
@@ -250,7 +262,9 @@ class GRPOTrainer:
                                    temperature=cfg.rollout.temperature,
                                    loss_type=cfg.algo.loss_type,
                                    importance_level=cfg.algo.importance_level,
-                                   max_completion_length=cfg.rollout.max_new_tokens)
+                                   max_completion_length=cfg.rollout.max_new_tokens,
+                                   rollout_is_cap=cfg.algo.rollout_is_cap
+                                   if cfg.algo.rollout_is == "token_tis" else None)
 
     # ------------------------------------------------------------------ schedule
     def lr_at(self, step: int) -> float:
@@ -273,10 +287,11 @@ class GRPOTrainer:
 
         r = self.cfg.rollout
         samples = self.stream.next(r.prompts_per_step)
-        prompts = [Prompt(messages=build_messages(s), images=list(s.images), id=s.id)
-                   for s in samples]
+        base = step_seed(self.cfg.seed, step)  # prompt i of the step samples with seed (base, i)
+        prompts = [Prompt(messages=build_messages(s), images=list(s.images), id=s.id,
+                          seed=mix_seed(base, i)) for i, s in enumerate(samples)]
         params = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature,
-                                top_p=r.top_p, top_k=r.top_k, seed=step_seed(self.cfg.seed, step))
+                                top_p=r.top_p, top_k=r.top_k, seed=base)
         completions = self.generator.generate(prompts, r.group_size, params)
         framed = [model_frame_sample(s, self.processor) for s in samples]
         scored = None
@@ -300,37 +315,46 @@ class GRPOTrainer:
         texts = [render_prompt(s, self.processor) for s in samples]
         return Rollouts(framed, texts, completions, scored, adv, keep)
 
-    def micro_batches(self, ro: Rollouts, step: int) -> list[list[PolicyBatch]]:
+    def micro_batches(self, ro: Rollouts, step: int) -> list[list[PolicyBatch | None]]:
         """Kept rows, shuffled (seeded by step), cut into micro-batches, grouped into
-        ``mini_batches`` updates; each micro-batch knows its loss scale."""
+        ``mini_batches`` updates; each micro-batch knows its loss scale (from the completion
+        lengths of the whole update). Only the micro-batches this rank computes
+        (``policy.local_indices``: its data-parallel share) are encoded; the others are None."""
         a = self.cfg.algo
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, salt=1))
         rows = [ro.keep[i] for i in torch.randperm(len(ro.keep), generator=gen).tolist()]
-        mbs: list[PolicyBatch] = []
-        for start in range(0, len(rows), a.micro_batch_size):
-            chunk = rows[start:start + a.micro_batch_size]
-            comps = [ro.completions[i] for i in chunk]
-            pidx = [c.prompt_index for c in comps]
-            inputs, targets, mask = encode_rows(
-                self.processor, [ro.prompt_texts[p] for p in pidx],
-                [ro.samples[p].images for p in pidx], [c.token_ids for c in comps],
-                self.pad_id, self.policy.device)
-            T = targets.shape[1]
-            mbs.append(PolicyBatch(inputs=inputs, targets=targets, mask=mask,
-                                   advantages=ro.advantages[chunk].to(self.policy.device),
-                                   rollout_logprobs=rows_tensor([c.logprobs for c in comps], T),
-                                   rows=chunk))
-        n_mini = min(a.mini_batches, len(mbs))
-        minis = [mbs[i::n_mini] for i in range(n_mini)] if n_mini else []
-        for mini in minis:  # exact aggregation across the micro-batches of one update
-            ntok = sum(mb.num_tokens for mb in mini)
-            nseq = sum(mb.targets.shape[0] for mb in mini)
-            for mb in mini:
-                if a.loss_type == "dapo":
+        chunks = [rows[s:s + a.micro_batch_size] for s in range(0, len(rows), a.micro_batch_size)]
+        n_mini = min(a.mini_batches, len(chunks))
+        minis: list[list[PolicyBatch | None]] = []
+        for mini_rows in ([chunks[i::n_mini] for i in range(n_mini)] if n_mini else []):
+            # exact aggregation across the micro-batches of one update
+            ntok = sum(len(ro.completions[i].token_ids) for chunk in mini_rows for i in chunk)
+            nseq = sum(len(chunk) for chunk in mini_rows)
+            local = set(self.policy.local_indices(len(mini_rows)))
+            mini: list[PolicyBatch | None] = []
+            for j, chunk in enumerate(mini_rows):
+                mb = self._encode(ro, chunk) if j in local else None
+                if mb is not None and a.loss_type == "dapo":
                     mb.num_items, mb.scale = float(ntok), 1.0
-                else:
-                    mb.scale = mb.targets.shape[0] / nseq
+                elif mb is not None:
+                    mb.scale = len(chunk) / nseq
+                mini.append(mb)
+            minis.append(mini)
         return minis
+
+    def _encode(self, ro: Rollouts, chunk: list[int]) -> PolicyBatch:
+        """The micro-batch of rollout rows ``chunk`` on the policy's device."""
+        comps = [ro.completions[i] for i in chunk]
+        pidx = [c.prompt_index for c in comps]
+        inputs, targets, mask = encode_rows(
+            self.processor, [ro.prompt_texts[p] for p in pidx],
+            [ro.samples[p].images for p in pidx], [c.token_ids for c in comps],
+            self.pad_id, self.policy.device)
+        return PolicyBatch(inputs=inputs, targets=targets, mask=mask,
+                           advantages=ro.advantages[chunk].to(self.policy.device),
+                           rollout_logprobs=rows_tensor([c.logprobs for c in comps],
+                                                        targets.shape[1]),
+                           rows=chunk)
 
     # ------------------------------------------------------------------ one step
     def step(self) -> dict[str, float]:
@@ -346,7 +370,7 @@ class GRPOTrainer:
         t1 = time.perf_counter()
         minis = self.micro_batches(ro, step)
         need_old = cfg.algo.ppo_epochs > 1 or len(minis) > 1
-        for mb in (mb for mini in minis for mb in mini):
+        for mb in (mb for mini in minis for mb in mini if mb is not None):  # this rank's share
             if need_old:
                 mb.old_logprobs = self.policy.forward_logprobs(mb, cfg.rollout.temperature)
             if cfg.algo.beta > 0 and self.ref is not None:
@@ -360,7 +384,7 @@ class GRPOTrainer:
             for mini in minis:  # the first update sees the sampler's weights: measure the mismatch
                 updates.append(run_update(self.policy, mini, self.loss_cfg, lr,
                                           grad_clip=cfg.optim.grad_clip,
-                                          rollout_mismatch=not need_old and not updates))
+                                          rollout_mismatch=not updates))
         t["update"] = time.perf_counter() - t2
         skipped = sum(int(u["skipped"]) for u in updates)
         self.counters["nonfinite_skips"] += skipped
@@ -373,18 +397,17 @@ class GRPOTrainer:
                             if self.cfg.algo.dynamic_sampling else "no completion had a token")
 
         t3 = time.perf_counter()
-        self.generator.update_weights(self.policy.export_hf_weights())
-        self.generator.wake_up()
+        sync_weights(self.policy.export_hf_weights(), self.generator)
         t["sync"] = time.perf_counter() - t3
         t["step"] = time.perf_counter() - t0
 
         self.step_count = step
         self.counters["reward_failures"] += ro.rewards.failures
-        return self._metrics(ro, minis, updates, need_old, t, lr)
+        return self._metrics(ro, updates, t, lr)
 
     # ------------------------------------------------------------------ metrics
-    def _metrics(self, ro: Rollouts, minis: list[list[PolicyBatch]], updates: list[dict],
-                 need_old: bool, t: dict[str, float], lr: float) -> dict[str, float]:
+    def _metrics(self, ro: Rollouts, updates: list[dict], t: dict[str, float],
+                 lr: float) -> dict[str, float]:
         G = self.cfg.rollout.group_size
         m: dict[str, float] = dict(ro.rewards.metrics("reward"))
         rewards = torch.tensor(ro.rewards.total)
@@ -402,25 +425,15 @@ class GRPOTrainer:
         m["response/truncated_frac"] = float(np.mean([c.finish_reason == "length"
                                                       for c in ro.completions]))
         m["rows/kept"] = float(len(ro.keep))
-        # rollout vs trainer log-prob mismatch, on the pre-update policy: from the old log-probs
-        # when they were computed, else measured by the (single, on-policy) update
-        if need_old:
-            diffs, ntok = 0.0, 0.0
-            for mb in (mb for mini in minis for mb in mini):
-                if mb.old_logprobs is None or mb.rollout_logprobs is None:
-                    continue
-                d = (mb.old_logprobs.float().cpu() - mb.rollout_logprobs) * mb.mask.cpu()
-                diffs += float(d.abs().sum())
-                ntok += float(mb.mask.sum())
-            if ntok:
-                m["rollout/logprob_abs_diff"] = diffs / ntok
-        elif updates and "rollout_logprob_abs_diff" in updates[0]:
+        # rollout vs trainer log-prob mismatch on the pre-update policy: the step's first update
+        # (reduced over every rank's micro-batches)
+        if updates and "rollout_logprob_abs_diff" in updates[0]:
             m["rollout/logprob_abs_diff"] = updates[0]["rollout_logprob_abs_diff"]
         # update statistics: mean over the step's updates (min / max for the ratio extremes)
         done = [u for u in updates if not u["skipped"]]
         for key in ("loss", "grad_norm", "clip_frac", "clip_frac_low", "clip_frac_high",
                     "ratio_mean", "kl_mean", "kl_clamp_frac", "entropy", "logprob_mean",
-                    "update/rel_change"):
+                    "update/rel_change", "rollout_is_weight_mean", "rollout_is_clip_frac"):
             vals = [u[key] for u in done if key in u]
             if vals:
                 m[key] = float(np.mean(vals))
@@ -580,29 +593,34 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     """The trainer over a megatron-core policy (``parallel.backend: mcore``), collective over the
     torchrun world: the HF model is written once by rank 0 (``<run>/init_model`` for a tiny random
     model), converted to mcore shards cached in ``<run>/mcore_init``, and each rank loads its shard.
-    Generation: ``rollout.backend: hf`` on rank 0 only; ``vllm`` on every rank (TP = training TP)."""
+    Generation: R = world / ``rollout_tp`` replicas (:class:`~mixed_r1.rollout.replicas.ReplicaGenerator`),
+    each sampling its share of a step's prompts: ``rollout.backend: vllm`` one engine per replica
+    (vLLM's external launcher, data-parallel engines), ``hf`` one HF generator on each replica's
+    first rank."""
     import os
     import shutil
 
+    import torch.distributed as dist
+
     from mixed_r1.engine.megatron import MegatronEngine
-    from mixed_r1.parallel.policy import DistributedGenerator, barrier
+    from mixed_r1.parallel.policy import barrier
     from mixed_r1.rewards import MixedReward
+    from mixed_r1.rollout.replicas import ReplicaGenerator
 
     p = cfg.parallel
-    if cfg.rollout.backend == "vllm" and (p.pipeline_parallel > 1 or p.data_parallel > 1):
-        raise ConfigError("rollout.backend=vllm with parallel.backend=mcore needs "
-                          "pipeline_parallel=1 and data_parallel=1 (the engine's TP is the "
-                          "training TP over the whole world)")
     _init_mcore_parallel(cfg)
     run = Path(run_dir or cfg.out_dir)
     main = _is_main_rank()
+    rtp, rank = rollout_tp(cfg), dist.get_rank()
+    replicas = dist.get_world_size() // rtp
+    leader = rank % rtp == 0
     seed_everything(cfg.seed)
     processor = build_processor(cfg)
     samples = load_train_samples(cfg, processor)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
     if cfg.model.kind == "pretrained":
         hf_dir = Path(cfg.model.path)
-        if main and cfg.rollout.backend == "hf" and model is None:
+        if leader and cfg.rollout.backend == "hf" and model is None:
             model = build_model(cfg)
     else:
         hf_dir = run / "init_model"
@@ -615,6 +633,8 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
                 shutil.rmtree(hf_dir)
             os.rename(tmp, hf_dir)
         barrier()
+        if leader and cfg.rollout.backend == "hf" and model is None:
+            model = build_model(cfg)  # seeded: the same weights as rank 0's (synced below anyway)
     tok = getattr(processor, "tokenizer", processor)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     o = cfg.optim
@@ -627,18 +647,13 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
                                     pipeline_layers=p.pipeline_layers)
     ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
     inner = None
-    if cfg.rollout.backend == "vllm":  # every rank: vLLM's external launcher, TP = training TP
-        from mixed_r1.rollout.vllm_backend import VLLMGenerator
-
-        inner = VLLMGenerator(str(hf_dir), dtype=cfg.model.dtype, seed=cfg.seed,
-                              tensor_parallel_size=p.tensor_parallel,
-                              gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                              enable_sleep_mode=cfg.rollout.enable_sleep_mode,
-                              max_model_len=max_model_len(cfg), tokenizer=tok)
-    elif main:
+    if cfg.rollout.backend == "vllm":  # every rank: one engine shard of its replica
+        inner = build_generator(cfg, None, processor, model_dir=hf_dir, replicas=replicas)
+    elif leader:
         inner = build_generator(cfg, model, processor)
-    generator = DistributedGenerator(inner)
-    generator.update_weights(policy.export_hf_weights())  # the same weights; primes the BMAS table
+    generator = ReplicaGenerator(inner, replica=rank // rtp, replicas=replicas, leader=leader)
+    # the same weights; rank 0 keeps the embedding table passing by for the BMAS snapshot
+    sync_weights(policy.export_hf_weights(keep_embedding=True), generator)
     reward = MixedReward(cfg.reward, embedder=bmas_embedder(cfg, processor, policy))
     return GRPOTrainer(cfg, policy, generator, processor, reward, samples, ref, run)
 
@@ -673,5 +688,6 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, run_dir: str | Path 
 
 
 __all__ = ["GRPOTrainer", "PromptStream", "Rollouts", "build_generator", "build_mcore_trainer",
-           "build_model", "build_processor", "build_trainer", "load_train_samples", "run_training",
+           "build_model", "build_processor", "build_trainer", "load_train_samples", "rollout_tp",
+           "run_training",
            "bmas_embedder", "max_model_len", "seed_everything", "step_seed"]

@@ -68,6 +68,16 @@ if __name__ == "__main__":
         return ro
 
     trainer.rollout = recording_rollout
+    generated = [0]  # prompts this rank's generator sampled (one HF generator per replica)
+    inner = getattr(trainer.generator, "inner", None)
+    if inner is not None:
+        inner_generate = inner.generate
+
+        def counting_generate(prompts, n, params):
+            generated[0] += len(prompts)
+            return inner_generate(prompts, n, params)
+
+        inner.generate = counting_generate
     update_lp_diff: list[float] = []
     run_update = trainer_mod.run_update
 
@@ -84,6 +94,12 @@ if __name__ == "__main__":
                     | rollouts[-1] | {"update_logprob_diff": update_lp_diff[-1]})
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in trainer.policy.export_hf_weights()}
     result = {"metrics": rows, "n_weights": len(weights)}
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        per_rank = [None] * dist.get_world_size()
+        dist.all_gather_object(per_rank, generated[0])
+        result["generated_per_rank"] = per_rank
     if backend == "mcore":
         ck = trainer.save()
         result["ckpt_files"] = sorted(p.name for p in ck.iterdir()) if trainer.is_main else []

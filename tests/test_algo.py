@@ -239,3 +239,28 @@ def test_unbounded_kl_stays_finite_and_the_clamp_is_counted():
         assert m["kl_mean"].item() == pytest.approx((E20 - 21) / 2, rel=1e-6)
         # beyond the bound the KL term is constant: no gradient from it (verl's clamp)
         assert grad.tolist() == [[0.0, 0.0]]
+
+
+def test_truncated_importance_sampling_hand_case():
+    """token_tis: each token's surrogate weighted by min(exp(old - rollout), C), detached; on-policy
+    old = logp. Hand case: log-ratios old - rollout = [ln 1.5, ln 4, 0] with C = 2 give weights
+    [1.5, 2, 1] (one capped); dapo over 3 tokens, advantage 1, ratio 1: loss = -(1.5+2+1)/3."""
+    logp = torch.tensor([[-1.0, -2.0, -3.0]], requires_grad=True)
+    rollout = logp.detach() - torch.tensor([[math.log(1.5), math.log(4.0), 0.0]])
+    loss, m = algo.compute_policy_loss(logp, torch.ones(1), torch.ones(1, 3), rollout_logp=rollout,
+                                       rollout_is_cap=2.0)
+    assert float(loss) == pytest.approx(-(1.5 + 2 + 1) / 3, abs=1e-6)
+    assert float(m["rollout_is_weight_mean"]) == pytest.approx(4.5 / 3, abs=1e-6)
+    assert float(m["rollout_is_clip_frac"]) == pytest.approx(1 / 3, abs=1e-6)
+    loss.backward()  # the weight is a constant: d loss / d logp_t = -w_t / 3 (ratio' = 1)
+    torch.testing.assert_close(logp.grad, -torch.tensor([[1.5, 2.0, 1.0]]) / 3)
+    # a masked slot never reaches exp: a huge rollout gap there changes nothing
+    rollout2 = rollout.clone()
+    rollout2[0, 2] = -1e4
+    loss2, _ = algo.compute_policy_loss(logp.detach(), torch.ones(1), torch.tensor([[1.0, 1, 0]]),
+                                        rollout_logp=rollout2, rollout_is_cap=2.0)
+    assert math.isfinite(float(loss2)) and float(loss2) == pytest.approx(-(1.5 + 2) / 2, abs=1e-6)
+    # without the cap argument nothing is weighted
+    plain, m3 = algo.compute_policy_loss(logp.detach(), torch.ones(1), torch.ones(1, 3),
+                                         rollout_logp=rollout)
+    assert float(plain) == pytest.approx(-1.0, abs=1e-6) and "rollout_is_weight_mean" not in m3

@@ -148,26 +148,31 @@ def test_greedy_and_update_weights(processor, tmp_path) -> None:
 
 def test_gumbel_max_sampling_matches_the_multinomial_distribution(model, processor) -> None:
     """The sampler's distribution is softmax(processed scores), as with transformers' multinomial
-    sampling; top-k/top-p filtered and suppressed tokens are never drawn; a seed repeats."""
+    sampling; top-k/top-p filtered and suppressed tokens are never drawn; seeds repeat."""
+    from transformers import LogitsProcessorList
+
+    from mixed_r1.rollout.hf import RecordingSampler
+
     gen = HFGenerator(model, processor)
     torch.manual_seed(0)
-    V, N = 12, 40_000
+    V, N = 12, 20_000
     logits = torch.randn(V) * 1.5
-    logits[3] = -float("inf")  # a suppressed token (suppression runs before our processors)
     for params in (SamplingParams(temperature=1.0), SamplingParams(temperature=0.7),
                    SamplingParams(temperature=1.3, top_k=5),
                    SamplingParams(temperature=0.9, top_p=0.8)):
-        procs = gen._processors(params, torch.Generator().manual_seed(1))
-        scores = logits.expand(N, V).clone()
-        draws = procs(torch.zeros(N, 1, dtype=torch.long), scores.clone()).argmax(-1)
-        again = gen._processors(params, torch.Generator().manual_seed(1))(
-            torch.zeros(N, 1, dtype=torch.long), scores.clone()).argmax(-1)
-        assert torch.equal(draws, again)
-        # the target: transformers' warpers without the noise, softmax (what multinomial samples)
-        from transformers import LogitsProcessorList
+        def draw():
+            gens = [torch.Generator().manual_seed(s) for s in range(N)]  # one per row
+            sampler = RecordingSampler([3], gen._warpers(params), gens, params.temperature)
+            return sampler(torch.zeros(N, 1, dtype=torch.long),
+                           logits.expand(N, V).clone()).argmax(-1)
 
-        warped = LogitsProcessorList(procs[:-1])(torch.zeros(1, 1, dtype=torch.long),
-                                                 logits[None].clone())[0]
+        draws = draw()
+        assert torch.equal(draws, draw())
+        # the target: token 3 suppressed, transformers' warpers, softmax (what multinomial samples)
+        target = logits.clone()
+        target[3] = -float("inf")
+        warped = LogitsProcessorList(gen._warpers(params))(torch.zeros(1, 1, dtype=torch.long),
+                                                           target[None])[0]
         p = torch.softmax(warped, -1)
         freq = torch.bincount(draws, minlength=V).double() / N
         assert freq[p == 0].sum() == 0  # filtered / suppressed tokens never drawn
@@ -179,6 +184,21 @@ def test_gumbel_max_sampling_matches_the_multinomial_distribution(model, process
         assert (freq - ref_freq).abs().max() < 0.02
         if params.top_k:
             assert int((p > 0).sum()) == params.top_k
+
+
+def test_completions_do_not_depend_on_batching_or_neighbours(model, processor, tmp_path) -> None:
+    """Per-row seeds (prompt seed + j): a prompt's samples are the same alone, with other prompts,
+    and with any generation batch size."""
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=11)
+    prompts = _prompts(tmp_path)
+    for i, p in enumerate(prompts):
+        p.seed = 100 + i
+    together = HFGenerator(model, processor, batch_size=16).generate(prompts, 3, params)
+    chunked = HFGenerator(model, processor, batch_size=2).generate(prompts, 3, params)
+    alone = HFGenerator(model, processor).generate(prompts[1:2], 3, params)
+    assert [c.token_ids for c in together] == [c.token_ids for c in chunked]
+    assert [c.token_ids for c in together if c.prompt_index == 1] == [c.token_ids for c in alone]
+    assert len({tuple(c.token_ids) for c in together}) > 1
 
 
 def test_sampled_logprobs_are_exact_and_unseeded_calls_differ(model, processor, tmp_path) -> None:

@@ -60,6 +60,7 @@ def text_lm(tmp_path_factory):
 
 
 def _run(tmp_path: Path, text_lm, backend: str, rollout: str, tp: int = 1) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     model_dir, data, _ = text_lm
     args = [str(SCRIPT), str(tmp_path), str(data), str(model_dir), backend, rollout, str(tp)]
     cmd = [sys.executable, *args]
@@ -99,3 +100,33 @@ def test_hf_backend(tmp_path, text_lm, rollout):
 @pytest.mark.parametrize("rollout", ["hf", "vllm"])
 def test_megatron_backend_tp2(tmp_path, text_lm, rollout):
     _check(_run(tmp_path, text_lm, "mcore", rollout, tp=2), text_lm[2])
+
+
+@pytest.mark.slow
+@pytest.mark.multirank
+def test_vllm_rollout_replicas_match_one_rank(tmp_path, text_lm):
+    """4 gloo ranks, megatron TP=2 x DP=2, vLLM through its external launcher as 2 data-parallel
+    engines of TP=2: each replica samples its half of every step's prompts (per-prompt seeds), so
+    the completions and rewards equal a 1-rank run's (HF policy, one vLLM engine), and the update
+    metrics agree to 1e-4 relative."""
+    one = _run(tmp_path / "one", text_lm, "hf", "vllm")
+    four = _run_dp(tmp_path / "four", text_lm, tp=2, dp=2)
+    _check(four, text_lm[2])
+    assert four["generated_per_rank"] == [2, 2, 2, 2]  # 1 prompt per replica per step, 2 steps
+    assert four["sampled"] == one["sampled"]
+    for a, b in zip(four["steps"], one["steps"]):
+        for k in ("loss", "grad_norm", "entropy", "clip_frac", "reward/total"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-7), (k, a[k], b[k])
+
+
+def _run_dp(tmp_path: Path, text_lm, tp: int, dp: int) -> dict:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    model_dir, data, _ = text_lm
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp * dp),
+           "--master_port", str(_free_port()), str(SCRIPT), str(tmp_path), str(data),
+           str(model_dir), "mcore", "vllm", str(tp), str(dp)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200,
+                          cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0 and (tmp_path / "result.json").is_file(), \
+        proc.stdout[-3000:] + proc.stderr[-6000:]
+    return json.loads((tmp_path / "result.json").read_text())

@@ -213,3 +213,18 @@ def test_checkpoint_roundtrip_and_keep_last(trainer, tmp_path):
     for k, v in ck.model.items():
         assert torch.equal(v, sd[k])
     assert json.loads((p / "trainer_state.json").read_text())["step"] == 3
+
+
+def test_truncated_importance_sampling_in_a_step(data_file, tmp_path):
+    """algo.rollout_is: token_tis weights the surrogate by min(exp(old − rollout), cap) and logs the
+    mean weight; with the sampler and the trainer in float32 the weights are ~1."""
+    cfg = load_config(None, tiny_overrides(data_file, tmp_path) + [
+        "algo.rollout_is=token_tis", "algo.rollout_is_cap=2.0"])
+    tr = build_trainer(cfg, tmp_path)
+    m = {}
+    for _ in range(3):
+        m = tr.step()
+        if m["update/count"]:
+            break
+    assert m["update/count"] and m["rollout_is_weight_mean"] == pytest.approx(1.0, abs=1e-3)
+    assert m["rollout_is_clip_frac"] == 0.0

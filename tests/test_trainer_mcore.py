@@ -160,6 +160,9 @@ def test_mcore_dp2_matches_tp1(runs, dp2):
     one optimizer shard per DP rank, and resumes exactly on both replicas."""
     for m in dp2["metrics"]:
         assert m["rows/kept"] == 8  # 2 micro-batches: one per replica
+    # 2 rollout replicas (one HF generator each) sampled one of the 2 prompts per step each, and
+    # the completions equal TP=1's (one generator): per-prompt seeds (_compare_metrics)
+    assert dp2["generated_per_rank"] == [2, 2]
     _compare_metrics(dp2["metrics"], runs["tp1"]["metrics"])
     tp1, got = runs["tp1"]["weights"], dp2["weights"]
     assert sorted(tp1) == sorted(got)

@@ -19,6 +19,7 @@ Two numerical rules hold everywhere (here and in the fused kernels of ``mixed_r1
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Literal
 
 import torch
@@ -158,8 +159,17 @@ def compute_policy_loss(
     max_completion_length: int | None = None,
     num_items: float | None = None,
     entropy: torch.Tensor | None = None,
+    rollout_logp: torch.Tensor | None = None,
+    rollout_is_cap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """GRPO loss = aggregate(clipped_surrogate(r, A) + beta * KL(pi || pi_ref)) and detached metrics.
+    """GRPO loss = aggregate(w · clipped_surrogate(r, A) + beta * KL(pi || pi_ref)) and detached
+    metrics; ``w`` = 1 unless truncated importance sampling is on.
+
+    Truncated importance sampling (``rollout_logp`` [B, T], the sampler's log-probs, and
+    ``rollout_is_cap`` C; "token_tis" as verl and others added in 2025 against the gap between the
+    sampler's and the trainer's numerics): ``w = min(exp(old − rollout), C)`` per token, detached,
+    ``old`` the policy's log-prob at sampling time (``old_logp``, else ``logp`` detached). The
+    metrics add ``rollout_is_weight_mean`` and ``rollout_is_clip_frac`` (tokens where w = C).
 
     Shapes: logp/old_logp/ref_logp/mask [B, T], advantages [B]. ``entropy`` [B, T] (optional) is
     only averaged into the metrics. Masked positions are replaced by ordinary values (0) before any
@@ -176,6 +186,13 @@ def compute_policy_loss(
     zero = torch.zeros((), dtype=logp.dtype, device=logp.device)
     ratio = importance_ratio(logp, old_logp, mask, importance_level)
     per_token, low, high = clipped_surrogate(ratio, advantages, eps_low, eps_high)
+    is_w = None
+    if rollout_logp is not None and rollout_is_cap is not None:
+        with torch.no_grad():
+            behav = logp.detach() if old_logp is None else old_logp.to(logp.dtype)
+            log_w = torch.where(live, behav - rollout_logp.to(logp.dtype), zero)
+            is_w = torch.exp(log_w.clamp(max=math.log(rollout_is_cap)))
+        per_token = per_token * is_w
     kl = clamp_frac = None
     if ref_logp is not None:
         # masked slots: logp = ref = 0 there, so every KL estimator sees an ordinary log-ratio of 0
@@ -192,6 +209,10 @@ def compute_policy_loss(
         metrics = policy_metrics(ratio, low, high, mask, kl=kl, entropy=entropy)
         if clamp_frac is not None:
             metrics["kl_clamp_frac"] = clamp_frac
+        if is_w is not None:
+            metrics["rollout_is_weight_mean"] = masked_mean(is_w, mask)
+            metrics["rollout_is_clip_frac"] = masked_mean(
+                (log_w >= math.log(rollout_is_cap)).to(logp.dtype), mask)
     return loss, metrics
 
 

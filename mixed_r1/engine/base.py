@@ -41,6 +41,7 @@ class LossConfig:
     loss_type: str = "dapo"
     importance_level: str = "token"
     max_completion_length: int | None = None
+    rollout_is_cap: float | None = None  # truncated importance sampling against the sampler
 
 
 @dataclass
@@ -105,10 +106,15 @@ class TrainEngine(Protocol):
     def forward_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
         """[B, T] float32 log-probs of ``batch.targets`` under the current weights (no grad)."""
 
-    def forward_backward(self, micro_batches: Sequence[PolicyBatch], loss_fn: LossFn
+    def local_indices(self, n: int) -> list[int]:
+        """Which of ``n`` micro-batches this rank computes (its data-parallel share); the others
+        may be passed as None to :meth:`forward_backward`."""
+
+    def forward_backward(self, micro_batches: Sequence[PolicyBatch | None], loss_fn: LossFn
                          ) -> list[MicroBatchResult]:
-        """Forward + backward of this rank's share of ``micro_batches``; the gradient of
-        ``Σ_m scale_m · loss_m`` accumulates in fp32. Returns the results computed on this rank."""
+        """Forward + backward of this rank's share of ``micro_batches`` (:meth:`local_indices`;
+        entries outside it may be None); the gradient of ``Σ_m scale_m · loss_m`` accumulates in
+        fp32. Returns the results computed on this rank."""
 
     def reduce_metrics(self, sums: torch.Tensor, maxes: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:

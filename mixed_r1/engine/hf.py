@@ -9,6 +9,12 @@ weights are refreshed from the masters (round to nearest). A float32 model is it
 
 Weight decay follows the usual convention (megatron-core's default param groups, HF Trainer): none on
 biases and norm weights (1-D parameters).
+
+The input embedding's ``padding_idx`` is cleared for training. HF builds ``nn.Embedding`` with
+``padding_idx = config.pad_token_id``, which zeroes that row's gradient; but pad positions are
+masked out of attention and the loss anyway, and many chat models set the pad id to a real token
+(SmolLM2: ``<|im_end|>``, the end of every turn and completion), whose embedding then could not
+learn. megatron-core's embedding has no padding row, so both backends now train the same thing.
 """
 from __future__ import annotations
 
@@ -59,6 +65,9 @@ class HFEngine:
                 p.requires_grad_(False)
             return
         model.train()
+        embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+        if embed is not None and getattr(embed, "padding_idx", None) is not None:
+            embed.padding_idx = None  # see the module docstring
         self._named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.mixed = any(p.dtype != torch.float32 for _, p in self._named)
         if self.mixed:
@@ -99,6 +108,8 @@ class HFEngine:
         self.model.train()
         results = []
         for i, mb in enumerate(micro_batches):
+            if mb is None:
+                continue
             loss, metrics, logp = loss_fn.from_logits(self.logits(mb), mb)
             (loss * mb.scale).backward()
             results.append(MicroBatchResult(index=i, loss=loss.detach(), metrics=metrics,
@@ -155,6 +166,10 @@ class HFEngine:
 
     def embedding_table(self) -> torch.Tensor:
         return self.model.get_input_embeddings().weight
+
+    def local_indices(self, n: int) -> list[int]:
+        """Every micro-batch: one process computes them all."""
+        return list(range(n))
 
     def state_dict_for_checkpoint(self) -> dict[str, Any]:
         """``model``: the compute weights; ``optimizer``: AdamW state and, in mixed precision, the

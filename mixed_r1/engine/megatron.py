@@ -260,8 +260,7 @@ class MegatronEngine:
         if self.optimizer is None:
             raise RuntimeError("forward_backward on a frozen policy")
         self.model.train()
-        dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-        order = list(range(len(micro_batches)))[dp_rank::dp]
+        order = self.local_indices(len(micro_batches))
         results: list[MicroBatchResult] = []
         if order:
             local = [micro_batches[i] for i in order]
@@ -351,18 +350,25 @@ class MegatronEngine:
         # the vision tower lives on the first pipeline stage, which streams it to the others
         return MegatronWeightStream(lm, self.arch, extra=self._vision_tensors(), extra_stage=0, **kw)
 
-    def export_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """HF-named full tensors streamed from the shards (collective: every rank iterates it). On
-        global rank 0 the input-embedding table passing by is kept (for the BMAS reward embedder)."""
-        embed = self.arch.names.embed
-        for name, tensor in self.weight_stream():
-            if name == embed and is_main_rank():
-                self._embed_table = tensor.detach().float().cpu().clone()
-            yield name, tensor
+    def export_hf_weights(self, keep_embedding: bool = False) -> Any:
+        """HF-named full tensors streamed from the shards, bucket by bucket (collective: every rank
+        iterates it). The stream keeps its ``specs()`` (so a generator validates and loads it
+        lazily, never holding the whole model) and ``retarget``. ``keep_embedding``: global rank 0
+        also keeps a CPU float32 copy of the input-embedding table passing by
+        (:meth:`embedding_table`; the trainer asks once, for the BMAS snapshot)."""
+        stream = self.weight_stream()
+        return _EmbedKeepingStream(stream, self) if keep_embedding else stream
 
     def embedding_table(self) -> torch.Tensor | None:
-        """The input-embedding table as of the last :meth:`export_hf_weights` pass (rank 0), else None."""
+        """The input-embedding table as of the last ``export_hf_weights(keep_embedding=True)``
+        pass (rank 0), else None."""
         return self._embed_table
+
+    def local_indices(self, n: int) -> list[int]:
+        """The micro-batches (of ``n``) this data-parallel replica computes: round-robin."""
+        from megatron.core import parallel_state as ps
+
+        return list(range(n))[ps.get_data_parallel_rank()::ps.get_data_parallel_world_size()]
 
     # ---------------------------------------------------------------- checkpoints
     @property
@@ -473,6 +479,32 @@ class MegatronEngine:
 
             (out / "config.json").write_text(json.dumps(read_manifest(self.mcore_dir)["hf_config"]))
         save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+
+class _EmbedKeepingStream:
+    """A :class:`~mixed_r1.rollout.weight_sync.MegatronWeightStream` that hands the input-embedding
+    table passing by to its engine (rank 0) and otherwise is the stream (specs, retarget)."""
+
+    def __init__(self, stream: Any, engine: MegatronEngine) -> None:
+        self.stream, self.engine = stream, engine
+
+    def specs(self) -> dict[str, tuple[int, ...]]:
+        return self.stream.specs()
+
+    def retarget(self, tensor_names) -> "_EmbedKeepingStream":
+        self.stream.retarget(tensor_names)
+        return self
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.stream.bytes_sent
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        embed = self.stream.arch.names.embed
+        for name, tensor in self.stream:
+            if name == embed and is_main_rank():
+                self.engine._embed_table = tensor.detach().float().cpu().clone()
+            yield name, tensor
 
 
 __all__ = ["MegatronEngine", "completion_logprobs", "current_device", "pack_microbatch"]

@@ -6,7 +6,8 @@
    its share) with :class:`PolicyLoss`, accumulating the gradient of ``Σ_m scale_m · loss_m`` in fp32;
 2. metrics are reduced once, on the engine's device: token-weighted sums over micro-batches and
    replicas (``loss`` is ``Σ_m scale_m · loss_m``; the clip fractions, ``ratio_mean``, ``kl_mean``,
-   ``entropy`` and ``logprob_mean`` are means over all completion tokens of the update; ``ratio_min``/
+   ``entropy``, ``logprob_mean`` and, with truncated importance sampling, its mean weight and capped
+   fraction are means over all completion tokens of the update; ``ratio_min``/
    ``ratio_max`` are the min/max over them);
 3. ``grad_norm`` is the global L2 norm of the fp32 main gradients. A non-finite loss or norm skips the
    update on every rank (both values are already identical on every rank, so no extra collective):
@@ -32,7 +33,8 @@ from mixed_r1.engine.base import LossConfig, PolicyBatch, TrainEngine
 #: token-weighted means reduced over micro-batches and data-parallel replicas
 MEAN_METRICS = ("clip_frac", "clip_frac_low", "clip_frac_high", "ratio_mean", "kl_mean",
                 "kl_clamp_frac", "entropy")
-KL_METRICS = ("kl_mean", "kl_clamp_frac")  # present when the micro-batches carry ref log-probs
+KL_METRICS = ("kl_mean", "kl_clamp_frac")  # present when the loss has a KL term (beta > 0)
+IS_METRICS = ("rollout_is_weight_mean", "rollout_is_clip_frac")  # truncated importance sampling
 
 
 class PolicyLoss:
@@ -50,12 +52,22 @@ class PolicyLoss:
                     importance_level=c.importance_level,
                     max_completion_length=c.max_completion_length, num_items=mb.num_items)
 
+    def _rollout_logp(self, mb: PolicyBatch) -> torch.Tensor | None:
+        """The sampler's log-probs when truncated importance sampling is on, else None."""
+        if self.cfg.rollout_is_cap is None:
+            return None
+        if mb.rollout_logprobs is None:
+            raise ValueError("algo.rollout_is needs the sampler's log-probs of every row")
+        return mb.rollout_logprobs.to(mb.mask.device)
+
     def from_logits(self, logits: torch.Tensor, mb: PolicyBatch
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         from mixed_r1.kernels import grpo_loss
 
         loss, metrics = grpo_loss(logits, mb.targets, mb.advantages, mb.mask, mb.old_logprobs,
-                                  mb.ref_logprobs, temperature=self.cfg.temperature, **self._kw(mb))
+                                  mb.ref_logprobs, temperature=self.cfg.temperature,
+                                  rollout_logprobs=self._rollout_logp(mb),
+                                  rollout_is_cap=self.cfg.rollout_is_cap, **self._kw(mb))
         logp = metrics.pop("logprobs")
         return loss, metrics, logp
 
@@ -64,19 +76,23 @@ class PolicyLoss:
         from mixed_r1.algo import compute_policy_loss
 
         return compute_policy_loss(logp, mb.advantages, mb.mask, mb.old_logprobs, mb.ref_logprobs,
-                                   entropy=entropy, **self._kw(mb))
+                                   entropy=entropy, rollout_logp=self._rollout_logp(mb),
+                                   rollout_is_cap=self.cfg.rollout_is_cap, **self._kw(mb))
 
 
-def run_update(engine: TrainEngine, micro_batches: Sequence[PolicyBatch], loss_cfg: LossConfig,
-               lr: float, *, grad_clip: float = 1.0, rollout_mismatch: bool = False
-               ) -> dict[str, float]:
+def run_update(engine: TrainEngine, micro_batches: Sequence[PolicyBatch | None],
+               loss_cfg: LossConfig, lr: float, *, grad_clip: float = 1.0,
+               rollout_mismatch: bool = False) -> dict[str, float]:
     """One optimizer update accumulated over ``micro_batches`` (see the module docstring). Returns
     ``loss``, ``grad_norm``, ``skipped`` (0/1), ``tokens``, the :data:`MEAN_METRICS` present,
     ``ratio_min``/``ratio_max``, ``logprob_mean``, ``update/rel_change`` and, when asked,
-    ``rollout_logprob_abs_diff``. Collective over the engine's ranks; same result on every rank."""
+    ``rollout_logprob_abs_diff``. Collective over the engine's ranks; same result on every rank.
+    ``micro_batches`` outside this rank's share (``engine.local_indices``) may be None."""
     dev = engine.device
-    has_kl = any(mb.ref_logprobs is not None for mb in micro_batches)
-    keys = [k for k in MEAN_METRICS if k not in KL_METRICS or has_kl]
+    # the same keys on every rank (a rank may hold no micro-batch): from the config, not the data
+    keys = [k for k in MEAN_METRICS if k not in KL_METRICS or loss_cfg.beta > 0]
+    if loss_cfg.rollout_is_cap is not None:
+        keys += IS_METRICS
     engine.zero_grad()
     results = engine.forward_backward(micro_batches, PolicyLoss(loss_cfg))
 
@@ -141,4 +157,4 @@ def _sum_sq(tensors: list[torch.Tensor], chunk: int = 1 << 16) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(chunks)).double().square().sum()
 
 
-__all__ = ["MEAN_METRICS", "PolicyLoss", "run_update"]
+__all__ = ["IS_METRICS", "MEAN_METRICS", "PolicyLoss", "run_update"]

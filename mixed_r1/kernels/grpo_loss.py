@@ -18,13 +18,14 @@ from ._common import check_logits_targets, check_target_range, grad_buffer, impl
 
 class GRPOLossFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, targets, advantages, mask, old_logp, ref_logp, cfg: dict):
+    def forward(ctx, logits, targets, advantages, mask, old_logp, ref_logp, rollout_logp, cfg: dict):
         x = rows_view(logits)
         B, T, _ = x.shape
         temperature = cfg["temperature"]
         mask_f = mask.to(torch.float32)
         need_grad = cfg["need_grad"]
-        fused = use_triton(x) and cfg["importance_level"] == "token"
+        # the fused kernel does token-level ratios without rollout importance weights
+        fused = use_triton(x) and cfg["importance_level"] == "token" and rollout_logp is None
         grad = None
         if fused:
             from . import _triton_kernels as tk
@@ -34,7 +35,7 @@ class GRPOLossFunction(torch.autograd.Function):
             logp, lse, ent = tk.grpo_fused(x, grad, targets, advantages, old_logp, ref_logp, w, temperature,
                                            cfg["beta"], cfg["eps_low"], cfg["eps_high"], KL_LOG_RATIO_BOUND)
             logp, ent = logp.view(B, T), ent.view(B, T)
-            loss, metrics = _algo_loss(logp, advantages, mask_f, old_logp, ref_logp, ent, cfg)
+            loss, metrics = _algo_loss(logp, advantages, mask_f, old_logp, ref_logp, ent, None, cfg)
         else:
             ops = impl(x)
             m, s, z, tx = ops.row_stats(x, targets, temperature)
@@ -43,7 +44,8 @@ class GRPOLossFunction(torch.autograd.Function):
             ent = (lse - z / s).view(B, T)
             with torch.enable_grad():
                 leaf = logp.detach().requires_grad_(True)
-                loss, metrics = _algo_loss(leaf, advantages, mask_f, old_logp, ref_logp, ent, cfg)
+                loss, metrics = _algo_loss(leaf, advantages, mask_f, old_logp, ref_logp, ent,
+                                           rollout_logp, cfg)
                 dlogp = torch.autograd.grad(loss, leaf)[0] if need_grad else None
             loss = loss.detach()
             if need_grad:
@@ -63,15 +65,17 @@ class GRPOLossFunction(torch.autograd.Function):
         ctx.grad = None
         if not torch.all(grad_loss == 1):
             grad.mul_(grad_loss.to(grad.dtype))
-        return grad, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None
 
 
-def _algo_loss(logp, advantages, mask_f, old_logp, ref_logp, ent, cfg):
+def _algo_loss(logp, advantages, mask_f, old_logp, ref_logp, ent, rollout_logp, cfg):
     return compute_policy_loss(
         logp, advantages.float(), mask_f, old_logp.float() if old_logp is not None else None,
         ref_logp.float() if ref_logp is not None else None, beta=cfg["beta"], eps_low=cfg["eps_low"],
         eps_high=cfg["eps_high"], loss_type=cfg["loss_type"], importance_level=cfg["importance_level"],
-        max_completion_length=cfg["max_completion_length"], num_items=cfg["num_items"], entropy=ent)
+        max_completion_length=cfg["max_completion_length"], num_items=cfg["num_items"], entropy=ent,
+        rollout_logp=None if rollout_logp is None else rollout_logp.float(),
+        rollout_is_cap=cfg["rollout_is_cap"])
 
 
 def grpo_loss(
@@ -91,6 +95,8 @@ def grpo_loss(
     max_completion_length: int | None = None,
     num_items: float | None = None,
     inplace: bool = False,
+    rollout_logprobs: torch.Tensor | None = None,
+    rollout_is_cap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO loss from logits [B, T, V] (row t scores targets[t]).
 
@@ -104,6 +110,9 @@ def grpo_loss(
     with detached clip_frac_low/high, clip_frac, ratio_mean/min/max, kl_mean and kl_clamp_frac (when
     ref_logprobs given), entropy and the per-token ``logprobs``.
     ``inplace``: the forward writes the logits gradient into the logits buffer (destroys the logits).
+    ``rollout_logprobs`` [B, T] + ``rollout_is_cap`` C: truncated importance sampling, each token's
+    surrogate weighted by min(exp(old − rollout), C) (:func:`mixed_r1.algo.compute_policy_loss`);
+    that path uses the unfused kernels.
     """
     check_logits_targets(logits, targets, temperature)
     B, T = targets.shape
@@ -111,7 +120,8 @@ def grpo_loss(
         raise ValueError(f"advantages must be [B] = ({B},), got {tuple(advantages.shape)}")
     if mask.shape != (B, T):
         raise ValueError(f"mask must be [B, T] = ({B}, {T}), got {tuple(mask.shape)}")
-    for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs)):
+    for name, t in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs),
+                    ("rollout_logprobs", rollout_logprobs)):
         if t is not None and t.shape != (B, T):
             raise ValueError(f"{name} must be [B, T] = ({B}, {T}), got {tuple(t.shape)}")
     if loss_type not in LOSS_TYPES:
@@ -126,7 +136,10 @@ def grpo_loss(
     cfg = dict(beta=float(beta), eps_low=float(eps_low), eps_high=float(eps_high), temperature=float(temperature),
                loss_type=loss_type, importance_level=importance_level,
                max_completion_length=max_completion_length, num_items=num_items, inplace=inplace,
-               need_grad=torch.is_grad_enabled() and logits.requires_grad)
+               need_grad=torch.is_grad_enabled() and logits.requires_grad,
+               rollout_is_cap=None if rollout_is_cap is None else float(rollout_is_cap))
+    use_is = rollout_logprobs is not None and rollout_is_cap is not None
     return GRPOLossFunction.apply(logits, targets, advantages.detach(), mask.detach(),
                                   None if old_logprobs is None else old_logprobs.detach(),
-                                  None if ref_logprobs is None else ref_logprobs.detach(), cfg)
+                                  None if ref_logprobs is None else ref_logprobs.detach(),
+                                  rollout_logprobs.detach() if use_is else None, cfg)

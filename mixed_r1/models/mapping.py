@@ -248,8 +248,8 @@ def tp_merge(parts: list[torch.Tensor], kind: SplitKind, arch: LMArch) -> torch.
     if kind == "fc1":
         gates, ups = zip(*(torch.chunk(p, 2, dim=0) for p in parts))
         return torch.cat(list(gates) + list(ups), dim=0)
-    if kind == "vocab":
-        return torch.cat(parts, dim=0)[: arch.vocab_size]
+    if kind == "vocab":  # one part: a view, no copy
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=0))[: arch.vocab_size]
     raise ValueError(f"unknown split kind {kind!r}")
 
 

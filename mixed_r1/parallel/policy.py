@@ -1,6 +1,7 @@
-"""Multi-rank helpers of the megatron-core trainer: rank-0 checks, object broadcast, the cached HF →
-mcore conversion every rank waits for, and :class:`DistributedGenerator` (the rollout wrapper for a
-policy spread over several ranks). The policy itself is :class:`mixed_r1.engine.megatron.MegatronEngine`.
+"""Multi-rank helpers of the megatron-core trainer: rank-0 checks, object broadcast, and the cached
+HF → mcore conversion every rank waits for. The policy itself is
+:class:`mixed_r1.engine.megatron.MegatronEngine`; the rollout wrapper of a multi-rank job is
+:class:`mixed_r1.rollout.replicas.ReplicaGenerator`.
 """
 from __future__ import annotations
 
@@ -96,38 +97,5 @@ def prepare_mcore_checkpoint(hf_dir: str | Path, cache_dir: str | Path, tp: int,
     return Path(where)
 
 
-class DistributedGenerator:
-    """A rollout generator for a multi-rank policy: ``inner`` runs where it exists (global rank 0
-    for the HF backend; every rank for vLLM's external launcher) and rank 0's completions are
-    broadcast, so all ranks hold identical rollouts. ``update_weights`` drains the weight stream on
-    ranks without a generator (the stream runs collectives)."""
-
-    def __init__(self, inner: Any | None) -> None:
-        self.inner = inner
-
-    def generate(self, prompts: list, n: int, params: Any) -> list:
-        out = self.inner.generate(prompts, n, params) if self.inner is not None else None
-        return broadcast_object(out)
-
-    def update_weights(self, named_tensors: Any) -> None:
-        if self.inner is not None:
-            self.inner.update_weights(named_tensors)
-        else:
-            for _ in named_tensors:
-                pass
-
-    def sleep(self) -> None:
-        if self.inner is not None:
-            self.inner.sleep()
-
-    def wake_up(self) -> None:
-        if self.inner is not None:
-            self.inner.wake_up()
-
-    def close(self) -> None:
-        if self.inner is not None and hasattr(self.inner, "close"):
-            self.inner.close()
-
-
-__all__ = ["DistributedGenerator", "barrier", "broadcast_object", "is_main_rank",
+__all__ = ["barrier", "broadcast_object", "is_main_rank",
            "mcore_cache_name", "prepare_mcore_checkpoint"]

@@ -5,6 +5,11 @@ completions of prompt ``i`` are at ``i*n .. i*n+n-1`` (``Completion.prompt_index
 ``logprobs[t]`` is the sampler's log-probability of ``token_ids[t]``:
 ``log_softmax(raw_logits / temperature)`` at that step (the same quantity the trainer's
 ``token_logprobs(logits, targets, temperature)`` computes), before top-k/top-p truncation.
+
+Seeds are per prompt (:func:`prompt_seeds`): a prompt's ``seed``, else one derived from the
+call's ``SamplingParams.seed`` and the prompt's position; its ``n`` samples use ``seed + j``
+(vLLM's rule for a request's ``n`` children). So a completion does not depend on which replica
+or batch generated it.
 """
 from __future__ import annotations
 
@@ -42,6 +47,7 @@ class Prompt:
     text: str | None = None
     images: list[Any] = field(default_factory=list)
     id: str | None = None
+    seed: int | None = None  # sampling seed of this prompt (see prompt_seeds)
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.text is None):
@@ -59,6 +65,42 @@ class Completion:
     finish_reason: str = "length"  # "stop" (EOS sampled) or "length"
 
 
+def mix_seed(base: int, index: int) -> int:
+    """A 31-bit seed from (``base``, ``index``): distinct indices give well-separated seeds."""
+    return (int(base) * 1_000_003 + int(index) * 104_729 + 12_345) % (2**31 - 1)
+
+
+def prompt_seeds(prompts: list[Prompt], params: SamplingParams) -> list[int]:
+    """The sampling seed of each prompt: its own ``seed``, else ``mix_seed(params.seed, i)``;
+    with neither, one draw from torch's global RNG for the call (unseeded sampling)."""
+    base = params.seed
+    if base is None and any(p.seed is None for p in prompts):
+        import torch
+
+        base = int(torch.randint(0, 2**31 - 1, (1,)).item())
+    return [p.seed if p.seed is not None else mix_seed(base, i) for i, p in enumerate(prompts)]
+
+
+def sync_weights(weights: Any, generator: Any = None) -> int:
+    """Load ``weights`` (a stream of ``(hf_name, tensor)``) into ``generator`` in the order a
+    sleeping vLLM engine needs on GPUs (:mod:`mixed_r1.rollout.weight_sync`):
+    ``wake_up(["weights"])``, ``update_weights``, ``torch.cuda.empty_cache()``,
+    ``wake_up(["kv_cache"])``. Without a generator the stream is drained (a weight stream runs
+    collectives on every rank). Returns the bytes this rank streamed (when the stream counts)."""
+    if generator is None:
+        for _ in weights:
+            pass
+    else:
+        import torch
+
+        generator.wake_up(tags=["weights"])
+        generator.update_weights(weights)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        generator.wake_up(tags=["kv_cache"])
+    return int(getattr(weights, "bytes_sent", 0))
+
+
 @runtime_checkable
 class Generator(Protocol):
     """What the trainer and the data engine need from a rollout backend."""
@@ -72,5 +114,5 @@ class Generator(Protocol):
     def sleep(self) -> None:
         """Release what the update needs (e.g. the KV cache) until :meth:`wake_up`."""
 
-    def wake_up(self) -> None:
+    def wake_up(self, tags: list[str] | None = None) -> None:
         """Take the released memory back before the next ``generate``."""

@@ -3,15 +3,18 @@
 Multimodal through the processor (chat template + image processor). Vision special tokens
 (``<|vision_start|>`` … ``<|video_pad|>``) are suppressed at every step, so a completion never
 contains one. Log-probs are ``log_softmax(raw_logits / temperature)`` of the sampled tokens
-(the raw logits of each step, before suppression and top-k/top-p), see ``rollout.base``.
+(the raw logits of each step, before suppression and top-k/top-p), see ``rollout.base``; only
+the sampled tokens' values are kept (one ``[rows, vocab]`` step at a time, never the logits of
+every step).
 
 Sampling is exact Gumbel-max: ``argmax(scores + g)`` with ``g`` i.i.d. standard Gumbel, where
 ``scores`` are the logits after suppression, temperature, top-k and top-p (transformers' own
 warpers, in its order). That is the same distribution as transformers' ``softmax`` +
 ``torch.multinomial`` — but about twice as cheap over the 151,665-token vocabulary on a CPU,
-where ``multinomial`` dominated generation. The noise comes from a ``torch.Generator`` seeded with
-``params.seed`` (or drawn from the global RNG when the seed is ``None``), so a seeded call is
-repeatable and touches no global RNG state.
+where ``multinomial`` dominated generation. Seeds are per row, as vLLM seeds the ``n`` samples of
+a request: row ``j`` of a prompt with seed ``s`` draws its noise from a ``torch.Generator`` seeded
+``s + j`` (:func:`mixed_r1.rollout.base.prompt_seeds`), so a row's completion depends neither on
+which other prompts share its batch nor on how the rows are chunked, and no global RNG moves.
 """
 from __future__ import annotations
 
@@ -22,29 +25,59 @@ from mixed_r1.rollout.base import Completion, Prompt, SamplingParams
 DEFAULT_SUPPRESS = (151652, 151653, 151654, 151655, 151656)
 
 
-class GumbelMaxSampler:
-    """A logits processor that turns greedy decoding into exact sampling from ``softmax(scores)``.
+def gumbel_noise(shape: tuple[int, ...], generator: Any, device: Any) -> Any:
+    """Standard Gumbel noise ``-log(-log U)``, ``U ~ U[0, 1)`` drawn in float64 (53-bit
+    resolution): the Gumbel tail is cut only beyond 36.7, where its mass is 1e-16 per token,
+    whereas float32 uniforms would cut it at 16.6 (mass 6e-8 per token, about 1% of rows over a
+    151,665-token vocabulary). ``U = 0`` gives ``-inf``: that token is not chosen (2^-53)."""
+    import torch
 
-    ``argmax_v(scores_v + G_v)`` with ``G_v = -log(E_v)``, ``E_v = -log(U_v) ~ Exp(1)``,
-    ``U_v ~ U[0, 1)`` i.i.d., is a sample from ``softmax(scores)`` (the Gumbel-max trick);
-    ``-inf`` scores (suppressed or filtered tokens) stay ``-inf`` and are never chosen.
-    ``U`` is drawn in float64 (53-bit resolution): the Gumbel tail is cut only beyond 36.7,
-    where its mass is 1e-16 per token, whereas float32 uniforms would cut it at 16.6 (mass
-    6e-8 per token, about 1% of rows over a 151,665-token vocabulary). ``U = 0`` gives
-    ``G = -inf``: that token is not chosen (probability 2^-53). About 2x cheaper than
-    ``softmax`` + ``torch.multinomial`` on a CPU, and no sort or cumulative sum.
+    u = torch.rand(shape, dtype=torch.float64, device=device, generator=generator)
+    return u.log_().neg_().float().log_().neg_()  # Exp(1) resolved in float64, then -log
+
+
+class RecordingSampler:
+    """The logits processor that samples and records (the only one in the list; suppression is
+    applied here, after recording, so the recorded log-probs are of the raw logits).
+
+    Each call: (1) the token chosen at the previous step (``input_ids[:, -1]``) gets its log-prob
+    from the previous step's ``log_softmax(raw / temperature)``; (2) this step's is computed and
+    kept; (3) the scores are suppressed, warped (temperature, top-k, top-p) and, when sampling,
+    perturbed with per-row Gumbel noise (``argmax(scores + g)`` is a sample of
+    ``softmax(scores)``, the Gumbel-max trick); greedy decoding takes the argmax unperturbed.
+    :meth:`finish` records the last chosen tokens.
     """
 
-    def __init__(self, generator: Any) -> None:
-        self.generator = generator
+    def __init__(self, suppress: list[int], warpers: list, generators: list | None,
+                 temperature: float) -> None:
+        self.suppress, self.warpers, self.generators = suppress, warpers, generators
+        self.temperature = temperature
+        self.prev = None
+        self.picked: list = []
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
 
-        u = torch.rand(scores.shape, dtype=torch.float64, device=scores.device,
-                       generator=self.generator)
-        e = u.log_().neg_().float()  # Exp(1), resolved in float64 near 0 and 1
-        return scores.float() - e.log_()
+        if self.prev is not None:
+            self.picked.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
+        raw = scores.float()
+        self.prev = torch.log_softmax(raw / self.temperature, dim=-1)
+        out = raw.clone()
+        if self.suppress:
+            out[:, self.suppress] = float("-inf")
+        for w in self.warpers:
+            out = w(input_ids, out)
+        if self.generators is not None:
+            for r, g in enumerate(self.generators):
+                out[r] += gumbel_noise(out.shape[1:], g, out.device)
+        return out
+
+    def finish(self, last_tokens: Any) -> Any:
+        """``[rows, steps]`` log-probs of the generated tokens (``last_tokens``: the final ones)."""
+        import torch
+
+        self.picked.append(self.prev.gather(1, last_tokens[:, None]).squeeze(1))
+        return torch.stack(self.picked, dim=1)
 
 
 class HFGenerator:
@@ -115,22 +148,18 @@ class HFGenerator:
 
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        rows = [(i, p) for i, p in enumerate(prompts) for _ in range(n)]
+        from mixed_r1.rollout.base import prompt_seeds
+
+        seeds = prompt_seeds(prompts, params)
+        rows = [(i, p, seeds[i] + j) for i, p in enumerate(prompts) for j in range(n)]
         out: list[Completion] = []
-        device = next(self.model.parameters()).device
-        seed = params.seed
-        if seed is None:  # unseeded: follow the global RNG, as multinomial sampling did
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        noise_gen = torch.Generator(device=device).manual_seed(int(seed))
         for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
-            out.extend(self._generate_rows(chunk, params, noise_gen))
+            out.extend(self._generate_rows(rows[start:start + self.batch_size], params))
         return out
 
-    def _processors(self, params: SamplingParams, noise_gen: Any) -> Any:
-        """Temperature, top-k, top-p (transformers' warpers, its order), then Gumbel noise."""
-        from transformers import (LogitsProcessorList, TemperatureLogitsWarper,
-                                  TopKLogitsWarper, TopPLogitsWarper)
+    def _warpers(self, params: SamplingParams) -> list:
+        """Temperature, top-k, top-p: transformers' warpers, in its order."""
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
         procs: list[Any] = []
         if params.temperature != 1.0:
@@ -139,40 +168,33 @@ class HFGenerator:
             procs.append(TopKLogitsWarper(top_k=params.top_k))
         if params.top_p < 1.0:
             procs.append(TopPLogitsWarper(top_p=params.top_p))
-        procs.append(GumbelMaxSampler(noise_gen))
-        return LogitsProcessorList(procs)
+        return procs
 
-    def _generate_rows(self, chunk: list[tuple[int, Prompt]], params: SamplingParams,
-                       noise_gen: Any = None):
+    def _generate_rows(self, chunk: list[tuple[int, Prompt, int]], params: SamplingParams):
         import torch
+        from transformers import LogitsProcessorList
 
-        enc = self._encode([p for _, p in chunk])
+        enc = self._encode([p for _, p, _ in chunk])
+        device = enc["input_ids"].device
         greedy = params.temperature == 0
-        # always transformers' greedy search: sampling is the argmax of Gumbel-perturbed scores
-        # (suppression runs first, as a built-in processor; then ours, see _processors)
+        gens = None if greedy else [torch.Generator(device=device).manual_seed(int(s) % 2**63)
+                                    for _, _, s in chunk]
+        sampler = RecordingSampler(self.suppress, [] if greedy else self._warpers(params), gens,
+                                   1.0 if greedy else params.temperature)
+        # always transformers' greedy search over our processed scores (see the module doc)
         gen_kwargs: dict[str, Any] = dict(
-            max_new_tokens=params.max_new_tokens, do_sample=False,
-            output_logits=True, return_dict_in_generate=True,
-            eos_token_id=self.eos, pad_token_id=self.pad,
-            suppress_tokens=self.suppress or None,
-            temperature=None, top_p=None, top_k=None,
-        )
-        if not greedy:
-            if noise_gen is None:
-                noise_gen = torch.Generator().manual_seed(
-                    params.seed if params.seed is not None else
-                    int(torch.randint(0, 2**62, (1,)).item()))
-            gen_kwargs["logits_processor"] = self._processors(params, noise_gen)
+            max_new_tokens=params.max_new_tokens, do_sample=False, return_dict_in_generate=True,
+            eos_token_id=self.eos, pad_token_id=self.pad, suppress_tokens=None,
+            temperature=None, top_p=None, top_k=None, repetition_penalty=None,
+            logits_processor=LogitsProcessorList([sampler]))
         with torch.no_grad():
             res = self.model.generate(**enc, **gen_kwargs)
         prompt_len = enc["input_ids"].shape[1]
         new = res.sequences[:, prompt_len:]
-        temp = 1.0 if greedy else params.temperature
-        logits = torch.stack(res.logits, dim=1).float() / temp  # [B, T, V]
-        logp = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+        logp = sampler.finish(new[:, -1])
         completions = []
         eos = set(self.eos)
-        for r, (pi, _) in enumerate(chunk):
+        for r, (pi, _, _) in enumerate(chunk):
             ids = new[r].tolist()
             finish = "length"
             for t, tok in enumerate(ids):
@@ -192,7 +214,9 @@ class HFGenerator:
 
         params = dict(self.model.named_parameters(remove_duplicate=False))  # tied names too
         params.update(dict(self.model.named_buffers(remove_duplicate=False)))
-        pairs = list(named_tensors)
+        if hasattr(named_tensors, "retarget"):  # a weight stream: names in this model's spelling
+            named_tensors.retarget(params.keys())
+        pairs = list(named_tensors)  # the HF generator holds a whole model copy anyway
         problems = [f"unknown tensor {n!r}" if n not in params else
                     f"{n!r} has shape {tuple(t.shape)}, the model expects "
                     f"{tuple(params[n].shape)}"
@@ -206,5 +230,8 @@ class HFGenerator:
     def sleep(self) -> None:
         """No-op: the HF backend holds no cache between calls."""
 
-    def wake_up(self) -> None:
+    def wake_up(self, tags: Any = None) -> None:
         """No-op (see :meth:`sleep`)."""
+
+    def close(self) -> None:
+        """No-op: nothing outlives the model object."""

@@ -78,6 +78,11 @@ def _cpu_shm_segments() -> set[str]:
     return {n for n in os.listdir(_SHM) if "cpushm" in n} if _SHM.is_dir() else set()
 
 
+def _unlink_segments(names: set[str]) -> None:
+    for name in names:
+        (_SHM / name).unlink(missing_ok=True)
+
+
 def _on_cpu() -> bool:
     return not torch.cuda.is_available()
 
@@ -123,15 +128,48 @@ def check_servable(model_dir: str | Path) -> None:
                              f"attention needs >= {CPU_MIN_HEAD_DIM}); use rollout.backend=hf")
 
 
+def engine_kwargs(model_dir: str | Path, *, dtype: str, seed: int, tensor_parallel_size: int = 1,
+                  replicas: int = 1, gpu_memory_utilization: float = 0.5, max_model_len: int = 4096,
+                  max_num_seqs: int = 256, sleep_mode: bool = False,
+                  image_budget: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The keyword arguments of ``vllm.LLM`` for a colocated engine.
+
+    Under torchrun (``WORLD_SIZE`` > 1) vLLM runs in the training processes through its external
+    launcher: ``replicas`` engines (vLLM data parallelism) of ``tensor_parallel_size`` ranks each,
+    rank ``r`` serving replica ``r // tensor_parallel_size``; one process uses the in-process
+    ``uni`` executor. ``image_budget`` = (min_pixels, max_pixels) of the trainer's processor goes
+    to vLLM's HF processor (``mm_processor_kwargs``), so the generator and the trainer turn an
+    image into the same image tokens.
+    """
+    kwargs: dict[str, Any] = dict(model=str(model_dir), dtype=dtype, seed=seed,
+                                  max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                                  logprobs_mode="processed_logprobs",
+                                  tensor_parallel_size=tensor_parallel_size)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    kwargs["distributed_executor_backend"] = "external_launcher" if distributed else "uni"
+    if distributed and replicas > 1:
+        kwargs["data_parallel_size"] = replicas
+    if image_budget is not None:
+        kwargs["mm_processor_kwargs"] = {"min_pixels": int(image_budget[0]),
+                                         "max_pixels": int(image_budget[1])}
+    if _on_cpu():
+        kwargs.update(enforce_eager=True)
+    else:
+        kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode)
+    return kwargs
+
+
 class VLLMGenerator:
     """Colocated vLLM engine over an HF checkpoint directory (see the module doc)."""
 
     def __init__(self, model_dir: str | Path, *, dtype: str = "bfloat16",
-                 tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
-                 max_model_len: int = 4096, max_num_seqs: int = 256, seed: int = 0,
-                 bucket_bytes: int = 256 << 20, enable_sleep_mode: bool | None = None,
-                 tokenizer: Any = None, suppress_token_ids: Iterable[int] = VISION_TOKEN_IDS,
-                 **engine_kwargs: Any) -> None:
+                 tensor_parallel_size: int = 1, replicas: int = 1,
+                 gpu_memory_utilization: float = 0.5, max_model_len: int = 4096,
+                 max_num_seqs: int = 256, seed: int = 0, bucket_bytes: int = 256 << 20,
+                 enable_sleep_mode: bool | None = None, tokenizer: Any = None,
+                 image_budget: tuple[int, int] | None = None,
+                 suppress_token_ids: Iterable[int] = VISION_TOKEN_IDS,
+                 **extra_engine_kwargs: Any) -> None:
         self.model_dir = str(model_dir)
         check_servable(model_dir)
         self.expected = read_checkpoint_specs(model_dir)
@@ -141,26 +179,24 @@ class VLLMGenerator:
         self.bucket_bytes = int(bucket_bytes)
         self.sleep_mode = (not _on_cpu()) if enable_sleep_mode is None else enable_sleep_mode
         self.asleep = False
-        kwargs: dict[str, Any] = dict(model=self.model_dir, dtype=dtype, seed=seed,
-                                      max_model_len=max_model_len, max_num_seqs=max_num_seqs,
-                                      logprobs_mode="processed_logprobs")
-        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-        # torchrun: one engine shard per rank, sharing the training job's processes
-        kwargs.update(tensor_parallel_size=tensor_parallel_size,
-                      distributed_executor_backend="external_launcher" if distributed else "uni")
+        kwargs = engine_kwargs(model_dir, dtype=dtype, seed=seed,
+                               tensor_parallel_size=tensor_parallel_size, replicas=replicas,
+                               gpu_memory_utilization=gpu_memory_utilization,
+                               max_model_len=max_model_len, max_num_seqs=max_num_seqs,
+                               sleep_mode=self.sleep_mode, image_budget=image_budget)
         if _on_cpu():
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-            kwargs.update(enforce_eager=True)
-        else:
-            kwargs.update(gpu_memory_utilization=gpu_memory_utilization,
-                          enable_sleep_mode=self.sleep_mode)
-        kwargs.update(engine_kwargs)
+        kwargs.update(extra_engine_kwargs)
         from vllm import LLM
 
         shm_before = _cpu_shm_segments()
         self.llm = LLM(**kwargs)
         self._shm = _cpu_shm_segments() - shm_before  # vllm-cpu's TP segments, removed by close()
+        if self._shm:  # and at a normal interpreter exit, so a later engine can create them again
+            import atexit
+
+            atexit.register(_unlink_segments, set(self._shm))
         self.tokenizer = tokenizer or self.llm.get_tokenizer()
         vocab = self.llm.llm_engine.model_config.get_vocab_size()
         self.suppress = {int(t): -1e9 for t in suppress_token_ids if 0 <= int(t) < vocab}
@@ -183,19 +219,26 @@ class VLLMGenerator:
             item = {"prompt": text, "multi_modal_data": {"image": images}}
         return item
 
-    def sampling_params(self, n: int, params: SamplingParams):
+    def sampling_params(self, n: int, params: SamplingParams, seed: int | None = None):
+        """vLLM's sampling params for one request (``seed``: the prompt's; its ``n`` children
+        use ``seed + j``)."""
         from vllm import SamplingParams as VSamplingParams
 
         return VSamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
                                top_k=params.top_k, max_tokens=params.max_new_tokens,
-                               seed=params.seed, logprobs=0, logit_bias=self.suppress or None)
+                               seed=params.seed if seed is None else seed, logprobs=0,
+                               logit_bias=self.suppress or None)
 
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[Completion]:
         """``len(prompts)·n`` completions, prompt-major, with the sampler's log-probs."""
         if self.asleep:
             raise RuntimeError("VLLMGenerator.generate called while asleep; call wake_up()")
-        outputs = self.llm.generate([self._input(p) for p in prompts],
-                                    self.sampling_params(n, params), use_tqdm=False)
+        from mixed_r1.rollout.base import prompt_seeds
+
+        per_prompt = [self.sampling_params(n, params, seed=s)
+                      for s in prompt_seeds(list(prompts), params)]
+        outputs = self.llm.generate([self._input(p) for p in prompts], per_prompt,
+                                    use_tqdm=False)
         completions = []
         for i, out in enumerate(outputs):
             for o in out.outputs:
@@ -232,6 +275,8 @@ class VLLMGenerator:
         ``named_tensors`` is a :class:`WeightStream` (validated from its ``specs()`` and then
         streamed) or any iterable of ``(hf_name, tensor)`` pairs (materialized, then validated).
         """
+        if hasattr(named_tensors, "retarget"):  # names in this checkpoint's spelling
+            named_tensors.retarget(self.expected.keys())  # type: ignore[union-attr]
         if hasattr(named_tensors, "specs"):
             self.check_specs(named_tensors.specs())  # type: ignore[union-attr]
             stream: Iterable[tuple[str, torch.Tensor]] = named_tensors
@@ -270,19 +315,26 @@ class VLLMGenerator:
 
     # -------------------------------------------------------------------------- memory
     def sleep(self) -> None:
-        """Free the KV cache for the update (GPU sleep level 1); a no-op on CPU."""
+        """Give the memory back for the update: vLLM sleep level 2 (weights and KV cache
+        released; the weights are reloaded by the next sync). No-op without sleep mode (CPU)."""
         if self.sleep_mode and not self.asleep:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=2)
         self.asleep = True
 
     def close(self) -> None:
         """Drop the engine and, on CPU, the shared-memory segments of its TP group. Call it
         last: vLLM's shutdown also tears down the torch.distributed environment it joined."""
         self.llm = None
-        for name in self._shm:  # left behind otherwise, and a later engine fails on them
-            (_SHM / name).unlink(missing_ok=True)
+        _unlink_segments(self._shm)  # left behind otherwise, and a later engine fails on them
 
-    def wake_up(self) -> None:
+    def wake_up(self, tags: Sequence[str] | None = None) -> None:
+        """Take memory back: ``tags`` ``["weights"]`` (before loading new weights) then
+        ``["kv_cache"]`` (after), or everything when None. The generator serves again once the
+        KV cache is back (see :func:`mixed_r1.rollout.weight_sync.sync_weights`)."""
         if self.sleep_mode and self.asleep:
-            self.llm.wake_up()
-        self.asleep = False
+            if tags is None:
+                self.llm.wake_up()
+            else:
+                self.llm.wake_up(tags=list(tags))
+        if tags is None or "kv_cache" in tags:
+            self.asleep = False

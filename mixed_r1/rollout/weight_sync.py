@@ -20,10 +20,20 @@ Pipeline split: the stage owning each layer, and its stage-local name, follow th
 was built with, as megatron reports it from the model's config (``get_num_layers_to_build`` per
 stage: even, or ``num_layers_in_first/last_pipeline_stage`` with even middle stages; see
 :func:`mixed_r1.models.config.resolve_pipeline_layers`).
+
+:func:`sync_weights` is also the one place that orders the GPU memory dance around an update:
+the generator slept with vLLM sleep level 2 (weights and KV cache released) while the policy
+trained; then ``wake_up(tags=["weights"])`` → load the new weights in place → empty the CUDA
+cache → ``wake_up(tags=["kv_cache"])``. (Waking before the load matters: with level 1 the old
+weights are offloaded and restored by the wake-up, overwriting a load made while asleep.)
+
+:meth:`MegatronWeightStream.retarget` renames what it sends to the target checkpoint's spelling
+(Qwen2.5-VL: transformers 5's ``model.language_model.*``/``model.visual.*`` or the released
+``model.layers.*``/``visual.*``), so a generator built from either accepts the stream.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +44,7 @@ from mixed_r1.models.mapping import (TensorSpec, canonical_to_hf, hf_expected_sh
                                      local_name, tp_merge, tp_shard_shape, unit_specs,
                                      unit_stage, units)
 from mixed_r1.parallel import state
+from mixed_r1.rollout.base import sync_weights  # noqa: F401  (the sync cycle, see above)
 from mixed_r1.parallel.model import model_pipeline_layers, te_name
 
 
@@ -106,62 +117,69 @@ class MegatronWeightStream:
     def _local(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self.model.state_dict().items() if not k.endswith("_extra_state")}
 
-    def _gather_bucket(self, bucket: _Bucket, params: dict[str, torch.Tensor]
-                       ) -> dict[str, torch.Tensor]:
-        """On the owning stage: all-gather the bucket's shards over TP, merge to canonical."""
-        shards = []
-        for _, spec in bucket.specs:
-            name = local_name(self.arch, spec.name, self.pp, self.layers)
-            name = name if name in params else te_name(name)
-            shards.append(params[name].detach())
-        dtype = shards[0].dtype
-        flat = torch.cat([s.reshape(-1).to(dtype) for s in shards])
-        if self.tp > 1:
-            parts = [torch.empty_like(flat) for _ in range(self.tp)]
-            dist.all_gather(parts, flat, group=state.tp_group())
-        else:
-            parts = [flat]
-        canonical: dict[str, torch.Tensor] = {}
-        offset = 0
-        for (_, spec), shard in zip(bucket.specs, shards):
-            n = shard.numel()
-            pieces = [p[offset:offset + n].view(shard.shape) for p in parts]
-            canonical[spec.name] = tp_merge(pieces, spec.kind, self.arch)
-            offset += n
-        return canonical
+    def _canonical(self, bucket: _Bucket, params: dict[str, torch.Tensor], device: torch.device,
+                   dtype: torch.dtype) -> Iterator[tuple[TensorSpec, Callable[[], torch.Tensor]]]:
+        """Per spec of the bucket, a function making its canonical (TP-merged) tensor, on every
+        stage of the pipeline group.
 
-    def _broadcast_bucket(self, bucket: _Bucket, canonical: dict[str, torch.Tensor] | None,
-                          dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
-        """Send the owner's canonical tensors to every pipeline stage (one flat broadcast)."""
-        if self.pp == 1:
-            assert canonical is not None
-            return canonical
-        group = state.pp_group()
-        src = dist.get_global_rank(group, bucket.stage)
-        shapes = [spec.shape for _, spec in bucket.specs]
-        if canonical is not None:
-            flat = torch.cat([canonical[s.name].reshape(-1) for _, s in bucket.specs])
-        else:
-            flat = torch.empty(sum(_numel(s) for s in shapes), dtype=dtype, device=device)
-        dist.broadcast(flat, src=src, group=group)
-        out, offset = {}, 0
-        for (_, spec), shape in zip(bucket.specs, shapes):
-            n = _numel(shape)
-            out[spec.name] = flat[offset:offset + n].view(shape)
-            offset += n
-        return out
+        The bucket's buffer is spec-major, ``[spec 0: TP slices][spec 1: TP slices]…``: each shard
+        is all-gathered over TP straight into its block (``all_gather_into_tensor``, no copy of
+        the shard), and the owning stage broadcasts the buffer over PP. A row-stacked tensor
+        (``col``/``vocab`` kinds: embedding, QKV, output layer) is then a view of its block; the
+        others (``row``, ``fc1``) are merged into one new tensor, made only when asked for. TP = PP
+        = 1 needs no buffer at all: the shards are the canonical tensors."""
+        mine = state.pp_rank() == bucket.stage
+        specs = [spec for _, spec in bucket.specs]
+        shards = []
+        if mine:
+            for spec in specs:
+                name = local_name(self.arch, spec.name, self.pp, self.layers)
+                shards.append(params[name if name in params else te_name(name)].detach())
+        if self.tp == 1 and self.pp == 1:
+            for spec, t in zip(specs, shards):
+                yield spec, (lambda t=t, spec=spec: tp_merge([t], spec.kind, self.arch))
+            return
+        shapes = [tp_shard_shape(spec, self.tp, self.arch) for spec in specs]
+        sizes = [_numel(sh) for sh in shapes]
+        out = torch.empty(self.tp * sum(sizes), dtype=dtype, device=device)  # the model's dtype
+        offset = 0
+        for t, k in zip(shards, sizes):  # empty on the other stages
+            block = out[offset:offset + self.tp * k]
+            if self.tp > 1:
+                dist.all_gather_into_tensor(block, t.contiguous().reshape(-1).to(dtype),
+                                            group=state.tp_group())
+            else:
+                block.copy_(t.reshape(-1))
+            offset += self.tp * k
+        if self.pp > 1:
+            group = state.pp_group()
+            dist.broadcast(out, src=dist.get_global_rank(group, bucket.stage), group=group)
+        offset = 0
+        for spec, sh, k in zip(specs, shapes, sizes):
+            block = out[offset:offset + self.tp * k]
+            offset += self.tp * k
+            if spec.kind in ("col", "vocab"):  # rank slices stacked along dim 0: a view
+                full = block.view(self.tp * sh[0], *sh[1:])
+                merged = full[: self.arch.vocab_size] if spec.kind == "vocab" else full
+                yield spec, (lambda m=merged: m)
+            else:
+                parts = [p.view(sh) for p in block.view(self.tp, k)]
+                yield spec, (lambda parts=parts, spec=spec: tp_merge(parts, spec.kind, self.arch))
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Bucket by bucket: the bucket's gather buffer, then unit by unit the merged canonical
+        tensors under HF names — at most one bucket plus one unit on a rank (module docstring)."""
         params = self._local()
         first = next(iter(params.values()))
         for bucket in self._buckets():
-            mine = state.pp_rank() == bucket.stage
-            canonical = self._gather_bucket(bucket, params) if mine else None
-            canonical = self._broadcast_bucket(bucket, canonical, first.dtype, first.device)
+            makers = {spec.name: make for spec, make in
+                      self._canonical(bucket, params, first.device, first.dtype)}
             for unit in bucket.units:
-                unit_tensors = {s.name: canonical[s.name] for s in unit_specs(self.arch, unit)}
-                for name, tensor in canonical_to_hf(self.arch, unit, unit_tensors).items():
+                canonical = {s.name: makers[s.name]() for s in unit_specs(self.arch, unit)}
+                for name, tensor in canonical_to_hf(self.arch, unit, canonical).items():
                     yield self._send(name, tensor)
+                del canonical
+            del makers
         yield from self._extras(first.device)
 
     def _extras(self, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
@@ -195,6 +213,22 @@ class MegatronWeightStream:
                 offset += k
             bucket, size = [], 0
 
+    def retarget(self, tensor_names) -> "MegatronWeightStream":
+        """Send names in the spelling of a checkpoint holding ``tensor_names`` (see the module
+        docstring); returns self."""
+        from mixed_r1.models.config import resolve_hf_names
+
+        new = resolve_hf_names(self.arch, set(tensor_names))
+        old, prefix = self.arch.names.vision_prefix, new.names.vision_prefix
+        if old and prefix and old != prefix:
+            def rename(k: str) -> str:
+                return prefix + k[len(old):] if k.startswith(old) else k
+
+            self.extra = {rename(k): v for k, v in self.extra.items()}
+            self._extra_specs = {rename(k): v for k, v in self._extra_specs.items()}
+        self.arch = new
+        return self
+
     def _send(self, name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor]:
         if self.dtype is not None:
             tensor = tensor.to(self.dtype)
@@ -223,14 +257,3 @@ def stream_pipeline_layers(model: torch.nn.Module, arch: LMArch, pp: int,
         raise ValueError(f"pipeline_layers={list(asked)} was asked for, but the model was built "
                          f"with pipeline_layers={list(built)}")
     return built
-
-
-def sync_weights(stream: MegatronWeightStream, generator=None) -> int:
-    """Push ``stream`` into ``generator.update_weights`` (or drain it on ranks without one, so
-    their collectives still run). Returns the bytes streamed on this rank."""
-    if generator is not None:
-        generator.update_weights(stream)
-    else:
-        for _ in stream:
-            pass
-    return stream.bytes_sent
