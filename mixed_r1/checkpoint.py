@@ -19,26 +19,80 @@ distributed optimizer, whose fp32 masters and moments are DP shards) in place of
 ``model.safetensors``/``optimizer.pt``; the other files are written once by global rank 0, and the
 same temporary-name-then-rename rule holds. ``load_checkpoint(path, shard=…, optimizer_shard=…)``
 reads one rank's shards. In mixed precision the optimizer file holds the fp32 master weights.
+
+**Manifest.** Every checkpoint holds ``manifest.json``, written last inside the temporary
+directory (before the rename)::
+
+    {"format": "mixed_r1.checkpoint/1", "step": 12, "sharded": false,
+     "files": {"model.safetensors": {"size": 1234, "sha256": "…"}, "optimizer.pt": {…}, …}}
+
+listing every other file of the checkpoint with its size in bytes and the sha256 of its bytes.
+In a sharded checkpoint every rank hashes the files it wrote and rank 0 gathers them into the one
+manifest. :func:`verify_checkpoint` checks files against it and raises :class:`CheckpointError`
+naming the first bad file (missing, wrong size, wrong checksum, not listed); a checkpoint without
+a manifest is incomplete. :func:`newest_complete_checkpoint` is how a resume picks its checkpoint:
+the newest one whose files verify on every rank (a collective decision), moving damaged newer ones
+aside to ``step_<step>.damaged`` and reporting why. An optimizer file the run needs that is missing is a
+damaged checkpoint, never "no optimizer".
+
+**Run directories** (:func:`prepare_run_dir`): a new run refuses a non-empty directory unless
+told to overwrite it (which deletes only what a run writes), and ``--resume`` refuses a directory
+that does not exist.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
+# the package's one CheckpointError (conversion raises it too): a checkpoint or model file that is
+# missing, incomplete, corrupt or does not fit the run; the message names the file
+from mixed_r1.models.safetensors_io import CheckpointError
+
+log = logging.getLogger(__name__)
+
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "mixed_r1.checkpoint/1"
+_HASH_CHUNK = 16 << 20  # bytes read at a time when hashing
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, incomplete or does not fit the run."""
+class CheckpointLayoutError(CheckpointError):
+    """A complete checkpoint that does not fit the run: a file this rank needs is not one of its
+    files (another parallel layout, optimizer sharding or model). Not damage: never fallen back
+    from."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT/SIGTERM after finishing its step and writing a checkpoint.
+
+    ``signum`` is the signal, ``step`` the last finished step, ``checkpoint`` the checkpoint written
+    (None when none could be), ``exit_code`` the conventional status ``128 + signum`` (130 for
+    SIGINT, 143 for SIGTERM). A KeyboardInterrupt, so ``except Exception`` does not swallow it."""
+
+    def __init__(self, signum: int, step: int, checkpoint: str | os.PathLike | None) -> None:
+        import signal as _signal
+
+        self.signum, self.step = int(signum), int(step)
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.exit_code = 128 + self.signum
+        try:
+            name = _signal.Signals(self.signum).name
+        except ValueError:
+            name = f"signal {self.signum}"
+        where = (f"checkpoint {self.checkpoint}; continue with --resume" if self.checkpoint
+                 else "no checkpoint written")
+        super().__init__(f"interrupted by {name} after step {self.step}: {where}")
 
 
 # ------------------------------------------------------------------------------- RNG
@@ -97,6 +151,93 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def file_digest(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of a file, read in 16 MiB chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def _write_manifest(directory: Path, step: int, files: dict[str, dict[str, Any]],
+                    sharded: bool) -> None:
+    man = {"format": MANIFEST_FORMAT, "step": step, "sharded": sharded,
+           "files": {k: files[k] for k in sorted(files)}}
+    path = directory / MANIFEST
+    with open(path, "w") as f:
+        json.dump(man, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_checkpoint_manifest(path: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of checkpoint directory ``path``; :class:`CheckpointError` naming
+    ``manifest.json`` when it is missing, unreadable or of another format."""
+    f = Path(path) / MANIFEST
+    if not f.is_file():
+        raise CheckpointError(f"{f}: missing (an incomplete checkpoint, or one written before "
+                              "checkpoints had manifests)")
+    try:
+        man = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{f}: unreadable manifest: {e}") from None
+    if not isinstance(man, dict) or man.get("format") != MANIFEST_FORMAT or \
+            not isinstance(man.get("files"), dict):
+        raise CheckpointError(f"{f}: not a checkpoint manifest of format {MANIFEST_FORMAT}")
+    return man
+
+
+def verify_checkpoint(path: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, Any]:
+    """Check files of checkpoint ``path`` against its manifest: ``names`` (default: every file the
+    manifest lists) must be listed, present, of the listed size and sha256. Raises
+    :class:`CheckpointError` naming the first bad file; returns the manifest."""
+    path = Path(path)
+    man = read_checkpoint_manifest(path)
+    files = man["files"]
+    for name in (sorted(files) if names is None else names):
+        entry = files.get(name)
+        f = path / name
+        if entry is None:
+            raise CheckpointLayoutError(f"{f}: not part of this checkpoint (its manifest lists "
+                                  f"{', '.join(sorted(files))}): another model or parallel "
+                                  "layout?")
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing (the manifest lists it)")
+        size = f.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointError(f"{f}: {size} bytes, the manifest says {entry['size']} "
+                                  "(truncated or overwritten)")
+        if file_digest(f)["sha256"] != entry["sha256"]:
+            raise CheckpointError(f"{f}: sha256 differs from the manifest's (corrupt file)")
+    return man
+
+
+def check_safetensors_file(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` unless it is a complete safetensors file: a
+    readable header whose tensors' data ends exactly at the end of the file (a truncated or
+    padded file fails; the bytes themselves are not checked)."""
+    import struct
+
+    from mixed_r1.models.safetensors_io import read_header
+
+    path = Path(path)
+    header = read_header(path)  # CheckpointError naming the file when unreadable
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    try:
+        end = max([int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"],
+                  default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CheckpointError(f"{path}: corrupt safetensors header") from None
+    need, size = 8 + n + end, path.stat().st_size
+    if size != need:
+        raise CheckpointError(f"{path}: {'truncated' if size < need else 'corrupt'} safetensors "
+                              f"file ({size} bytes, its header describes {need})")
+
+
 def dedupe_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drop keys that alias an earlier key's storage (tied weights), contiguous CPU copies."""
     seen: set[tuple[int, int, tuple]] = set()
@@ -127,7 +268,9 @@ def step_dir(root: Path, step: int) -> Path:
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
-    """Complete checkpoint dirs under ``root``, oldest first (temporaries are ignored)."""
+    """Checkpoint dirs under ``root`` (renamed into place, so never half-written; their files are
+    checked by :func:`verify_checkpoint`), oldest first (temporaries and damaged ones are
+    ignored)."""
     root = Path(root)
     if not root.is_dir():
         return []
@@ -136,13 +279,24 @@ def list_checkpoints(root: str | Path) -> list[Path]:
 
 
 def latest_checkpoint(root: str | Path) -> Path | None:
+    """The newest checkpoint dir, unverified (:func:`newest_complete_checkpoint` verifies)."""
     ckpts = list_checkpoints(root)
     return ckpts[-1] if ckpts else None
 
 
+def checkpoint_files(shard: str | None = None, optimizer_shard: str | None = None, *,
+                     optimizer: bool = True) -> list[str]:
+    """The files one rank reads from a checkpoint: its model (shard), its optimizer (shard) when
+    ``optimizer``, the RNG states, the trainer state and the config."""
+    model = "model.safetensors" if shard is None else f"model_{shard}.safetensors"
+    opt = "optimizer.pt" if shard is None else f"optimizer_{optimizer_shard or shard}.pt"
+    return [model] + ([opt] if optimizer else []) + ["rng.pt", "trainer_state.json", "config.yaml"]
+
+
 def save_checkpoint(root: str | Path, step: int, policy_state: dict[str, Any],
                     trainer_state: dict[str, Any], config_yaml: str, keep_last: int = 2) -> Path:
-    """Write ``step_<step>`` atomically (see the module docstring); prune to ``keep_last``."""
+    """Write ``step_<step>`` atomically with its manifest (see the module docstring); prune to
+    ``keep_last``."""
     from safetensors.torch import save_file
 
     root = Path(root)
@@ -161,8 +315,11 @@ def save_checkpoint(root: str | Path, step: int, policy_state: dict[str, Any],
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state},
                                                            indent=2, sort_keys=True))
         (tmp / "config.yaml").write_text(config_yaml)
-        for f in tmp.iterdir():
+        digests = {}
+        for f in sorted(tmp.iterdir()):
             _fsync_file(f)
+            digests[f.name] = file_digest(f)
+        _write_manifest(tmp, step, digests, sharded=False)
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step (e.g. after resume): replace it
             shutil.rmtree(final)
@@ -176,6 +333,27 @@ def save_checkpoint(root: str | Path, step: int, policy_state: dict[str, Any],
     return final
 
 
+def _dist_world() -> tuple[int, int]:
+    """(rank, world size) of the default process group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (pickled; ``[obj]`` without a process group)."""
+    import torch.distributed as dist
+
+    rank, world = _dist_world()
+    if world == 1:
+        return [obj]
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def save_sharded_checkpoint(root: str | Path, step: int, shard: str, policy_state: dict[str, Any],
                             trainer_state: dict[str, Any], config_yaml: str, keep_last: int = 2,
                             *, write_shard: bool = True, optimizer_shard: str | None = None,
@@ -184,17 +362,19 @@ def save_sharded_checkpoint(root: str | Path, step: int, shard: str, policy_stat
     rank's ``model_<shard>.safetensors`` (when ``write_shard``; replicas holding the same shard pass
     False), its ``optimizer_<optimizer_shard>.pt`` (default: ``shard``, written when
     ``write_optimizer``, default ``write_shard``) and, from global rank 0, the RNG, trainer state and
-    config; renamed into place by rank 0 after every rank has fsynced its files."""
+    config. Every rank fsyncs and hashes the files it wrote; rank 0 gathers the sizes and sha256s
+    into ``manifest.json`` and renames the directory into place. A failure on any rank fails the
+    save on every rank (nothing appears under the final name)."""
     import torch.distributed as dist
     from safetensors.torch import save_file
 
     root = Path(root)
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank, world = _dist_world()
     final = step_dir(root, step)
     tmp = root / f".tmp-{final.name}-sharded"
 
     def barrier() -> None:
-        if dist.is_initialized() and dist.get_world_size() > 1:
+        if world > 1:
             dist.barrier()
 
     if rank == 0:
@@ -203,26 +383,42 @@ def save_sharded_checkpoint(root: str | Path, step: int, shard: str, policy_stat
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     barrier()
+    digests: dict[str, dict[str, Any]] = {}
+    error: str | None = None
     try:
+        written = []
         if write_shard:
             f = tmp / f"model_{shard}.safetensors"
             save_file(dedupe_tensors(policy_state["model"]), str(f),
                       metadata={"format": "pt", "step": str(step), "shard": shard})
-            _fsync_file(f)
+            written.append(f)
         opt_name = f"optimizer_{optimizer_shard or shard}.pt"
         if (write_shard if write_optimizer is None else write_optimizer) and \
                 policy_state.get("optimizer") is not None:
             torch.save(policy_state["optimizer"], tmp / opt_name)
-            _fsync_file(tmp / opt_name)
+            written.append(tmp / opt_name)
         if rank == 0:
             torch.save(capture_rng(), tmp / "rng.pt")
             (tmp / "trainer_state.json").write_text(json.dumps(
                 {"step": step, "sharded": True, **trainer_state}, indent=2, sort_keys=True))
             (tmp / "config.yaml").write_text(config_yaml)
-            for name in ("rng.pt", "trainer_state.json", "config.yaml"):
-                _fsync_file(tmp / name)
-        barrier()
+            written += [tmp / n for n in ("rng.pt", "trainer_state.json", "config.yaml")]
+        for f in written:
+            _fsync_file(f)
+            digests[f.name] = file_digest(f)
+    except Exception as exc:  # every rank must learn about it, not hang in the gather
+        error = f"rank {rank}: {type(exc).__name__}: {exc}"
+    gathered = _all_gather((digests, error))
+    errors = [e for _, e in gathered if e]
+    try:
+        if errors:
+            raise CheckpointError(f"{final}: saving the sharded checkpoint failed: "
+                                  + "; ".join(errors))
         if rank == 0:
+            files: dict[str, dict[str, Any]] = {}
+            for d, _ in gathered:
+                files.update(d)
+            _write_manifest(tmp, step, files, sharded=True)
             _fsync_dir(tmp)
             if final.exists():
                 shutil.rmtree(final)
@@ -238,27 +434,198 @@ def save_sharded_checkpoint(root: str | Path, step: int, shard: str, policy_stat
     return final
 
 
+def verify_on_every_rank(path: str | Path, names: Sequence[str]) -> None:
+    """:func:`verify_checkpoint` of each rank's ``names``, collective over the default process
+    group: when any rank finds a bad file, every rank raises the same :class:`CheckpointError`
+    naming it (:class:`CheckpointLayoutError` when a needed file is not part of the checkpoint)."""
+    verdict: tuple[str, str] | None = None
+    try:
+        verify_checkpoint(path, names)
+    except CheckpointLayoutError as exc:
+        verdict = ("layout", str(exc))
+    except CheckpointError as exc:
+        verdict = ("damaged", str(exc))
+    except OSError as exc:
+        verdict = ("damaged", f"{path}: {exc}")
+    verdicts = [v for v in _all_gather(verdict) if v]
+    if verdicts:
+        kinds = {k for k, _ in verdicts}
+        msg = "; ".join(sorted({m for _, m in verdicts}))
+        raise (CheckpointLayoutError if "layout" in kinds else CheckpointError)(msg)
+
+
+def newest_complete_checkpoint(root: str | Path, names: Sequence[str]
+                               ) -> tuple[Path | None, list[str]]:
+    """The checkpoint a resume should load: the newest under ``root`` whose files ``names`` (this
+    rank's, :func:`checkpoint_files`) verify against its manifest on *every* rank.
+
+    Collective over the default process group (every rank calls it with its own ``names``; the
+    verdicts are all-gathered, so all ranks pick the same checkpoint). A damaged newer checkpoint
+    is renamed to ``step_<step>.damaged`` by rank 0 (kept for inspection, no longer listed, so
+    ``keep_last`` pruning and later resumes skip it). Returns ``(path, problems)``: ``problems``
+    has one line per skipped checkpoint naming its bad files; ``(None, [])`` when ``root`` holds no
+    checkpoint. Raises :class:`CheckpointError` (listing every problem) when checkpoints exist but
+    none is complete, and :class:`CheckpointLayoutError` at once when a checkpoint is complete but
+    lacks a file this rank needs (the run's layout differs; nothing is moved)."""
+    import torch.distributed as dist
+
+    rank, world = _dist_world()
+    problems: list[str] = []
+    for ck in reversed(list_checkpoints(root)):
+        verdict: tuple[str, str] | None = None
+        try:
+            verify_checkpoint(ck, names)
+        except CheckpointLayoutError as exc:
+            verdict = ("layout", str(exc))
+        except CheckpointError as exc:
+            verdict = ("damaged", str(exc))
+        except OSError as exc:
+            verdict = ("damaged", f"{ck}: {exc}")
+        verdicts = [v for v in _all_gather(verdict) if v]
+        layout = [msg for kind, msg in verdicts if kind == "layout"]
+        if layout:  # the run does not fit its checkpoints: an older one will not fit either
+            raise CheckpointLayoutError(layout[0])
+        bad = sorted({msg for _, msg in verdicts})
+        if not bad:
+            return ck, problems
+        problems.append(f"{ck.name}: " + "; ".join(bad))
+        if rank == 0:
+            aside = ck.with_name(ck.name + ".damaged")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(ck, aside)
+        if world > 1:
+            dist.barrier()
+    if problems:
+        raise CheckpointError(f"{root}: no complete checkpoint to resume from ("
+                              + " | ".join(problems) + ")")
+    return None, []
+
+
 def load_checkpoint(path: str | Path, shard: str | None = None,
-                    optimizer_shard: str | None = None) -> Checkpoint:
+                    optimizer_shard: str | None = None, *, optimizer: bool | None = None,
+                    verify: bool = True) -> Checkpoint:
     """Read a checkpoint directory (``shard``/``optimizer_shard``: one rank's model and optimizer
-    shards of a sharded checkpoint); a missing file raises :class:`CheckpointError` naming it."""
+    shards of a sharded checkpoint). ``optimizer``: True requires the optimizer file, False skips
+    it, None reads it when the checkpoint has one. With ``verify`` the files read are first checked
+    against the manifest (:func:`verify_checkpoint`); a missing or damaged file raises
+    :class:`CheckpointError` naming it."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    model_file = "model.safetensors" if shard is None else f"model_{shard}.safetensors"
-    opt_file = "optimizer.pt" if shard is None else f"optimizer_{optimizer_shard or shard}.pt"
-    for name in (model_file, "rng.pt", "trainer_state.json", "config.yaml"):
+    model_file, opt_file, *rest = checkpoint_files(shard, optimizer_shard)
+    if optimizer is None:
+        if verify:
+            listed = read_checkpoint_manifest(path)["files"]
+            optimizer = opt_file in listed
+        else:
+            optimizer = (path / opt_file).is_file()
+    names = [model_file] + ([opt_file] if optimizer else []) + rest
+    if verify:
+        verify_checkpoint(path, names)
+    for name in names:
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: incomplete checkpoint, {name} is missing")
     opt = None
-    if (path / opt_file).is_file():
-        opt = torch.load(path / opt_file, map_location="cpu", weights_only=True)
-    return Checkpoint(path=path, model=load_file(str(path / model_file)), optimizer=opt,
-                      rng=torch.load(path / "rng.pt", map_location="cpu", weights_only=True),
-                      state=json.loads((path / "trainer_state.json").read_text()),
+    try:
+        if optimizer:
+            opt = torch.load(path / opt_file, map_location="cpu", weights_only=True)
+        model = _load_named(path / model_file, load_file)
+        rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
+        state = json.loads((path / "trainer_state.json").read_text())
+    except CheckpointError:
+        raise
+    except Exception as exc:  # unverified reads: name the file torch/safetensors choked on
+        raise CheckpointError(f"{path}: cannot read checkpoint: {type(exc).__name__}: {exc}") \
+            from exc
+    return Checkpoint(path=path, model=model, optimizer=opt, rng=rng, state=state,
                       config=(path / "config.yaml").read_text())
 
 
-__all__ = ["Checkpoint", "CheckpointError", "capture_rng", "dedupe_tensors", "latest_checkpoint",
-           "list_checkpoints", "load_checkpoint", "restore_rng", "save_checkpoint",
-           "save_sharded_checkpoint", "step_dir"]
+def _load_named(f: Path, load_file) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(f))
+    except Exception as exc:  # safetensors raises its own error types on a bad file
+        raise CheckpointError(f"{f}: cannot read: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------- run dirs
+# what a training run writes into its directory (``--overwrite`` deletes only these)
+RUN_ENTRIES = frozenset({"config.yaml", "metrics.jsonl", "metrics.tmp", "checkpoints", "model",
+                         "init_model", "mcore_init", "tb", "curves.png"})
+
+
+def _launch_rank() -> int:
+    """Global rank: the process group's, else torchrun's ``RANK`` (before the group exists)."""
+    rank, world = _dist_world()
+    if world > 1:
+        return rank
+    return int(os.environ.get("RANK", "0") or 0)
+
+
+def _check_run_dir(run: Path, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ValueError("--resume continues a run, --overwrite deletes it: pass one of them")
+    if resume:
+        if not run.is_dir():
+            raise FileNotFoundError(f"{run}: no such run directory to resume (--resume continues "
+                                    "an existing run; drop it to start a new one)")
+        return
+    if not run.exists():
+        return
+    if not run.is_dir():
+        raise FileExistsError(f"{run}: exists and is not a directory")
+    entries = sorted(p.name for p in run.iterdir())
+    if not entries:
+        return
+    if not overwrite:
+        shown = ", ".join(entries[:6]) + (", …" if len(entries) > 6 else "")
+        raise FileExistsError(f"{run}: the run directory is not empty ({shown}); pass --resume "
+                              "to continue that run or --overwrite to delete it and start over")
+    foreign = [e for e in entries if e not in RUN_ENTRIES and not e.startswith(".tmp-")]
+    if foreign:
+        raise FileExistsError(f"{run}: --overwrite deletes only what a training run writes, and "
+                              f"{run / foreign[0]} is not that; move it or choose another out_dir")
+    for e in entries:
+        p = run / e
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def prepare_run_dir(run: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Make ``run`` ready for training, or refuse with one clear error:
+
+    - ``resume``: the directory must exist (FileNotFoundError); it is left as it is.
+    - otherwise a non-empty directory is refused (FileExistsError) unless ``overwrite``, which
+      deletes its contents first — only what a run writes (:data:`RUN_ENTRIES`, temporaries); any
+      other entry is refused, so a mistyped ``out_dir`` never deletes someone's files.
+    - ``resume`` with ``overwrite`` is a ValueError.
+
+    Global rank 0 decides and deletes (other ranks of a started process group learn its verdict;
+    under torchrun before the group exists, only rank 0 checks, since it may already be writing
+    when another rank looks); every rank then creates the directory. Returns its path."""
+    run = Path(run)
+    rank, world = _dist_world()
+    error: BaseException | None = None
+    if _launch_rank() == 0:
+        try:
+            _check_run_dir(run, resume, overwrite)
+        except (OSError, ValueError) as exc:
+            error = exc
+    elif resume:  # a check that does not race with rank 0's writes
+        try:
+            _check_run_dir(run, resume, False)
+        except OSError as exc:
+            error = exc
+    if world > 1:
+        error = _all_gather(error)[0]
+    if error is not None:
+        raise error
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+__all__ = ["Checkpoint", "CheckpointError", "CheckpointLayoutError", "MANIFEST", "MANIFEST_FORMAT", "RUN_ENTRIES",
+           "TrainingInterrupted", "capture_rng", "check_safetensors_file", "checkpoint_files",
+           "dedupe_tensors", "file_digest", "latest_checkpoint", "list_checkpoints",
+           "load_checkpoint", "newest_complete_checkpoint", "prepare_run_dir",
+           "read_checkpoint_manifest", "restore_rng", "save_checkpoint",
+           "save_sharded_checkpoint", "step_dir", "verify_checkpoint", "verify_on_every_rank"]

@@ -2,12 +2,37 @@
 
 Each area registers its own sub-commands (``register(subparsers)``) so that this file stays a
 thin router and imports heavy modules only for the command that runs.
+
+Errors (:func:`run_command`, the one place): an error the user caused — a config
+(:class:`~mixed_r1.config.ConfigError`), data (:class:`~mixed_r1.data.schema.DataError`),
+checkpoint or model file (:class:`~mixed_r1.checkpoint.CheckpointError`), weights that do not fit
+the model (:class:`~mixed_r1.engine.ModelMismatchError`), a model directory's processor
+(:class:`~mixed_r1.models.processor.ProcessorError`), an unsupported model config, a bad
+argument (:class:`UsageError`), a missing/existing file or directory — prints one line
+``error: <message>`` (naming the file, row or key) on stderr and exits 2. ``--debug`` (anywhere on
+the command line) re-raises it with its traceback instead. Anything else is a bug and keeps its
+traceback. Training stopped by SIGINT/SIGTERM (:class:`~mixed_r1.checkpoint.TrainingInterrupted`)
+prints where its checkpoint is and exits 128 + signal (130 for SIGINT, 143 for SIGTERM); a
+Ctrl-C elsewhere prints ``interrupted`` and exits 130.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import re
 import sys
+from typing import Callable
+
+
+class UsageError(SystemExit):
+    """A bad command-line argument that argparse could not catch: printed as ``error: <message>``
+    with exit status 2 (a SystemExit, like argparse's own usage errors; ``str()`` is the message).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.code = 2
 
 # modules that expose ``register(subparsers)``; missing ones are simply not offered
 _COMMAND_MODULES = (
@@ -16,11 +41,15 @@ _COMMAND_MODULES = (
     "mixed_r1.convert_cli",
     "mixed_r1.train_cli",
     "mixed_r1.demo",
+    "mixed_r1.plan",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixed-r1", description="Mixed-R1 GRPO post-training")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error instead of one 'error:' line "
+                             "(accepted anywhere on the command line)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in _COMMAND_MODULES:
         try:
@@ -33,9 +62,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """The exception types a user causes (imported only once an error happened)."""
+    from mixed_r1.checkpoint import CheckpointError
+    from mixed_r1.config import ConfigError
+    from mixed_r1.data.schema import DataError
+    from mixed_r1.engine.base import ModelMismatchError
+    from mixed_r1.models.config import UnsupportedConfigError
+    from mixed_r1.models.processor import ProcessorError
+
+    return (ConfigError, DataError, CheckpointError, ModelMismatchError, ProcessorError,
+            UnsupportedConfigError, FileNotFoundError, FileExistsError, NotADirectoryError,
+            IsADirectoryError, PermissionError)
+
+
+def error_line(exc: BaseException) -> str:
+    """``exc``'s message on one line (a YAML syntax error becomes its file, line, column and
+    problem)."""
+    msg = str(exc)
+    ctx = exc.__cause__ or exc.__context__
+    mark = getattr(ctx, "problem_mark", None)
+    if ": not valid YAML" in msg and mark is not None:  # config.load_config's wording
+        where = msg.split(": not valid YAML", 1)[0]
+        problem = getattr(ctx, "problem", None) or "syntax error"
+        context = getattr(ctx, "context", None)
+        msg = (f"{where}: not valid YAML at line {mark.line + 1}, column {mark.column + 1}: "
+               f"{problem}" + (f" ({context})" if context else ""))
+    return re.sub(r"\s*\n\s*", " ", msg).strip()
+
+
+def _rank_prefix() -> str:
+    rank = os.environ.get("RANK", "0")
+    return "" if rank in ("", "0") else f"[rank {rank}] "
+
+
+def run_command(fn: Callable[[], int | None], *, debug: bool = False) -> int:
+    """Call ``fn`` (a command) with the CLI's error rules (module docstring); its exit status."""
+    from mixed_r1.checkpoint import TrainingInterrupted
+
+    try:
+        return int(fn() or 0)
+    except TrainingInterrupted as exc:
+        if debug:
+            raise
+        print(f"{_rank_prefix()}{exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    except UsageError as exc:
+        print(f"{_rank_prefix()}error: {error_line(exc)}", file=sys.stderr, flush=True)
+        raise
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{_rank_prefix()}interrupted", file=sys.stderr, flush=True)
+        return 130
+    except Exception as exc:
+        if debug or not isinstance(exc, _user_error_types()):
+            raise
+        print(f"{_rank_prefix()}error: {error_line(exc)}", file=sys.stderr, flush=True)
+        return 2
+
+
+def split_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without its ``--debug`` flags (before a ``--``), and whether there was one."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    rest = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return rest, len(rest) != len(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv, debug = split_debug(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    return run_command(lambda: args.func(args), debug=debug or args.debug)
 
 
 if __name__ == "__main__":

@@ -135,4 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mixed_r1.cli import run_command, split_debug
+
+    _argv, _debug = split_debug(sys.argv[1:])
+    raise SystemExit(run_command(lambda: main(_argv), debug=_debug))

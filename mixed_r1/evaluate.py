@@ -78,13 +78,18 @@ def format_table(report: dict, title: str | None = None) -> str:
 
 def load_eval_model(model_dir: str | Path):
     """(model, processor) from an HF model directory (e.g. one written by
-    ``GRPOTrainer.export_model``): the directory's own tokenizer / processor."""
+    ``GRPOTrainer.export_model``): the directory's own tokenizer / processor. Raises
+    FileNotFoundError without ``config.json`` and :class:`~mixed_r1.checkpoint.CheckpointError`
+    naming a ``*.safetensors`` file that is truncated or unreadable, before loading anything."""
+    from mixed_r1.checkpoint import check_safetensors_file
     from mixed_r1.engine import load_pretrained_model
     from mixed_r1.models.processor import load_processor
 
     p = Path(model_dir)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"--model {p}: not a model directory (no config.json)")
+    for f in sorted(p.glob("*.safetensors")):
+        check_safetensors_file(f)
     return load_pretrained_model(p).eval(), load_processor(p)
 
 

@@ -1,7 +1,13 @@
 """``mixed-r1 train | eval | plot | bench``: ``register(subparsers)`` adds them to the main CLI.
 
 Heavy imports happen inside each command. ``python -m mixed_r1.train_cli <command> …`` works on
-its own too (``main``).
+its own too, with the CLI's error rules (:func:`mixed_r1.cli.run_command`: one ``error:`` line and
+exit 2 for a user error, ``--debug`` for the traceback); :func:`main` itself lets errors propagate.
+
+``train`` and its run directory: a new run refuses a non-empty ``out_dir`` unless ``--overwrite``
+(which deletes what an earlier run wrote there); ``--resume`` refuses an ``out_dir`` that does not
+exist and says which step it resumes from (:func:`mixed_r1.trainer.run_training`). SIGINT/SIGTERM
+finish the current step, write a checkpoint and exit 130/143.
 """
 from __future__ import annotations
 
@@ -15,7 +21,7 @@ def _train(args: argparse.Namespace) -> int:
     from mixed_r1.trainer import run_training
 
     cfg = load_config(args.config, args.overrides)
-    trainer = run_training(cfg, resume=args.resume)
+    trainer = run_training(cfg, resume=args.resume, overwrite=args.overwrite)
     print(f"trained to step {trainer.step_count}; run dir {trainer.run_dir}")
     return 0
 
@@ -84,7 +90,13 @@ def _bench(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="GRPO training from a YAML config")
     p.add_argument("--config", required=True, help="YAML config (see examples/)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true",
+                      help="continue the run in out_dir from its newest complete checkpoint "
+                           "(out_dir must exist)")
+    mode.add_argument("--overwrite", action="store_true",
+                      help="delete what an earlier run wrote to out_dir and start over (without "
+                           "it, a non-empty out_dir is refused)")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.set_defaults(func=_train)
 
@@ -121,4 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mixed_r1.cli import run_command, split_debug
+
+    _argv, _debug = split_debug(sys.argv[1:])
+    sys.exit(run_command(lambda: main(_argv), debug=_debug))

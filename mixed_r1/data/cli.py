@@ -9,11 +9,15 @@ from mixed_r1.tasks import TASK_TYPES
 
 
 def _task_counts(pairs: list[str] | None, flag: str) -> dict[str, int]:
+    """``TASK=N`` items of ``flag``; :class:`~mixed_r1.cli.UsageError` (exit 2) naming the flag
+    and the bad item."""
+    from mixed_r1.cli import UsageError
+
     out: dict[str, int] = {}
     for item in pairs or []:
         task, sep, n = item.partition("=")
         if not sep or task not in TASK_TYPES or not n.isdigit():
-            raise SystemExit(f"{flag}: expected TASK=N with TASK in {', '.join(TASK_TYPES)}, "
+            raise UsageError(f"{flag}: expected TASK=N with TASK in {', '.join(TASK_TYPES)}, "
                              f"got {item!r}")
         out[task] = int(n)
     return out
@@ -38,7 +42,9 @@ def _synth_text(args: argparse.Namespace) -> int:
     overrides = _task_counts(args.size, "--size")
     other = sorted(set(overrides) - set(TEXT_TASK_TYPES))
     if other:
-        raise SystemExit(f"--size: the --text set has no task type {', '.join(other)} "
+        from mixed_r1.cli import UsageError
+
+        raise UsageError(f"--size: the --text set has no task type {', '.join(other)} "
                          f"(text task types: {', '.join(TEXT_TASK_TYPES)})")
     sizes.update(overrides)
     path = synthesize_text(args.out, TextSynthConfig(seed=args.seed, sizes=sizes, fmt=args.format))

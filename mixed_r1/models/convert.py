@@ -109,8 +109,11 @@ class HFIndex:
         st_files = sorted(hf_dir.glob("*.safetensors"))
         if not st_files:
             raise CheckpointError(f"{hf_dir}: no *.safetensors files (only safetensors checkpoints are accepted)")
+        from mixed_r1.checkpoint import check_safetensors_file  # (a lazy import: no cycle)
+
         files, dtypes, shapes = {}, {}, {}
         for f in st_files:
+            check_safetensors_file(f)  # a truncated file: CheckpointError naming it, up front
             for name, meta in read_header(f).items():
                 if name == "__metadata__":
                     continue
@@ -151,8 +154,11 @@ def _hf_reader(idx: HFIndex) -> Callable[[str], torch.Tensor]:
     def get(name: str) -> torch.Tensor:
         if name not in idx.files:
             raise CheckpointError(f"missing tensor {name} in the HF checkpoint")
-        with safe_open(idx.files[name], framework="pt") as h:
-            return h.get_tensor(name)
+        try:
+            with safe_open(idx.files[name], framework="pt") as h:
+                return h.get_tensor(name)
+        except Exception as e:  # safetensors raises its own error types on a corrupt file
+            raise CheckpointError(f"{idx.files[name]}: cannot read tensor {name}: {e}") from e
     return get
 
 
