@@ -130,7 +130,6 @@ class ParallelConfig:
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
     data_parallel: int = 1
-    colocate_generator: bool = True
     pipeline_layers: list[int] | None = None  # layers per stage, e.g. [10, 9, 9]; None: even
     distributed_optimizer: bool = False
     overlap_grad_reduce: bool = False
@@ -233,11 +232,71 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"config key 'parallel.pipeline_layers': {layers!r} must list one "
                           f"positive layer count per pipeline stage "
                           f"(pipeline_parallel={cfg.parallel.pipeline_parallel})")
+    if p.backend == "hf" and (world_shape := (p.tensor_parallel, p.pipeline_parallel,
+                                              p.data_parallel)) != (1, 1, 1):
+        raise ConfigError(f"config key 'parallel.backend: hf' is one process: "
+                          f"tensor/pipeline/data_parallel = {world_shape} need parallel.backend: mcore")
+    if p.backend == "hf" and (p.distributed_optimizer or p.pipeline_layers):
+        raise ConfigError("config keys 'parallel.distributed_optimizer' / 'parallel.pipeline_layers' "
+                          "need parallel.backend: mcore")
+    for key in ("save_every", "eval_every", "eval_samples"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}' must be >= 0, got {_get(cfg, key)}")
+    if cfg.eval_every and not cfg.data.eval_file:
+        raise ConfigError(f"config key 'eval_every'={cfg.eval_every} needs 'data.eval_file' "
+                          "(the held-out set evaluated every eval_every steps)")
+    r = cfg.rollout
+    if not 0 < r.top_p <= 1:
+        raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {r.top_p}")
+    if not 0 < r.gpu_memory_utilization <= 1:
+        raise ConfigError("config key 'rollout.gpu_memory_utilization' must be in (0, 1], got "
+                          f"{r.gpu_memory_utilization}")
+    if r.max_prompt_length < 1:
+        raise ConfigError(f"config key 'rollout.max_prompt_length' must be >= 1, got {r.max_prompt_length}")
+    if r.max_model_len is not None and r.max_model_len < r.max_prompt_length + r.max_new_tokens:
+        raise ConfigError(f"config key 'rollout.max_model_len'={r.max_model_len} is shorter than "
+                          f"rollout.max_prompt_length + rollout.max_new_tokens = "
+                          f"{r.max_prompt_length + r.max_new_tokens}")
+    if cfg.algo.eps_low < 0 or cfg.algo.eps_high < 0:
+        raise ConfigError("config keys 'algo.eps_low' / 'algo.eps_high' must be >= 0, got "
+                          f"{cfg.algo.eps_low} / {cfg.algo.eps_high}")
     n = cfg.rollout.prompts_per_step * cfg.rollout.group_size
     if cfg.algo.mini_batches > n:
         raise ConfigError(f"config key 'algo.mini_batches'={cfg.algo.mini_batches} exceeds the "
                           f"{n} completions per step")
     return cfg
+
+
+def validate_model_layout(cfg: TrainConfig, hf_config: dict[str, Any], origin: str = "config") -> None:
+    """The rules that need the model's shapes (its HF ``config.json`` as a dict): the policy's
+    TP/PP split (heads, KV groups and FFN divisible by TP; ``pipeline_layers`` as megatron can
+    build it), the rollout TP dividing the attention heads, and the longest sequence within the
+    model's positions. Raises one :class:`ConfigError`; called by ``mixed-r1 plan`` and by the
+    trainer before any process group or model is built."""
+    from mixed_r1.models.config import UnsupportedConfigError, arch_from_hf_config
+
+    p, r = cfg.parallel, cfg.rollout
+    mcore = p.backend == "mcore"
+    tp, pp = (p.tensor_parallel, p.pipeline_parallel) if mcore else (1, 1)
+    try:
+        arch = arch_from_hf_config(hf_config)
+    except UnsupportedConfigError as exc:
+        if not mcore:  # the HF backend trains any causal LM transformers builds
+            return
+        raise ConfigError(f"{origin}: parallel.backend=mcore: {exc}") from None
+    try:
+        arch.check_parallel(tp, pp, p.pipeline_layers)
+    except UnsupportedConfigError as exc:
+        raise ConfigError(f"{origin}: parallel layout TP={tp} PP={pp}: {exc}") from None
+    rtp = r.tensor_parallel or tp
+    if r.backend == "vllm" and arch.num_heads % rtp:
+        raise ConfigError(f"{origin}: config key 'rollout.tensor_parallel'={rtp} does not divide "
+                          f"the model's {arch.num_heads} attention heads")
+    seq = r.max_prompt_length + r.max_new_tokens
+    if seq > arch.max_position_embeddings:
+        raise ConfigError(f"{origin}: rollout.max_prompt_length + rollout.max_new_tokens = {seq} "
+                          f"exceeds the model's max_position_embeddings "
+                          f"{arch.max_position_embeddings}")
 
 
 # ------------------------------------------------------------------------------- building

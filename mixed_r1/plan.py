@@ -118,5 +118,445 @@ def format_static(rows: Sequence[StaticMemory]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["StaticMemory", "format_static", "read_model_config", "stage_params", "static_memory",
-           "vision_params"]
+
+
+
+# ------------------------------------------------------------------------------- activations
+#: where the layer's implementation comes from: megatron-core's local spec (pure-torch RMSNorm,
+#: unfused core attention), megatron-core with Transformer Engine (fused norm, flash attention), or
+#: the transformers modules (hand-written fp32 RMSNorm, SDPA attention)
+IMPLEMENTATIONS = ("mcore-local", "mcore-te", "hf")
+
+
+@dataclass(frozen=True)
+class LayerDims:
+    """The shapes that size a transformer layer's saved activations."""
+
+    hidden: int
+    ffn: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    @classmethod
+    def of(cls, arch: Any) -> "LayerDims":
+        return cls(arch.hidden_size, arch.ffn_hidden_size, arch.num_heads, arch.num_kv_heads,
+                   arch.head_dim)
+
+
+def _norm_bytes(h: int, e: int, impl: str, device: str) -> int:
+    """Per token: what an RMSNorm saves for its backward, plus its output (saved by the next
+    linear). torch's composite ``rms_norm`` (CPU) keeps an fp32 copy of the input and of the
+    normalized input; the fused CUDA kernel (torch >= 2.8, and TE) keeps the input and the fp32
+    1/rms; transformers' ``Qwen2RMSNorm`` keeps the fp32 input, 1/rms and the down-cast product."""
+    if impl == "hf":
+        return 4 * h + 4 + e * h + e * h
+    if impl == "mcore-local" and device == "cpu":
+        return 8 * h + 4 + e * h
+    return e * h + 4 + e * h
+
+
+def layer_activation_bytes(d: LayerDims, *, seq: int, batch: int, tp: int = 1, dtype_bytes: int = 2,
+                           recompute: str = "none", impl: str = "mcore-local",
+                           device: str = "cuda") -> int:
+    """Bytes one transformer layer keeps for its backward for one micro-batch of ``batch``
+    sequences of ``seq`` tokens, tensor-parallel over ``tp`` ranks without sequence parallelism.
+
+    The accounting of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+    Transformer Models", §4: ``sbh(34 + 5as/h)`` for GPT's MLP and multi-head attention, the
+    attention scores term dropped by selective recompute, only the layer input kept under full
+    recompute), redone tensor by tensor for the SwiGLU MLP, grouped-query attention and RMSNorm
+    of Qwen2/Llama, and checked against the tensors autograd saves (``tests/test_plan.py``):
+
+    - two RMSNorms (:func:`_norm_bytes`), replicated over TP;
+    - attention, per TP shard: megatron keeps the fused QKV output, the rotated q and k and the
+      context; unfused core attention (local spec) also the expanded q/k/v, the softmax
+      probabilities ``a·s²·b`` and the boolean mask ``s²``, which ``selective`` recompute drops and
+      flash attention never stores (it keeps the fp32 log-sum-exp instead);
+    - the SwiGLU MLP: megatron keeps the fused gate/up output (``2f``) and three ``f``-wide tensors,
+      transformers keeps four ``f``-wide tensors (gate, up, activation, product);
+    - ``full`` recompute keeps only the layer's input (the recomputed layer's activations exist
+      transiently in the backward: :func:`lm_activation_memory` adds one layer's worth).
+    """
+    if recompute not in ("none", "selective", "full"):
+        raise ValueError(f"recompute must be none, selective or full, got {recompute!r}")
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    e, s, b, t = dtype_bytes, seq, batch, tp
+    h, f, a = d.hidden, d.ffn, d.heads
+    hq, kvd = d.heads * d.head_dim, d.kv_heads * d.head_dim
+    tokens = s * b
+    if recompute == "full":
+        return tokens * e * h + (4 * s * d.head_dim if impl != "hf" else 0)
+    norms = 2 * _norm_bytes(h, e, impl, device)
+    if impl == "hf":  # separate q/k/v projections, SDPA (flash/efficient/CPU-flash) keeps lse
+        attn = e * (2 * hq + 2 * kvd) + 4 * a
+        mlp = 4 * f * e
+        rope = 2 * s * d.head_dim * e
+        return tokens * (norms + attn + mlp) + rope
+    mlp = 5 * f * e // t
+    rope = 4 * s * d.head_dim * e
+    if impl == "mcore-local" and recompute == "none":
+        attn = tokens * 4 * hq * e // t + a // t * s * s * b * e + s * s
+    else:  # qkv output, rotated q and k, context (+ flash's fp32 lse)
+        attn = tokens * (e * (3 * hq + 3 * kvd) // t + (4 * a // t if impl == "mcore-te" else 0))
+    return tokens * (norms + mlp) + attn + rope
+
+
+def vision_tokens(hf_config: dict[str, Any], max_pixels: int) -> int:
+    """Patches the vision tower sees for one image of at most ``max_pixels`` (before the 2×2 merge)."""
+    v = hf_config.get("vision_config") or {}
+    patch = int(v.get("patch_size", 14))
+    return max_pixels // (patch * patch)
+
+
+def vision_activation_bytes(hf_config: dict[str, Any], *, images: int, max_pixels: int,
+                            dtype_bytes: int = 2, recompute: str = "none") -> int:
+    """Qwen2.5-VL vision tower activations for ``images`` images of ``max_pixels`` (transformers'
+    blocks: :func:`layer_activation_bytes` with ``impl='hf'``, one sequence of patches per image;
+    with ``recompute='full'`` the blocks are checkpointed, both backends, and one block's
+    activations are rebuilt at a time)."""
+    v = hf_config.get("vision_config")
+    if hf_config.get("model_type") != "qwen2_5_vl" or not v or images <= 0:
+        return 0
+    heads = int(v.get("num_heads", 16))
+    h = int(v.get("hidden_size", v.get("embed_dim", 1280)))
+    d = LayerDims(h, int(v.get("intermediate_size", 4 * h)), heads, heads, h // heads)
+    n = vision_tokens(hf_config, max_pixels)
+    kw = dict(seq=n, batch=images, dtype_bytes=dtype_bytes, impl="hf")
+    per = layer_activation_bytes(d, recompute=recompute, **kw)
+    transient = layer_activation_bytes(d, recompute="none", **kw) - per
+    return int(v.get("depth", 32)) * per + transient
+
+
+def logits_bytes(vocab_shard: int, *, seq: int, batch: int, dtype_bytes: int = 2) -> int:
+    """The LM head's output ``[b, s, V/t]`` in the compute dtype, plus its gradient of the same
+    size in the backward (the vocab-parallel log-prob op keeps the logits and writes the gradient
+    into a fresh buffer; ``tests/test_plan.py`` checks the peak)."""
+    return 2 * vocab_shard * seq * batch * dtype_bytes
+
+
+@dataclass
+class ActivationMemory:
+    """Update-phase activation memory of one rank (bytes): the saved activations of this stage's
+    layers for every micro-batch in flight, the one layer rebuilt during a ``full`` recompute
+    backward, the logits (last stage) and the vision tower (first stage)."""
+
+    layers: int
+    recompute_transient: int
+    logits: int
+    vision: int
+    in_flight: int
+
+    @property
+    def total(self) -> int:
+        return self.layers + self.recompute_transient + self.logits + self.vision
+
+
+def lm_activation_memory(hf_config: dict[str, Any], *, seq: int, micro_batch: int, tp: int = 1,
+                         pp: int = 1, stage: int = 0, pipeline_layers: Sequence[int] | None = None,
+                         micro_batches: int = 1, dtype: str = "bfloat16", recompute: str = "none",
+                         impl: str = "mcore-local", device: str = "cuda",
+                         images_per_row: int = 0, max_pixels: int = 0,
+                         scored_tokens: int | None = None) -> ActivationMemory:
+    """:class:`ActivationMemory` of pipeline stage ``stage`` for micro-batches of ``micro_batch``
+    rows of ``seq`` tokens. Under 1F1B the first stage holds ``min(pp - stage, micro_batches)``
+    micro-batches' activations at once (megatron's warm-up depth), the last one.
+    ``scored_tokens``: positions per row the LM head runs on (the HF engine: only the completion,
+    ``rollout.max_new_tokens``); None: all ``seq`` (megatron's ``GPTModel``)."""
+    from mixed_r1.models.config import arch_from_hf_config, resolve_pipeline_layers
+
+    arch = arch_from_hf_config(hf_config)
+    layers = resolve_pipeline_layers(arch.num_layers, pp, pipeline_layers)[stage]
+    e = {"bfloat16": 2, "float32": 4}[dtype]
+    d = LayerDims.of(arch)
+    kw = dict(seq=seq, batch=micro_batch, tp=tp, dtype_bytes=e, impl=impl, device=device)
+    per = layer_activation_bytes(d, recompute=recompute, **kw)
+    in_flight = max(1, min(pp - stage, micro_batches))
+    stored = layers * per * in_flight
+    tokens = seq * micro_batch
+    stored += 8 * tokens * in_flight  # token ids / targets
+    last = stage == pp - 1
+    if last:  # the final norm and the LM head's input
+        stored += tokens * _norm_bytes(d.hidden, e, impl, device) * in_flight
+    transient = 0
+    if recompute == "full":
+        transient = layer_activation_bytes(d, recompute="none", **kw) - per
+    logits = logits_bytes(arch.padded_vocab_size(tp) // tp, seq=scored_tokens or seq,
+                          batch=micro_batch, dtype_bytes=e) if last else 0
+    vision = 0
+    if stage == 0 and images_per_row:
+        vision = in_flight * vision_activation_bytes(
+            hf_config, images=images_per_row * micro_batch, max_pixels=max_pixels, dtype_bytes=e,
+            recompute="full" if recompute == "full" else "none")
+    return ActivationMemory(layers=stored, recompute_transient=transient, logits=logits,
+                            vision=vision, in_flight=in_flight)
+
+
+# ------------------------------------------------------------------------------- a whole config
+#: CUDA context, NCCL buffers and allocator fragmentation per process: a budget line, not measured
+#: here (PyTorch's CUDA context alone is ~0.5 GiB on H100; NCCL adds its channel buffers)
+CONTEXT_BYTES = 2 * GIB
+#: vLLM's own working set inside its ``gpu_memory_utilization`` share besides weights and KV
+#: cache (profiling-run activations, sampler, CUDA graphs); vLLM measures it at start-up
+VLLM_RUNTIME_BYTES = 2 * GIB
+
+
+@dataclass
+class PlanLine:
+    phase: str  # "update" | "rollout"
+    name: str
+    bytes: int
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    """The per-GPU budget of one config on ``gpus`` devices of ``gpu_bytes`` each."""
+
+    title: str
+    gpu_bytes: int
+    stage: int  # the pipeline stage whose ranks need the most memory
+    lines: list[PlanLine]
+    kv_tokens: int | None = None
+    max_model_len: int = 0
+
+    def total(self, phase: str) -> int:
+        return sum(x.bytes for x in self.lines if x.phase == phase)
+
+    def failure(self) -> str | None:
+        """The first budget line that does not fit, in one line; None when both phases fit."""
+        for phase in ("update", "rollout"):
+            tot = self.total(phase)
+            if tot > self.gpu_bytes:
+                big = max((x for x in self.lines if x.phase == phase), key=lambda x: x.bytes)
+                return (f"the {phase} phase needs {tot / GIB:.1f} GiB per GPU (pipeline stage "
+                        f"{self.stage}) > {self.gpu_bytes / GIB:.1f} GiB; largest line: {big.name} "
+                        f"{big.bytes / GIB:.1f} GiB")
+        if self.kv_tokens is not None and self.kv_tokens < self.max_model_len:
+            return (f"the generator's KV cache holds {self.kv_tokens} tokens < max_model_len "
+                    f"{self.max_model_len} (raise rollout.gpu_memory_utilization or "
+                    "rollout.tensor_parallel)")
+        return None
+
+    def format(self) -> str:
+        out = [self.title]
+        for phase in ("update", "rollout"):
+            out.append(f"{phase} phase (per GPU, pipeline stage {self.stage}){'GiB':>32}")
+            for x in (x for x in self.lines if x.phase == phase):
+                out.append(f"  {x.name:<56}{x.bytes / GIB:>9.2f}" + (f"   {x.note}" if x.note else ""))
+            tot = self.total(phase)
+            ok = "fits" if tot <= self.gpu_bytes else "DOES NOT FIT"
+            out.append(f"  {'total':<56}{tot / GIB:>9.2f}   of {self.gpu_bytes / GIB:.1f} GiB: {ok}")
+        return "\n".join(out)
+
+
+def model_hf_config(cfg: Any, model_config: str | Path | None = None) -> dict[str, Any]:
+    """The policy's HF config as a dict: ``model_config`` if given, else ``model.path``'s
+    config.json, else the tiny model's (``model.kind: tiny_qwen25vl``)."""
+    from mixed_r1.config import ConfigError
+
+    m = cfg.model
+    if model_config is not None:
+        try:
+            return read_model_config(model_config)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--model-config {model_config}: {exc}") from None
+    if m.kind == "pretrained":
+        try:
+            return read_model_config(m.path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"config key 'model.path': {exc} (`mixed-r1 plan` without the "
+                              "model: pass --model-config FILE, its config.json)") from None
+    from mixed_r1.models.qwen_vl import tiny_qwen25vl_config
+
+    return tiny_qwen25vl_config(
+        hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads, intermediate_size=m.intermediate_size,
+        vision_hidden=m.vision_hidden, vision_depth=m.vision_depth).to_dict()
+
+
+def default_max_pixels(hf_config: dict[str, Any], cfg: Any) -> int:
+    if cfg.model.max_pixels:
+        return int(cfg.model.max_pixels)
+    return 12544 if cfg.model.kind == "tiny_qwen25vl" else 12845056  # Qwen2.5-VL's default
+
+
+def update_micro_batches(cfg: Any) -> int:
+    """Micro-batches one data-parallel rank runs per optimizer update (at most)."""
+    a, p = cfg.algo, cfg.parallel
+    dp = p.data_parallel if p.backend == "mcore" else 1
+    rows = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    per_update = -(-rows // a.mini_batches)
+    return -(-(-(-per_update // a.micro_batch_size)) // dp)
+
+
+def plan_config(cfg: Any, *, gpus: int | None = None, gpu_mem_gib: float = 80.0,
+                hf_config: dict[str, Any] | None = None, impl: str | None = None,
+                origin: str = "config") -> Plan:
+    """Validate ``cfg`` for a world of ``gpus`` devices and size both phases on each of them.
+
+    Raises :class:`mixed_r1.config.ConfigError` (one line, naming the key) when a rule fails: the
+    config's own validation, a world that does not match TP·PP·DP, a TP/PP split the model's
+    shapes do not allow, a sequence longer than the model's positions. The memory budget itself is
+    returned (see :meth:`Plan.failure`): per GPU, the update phase holds the policy's static
+    memory (:func:`static_memory`), a reference copy when ``algo.beta > 0``, the activations
+    (:func:`lm_activation_memory`) and :data:`CONTEXT_BYTES`; the rollout phase holds the policy's
+    weights, gradients and optimizer state (nothing is offloaded) beside the generator: vLLM takes
+    ``rollout.gpu_memory_utilization`` of the device, of which weights and
+    :data:`VLLM_RUNTIME_BYTES` come first and the rest is KV cache; the HF generator of the mcore
+    backend is a full bf16/fp32 copy of the model on each replica's first rank plus its KV cache.
+    """
+    from mixed_r1.config import ConfigError, validate, validate_model_layout
+    from mixed_r1.models.config import arch_from_hf_config
+
+    p, r = cfg.parallel, cfg.rollout
+    mcore = p.backend == "mcore"
+    tp, pp, dp = (p.tensor_parallel, p.pipeline_parallel, p.data_parallel) if mcore else (1, 1, 1)
+    world = tp * pp * dp
+    if gpus is not None and gpus != world:
+        raise ConfigError(f"{origin}: parallel.tensor_parallel*pipeline_parallel*data_parallel = "
+                          f"{tp}*{pp}*{dp} = {world} ranks, but the plan is for {gpus} GPUs"
+                          if mcore else f"{origin}: parallel.backend=hf runs on one GPU, "
+                          f"not {gpus}: use parallel.backend=mcore")
+    validate(cfg)
+    hf = hf_config if hf_config is not None else model_hf_config(cfg)
+    validate_model_layout(cfg, hf, origin)
+    arch = arch_from_hf_config(hf)
+    seq = r.max_prompt_length + r.max_new_tokens
+    dtype, e = cfg.model.dtype, {"bfloat16": 2, "float32": 4}[cfg.model.dtype]
+    device = "cpu" if cfg.device == "cpu" else "cuda"
+    impl = impl or ("mcore-local" if mcore else "hf")
+    rec = cfg.model.recompute_mode
+    mb = cfg.algo.micro_batch_size
+    n_micro = update_micro_batches(cfg)
+    images = 1 if arch.is_vl else 0
+    max_pixels = default_max_pixels(hf, cfg)
+    statics = static_memory(hf, tp=tp, pp=pp, dp=dp, dtype=dtype,
+                            distributed_optimizer=mcore and p.distributed_optimizer,
+                            pipeline_layers=p.pipeline_layers)
+    total_params = sum(stage_params(hf, 1, 1))
+    rtp = cfg.rollout.tensor_parallel or (tp if mcore else 1)
+    gpu = int(gpu_mem_gib * GIB)
+    best: Plan | None = None
+    for st in statics:
+        act = lm_activation_memory(hf, seq=seq, micro_batch=mb, tp=tp, pp=pp, stage=st.stage,
+                                   pipeline_layers=p.pipeline_layers, micro_batches=n_micro,
+                                   dtype=dtype, recompute=rec, impl=impl, device=device,
+                                   images_per_row=images, max_pixels=max_pixels,
+                                   scored_tokens=None if mcore else r.max_new_tokens)
+        shard = f" (/{dp}: dist. optimizer)" if mcore and p.distributed_optimizer else ""
+        L = [PlanLine("update", f"{dtype} weights", st.weights, f"{st.params:,} parameters"),
+             PlanLine("update", "fp32 gradients", st.grads),
+             PlanLine("update", "fp32 master weights" + shard, st.masters),
+             PlanLine("update", "Adam moments (fp32 x2)" + shard, st.optimizer),
+             PlanLine("update", "update-ratio snapshot (fp32)" + shard, st.update_snapshot,
+                      "transient, in the step")]
+        if cfg.algo.beta > 0:
+            L.append(PlanLine("update", f"reference policy ({dtype} weights)", st.weights))
+        L += [PlanLine("update", f"activations: {act.in_flight} x micro-batch {mb} x {seq} tokens",
+                       act.layers, f"recompute {rec}, {impl}"),
+              PlanLine("update", "recompute transient (one layer)", act.recompute_transient),
+              PlanLine("update", "logits + their gradient", act.logits),
+              PlanLine("update", "vision tower activations", act.vision,
+                       f"{images} image of {max_pixels} px per row" if images else ""),
+              PlanLine("update", "CUDA context, NCCL, fragmentation", CONTEXT_BYTES)]
+        resident = st.weights + st.grads + st.masters + st.optimizer
+        L.append(PlanLine("rollout", "policy weights, gradients, masters, Adam (resident)",
+                          resident))
+        if cfg.algo.beta > 0:
+            L.append(PlanLine("rollout", f"reference policy ({dtype} weights)", st.weights))
+        kv_per_token = 2 * arch.num_layers * max(1, arch.num_kv_heads // rtp) * arch.head_dim * e
+        kv_tokens = None
+        if r.backend == "vllm":
+            budget = int(r.gpu_memory_utilization * gpu)
+            weights = total_params * e // rtp
+            kv = budget - weights - VLLM_RUNTIME_BYTES
+            kv_tokens = max(0, kv // kv_per_token)
+            L.append(PlanLine("rollout", f"vLLM (gpu_memory_utilization {r.gpu_memory_utilization})",
+                              budget, f"weights {weights / GIB:.1f} GiB (TP {rtp}), KV cache "
+                              f"{max(kv, 0) / GIB:.1f} GiB = {kv_tokens:,} tokens "
+                              f"({kv_tokens // seq} sequences of {seq})"))
+            L.append(PlanLine("update", "vLLM asleep (level 2: weights and KV freed)", 0))
+        else:
+            rows = min(r.batch_size, r.prompts_per_step * r.group_size)
+            kv = rows * seq * kv_per_token
+            if mcore:  # a separate HF model on each replica's first rank
+                L.append(PlanLine("rollout", f"HF generator weights ({dtype}, full model)",
+                                  total_params * e))
+                L.append(PlanLine("update", "HF generator weights (kept)", total_params * e))
+            L.append(PlanLine("rollout", f"HF generate KV cache ({rows} rows x {seq} tokens)", kv))
+        L.append(PlanLine("rollout", "CUDA context, NCCL, fragmentation", CONTEXT_BYTES))
+        title = (f"plan: {origin} on {world} GPU{'s' if world > 1 else ''} of {gpu_mem_gib:g} GiB "
+                 f"(backend {p.backend}: TP {tp} x PP {pp} x DP {dp}; rollout {r.backend}, "
+                 f"{world // rtp} replica{'s' if world // rtp > 1 else ''} of TP {rtp})")
+        plan = Plan(title, gpu, st.stage, L, kv_tokens, seq)
+        if best is None or max(plan.total("update"), plan.total("rollout")) > \
+                max(best.total("update"), best.total("rollout")):
+            best = plan
+    assert best is not None
+    return best
+
+
+# ------------------------------------------------------------------------------- the command
+def _default_gpu_mem_gib() -> float:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_properties(0).total_memory / GIB
+    except Exception:  # noqa: BLE001 - a broken CUDA install: fall back to the target card
+        pass
+    return 80.0  # H100 80GB, the card the example configs are written for
+
+
+def _plan(args: Any) -> int:
+    import sys
+
+    from mixed_r1.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        hf = model_hf_config(cfg, args.model_config)
+        gib = args.gpu_mem_gib if args.gpu_mem_gib is not None else _default_gpu_mem_gib()
+        plan = plan_config(cfg, gpus=args.gpus, gpu_mem_gib=gib, hf_config=hf, impl=args.impl,
+                           origin=str(args.config))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(plan.format())
+    failure = plan.failure()
+    if failure:
+        print(f"plan: {args.config}: {failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """``mixed-r1 plan``: validate a config for a world of N GPUs and print its memory budget."""
+    p = subparsers.add_parser(
+        "plan", help="validate a config without launching and print the per-GPU memory budget",
+        description="Validate a training config against a world of N GPUs (every cross-field "
+                    "rule, the model's TP/PP split) and print the per-GPU memory of the update "
+                    "and the rollout phases from the model's real shapes. Exit 1 (one line on "
+                    "stderr) when a phase does not fit, 2 on a config error.")
+    p.add_argument("--config", required=True, help="YAML training config")
+    p.add_argument("--gpus", type=int, default=None,
+                   help="world size (default: tensor_parallel*pipeline_parallel*data_parallel)")
+    p.add_argument("--gpu-mem-gib", type=float, default=None,
+                   help="memory per GPU (default: this machine's GPU, else 80 = H100 80GB)")
+    p.add_argument("--model-config", default=None,
+                   help="the model's config.json when model.path is not on this machine")
+    p.add_argument("--impl", choices=IMPLEMENTATIONS, default=None,
+                   help="layer implementation to size activations for (default: mcore-local "
+                        "for parallel.backend=mcore, hf otherwise; mcore-te with Transformer "
+                        "Engine)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.set_defaults(func=_plan)
+
+
+__all__ = ["ActivationMemory", "CONTEXT_BYTES", "IMPLEMENTATIONS", "LayerDims", "Plan", "PlanLine",
+           "StaticMemory", "VLLM_RUNTIME_BYTES", "format_static", "model_hf_config", "plan_config",
+           "layer_activation_bytes", "lm_activation_memory", "logits_bytes", "read_model_config",
+           "stage_params", "static_memory", "vision_activation_bytes", "vision_params",
+           "vision_tokens"]

@@ -475,18 +475,45 @@ class GRPOTrainer:
                                dump_yaml(self.cfg), keep_last=self.cfg.keep_last)
 
     def resume(self, path: str | Path | None = None) -> int:
-        """Restore the newest checkpoint (or ``path``); returns its step (0: nothing to resume)."""
-        from mixed_r1.checkpoint import latest_checkpoint, load_checkpoint, restore_rng
+        """Restore a checkpoint; returns its step (0: nothing to resume) and sets
+        ``resumed_from`` (the checkpoint's path, or None).
+
+        Without ``path``: the newest *complete* checkpoint under ``<run>/checkpoints``. The files
+        this rank reads (its model and optimizer shards, RNG states, trainer state, config) are
+        checked against the checkpoint's manifest of sizes and sha256s on every rank
+        (:func:`mixed_r1.checkpoint.newest_complete_checkpoint`, a collective decision); a damaged
+        newer checkpoint is logged as a warning naming its bad file, moved aside to
+        ``step_<step>.damaged``, and the next older one is used. Checkpoints that all fail raise
+        :class:`~mixed_r1.checkpoint.CheckpointError`. With ``path``: that checkpoint, verified
+        the same way (a bad file raises, no fallback). The optimizer file is required whenever the
+        policy has an optimizer: a missing one is damage, never a fresh optimizer. Weights that do
+        not fit the model raise :class:`~mixed_r1.engine.ModelMismatchError`."""
+        from mixed_r1.checkpoint import (checkpoint_files, load_checkpoint,
+                                         newest_complete_checkpoint, restore_rng,
+                                         verify_on_every_rank)
         from mixed_r1.metrics import truncate_metrics
 
-        ck_path = Path(path) if path else latest_checkpoint(self.run_dir / "checkpoints")
-        if ck_path is None:
-            return 0
         shard = getattr(self.policy, "checkpoint_shard", None)
-        ck = load_checkpoint(ck_path, shard=shard,
-                             optimizer_shard=getattr(self.policy, "optimizer_shard", None))
-        model_file = "model.safetensors" if shard is None else f"model_{shard}.safetensors"
-        self.policy.load(ck.model, ck.optimizer, source=str(ck_path / model_file))
+        opt_shard = getattr(self.policy, "optimizer_shard", None)
+        need_opt = getattr(self.policy, "optimizer", None) is not None
+        names = checkpoint_files(shard, opt_shard, optimizer=need_opt)
+        if path is not None:
+            ck_path: Path | None = Path(path)
+            verify_on_every_rank(ck_path, names)
+        else:
+            ck_path, problems = newest_complete_checkpoint(self.run_dir / "checkpoints", names)
+            if self.is_main:
+                for problem in problems:
+                    log.warning("damaged checkpoint %s; moved aside (.damaged), resuming from %s "
+                                "instead", problem, ck_path.name if ck_path else "step 0")
+        self.resumed_from = ck_path
+        if ck_path is None:
+            if self.is_main:  # rows of a run that stopped before its first checkpoint
+                truncate_metrics(self.run_dir, 0)
+            return 0
+        ck = load_checkpoint(ck_path, shard=shard, optimizer_shard=opt_shard, optimizer=need_opt,
+                             verify=False)
+        self.policy.load(ck.model, ck.optimizer, source=str(ck_path / names[0]))
         self.stream.load_state_dict(ck.state["data"])
         self.counters.update(ck.state.get("counters", {}))
         self.step_count = int(ck.state["step"])
@@ -526,25 +553,84 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self, logger: Any = None) -> list[dict]:
-        """Run until ``cfg.steps``; log every step, checkpoint every ``save_every`` and at the end."""
+        """Run until ``cfg.steps``; log every step, checkpoint every ``save_every`` and at the end.
+
+        SIGINT and SIGTERM (handlers installed for the call, from the main thread; the previous
+        ones are restored on return) stop training cleanly: the step in progress finishes (a
+        signal between steps starts no new one), a checkpoint of the last finished step is written
+        (unless that step was just saved), and :class:`~mixed_r1.checkpoint.TrainingInterrupted`
+        is raised (exit status 128 + signal: 130, 143). A second identical signal aborts at once
+        (KeyboardInterrupt, no checkpoint). Every rank of a multi-rank run checks the flag before
+        each step in one MAX all-reduce on the policy's device, so all ranks stop after the same
+        step and write the checkpoint together."""
+        import signal
+        import sys
+        import threading
+
+        import torch.distributed as dist
+
+        from mixed_r1.checkpoint import TrainingInterrupted
+
+        caught: list[int] = []
+
+        def on_signal(signum, frame) -> None:
+            if signum in caught:  # the same signal again: stop now, without a checkpoint
+                raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+            caught.append(signum)
+            if self.is_main:
+                sys.stderr.write(f"\n{signal.Signals(signum).name}: finishing step "
+                                 f"{self.step_count + 1}, then writing a checkpoint (send it "
+                                 "again to stop at once)\n")
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+        def agreed_signal() -> int:  # collective: the same answer on every rank
+            flag = caught[0] if caught else 0
+            if multi:
+                t = torch.tensor([float(flag)], device=self.policy.device)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                flag = int(t.item())
+            return flag
+
         history = []
-        while self.step_count < self.cfg.steps:
-            metrics = self.step()
-            history.append(metrics)
-            if logger is not None and self.step_count % self.cfg.log_every == 0:
-                logger.log(self.step_count, metrics)
-            if self.cfg.save_every and self.step_count % self.cfg.save_every == 0:
-                self.save()
-        if not self.cfg.save_every or self.step_count % self.cfg.save_every:
-            self.save()
+        saved = getattr(self, "resumed_from", None)  # the checkpoint of step_count, if any
+        saved_step = self.step_count if saved is not None else None
+        try:
+            signum = 0
+            while self.step_count < self.cfg.steps:
+                signum = agreed_signal()
+                if signum:
+                    break
+                metrics = self.step()
+                history.append(metrics)
+                if logger is not None and self.step_count % self.cfg.log_every == 0:
+                    logger.log(self.step_count, metrics)
+                if self.cfg.save_every and self.step_count % self.cfg.save_every == 0:
+                    saved, saved_step = self.save(), self.step_count
+            signum = signum or agreed_signal()
+            if saved_step != self.step_count:
+                saved, saved_step = self.save(), self.step_count
+            if signum:
+                raise TrainingInterrupted(signum, self.step_count, saved)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return history
 
 
 def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
                   model: torch.nn.Module | None = None) -> GRPOTrainer:
     """Everything from the config: data, processor, policy (+ reference), generator, reward."""
+    from mixed_r1.config import validate_model_layout
+    from mixed_r1.plan import model_hf_config
     from mixed_r1.rewards import MixedReward
 
+    # every rule that needs the model's shapes, before any process group or model exists
+    validate_model_layout(cfg, model.config.to_dict() if model is not None else model_hf_config(cfg))
     if cfg.parallel.backend == "mcore":
         return build_mcore_trainer(cfg, run_dir, model)
     seed_everything(cfg.seed)
@@ -658,22 +744,36 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     return GRPOTrainer(cfg, policy, generator, processor, reward, samples, ref, run)
 
 
-def run_training(cfg: TrainConfig, *, resume: bool = False, run_dir: str | Path | None = None,
+def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                 run_dir: str | Path | None = None,
                  model: torch.nn.Module | None = None) -> GRPOTrainer:
     """Build, optionally resume, train with logging, export the final model (rank 0 writes the
-    config, metrics and logs when the policy spans several ranks)."""
-    from mixed_r1.metrics import MetricsLogger
+    config, metrics and logs when the policy spans several ranks).
 
-    run = Path(run_dir or cfg.out_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    if _is_main_rank():
-        (run / "config.yaml").write_text(dump_yaml(cfg))
+    The run directory (``run_dir``, default ``cfg.out_dir``) follows
+    :func:`mixed_r1.checkpoint.prepare_run_dir`: a new run refuses a non-empty directory
+    (FileExistsError) unless ``overwrite``, which deletes what an earlier run wrote there first;
+    ``resume`` refuses a directory that does not exist (FileNotFoundError), continues from its
+    newest complete checkpoint (:meth:`GRPOTrainer.resume`) and prints which step it resumes from
+    (step 0 when the run stopped before its first checkpoint). Nothing is written into the
+    directory before the data and model are built, so a config or data error leaves it as it
+    was. SIGINT/SIGTERM end training after the current step with a checkpoint and raise
+    :class:`~mixed_r1.checkpoint.TrainingInterrupted` (no export)."""
+    from mixed_r1.checkpoint import prepare_run_dir
+    from mixed_r1.metrics import MetricsLogger, truncate_metrics
+
+    run = prepare_run_dir(run_dir or cfg.out_dir, resume=resume, overwrite=overwrite)
     trainer = build_trainer(cfg, run, model)
+    if trainer.is_main:
+        (run / "config.yaml").write_text(dump_yaml(cfg))
     start = trainer.resume() if resume else 0
-    if not resume and trainer.is_main:
-        from mixed_r1.metrics import truncate_metrics
-
-        truncate_metrics(run, 0)
+    if trainer.is_main:
+        if resume:
+            ck = getattr(trainer, "resumed_from", None)
+            print(f"resuming {run} from step {start} ({ck})" if ck is not None else
+                  f"resuming {run}: no checkpoint yet, starting from step 0", flush=True)
+        else:
+            truncate_metrics(run, 0)
     logger = None
     if trainer.is_main:
         logger = MetricsLogger(run, total_steps=cfg.steps, initial_step=start,

