@@ -287,7 +287,10 @@ def validate_model_layout(cfg: TrainConfig, hf_config: dict[str, Any], origin: s
     try:
         arch.check_parallel(tp, pp, p.pipeline_layers)
     except UnsupportedConfigError as exc:
-        raise ConfigError(f"{origin}: parallel layout TP={tp} PP={pp}: {exc}") from None
+        keys = "parallel.tensor_parallel / parallel.pipeline_parallel" + (
+            " / parallel.pipeline_layers" if p.pipeline_layers else "")
+        raise ConfigError(f"{origin}: config keys {keys} (TP={tp}, PP={pp}) do not fit the "
+                          f"model: {exc}") from None
     rtp = r.tensor_parallel or tp
     if r.backend == "vllm" and arch.num_heads % rtp:
         raise ConfigError(f"{origin}: config key 'rollout.tensor_parallel'={rtp} does not divide "
@@ -410,6 +413,18 @@ def _check_keys(cls: type, data: dict, origin: str, prefix: str = "") -> None:
             _check_keys(hints[key], value, origin, f"{prefix}{key}.")
 
 
+def _yaml_problem(exc: Exception) -> str:
+    """A YAML parser error as one line: `` at line L, column C: problem (context)`` (1-based;
+    PyYAML's own message spans several lines with a source excerpt)."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return ": " + " ".join(str(exc).split())
+    problem = getattr(exc, "problem", None) or "syntax error"
+    context = getattr(exc, "context", None)
+    return (f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+            + (f" ({context})" if context else ""))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """YAML file (optional) + ``key.sub=value`` overrides → validated :class:`TrainConfig`."""
     import yaml
@@ -424,7 +439,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{p}: not valid YAML{_yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of config keys")
         _check_keys(TrainConfig, data, origin)

@@ -302,12 +302,26 @@ CONTEXT_BYTES = 2 * GIB
 VLLM_RUNTIME_BYTES = 2 * GIB
 
 
+def update_peak_bytes(st: StaticMemory, act: ActivationMemory) -> int:
+    """Peak update-phase bytes of one rank: the resident state (weights, gradients, masters, Adam)
+    plus the larger of the backward's activations and the step's update-ratio snapshot — the
+    snapshot is taken after the backward has freed the activations (:func:`mixed_r1.engine.
+    run_update`), so the two are never held at once. ``tools/check_plan.py`` checks it against
+    measured peaks."""
+    resident = st.weights + st.grads + st.masters + st.optimizer
+    return resident + max(act.total, st.update_snapshot)
+
+
 @dataclass
 class PlanLine:
+    """One budget line. Lines of the same phase add up, except those with a ``window``: only the
+    largest window's sum counts (activations live in the backward, the snapshot in the step)."""
+
     phase: str  # "update" | "rollout"
     name: str
     bytes: int
     note: str = ""
+    window: str = ""
 
 
 @dataclass
@@ -322,7 +336,12 @@ class Plan:
     max_model_len: int = 0
 
     def total(self, phase: str) -> int:
-        return sum(x.bytes for x in self.lines if x.phase == phase)
+        lines = [x for x in self.lines if x.phase == phase]
+        windows: dict[str, int] = {}
+        for x in lines:
+            if x.window:
+                windows[x.window] = windows.get(x.window, 0) + x.bytes
+        return sum(x.bytes for x in lines if not x.window) + max(windows.values(), default=0)
 
     def failure(self) -> str | None:
         """The first budget line that does not fit, in one line; None when both phases fit."""
@@ -451,15 +470,18 @@ def plan_config(cfg: Any, *, gpus: int | None = None, gpu_mem_gib: float = 80.0,
              PlanLine("update", "fp32 master weights" + shard, st.masters),
              PlanLine("update", "Adam moments (fp32 x2)" + shard, st.optimizer),
              PlanLine("update", "update-ratio snapshot (fp32)" + shard, st.update_snapshot,
-                      "transient, in the step")]
+                      "in the step, after the backward: the larger of the two windows counts",
+                      window="step")]
         if cfg.algo.beta > 0:
             L.append(PlanLine("update", f"reference policy ({dtype} weights)", st.weights))
         L += [PlanLine("update", f"activations: {act.in_flight} x micro-batch {mb} x {seq} tokens",
-                       act.layers, f"recompute {rec}, {impl}"),
-              PlanLine("update", "recompute transient (one layer)", act.recompute_transient),
-              PlanLine("update", "logits + their gradient", act.logits),
+                       act.layers, f"recompute {rec}, {impl}; in the backward", window="backward"),
+              PlanLine("update", "recompute transient (one layer)", act.recompute_transient,
+                       window="backward"),
+              PlanLine("update", "logits + their gradient", act.logits, window="backward"),
               PlanLine("update", "vision tower activations", act.vision,
-                       f"{images} image of {max_pixels} px per row" if images else ""),
+                       f"{images} image of {max_pixels} px per row" if images else "",
+                       window="backward"),
               PlanLine("update", "CUDA context, NCCL, fragmentation", CONTEXT_BYTES)]
         resident = st.weights + st.grads + st.masters + st.optimizer
         L.append(PlanLine("rollout", "policy weights, gradients, masters, Adam (resident)",

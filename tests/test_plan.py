@@ -50,3 +50,79 @@ def test_static_memory_formula(qwen7b):
     assert dist.total == n * 2 + n * 4 + (n * 4) // 4 + (8 * n) // 4 + (n * 4) // 4
     fp32, = static_memory(qwen7b, tp=2, pp=1, dp=4, dtype="float32")
     assert fp32.masters == 0 and fp32.total == n * (4 + 4 + 8 + 4)
+
+
+def test_plan_total_counts_the_larger_window():
+    from mixed_r1.plan import Plan, PlanLine
+
+    lines = [PlanLine("update", "weights", 100), PlanLine("update", "acts", 30, window="backward"),
+             PlanLine("update", "logits", 25, window="backward"),
+             PlanLine("update", "snapshot", 40, window="step"), PlanLine("rollout", "kv", 7)]
+    plan = Plan("t", 1000, 0, lines)
+    assert plan.total("update") == 100 + 55 and plan.total("rollout") == 7
+    assert plan.failure() is None
+    assert "update phase needs" in Plan("t", 150, 0, lines).failure()
+
+
+@pytest.mark.slow
+def test_estimate_matches_measured_peaks(tmp_path):
+    """tools/check_plan.py: the plan's update-phase estimate against the measured peak of a real
+    update on CPU (megatron-core and the HF engine with real images), within 25%."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "rows.json"
+    cases = "mcore-bf16-none,mcore-bf16-full,hf-vl-bf16-full"
+    subprocess.run([sys.executable, str(Path(__file__).parents[1] / "tools" / "check_plan.py"),
+                    "--cases", cases, "--json", str(out)], check=True, capture_output=True,
+                   timeout=600)
+    rows = json.loads(out.read_text())
+    assert [r["case"] for r in rows] == cases.split(",")
+    for r in rows:
+        assert 0.75 <= r["ratio"] <= 1.25, r
+    # recompute really is in the estimate and in the measurement: full < none, both ways
+    none, full = rows[0], rows[1]
+    assert full["estimate"] < none["estimate"] and full["measured"] < none["measured"]
+
+
+def _plan_cli(*args: str):
+    import subprocess
+    import sys
+
+    root = Path(__file__).parents[1]
+    return subprocess.run([sys.executable, "-m", "mixed_r1.cli", "plan", *args], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("size", ["7b", "3b"])
+def test_examples_fit_their_hardware(size):
+    r = _plan_cli("--config", f"examples/qwen25vl_{size}_8xh100.yaml", "--model-config",
+                  f"examples/model_configs/qwen25vl_{size}.json", "--gpus", "8",
+                  "--gpu-mem-gib", "80")
+    assert r.returncode == 0, r.stderr
+    assert "DOES NOT FIT" not in r.stdout and r.stdout.count(": fits") == 2
+    assert "fp32 master weights (/" in r.stdout  # the distributed optimizer's shard
+
+
+def test_plan_refuses_a_layout_that_cannot_fit():
+    r = _plan_cli("--config", "examples/qwen25vl_7b_8xh100.yaml", "--model-config",
+                  "examples/model_configs/qwen25vl_7b.json", "--gpu-mem-gib", "24",
+                  "parallel.tensor_parallel=1", "parallel.data_parallel=8")
+    assert r.returncode == 1
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "update phase needs" in err[0] and "fp32 gradients" in err[0], err
+
+
+def test_plan_config_errors_are_one_line():
+    r = _plan_cli("--config", "examples/qwen25vl_7b_8xh100.yaml", "--model-config",
+                  "examples/model_configs/qwen25vl_7b.json", "--gpus", "4")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "4 GPUs" in err[0], err
+    # a TP size that does not divide the model's heads names the key
+    r = _plan_cli("--config", "examples/qwen25vl_7b_8xh100.yaml", "--model-config",
+                  "examples/model_configs/qwen25vl_7b.json", "parallel.tensor_parallel=3",
+                  "parallel.data_parallel=1")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "tensor_parallel" in err[0], err
+    assert "Traceback" not in r.stderr
