@@ -77,18 +77,10 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def error_line(exc: BaseException) -> str:
-    """``exc``'s message on one line (a YAML syntax error becomes its file, line, column and
+    """``exc``'s message on one line (the modules' messages name the file, row or key already;
+    :func:`mixed_r1.config.load_config` words a YAML syntax error as its line, column and
     problem)."""
-    msg = str(exc)
-    ctx = exc.__cause__ or exc.__context__
-    mark = getattr(ctx, "problem_mark", None)
-    if ": not valid YAML" in msg and mark is not None:  # config.load_config's wording
-        where = msg.split(": not valid YAML", 1)[0]
-        problem = getattr(ctx, "problem", None) or "syntax error"
-        context = getattr(ctx, "context", None)
-        msg = (f"{where}: not valid YAML at line {mark.line + 1}, column {mark.column + 1}: "
-               f"{problem}" + (f" ({context})" if context else ""))
-    return re.sub(r"\s*\n\s*", " ", msg).strip()
+    return re.sub(r"\s*\n\s*", " ", str(exc)).strip()
 
 
 def _rank_prefix() -> str:

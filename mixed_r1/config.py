@@ -421,6 +421,9 @@ def _yaml_problem(exc: Exception) -> str:
         return ": " + " ".join(str(exc).split())
     problem = getattr(exc, "problem", None) or "syntax error"
     context = getattr(exc, "context", None)
+    cmark = getattr(exc, "context_mark", None)
+    if context and cmark is not None:
+        context += f" started at line {cmark.line + 1}, column {cmark.column + 1}"
     return (f" at line {mark.line + 1}, column {mark.column + 1}: {problem}"
             + (f" ({context})" if context else ""))
 
