@@ -80,7 +80,8 @@ def load_eval_model(model_dir: str | Path):
     """(model, processor) from an HF model directory (e.g. one written by
     ``GRPOTrainer.export_model``): the directory's own tokenizer / processor. Raises
     FileNotFoundError without ``config.json`` and :class:`~mixed_r1.checkpoint.CheckpointError`
-    naming a ``*.safetensors`` file that is truncated or unreadable, before loading anything."""
+    naming a ``*.safetensors`` file that is truncated or unreadable, before loading anything; the
+    processor (whose errors name its file) loads before the weights."""
     from mixed_r1.checkpoint import check_safetensors_file
     from mixed_r1.engine import load_pretrained_model
     from mixed_r1.models.processor import load_processor
@@ -90,7 +91,8 @@ def load_eval_model(model_dir: str | Path):
         raise FileNotFoundError(f"--model {p}: not a model directory (no config.json)")
     for f in sorted(p.glob("*.safetensors")):
         check_safetensors_file(f)
-    return load_pretrained_model(p).eval(), load_processor(p)
+    processor = load_processor(p)
+    return load_pretrained_model(p).eval(), processor
 
 
 def eval_embedder(model_dir: str | Path, model: Any, processor: Any) -> Any:

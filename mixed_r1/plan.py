@@ -21,7 +21,6 @@ fp32 grads and masters, plus our snapshot).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -53,7 +52,9 @@ def read_model_config(path: str | Path) -> dict[str, Any]:
         p = p / "config.json"
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no model config (config.json)")
-    return json.loads(p.read_text())
+    from mixed_r1.models.safetensors_io import read_json_file
+
+    return read_json_file(p)
 
 
 def vision_params(hf_config: dict[str, Any]) -> int:

@@ -266,6 +266,9 @@ def load_pretrained_model(path: str | Path, dtype: torch.dtype = torch.float32):
     p = Path(path)
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{p}: not a model directory (no config.json)")
+    from mixed_r1.models.safetensors_io import read_json_file
+
+    read_json_file(p / "config.json")  # a broken one: CheckpointError naming it, not transformers'
     cfg = AutoConfig.from_pretrained(str(p), local_files_only=True)
     if cfg.model_type == "qwen2_5_vl":
         from transformers import Qwen2_5_VLForConditionalGeneration as cls

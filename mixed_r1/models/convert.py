@@ -39,7 +39,8 @@ from safetensors import safe_open
 from . import mapping as M
 from .config import (LMArch, PipelineLayersError, UnsupportedConfigError, arch_from_hf_config,
                      resolve_hf_names)
-from .safetensors_io import (ST_TO_DTYPE, CheckpointError, StreamWriter, read_header, sha256_of, write_json_atomic)
+from .safetensors_io import (ST_TO_DTYPE, CheckpointError, StreamWriter, read_header, read_json_file,
+                             sha256_of, write_json_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +341,7 @@ def hf_to_mcore(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, tp: int =
     cfg_path = hf_dir / "config.json"
     if not cfg_path.is_file():
         raise CheckpointError(f"{cfg_path}: missing HF config")
-    cfg = json.loads(cfg_path.read_text())
+    cfg = read_json_file(cfg_path)
     arch = arch_from_hf_config(cfg)
     layers = arch.check_parallel(tp, pp, pipeline_layers)
     idx = HFIndex.scan(hf_dir)

@@ -36,7 +36,9 @@ def model_type(model_dir: str | Path) -> str:
     p = Path(model_dir) / "config.json"
     if not p.is_file():
         raise ProcessorError(f"{model_dir}: not a model directory (no config.json)")
-    return str(json.loads(p.read_text()).get("model_type", ""))
+    from mixed_r1.models.safetensors_io import read_json_file
+
+    return str(read_json_file(p).get("model_type", ""))
 
 
 def is_multimodal(processor: Any) -> bool:

@@ -24,6 +24,21 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, mis-shaped or corrupt; the message names the tensor/file."""
 
 
+def read_json_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object file of a model or checkpoint directory (``config.json``, a manifest, …);
+    :class:`CheckpointError` naming it when it is unreadable, not JSON or not an object."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable JSON file: {e}") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def tensor_bytes(t: torch.Tensor) -> memoryview:
     """The tensor's raw little-endian bytes (no copy when already contiguous)."""
     t = t.detach().contiguous().reshape(-1)
