@@ -20,7 +20,19 @@ def evaluate_generator(generator: Any, processor: Any, samples: Sequence[Any], r
                        k: int = 1, temperature: float = 0.0, max_new_tokens: int = 64,
                        seed: int = 0, pass_threshold: float = 0.5) -> dict:
     """Generate ``k`` completions per sample and score them; returns the report dict."""
-    from mixed_r1.data.prompts import build_messages, model_frame_sample
+    comps = generate_eval(generator, samples, k=k, temperature=temperature,
+                          max_new_tokens=max_new_tokens, seed=seed)
+    return score_eval(comps, samples, processor, reward, k=k, temperature=temperature,
+                      pass_threshold=pass_threshold)
+
+
+def generate_eval(generator: Any, samples: Sequence[Any], *, k: int = 1, temperature: float = 0.0,
+                  max_new_tokens: int = 64, seed: int = 0) -> list:
+    """The generation half of :func:`evaluate_generator`: ``k`` completions per sample
+    (``len(samples) * k`` :class:`~mixed_r1.rollout.Completion`, prompt-major). Collective when
+    ``generator`` is (every rank of a replicated generator calls it). ValueError for ``k < 1`` or
+    ``k > 1`` at temperature 0."""
+    from mixed_r1.data.prompts import build_messages
     from mixed_r1.rollout import Prompt, SamplingParams
 
     if k < 1:
@@ -29,7 +41,15 @@ def evaluate_generator(generator: Any, processor: Any, samples: Sequence[Any], r
         raise ValueError("pass@k with k > 1 needs temperature > 0")
     prompts = [Prompt(messages=build_messages(s), images=list(s.images), id=s.id) for s in samples]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    comps = generator.generate(prompts, k, params)
+    return generator.generate(prompts, k, params)
+
+
+def score_eval(comps: Sequence[Any], samples: Sequence[Any], processor: Any, reward: Any, *,
+               k: int = 1, temperature: float = 0.0, pass_threshold: float = 0.5) -> dict:
+    """The scoring half of :func:`evaluate_generator`: the report dict (module docstring) of
+    ``comps`` from :func:`generate_eval`."""
+    from mixed_r1.data.prompts import model_frame_sample
+
     framed = [model_frame_sample(s, processor) for s in samples]
     scored = reward([c.text for c in comps], [framed[c.prompt_index] for c in comps])
     per: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))

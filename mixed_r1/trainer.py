@@ -134,19 +134,20 @@ def build_processor(cfg: TrainConfig):
                                     max_pixels=m.max_pixels or DEFAULT_MAX_PIXELS)
 
 
-def load_train_samples(cfg: TrainConfig, processor: Any = None) -> list:
-    """The training rows; for a text-only policy (a processor without an image processor) rows
-    with images are refused (``data.on_error: raise``: one error with their count and the first
-    one; ``skip``: dropped and counted in the log)."""
+def load_train_samples(cfg: TrainConfig, processor: Any = None, key: str = "train_file") -> list:
+    """The rows of ``data.<key>`` (``train_file``, or ``eval_file`` for the held-out set); for a
+    text-only policy (a processor without an image processor) rows with images are refused
+    (``data.on_error: raise``: one error with their count and the first one; ``skip``: dropped
+    and counted in the log)."""
     from mixed_r1.data import load_samples
     from mixed_r1.data.schema import DataError
     from mixed_r1.models.processor import is_multimodal
 
-    path = cfg.data.train_file
+    path = getattr(cfg.data, key)
     if not path:
-        raise ConfigError("config key 'data.train_file' is not set")
+        raise ConfigError(f"config key 'data.{key}' is not set")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"data.train_file: no such file: {path}")
+        raise FileNotFoundError(f"data.{key}: no such file: {path}")
     samples, report = load_samples(path, on_error=cfg.data.on_error)
     if report.n_skipped:
         log.warning("%s: skipped %d bad rows %s", path, report.n_skipped, dict(report.skipped))
@@ -254,6 +255,7 @@ class GRPOTrainer:
         self.pad_id = int(pad if pad is not None else 0)
         self.run_dir = Path(run_dir or cfg.out_dir)
         self.stream = PromptStream(train_samples, cfg.seed, cfg.data.shuffle)
+        self.eval_set = load_eval_samples(cfg, processor)  # [] without data.eval_file
         self.step_count = 0
         self.counters = {"nonfinite_skips": 0, "dropped_groups": 0, "empty_steps": 0,
                          "reward_failures": 0}
@@ -551,6 +553,33 @@ class GRPOTrainer:
         os.rename(tmp, final)
         return final
 
+    # ------------------------------------------------------------------ periodic eval
+    def evaluate(self) -> dict[str, float]:
+        """Greedy held-out evaluation of the current weights on ``eval_set``
+        (:func:`load_eval_samples`): the generator (already synced with the policy) writes one
+        completion of at most ``rollout.max_new_tokens`` per row, Mixed-Reward scores it.
+
+        Collective: every rank generates (a replicated generator splits the rows over its
+        replicas); the main rank scores and returns ``eval/<task>/accuracy``, ``.../format``,
+        ``eval/accuracy``, ``eval/format``, ``eval/total`` and ``eval/n``; other ranks return {}.
+        The seed is fixed, so evaluations differ only by the weights."""
+        from mixed_r1.evaluate import generate_eval, score_eval
+
+        if not self.eval_set:
+            return {}
+        t0 = time.perf_counter()
+        comps = generate_eval(self.generator, self.eval_set, k=1, temperature=0.0,
+                              max_new_tokens=self.cfg.rollout.max_new_tokens, seed=self.cfg.seed)
+        if not self.is_main:
+            return {}
+        rep = score_eval(comps, self.eval_set, self.processor, self.reward)
+        out = {f"eval/{task}/{k}": float(row[k]) for task, row in rep["tasks"].items()
+               for k in ("accuracy", "format")}
+        out.update({f"eval/{k}": float(rep["overall"][k]) for k in ("accuracy", "format", "total")})
+        out["eval/n"] = float(len(self.eval_set))
+        out["time/eval"] = time.perf_counter() - t0
+        return out
+
     # ------------------------------------------------------------------ the loop
     def train(self, logger: Any = None) -> list[dict]:
         """Run until ``cfg.steps``; log every step, checkpoint every ``save_every`` and at the end.
@@ -606,8 +635,11 @@ class GRPOTrainer:
                 if signum:
                     break
                 metrics = self.step()
+                if self.cfg.eval_every and self.step_count % self.cfg.eval_every == 0:
+                    metrics.update(self.evaluate())
                 history.append(metrics)
-                if logger is not None and self.step_count % self.cfg.log_every == 0:
+                if logger is not None and (self.step_count % self.cfg.log_every == 0
+                                           or "eval/n" in metrics):
                     logger.log(self.step_count, metrics)
                 if self.cfg.save_every and self.step_count % self.cfg.save_every == 0:
                     saved, saved_step = self.save(), self.step_count
@@ -644,6 +676,20 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     generator = build_generator(cfg, model, processor)
     reward = MixedReward(cfg.reward, embedder=bmas_embedder(cfg, processor, policy))
     return GRPOTrainer(cfg, policy, generator, processor, reward, samples, ref, run_dir)
+
+
+def load_eval_samples(cfg: TrainConfig, processor: Any = None) -> list:
+    """The periodic-eval set: ``data.eval_file``'s rows (the rules of :func:`load_train_samples`),
+    at most ``eval_samples`` of them (0: all), chosen by a permutation seeded with ``cfg.seed`` so
+    every eval of the run, and every rank, sees the same rows. [] without an eval file."""
+    if not cfg.data.eval_file:
+        return []
+    rows = load_train_samples(cfg, processor, key="eval_file")
+    n = cfg.eval_samples or len(rows)
+    if n < len(rows):
+        perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(cfg.seed))
+        rows = [rows[i] for i in sorted(perm[:n].tolist())]
+    return rows
 
 
 def _init_mcore_parallel(cfg: TrainConfig) -> None:
