@@ -19,3 +19,40 @@ def tiny_overrides(data_file: Path, out_dir: Path, steps: int = 3) -> list[str]:
             "model.max_pixels=12544", "rollout.prompts_per_step=2", "rollout.group_size=4",
             "rollout.max_new_tokens=6", "algo.micro_batch_size=4", "optim.lr=3e-3",
             "progress=false", "tensorboard=false", "reward.math_timeout_s=2"]
+
+
+VOLATILE = ("time/", "perf/")  # wall-clock numbers differ between runs
+
+
+def stable_metrics(rows: list[dict]) -> list[dict]:
+    """Metrics rows without their wall-clock keys: equal between runs that compute the same."""
+    return [{k: v for k, v in r.items() if not k.startswith(VOLATILE)} for r in rows]
+
+
+def write_config(path: Path, overrides: list[str]) -> Path:
+    """``key.sub=value`` overrides as a nested YAML config file (for ``mixed-r1 train --config``)."""
+    import yaml
+
+    nested: dict = {}
+    for item in overrides:
+        key, val = item.split("=", 1)
+        node = nested
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = yaml.safe_load(val)
+    path.write_text(yaml.safe_dump(nested))
+    return path
+
+
+def exported_weights(run_dir: Path) -> dict:
+    """The tensors of a run's final export, ``<run>/model/model.safetensors``."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run_dir) / "model" / "model.safetensors"))
+
+
+def differing_tensors(a: dict, b: dict) -> list[str]:
+    """Names whose tensors are not bit-identical in ``a`` and ``b`` (or are in only one)."""
+    return sorted(set(a) ^ set(b)) + [k for k in sorted(set(a) & set(b))
+                                      if a[k].dtype != b[k].dtype or not a[k].equal(b[k])]
