@@ -460,17 +460,20 @@ def newest_complete_checkpoint(root: str | Path, names: Sequence[str]
     rank's, :func:`checkpoint_files`) verify against its manifest on *every* rank.
 
     Collective over the default process group (every rank calls it with its own ``names``; the
-    verdicts are all-gathered, so all ranks pick the same checkpoint). A damaged newer checkpoint
-    is renamed to ``step_<step>.damaged`` by rank 0 (kept for inspection, no longer listed, so
-    ``keep_last`` pruning and later resumes skip it). Returns ``(path, problems)``: ``problems``
-    has one line per skipped checkpoint naming its bad files; ``(None, [])`` when ``root`` holds no
-    checkpoint. Raises :class:`CheckpointError` (listing every problem) when checkpoints exist but
-    none is complete, and :class:`CheckpointLayoutError` at once when a checkpoint is complete but
-    lacks a file this rank needs (the run's layout differs; nothing is moved)."""
+    verdicts are all-gathered, so all ranks pick the same checkpoint). Once a complete one is
+    found, the damaged newer ones are renamed to ``step_<step>.damaged`` by rank 0 (kept for
+    inspection, no longer listed, so ``keep_last`` pruning and later resumes skip them). Returns
+    ``(path, problems)``: ``problems`` has one line per skipped checkpoint naming its bad files;
+    ``(None, [])`` when ``root`` holds no checkpoint. Raises :class:`CheckpointError` (listing
+    every problem) when checkpoints exist but none is complete — then nothing is moved, so a
+    second ``--resume`` fails the same way instead of finding no checkpoint and starting over —
+    and :class:`CheckpointLayoutError` at once when a checkpoint is complete but lacks a file
+    this rank needs (the run's layout differs; nothing is moved)."""
     import torch.distributed as dist
 
     rank, world = _dist_world()
     problems: list[str] = []
+    damaged: list[Path] = []
     for ck in reversed(list_checkpoints(root)):
         verdict: tuple[str, str] | None = None
         try:
@@ -487,17 +490,19 @@ def newest_complete_checkpoint(root: str | Path, names: Sequence[str]
             raise CheckpointLayoutError(layout[0])
         bad = sorted({msg for _, msg in verdicts})
         if not bad:
+            if rank == 0:  # only now: with nothing to fall back to, a rerun must fail the same way
+                for d in damaged:
+                    aside = d.with_name(d.name + ".damaged")
+                    shutil.rmtree(aside, ignore_errors=True)
+                    os.rename(d, aside)
+            if damaged and world > 1:
+                dist.barrier()
             return ck, problems
         problems.append(f"{ck.name}: " + "; ".join(bad))
-        if rank == 0:
-            aside = ck.with_name(ck.name + ".damaged")
-            shutil.rmtree(aside, ignore_errors=True)
-            os.rename(ck, aside)
-        if world > 1:
-            dist.barrier()
+        damaged.append(ck)
     if problems:
         raise CheckpointError(f"{root}: no complete checkpoint to resume from ("
-                              + " | ".join(problems) + ")")
+                              + " | ".join(problems) + "); nothing was moved")
     return None, []
 
 
