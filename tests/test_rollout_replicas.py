@@ -137,5 +137,8 @@ def test_replica_shares_are_equal_contiguous_blocks():
 
     shares = [ReplicaGenerator(None, replica=r, replicas=4, leader=True).share(8) for r in range(4)]
     assert shares == [(0, 2), (2, 4), (4, 6), (6, 8)]
-    with pytest.raises(ValueError, match="6 prompts do not split over 4 rollout replicas"):
-        ReplicaGenerator(None, replica=0, replicas=4, leader=True).share(6)
+    # an eval set of any size: blocks off by at most one, covering every prompt once
+    uneven = [ReplicaGenerator(None, replica=r, replicas=4, leader=True).share(6) for r in range(4)]
+    assert uneven == [(0, 2), (2, 4), (4, 5), (5, 6)]
+    few = [ReplicaGenerator(None, replica=r, replicas=8, leader=True).share(3) for r in range(8)]
+    assert [hi - lo for lo, hi in few] == [1, 1, 1, 0, 0, 0, 0, 0] and few[-1] == (3, 3)

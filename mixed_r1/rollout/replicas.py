@@ -2,8 +2,9 @@
 
 The ranks of a torchrun job form ``replicas`` groups of ``tensor_parallel`` consecutive ranks;
 replica ``r`` is ranks ``r·TP .. r·TP + TP − 1`` (vLLM's external launcher numbers its
-data-parallel engines the same way: ``RANK // TP``). A step's P prompts are cut into R equal
-contiguous blocks (prompt order) and replica ``r`` generates block ``r``:
+data-parallel engines the same way: ``RANK // TP``). A step's P prompts are cut into R
+contiguous blocks (prompt order; equal for a step, off by at most one for an eval set) and
+replica ``r`` generates block ``r``:
 
 - vLLM: one engine per replica (``data_parallel_size = R`` engines of TP ranks each), every rank
   of the replica calls ``generate`` with the same prompts, as vLLM's external launcher requires;
@@ -33,12 +34,13 @@ class ReplicaGenerator:
         self.inner, self.replica, self.replicas, self.leader = inner, replica, replicas, leader
 
     def share(self, n_prompts: int) -> tuple[int, int]:
-        """``[start, stop)`` of the prompts this replica generates (equal contiguous blocks)."""
-        if n_prompts % self.replicas:
-            raise ValueError(f"{n_prompts} prompts do not split over {self.replicas} rollout "
-                             "replicas; make rollout.prompts_per_step a multiple of them")
-        k = n_prompts // self.replicas
-        return self.replica * k, (self.replica + 1) * k
+        """``[start, stop)`` of the prompts this replica generates: contiguous blocks whose sizes
+        differ by at most one, the larger ones first (equal when R divides P, as the config
+        requires of ``rollout.prompts_per_step``; an eval set of any size splits too, and a
+        replica may get none)."""
+        k, extra = divmod(n_prompts, self.replicas)
+        lo = self.replica * k + min(self.replica, extra)
+        return lo, lo + k + (1 if self.replica < extra else 0)
 
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams
                  ) -> list[Completion]:
@@ -47,7 +49,7 @@ class ReplicaGenerator:
 
         lo, hi = self.share(len(prompts))
         mine: list[Completion] = []
-        if self.inner is not None:
+        if self.inner is not None and hi > lo:  # (the same on every rank of the replica)
             mine = self.inner.generate(list(prompts[lo:hi]), n, params)
             for c in mine:
                 c.prompt_index += lo
