@@ -32,8 +32,9 @@ manifest. :func:`verify_checkpoint` checks files against it and raises :class:`C
 naming the first bad file (missing, wrong size, wrong checksum, not listed); a checkpoint without
 a manifest is incomplete. :func:`newest_complete_checkpoint` is how a resume picks its checkpoint:
 the newest one whose files verify on every rank (a collective decision), moving damaged newer ones
-aside to ``step_<step>.damaged`` and reporting why. An optimizer file the run needs that is missing is a
-damaged checkpoint, never "no optimizer".
+aside to ``step_<step>.damaged`` and reporting why (when none is complete it raises and moves
+nothing). An optimizer file the run needs that is missing is a damaged checkpoint, never "no
+optimizer".
 
 **Run directories** (:func:`prepare_run_dir`): a new run refuses a non-empty directory unless
 told to overwrite it (which deletes only what a run writes), and ``--resume`` refuses a directory

@@ -30,7 +30,7 @@ def stable_metrics(rows: list[dict]) -> list[dict]:
 
 
 def write_config(path: Path, overrides: list[str]) -> Path:
-    """``key.sub=value`` overrides as a nested YAML config file (for ``mixed-r1 train --config``)."""
+    """``key.sub=value`` overrides as a nested YAML config file (``mixed-r1 train --config``)."""
     import yaml
 
     nested: dict = {}

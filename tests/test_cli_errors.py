@@ -184,3 +184,23 @@ def test_debug_shows_the_traceback(work):
         assert proc.stderr.splitlines()[-1].startswith(
             f"mixed_r1.config.ConfigError: {work['bad_key']}: unknown config key "
             "'model.hiden_size'")
+
+
+@pytest.mark.parametrize("signum, code", [(2, 130), (15, 143)])
+def test_interrupted_training_exits_128_plus_the_signal(signum, code, capsys, tmp_path):
+    """run_command turns TrainingInterrupted (raised by GRPOTrainer.train on SIGINT/SIGTERM after
+    its checkpoint) into one line saying where the checkpoint is, and exit status 128 + signal."""
+    from mixed_r1.checkpoint import TrainingInterrupted
+    from mixed_r1.cli import run_command
+
+    ck = tmp_path / "checkpoints" / "step_00000005"
+
+    def train():
+        raise TrainingInterrupted(signum, 5, ck)
+
+    assert run_command(train) == code
+    name = {2: "SIGINT", 15: "SIGTERM"}[signum]
+    assert capsys.readouterr().err == (f"interrupted by {name} after step 5: checkpoint {ck}; "
+                                       "continue with --resume\n")
+    with pytest.raises(TrainingInterrupted):
+        run_command(train, debug=True)
