@@ -371,9 +371,12 @@ class Plan:
         return "\n".join(out)
 
 
-def model_hf_config(cfg: Any, model_config: str | Path | None = None) -> dict[str, Any]:
+def model_hf_config(cfg: Any, model_config: str | Path | None = None, *,
+                    planning: bool = False) -> dict[str, Any]:
     """The policy's HF config as a dict: ``model_config`` if given, else ``model.path``'s
-    config.json, else the tiny model's (``model.kind: tiny_qwen25vl``)."""
+    config.json, else the tiny model's (``model.kind: tiny_qwen25vl``). A missing or unreadable
+    file is a :class:`~mixed_r1.config.ConfigError` naming the key (``planning``: with the hint
+    to pass ``--model-config``)."""
     from mixed_r1.config import ConfigError
 
     m = cfg.model
@@ -386,8 +389,9 @@ def model_hf_config(cfg: Any, model_config: str | Path | None = None) -> dict[st
         try:
             return read_model_config(m.path)
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"config key 'model.path': {exc} (`mixed-r1 plan` without the "
-                              "model: pass --model-config FILE, its config.json)") from None
+            hint = (" (to plan without the model here, pass --model-config FILE, its "
+                    "config.json)") if planning else ""
+            raise ConfigError(f"config key 'model.path': {exc}{hint}") from None
     from mixed_r1.models.qwen_vl import tiny_qwen25vl_config
 
     return tiny_qwen25vl_config(
@@ -540,7 +544,7 @@ def _plan(args: Any) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        hf = model_hf_config(cfg, args.model_config)
+        hf = model_hf_config(cfg, args.model_config, planning=True)
         gib = args.gpu_mem_gib if args.gpu_mem_gib is not None else _default_gpu_mem_gib()
         plan = plan_config(cfg, gpus=args.gpus, gpu_mem_gib=gib, hf_config=hf, impl=args.impl,
                            origin=str(args.config))
