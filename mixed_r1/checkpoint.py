@@ -435,10 +435,10 @@ def save_sharded_checkpoint(root: str | Path, step: int, shard: str, policy_stat
     return final
 
 
-def verify_on_every_rank(path: str | Path, names: Sequence[str]) -> None:
-    """:func:`verify_checkpoint` of each rank's ``names``, collective over the default process
-    group: when any rank finds a bad file, every rank raises the same :class:`CheckpointError`
-    naming it (:class:`CheckpointLayoutError` when a needed file is not part of the checkpoint)."""
+def _gathered_verdicts(path: str | Path, names: Sequence[str]) -> list[tuple[str, str]]:
+    """Every rank's verdict on its ``names`` of checkpoint ``path`` (collective): ``("layout",
+    msg)`` for a file that is not part of the checkpoint, ``("damaged", msg)`` for a missing,
+    truncated or corrupt one; ranks whose files verify report nothing."""
     verdict: tuple[str, str] | None = None
     try:
         verify_checkpoint(path, names)
@@ -448,7 +448,14 @@ def verify_on_every_rank(path: str | Path, names: Sequence[str]) -> None:
         verdict = ("damaged", str(exc))
     except OSError as exc:
         verdict = ("damaged", f"{path}: {exc}")
-    verdicts = [v for v in _all_gather(verdict) if v]
+    return [v for v in _all_gather(verdict) if v]
+
+
+def verify_on_every_rank(path: str | Path, names: Sequence[str]) -> None:
+    """:func:`verify_checkpoint` of each rank's ``names``, collective over the default process
+    group: when any rank finds a bad file, every rank raises the same :class:`CheckpointError`
+    naming it (:class:`CheckpointLayoutError` when a needed file is not part of the checkpoint)."""
+    verdicts = _gathered_verdicts(path, names)
     if verdicts:
         kinds = {k for k, _ in verdicts}
         msg = "; ".join(sorted({m for _, m in verdicts}))
@@ -476,16 +483,7 @@ def newest_complete_checkpoint(root: str | Path, names: Sequence[str]
     problems: list[str] = []
     damaged: list[Path] = []
     for ck in reversed(list_checkpoints(root)):
-        verdict: tuple[str, str] | None = None
-        try:
-            verify_checkpoint(ck, names)
-        except CheckpointLayoutError as exc:
-            verdict = ("layout", str(exc))
-        except CheckpointError as exc:
-            verdict = ("damaged", str(exc))
-        except OSError as exc:
-            verdict = ("damaged", f"{ck}: {exc}")
-        verdicts = [v for v in _all_gather(verdict) if v]
+        verdicts = _gathered_verdicts(ck, names)
         layout = [msg for kind, msg in verdicts if kind == "layout"]
         if layout:  # the run does not fit its checkpoints: an older one will not fit either
             raise CheckpointLayoutError(layout[0])

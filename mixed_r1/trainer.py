@@ -696,19 +696,14 @@ def _init_mcore_parallel(cfg: TrainConfig) -> None:
     """torch.distributed + megatron groups for ``cfg.parallel``; a process started without
     torchrun becomes a world of one. world must equal TP·PP·DP."""
     import os
-    import socket
 
     import torch.distributed as dist
 
-    from mixed_r1.parallel.state import ParallelConfig, init_parallel
+    from mixed_r1.parallel.state import ParallelConfig, init_parallel, single_process_env
 
     p = cfg.parallel
-    if not dist.is_initialized() and "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
+    if not dist.is_initialized():
+        single_process_env()
     world = int(os.environ.get("WORLD_SIZE", "1")) if not dist.is_initialized() \
         else dist.get_world_size()
     need = p.tensor_parallel * p.pipeline_parallel * p.data_parallel

@@ -1,6 +1,7 @@
 """Shared tiny setup for the trainer tests (a 2-per-task synthetic set, a tiny policy)."""
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 TASKS = ("yes_no", "multiple_choice", "chart", "math", "grounding", "open_ended")
@@ -56,3 +57,24 @@ def differing_tensors(a: dict, b: dict) -> list[str]:
     """Names whose tensors are not bit-identical in ``a`` and ``b`` (or are in only one)."""
     return sorted(set(a) ^ set(b)) + [k for k in sorted(set(a) & set(b))
                                       if a[k].dtype != b[k].dtype or not a[k].equal(b[k])]
+
+
+def spread_rewards(trainer) -> None:
+    """Score ``trainer``'s rollouts with its real reward, the total replaced by a deterministic
+    hash of the completion text spread over [0, 1], so groups are never tied and advantages are
+    non-zero (a random tiny policy never earns a real reward). Sets ``trainer.reward``."""
+    real = trainer.reward
+
+    def spread(texts, samples):
+        scored = real(texts, samples)
+        scored.total = [(sum(map(ord, t)) % 5) / 4 for t in texts]
+        return scored
+
+    trainer.reward = spread
+
+
+def free_port() -> int:
+    """A free local TCP port (for MASTER_PORT / torchrun's --master_port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -10,7 +10,6 @@ one step with the periodic eval on. Rank 0 writes ``OUT/result.json``: the world
 layout the trainer built, and the step's metrics.
 """
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,6 +31,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     import torch.distributed as dist
 
+    from _trainer_util import spread_rewards
     from mixed_r1.config import load_config
     from mixed_r1.trainer import build_trainer
 
@@ -43,14 +43,7 @@ if __name__ == "__main__":
                         f"data.eval_file={data}", f"rollout.prompts_per_step={2 * replicas}"]
     cfg = load_config(example, overrides)
     trainer = build_trainer(cfg, out / "run")
-    real_reward = trainer.reward
-
-    def spread_reward(texts, samples):  # the real scores, total replaced by a text hash
-        scored = real_reward(texts, samples)
-        scored.total = [(sum(map(ord, t)) % 5) / 4 for t in texts]
-        return scored
-
-    trainer.reward = spread_reward  # a random tiny policy never earns a real reward
+    spread_rewards(trainer)  # a random tiny policy never earns a real reward
     history = trainer.train()
     if dist.get_rank() == 0:
         from megatron.core import parallel_state as ps

@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from _trainer_util import make_data
+from _trainer_util import free_port, make_data
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.multirank
@@ -28,7 +22,7 @@ def test_every_collective_tensor_is_on_the_device(tmp_path):
     script = Path(__file__).parent / "collective_device_checks.py"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_port",
-         str(_free_port()), str(script), str(tmp_path), str(data)],
+         str(free_port()), str(script), str(tmp_path), str(data)],
         capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[1],
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and (tmp_path / "result.json").is_file(), \

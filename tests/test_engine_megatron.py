@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,16 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from _trainer_util import free_port
+
 pytestmark = [pytest.mark.multirank, pytest.mark.slow]
 SCRIPT = Path(__file__).parent / "engine_checks.py"
 METRICS = ("loss", "grad_norm", "entropy", "kl_mean", "clip_frac", "ratio_mean", "ratio_min",
            "ratio_max", "update/rel_change")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tiny_qwen2(path: Path, tie: bool, layers: int = 4) -> Path:
@@ -51,7 +47,7 @@ def _tiny_qwen2(path: Path, tie: bool, layers: int = 4) -> Path:
 def _run(hf: Path, out: Path, world: int, tp: int, pp: int, *extra: str) -> dict:
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-         "--master_port", str(_free_port()), str(SCRIPT), str(hf), str(out), str(tp), str(pp),
+         "--master_port", str(free_port()), str(SCRIPT), str(hf), str(out), str(tp), str(pp),
          *extra],
         capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1],
         env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -7,23 +7,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from _trainer_util import make_data
+from _trainer_util import free_port, make_data
 
 ROOT = Path(__file__).parents[1]
 TWIN = Path(__file__).parent / "example_twin_checks.py"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +35,7 @@ def test_gpu_example_steps_on_its_gloo_twin(example, data_file, tmp_path):
     world = p.tensor_parallel * p.pipeline_parallel * p.data_parallel
     assert world == 8  # one node of 8 GPUs, as the file says
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-           "--master_port", str(_free_port()), str(TWIN), str(ROOT / "examples" / example),
+           "--master_port", str(free_port()), str(TWIN), str(ROOT / "examples" / example),
            str(tmp_path), str(data_file)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -1,7 +1,6 @@
 """vocab_parallel_token_logprobs over 2 gloo ranks against the unsharded float64 reference
 (values and each rank's shard of the gradient), for the torch and the Triton (interpreted) path."""
 import os
-import socket
 
 import pytest
 import torch
@@ -11,14 +10,11 @@ import torch.multiprocessing as mp
 from mixed_r1 import algo
 from mixed_r1.kernels import HAS_TRITON, force_backend, vocab_parallel_token_logprobs
 
+from _trainer_util import free_port
+
 pytestmark = pytest.mark.multirank
 D = torch.float64
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank: int, world: int, port: int, backends: list[str]):
@@ -73,7 +69,7 @@ def _worker(rank: int, world: int, port: int, backends: list[str]):
 
 def test_vocab_parallel_two_gloo_ranks():
     backends = ["torch"] + (["triton"] if HAS_TRITON else [])
-    mp.spawn(_worker, args=(2, _free_port(), backends), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), backends), nprocs=2, join=True)
 
 
 def test_vocab_parallel_needs_process_group():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _trainer_util import make_data, tiny_overrides
+from _trainer_util import free_port, make_data, tiny_overrides
 
 LR = 1e-6
 
@@ -198,11 +197,6 @@ def test_hf_bf16_resume_is_exact(data_file, tmp_path):
         assert torch.equal(x, y)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.multirank
 @pytest.mark.slow
@@ -212,7 +206,7 @@ def test_megatron_bf16_masters_distributed_optimizer(data_file, tmp_path):
     script = Path(__file__).parent / "mixed_precision_checks.py"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-         str(_free_port()), str(script), str(tmp_path), str(data_file)],
+         str(free_port()), str(script), str(tmp_path), str(data_file)],
         capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[1],
         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and (tmp_path / "result.json").is_file(), \

@@ -11,7 +11,6 @@ log-prob loss — language model and vision tower, in HF names — within 1e-4.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,11 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from _trainer_util import free_port
+
 NMB = 2  # image+text microbatches (b=2 each); one text-only microbatch (b=2)
 MIN_PIXELS = MAX_PIXELS = 160 * 160  # easy_vqa's 64x64 images -> 168x168: a 12x12 patch grid, 36 image tokens
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -210,7 +206,7 @@ def _reference(hf, inputs) -> dict[str, dict]:
 
 
 def _run(wd: Path, tp: int, pp: int, split: list[int] | None = None) -> dict[str, torch.Tensor]:
-    mp.spawn(_worker, args=(_free_port(), str(wd), tp, pp, split), nprocs=tp * pp, join=True)
+    mp.spawn(_worker, args=(free_port(), str(wd), tp, pp, split), nprocs=tp * pp, join=True)
     out: dict[str, torch.Tensor] = {}
     for s in range(pp):
         out.update(load_file(wd / f"out_tp{tp}_pp{pp}_stage{s}.safetensors"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,10 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
+from _trainer_util import free_port
+
 B, S, NMB = 2, 8, 2
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tiny_qwen2(vocab: int = 101, tie: bool = False, layers: int = 4):
@@ -131,7 +127,7 @@ def test_logits_logprobs_grads_match_hf(tmp_path, tp, pp, layers, split):
         inputs[f"mask{i}"] = (torch.rand(B, S, generator=g) > 0.3).float()
     save_file(inputs, str(tmp_path / "inputs.safetensors"))
 
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path), tp, pp, split), nprocs=tp * pp, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path), tp, pp, split), nprocs=tp * pp, join=True)
 
     # reference: HF float32, same loss (mean over microbatches of the masked mean NLL)
     hf.zero_grad()

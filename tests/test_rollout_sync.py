@@ -1,25 +1,21 @@
 """Weight sync from megatron shards (gloo ranks) into the colocated vLLM engine."""
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from _trainer_util import free_port
+
 SCRIPT = Path(__file__).parent / "rollout" / "sync_checks.py"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_sync(tmp_path, tp, pp, *extra):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp * pp),
-           "--master_port", str(_free_port()), str(SCRIPT), str(tmp_path), str(tp), str(pp), *extra]
+           "--master_port", str(free_port()), str(SCRIPT), str(tmp_path), str(tp), str(pp), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                           cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

@@ -22,15 +22,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from _trainer_util import (differing_tensors, exported_weights, make_data, stable_metrics,
-                           tiny_overrides)
+from _trainer_util import (differing_tensors, exported_weights, free_port, make_data,
+                           stable_metrics, tiny_overrides)
 from mixed_r1.checkpoint import (CheckpointError, TrainingInterrupted, list_checkpoints,
                                  newest_complete_checkpoint, verify_checkpoint)
 from mixed_r1.config import load_config
@@ -273,12 +272,6 @@ def test_sigint_writes_a_checkpoint_that_resumes_exactly(ref, data, tmp_path, ca
 
 
 # ------------------------------------------------------------------ megatron, TP=2 over gloo
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multirank
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
@@ -290,7 +283,7 @@ def test_megatron_tp2_run_dirs_damage_and_sigint(data, tmp_path):
     checkpoint on both ranks, is named, and the resume from step 2 recomputes step 3 exactly."""
     script = Path(__file__).parent / "mcore_run_dir_checks.py"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(_free_port()), str(script), str(tmp_path), str(data)]
+           "--master_port", str(free_port()), str(script), str(tmp_path), str(data)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1100,
                           cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
     result_file = tmp_path / "result.json"

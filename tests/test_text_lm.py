@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from _trainer_util import free_port
+
 SCRIPT = Path(__file__).parent / "text_lm_checks.py"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +62,7 @@ def _run(tmp_path: Path, text_lm, backend: str, rollout: str, tp: int = 1) -> di
     cmd = [sys.executable, *args]
     if backend == "mcore":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp),
-               "--master_port", str(_free_port()), *args]
+               "--master_port", str(free_port()), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                           cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0 and (tmp_path / "result.json").is_file(), \
@@ -123,7 +119,7 @@ def _run_dp(tmp_path: Path, text_lm, tp: int, dp: int) -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
     model_dir, data, _ = text_lm
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp * dp),
-           "--master_port", str(_free_port()), str(SCRIPT), str(tmp_path), str(data),
+           "--master_port", str(free_port()), str(SCRIPT), str(tmp_path), str(data),
            str(model_dir), "mcore", "vllm", str(tp), str(dp)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200,
                           cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})

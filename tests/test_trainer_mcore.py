@@ -22,7 +22,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,17 +29,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from _trainer_util import make_data
+from _trainer_util import free_port, make_data
 
 SCRIPT = Path(__file__).parent / "mcore_trainer_checks.py"
 CLOSE = ("loss", "kl_mean", "grad_norm", "ratio_mean", "ratio_min", "ratio_max", "entropy")
 EXACT = ("clip_frac", "clip_frac_low", "clip_frac_high", "adv/abs_mean", "reward/total")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(out: Path, data: Path, backend: str, tp: int, *extra: str, dp: int = 1, pp: int = 1) -> dict:
@@ -53,7 +47,7 @@ def _run(out: Path, data: Path, backend: str, tp: int, *extra: str, dp: int = 1,
         cmd = [sys.executable, str(SCRIPT), str(out), str(data), backend, str(tp), *extra]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp * dp * pp),
-               "--master_port", str(_free_port()), str(SCRIPT), str(out), str(data), backend,
+               "--master_port", str(free_port()), str(SCRIPT), str(out), str(data), backend,
                str(tp), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
                           cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from _trainer_util import free_port
+
 TOOL = Path(__file__).parents[1] / "tools" / "bench_weight_sync.py"
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(tp: int, hidden: int, layers: int) -> dict[str, float]:
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp), "--master_port",
-         str(_free_port()), str(TOOL), "--sink", "drain", "--hidden", str(hidden), "--layers", str(layers)],
+         str(free_port()), str(TOOL), "--sink", "drain", "--hidden", str(hidden), "--layers", str(layers)],
         capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1],
         env={**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "131072"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]

@@ -23,7 +23,6 @@ import argparse
 import gc
 import json
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -72,13 +71,10 @@ def _peak_during(fn) -> tuple[int, object]:
 
 
 def _init_world() -> None:
-    if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
     from mixed_r1.parallel import ParallelConfig, init_parallel
+    from mixed_r1.parallel.state import single_process_env
+
+    single_process_env()
 
     init_parallel(ParallelConfig(tp=1, pp=1, seed=0))
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -56,15 +55,13 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu" and not torch.cuda.is_available():
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port))
     import torch.distributed as dist
 
-    from _trainer_util import make_data, tiny_overrides
+    from mixed_r1.parallel.state import single_process_env
+
+    single_process_env()
+
+    from _trainer_util import make_data, spread_rewards, tiny_overrides
     from mixed_r1.config import load_config
     from mixed_r1.trainer import build_trainer
 
@@ -87,14 +84,7 @@ def main(argv: list[str] | None = None) -> int:
           bool(masters) and all(m.dtype == torch.float32 for m in masters)
           and any(p.dtype == torch.bfloat16 for p in params),
           f"{len(masters)} master tensors")
-    real_reward = trainer.reward
-
-    def spread_reward(texts, samples):  # the real scores, total replaced by a text hash
-        scored = real_reward(texts, samples)
-        scored.total = [(sum(map(ord, t)) % 5) / 4 for t in texts]
-        return scored
-
-    trainer.reward = spread_reward  # a random tiny policy never earns a real reward
+    spread_rewards(trainer)  # a random tiny policy never earns a real reward
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rows = []

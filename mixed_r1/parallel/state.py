@@ -30,6 +30,20 @@ def _backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
+def single_process_env() -> None:
+    """Without torchrun's environment (no ``RANK``), make this process a world of one: RANK 0,
+    WORLD_SIZE 1, LOCAL_RANK 0 and a free local port. A no-op under torchrun."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
 def init_parallel(cfg: ParallelConfig = ParallelConfig()) -> None:
     """Initialise torch.distributed from torchrun's env and megatron-core's TP/PP/DP groups.
 
