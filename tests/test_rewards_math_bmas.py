@@ -106,6 +106,30 @@ def test_math_time_limit_is_hard_and_works_in_threads():
     assert got == [1.0, 0.0] * 8
 
 
+@pytest.mark.parametrize("completion,gold,expected", [
+    # reward.math_numeric_answer: a plain-number gold is compared with the last number stated
+    ("97 + 87", "184", 0.0), ("<answer>97 + 87</answer>", "184", 0.0),
+    ("97 + 87 = 184", "184", 1.0), ("<answer>\\boxed{184}</answer>", "184", 1.0),
+    ("<answer>2^{10}</answer>", "1024", 0.0), ("<answer>1,010</answer>", "1010", 1.0),
+    ("x + 11 = 22", "11", 0.0), ("x = 11.", "11", 1.0), ("<answer>-7</answer>", "-7", 1.0),
+    ("no number", "3", 0.0),
+    # a gold that is not one plain number is scored as without the option
+    ("<answer>2^{1/2}</answer>", "\\sqrt{2}", 1.0), ("<answer>x^2+2x+1</answer>", "(x+1)^2", 1.0),
+])
+def test_numeric_answer_scores_the_stated_number(completion, gold, expected):
+    assert math_reward(completion, gold, numeric_answer=True) == expected
+
+
+def test_numeric_answer_is_off_by_default_and_set_by_the_reward_config():
+    from mixed_r1.rewards import MixedReward, RewardConfig
+
+    sample = {"id": "m", "task_type": "math", "solution": "184"}
+    assert math_reward("97 + 87", "184") == 1.0  # an equivalent expression, by default
+    assert MixedReward()(["97 + 87"], [sample]).accuracy == [1.0]
+    strict = MixedReward(RewardConfig(math_numeric_answer=True))
+    assert strict(["97 + 87", "97 + 87 = 184"], [sample, sample]).accuracy == [0.0, 1.0]
+
+
 # sympy starts evaluating a power tower with a 370-million-digit exponent: math-verify never
 # returns on this (by hand: still running when killed after 60 s, at about 120 MB of memory)
 HANGS_MATH_VERIFY = "9^{9^{9^{9}}}"

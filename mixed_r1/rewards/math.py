@@ -42,6 +42,7 @@ GOLD_TIMEOUT_S = 10.0  # limit for checking that math-verify parses one gold (da
 # the last number of prose, with an optional "/ n" (3/4 stays a fraction)
 _LAST_NUMBER_RE = re.compile(rf"(?<![\w.])(?:{_NUM})(?:\s*/\s*\d+)?(?![\d])")
 _DOLLARS_RE = re.compile(r"\\?\$")
+_PLAIN_NUMBER_RE = re.compile(rf"^\s*(?:{_NUM})\s*$")  # a gold that is one plain number
 
 
 def wrap_gold(solution: str) -> str:
@@ -52,11 +53,20 @@ def wrap_gold(solution: str) -> str:
     return f"${solution}$"
 
 
-def final_math_answer(completion: object) -> str | None:
-    """The expression ``completion`` commits to (rule in the module doc), or ``None``."""
+def final_math_answer(completion: object, *, numeric: bool = False) -> str | None:
+    """The expression ``completion`` commits to (rule in the module doc), or ``None``.
+    ``numeric``: the last number stated instead (GSM8K's rule), in the last box if there is one,
+    else in the answer (the tag's content, or the whole completion), thousands separators
+    dropped; an unevaluated expression such as ``97 + 87`` then states ``87``."""
     text, tagged = answer_span(completion)
     if not text:
         return None
+    if numeric:
+        box = last_boxed(text)
+        last = None
+        for last in _LAST_NUMBER_RE.finditer(strip_tags(box if box is not None else text)):
+            pass
+        return None if last is None else last.group(0).replace("−", "-").replace(",", "")
     expr = last_boxed(text)
     if expr is None:
         expr = last_math_span(text)
@@ -181,27 +191,33 @@ def get_verifier(timeout_s: float = 5.0) -> MathVerifier:
     return _verifiers[key]
 
 
-def math_score(completion: str, solution: str, timeout_s: float = 5.0) -> float | None:
+def math_score(completion: str, solution: str, timeout_s: float = 5.0,
+               numeric_answer: bool = False) -> float | None:
     """:func:`math_reward`, but ``None`` when the check did not finish (time limit or crash), so
     a caller can count it (:class:`~mixed_r1.rewards.router.MixedReward` does)."""
-    answer = final_math_answer(completion)
+    solution = str(solution)
+    numeric = numeric_answer and _PLAIN_NUMBER_RE.match(solution) is not None
+    answer = final_math_answer(completion, numeric=numeric)
     if answer is None:
         return 0.0
-    solution = str(solution)
     if "".join(answer.split()).lower() == "".join(solution.split()).lower():
         return 1.0
     ok = get_verifier(timeout_s).verify(wrap_gold(solution), f"${answer}$")
     return None if ok is None else (1.0 if ok else 0.0)
 
 
-def math_reward(completion: str, solution: str, timeout_s: float = 5.0) -> float:
+def math_reward(completion: str, solution: str, timeout_s: float = 5.0,
+                numeric_answer: bool = False) -> float:
     """1.0 iff math-verify finds the committed expression (:func:`final_math_answer`, wrapped in
     ``$…$``) equivalent to the solution (``$…$``-wrapped unless delimited), else 0.0.
 
     A literal match (after normalising spacing and case) short-cuts the check; a check that
     exceeds ``timeout_s`` seconds or crashes scores 0 (and is counted by the verifier).
+    ``numeric_answer``: a solution that is one plain number is compared with the last number the
+    answer states (``final_math_answer(numeric=True)``), so restating the question's
+    ``97 + 87`` is not the answer 184; other solutions are scored as without it.
     """
-    return math_score(completion, solution, timeout_s) or 0.0
+    return math_score(completion, solution, timeout_s, numeric_answer) or 0.0
 
 
 _gold_cache: dict[str, str | None] = {}

@@ -53,6 +53,9 @@ class RewardConfig:
     num_workers: int = 0  # 0: score in the calling process
     bmas_embedder: str = "default"  # "default" (policy table once set, else MiniLM) | "minilm"
     format_requires_answer: bool = False  # an empty <answer></answer> earns no format reward
+    # math: a plain-number gold is compared with the last number the answer states (GSM8K's rule),
+    # not with an expression's value; restating a question's "97 + 87" does not compute 184
+    math_numeric_answer: bool = False
 
     def __post_init__(self) -> None:
         if self.bmas_embedder not in ("default", "minilm"):
@@ -118,7 +121,8 @@ def score_rule(payload: tuple[str, str, Any, Any], cfg: dict[str, Any]) -> float
     if task == "chart":
         return chart_reward(completion, solution, tolerance=cfg["chart_tolerance"])
     if task == "math":
-        value = math_score(completion, solution, timeout_s=cfg["math_timeout_s"])
+        value = math_score(completion, solution, timeout_s=cfg["math_timeout_s"],
+                           numeric_answer=cfg.get("math_numeric_answer", False))
         return float("nan") if value is None else value
     if task == "grounding":
         return iou_reward(completion, solution, threshold=cfg["iou_threshold"])
