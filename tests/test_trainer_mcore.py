@@ -162,7 +162,7 @@ def test_mcore_dp2_matches_tp1(runs, dp2):
     assert sorted(tp1) == sorted(got)
     assert all(tp1[k].shape == got[k].shape for k in tp1)
     assert _update_rel_diff(got, tp1, _init_weights(runs["init"], tp1)) < 1e-3
-    assert dp2["ckpt_files"] == ["config.yaml", "model_tp00_pp000.safetensors",
+    assert dp2["ckpt_files"] == ["config.yaml", "manifest.json", "model_tp00_pp000.safetensors",
                                  "optimizer_tp00_pp000_dp000.pt", "optimizer_tp00_pp000_dp001.pt",
                                  "rng.pt", "trainer_state.json"]
     assert dp2["resume_exact"]
@@ -178,7 +178,7 @@ def test_mcore_vl_pp2_matches_tp1(runs, pp2):
     tp1, got = runs["tp1"]["weights"], pp2["weights"]
     assert sorted(tp1) == sorted(got)
     assert _update_rel_diff(got, tp1, _init_weights(runs["init"], tp1)) < 1e-3
-    assert pp2["ckpt_files"] == ["config.yaml", "model_tp00_pp000.safetensors",
+    assert pp2["ckpt_files"] == ["config.yaml", "manifest.json", "model_tp00_pp000.safetensors",
                                  "model_tp00_pp001.safetensors", "optimizer_tp00_pp000.pt",
                                  "optimizer_tp00_pp001.pt", "rng.pt", "trainer_state.json"]
     assert pp2["resume_exact"]
@@ -188,7 +188,7 @@ def test_mcore_vl_pp2_matches_tp1(runs, pp2):
 @pytest.mark.slow
 def test_mcore_tp2_sharded_checkpoint_resumes_exactly(runs):
     r = runs["tp2"]
-    assert r["ckpt_files"] == ["config.yaml", "model_tp00_pp000.safetensors",
+    assert r["ckpt_files"] == ["config.yaml", "manifest.json", "model_tp00_pp000.safetensors",
                                "model_tp01_pp000.safetensors", "optimizer_tp00_pp000.pt",
                                "optimizer_tp01_pp000.pt", "rng.pt", "trainer_state.json"]
     assert r["resume_exact"]  # weights (via the stream) and AdamW state equal after resume
