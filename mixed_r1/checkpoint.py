@@ -58,7 +58,8 @@ import torch
 
 # the package's one CheckpointError (conversion raises it too): a checkpoint or model file that is
 # missing, incomplete, corrupt or does not fit the run; the message names the file
-from mixed_r1.models.safetensors_io import CheckpointError
+from mixed_r1.atomic import replace_dir
+from mixed_r1.models.safetensors_io import CheckpointError, check_safetensors_file
 
 log = logging.getLogger(__name__)
 
@@ -141,17 +142,6 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def file_digest(path: str | os.PathLike) -> dict[str, Any]:
     """``{"size": bytes, "sha256": hex}`` of a file, read in 16 MiB chunks."""
     h = hashlib.sha256()
@@ -214,29 +204,6 @@ def verify_checkpoint(path: str | os.PathLike, names: Iterable[str] | None = Non
         if file_digest(f)["sha256"] != entry["sha256"]:
             raise CheckpointError(f"{f}: sha256 differs from the manifest's (corrupt file)")
     return man
-
-
-def check_safetensors_file(path: str | os.PathLike) -> None:
-    """Raise :class:`CheckpointError` naming ``path`` unless it is a complete safetensors file: a
-    readable header whose tensors' data ends exactly at the end of the file (a truncated or
-    padded file fails; the bytes themselves are not checked)."""
-    import struct
-
-    from mixed_r1.models.safetensors_io import read_header
-
-    path = Path(path)
-    header = read_header(path)  # CheckpointError naming the file when unreadable
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-    try:
-        end = max([int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"],
-                  default=0)
-    except (KeyError, TypeError, ValueError, IndexError):
-        raise CheckpointError(f"{path}: corrupt safetensors header") from None
-    need, size = 8 + n + end, path.stat().st_size
-    if size != need:
-        raise CheckpointError(f"{path}: {'truncated' if size < need else 'corrupt'} safetensors "
-                              f"file ({size} bytes, its header describes {need})")
 
 
 def dedupe_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -302,7 +269,7 @@ def save_checkpoint(root: str | Path, step: int, policy_state: dict[str, Any],
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-step_*"):  # leftovers of a crash mid-save
+    for stale in root.glob(".tmp-step_*"):  # leftovers of a crash mid-save (replace_dir's too)
         shutil.rmtree(stale, ignore_errors=True)
     final = step_dir(root, step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -321,11 +288,7 @@ def save_checkpoint(root: str | Path, step: int, policy_state: dict[str, Any],
             _fsync_file(f)
             digests[f.name] = file_digest(f)
         _write_manifest(tmp, step, digests, sharded=False)
-        _fsync_dir(tmp)
-        if final.exists():  # a re-save of the same step (e.g. after resume): replace it
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)
+        replace_dir(tmp, final, fsync=True)  # a re-save of the same step (after resume) replaces it
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -420,11 +383,7 @@ def save_sharded_checkpoint(root: str | Path, step: int, shard: str, policy_stat
             for d, _ in gathered:
                 files.update(d)
             _write_manifest(tmp, step, files, sharded=True)
-            _fsync_dir(tmp)
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-            _fsync_dir(root)
+            replace_dir(tmp, final, fsync=True)
             for old in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
                 shutil.rmtree(old, ignore_errors=True)
         barrier()

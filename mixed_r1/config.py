@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from mixed_r1.rewards.router import RewardConfig
+from mixed_r1.rewards.config import RewardConfig
 
 
 class ConfigError(ValueError):

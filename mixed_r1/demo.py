@@ -187,26 +187,3 @@ def run_demo(out_dir: str | Path = "runs/demo", *, per_task: int = 32, eval_per_
               "train_rewards": [h["reward/total"] for h in hist], "sft_nll": nll}
     (out / "demo_report.json").write_text(json.dumps(report, indent=2))
     return report
-
-
-def register(sub) -> None:
-    """``mixed-r1 demo [--out DIR] [--quick]``."""
-    p = sub.add_parser("demo", help="Mixed-R1 end to end on a CPU: data, warm start, GRPO")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="a one-minute smoke run")
-    p.set_defaults(func=lambda args: run_demo(args.out, quick=args.quick) and 0)
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m mixed_r1.demo")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="a one-minute smoke run")
-    args = p.parse_args(argv)
-    run_demo(args.out, quick=args.quick)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -102,9 +102,9 @@ def load_eval_model(model_dir: str | Path):
     FileNotFoundError without ``config.json`` and :class:`~mixed_r1.checkpoint.CheckpointError`
     naming a ``*.safetensors`` file that is truncated or unreadable, before loading anything; the
     processor (whose errors name its file) loads before the weights."""
-    from mixed_r1.checkpoint import check_safetensors_file
     from mixed_r1.engine import load_pretrained_model
     from mixed_r1.models.processor import load_processor
+    from mixed_r1.models.safetensors_io import check_safetensors_file
 
     p = Path(model_dir)
     if not (p / "config.json").is_file():
@@ -120,7 +120,7 @@ def eval_embedder(model_dir: str | Path, model: Any, processor: Any) -> Any:
     (``bmas_embeddings.safetensors``) so scores compare with the run's, else the model's own
     input-embedding table."""
     from mixed_r1.rewards import TableEmbedder
-    from mixed_r1.trainer import BMAS_FILE
+    from mixed_r1.rewards.bmas import BMAS_FILE
 
     tok = getattr(processor, "tokenizer", processor)
     f = Path(model_dir) / BMAS_FILE

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from mixed_r1.atomic import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -37,9 +38,7 @@ def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
     if not path.is_file():
         return
     keep = [r for r in read_metrics(run_dir) if r.get("step", 0) <= last_step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
 
 
 class MetricsLogger:

@@ -537,51 +537,6 @@ def _default_gpu_mem_gib() -> float:
     return 80.0  # H100 80GB, the card the example configs are written for
 
 
-def _plan(args: Any) -> int:
-    import sys
-
-    from mixed_r1.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(args.config, args.overrides)
-        hf = model_hf_config(cfg, args.model_config, planning=True)
-        gib = args.gpu_mem_gib if args.gpu_mem_gib is not None else _default_gpu_mem_gib()
-        plan = plan_config(cfg, gpus=args.gpus, gpu_mem_gib=gib, hf_config=hf, impl=args.impl,
-                           origin=str(args.config))
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(plan.format())
-    failure = plan.failure()
-    if failure:
-        print(f"plan: {args.config}: {failure}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def register(subparsers: Any) -> None:
-    """``mixed-r1 plan``: validate a config for a world of N GPUs and print its memory budget."""
-    p = subparsers.add_parser(
-        "plan", help="validate a config without launching and print the per-GPU memory budget",
-        description="Validate a training config against a world of N GPUs (every cross-field "
-                    "rule, the model's TP/PP split) and print the per-GPU memory of the update "
-                    "and the rollout phases from the model's real shapes. Exit 1 (one line on "
-                    "stderr) when a phase does not fit, 2 on a config error.")
-    p.add_argument("--config", required=True, help="YAML training config")
-    p.add_argument("--gpus", type=int, default=None,
-                   help="world size (default: tensor_parallel*pipeline_parallel*data_parallel)")
-    p.add_argument("--gpu-mem-gib", type=float, default=None,
-                   help="memory per GPU (default: this machine's GPU, else 80 = H100 80GB)")
-    p.add_argument("--model-config", default=None,
-                   help="the model's config.json when model.path is not on this machine")
-    p.add_argument("--impl", choices=IMPLEMENTATIONS, default=None,
-                   help="layer implementation to size activations for (default: mcore-local "
-                        "for parallel.backend=mcore, hf otherwise; mcore-te with Transformer "
-                        "Engine)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
-    p.set_defaults(func=_plan)
-
-
 __all__ = ["ActivationMemory", "CONTEXT_BYTES", "IMPLEMENTATIONS", "LayerDims", "Plan", "PlanLine",
            "StaticMemory", "VLLM_RUNTIME_BYTES", "format_static", "model_hf_config", "plan_config",
            "layer_activation_bytes", "lm_activation_memory", "logits_bytes", "read_model_config",

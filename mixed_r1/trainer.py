@@ -38,13 +38,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from mixed_r1.atomic import replace_dir
 from mixed_r1.config import ConfigError, TrainConfig, dump_yaml
 from mixed_r1.data.prompts import encode_rows, rows_tensor
 from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch, TrainEngine, run_update
+from mixed_r1.rewards.bmas import BMAS_FILE
 from mixed_r1.rollout.base import mix_seed, sync_weights
 
 log = logging.getLogger(__name__)
-BMAS_FILE = "bmas_embeddings.safetensors"  # the run's BMAS table, exported beside the model
 
 
 # ------------------------------------------------------------------------------- seeding
@@ -128,7 +129,11 @@ def build_processor(cfg: TrainConfig):
         from mixed_r1.models.processor import load_processor
 
         return load_processor(m.path, min_pixels=m.min_pixels, max_pixels=m.max_pixels)
-    from mixed_r1.models.qwen_vl import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, build_qwen25vl_processor
+    from mixed_r1.models.qwen_vl import (
+        DEFAULT_MAX_PIXELS,
+        DEFAULT_MIN_PIXELS,
+        build_qwen25vl_processor,
+    )
 
     return build_qwen25vl_processor(min_pixels=m.min_pixels or DEFAULT_MIN_PIXELS,
                                     max_pixels=m.max_pixels or DEFAULT_MAX_PIXELS)
@@ -490,9 +495,13 @@ class GRPOTrainer:
         the same way (a bad file raises, no fallback). The optimizer file is required whenever the
         policy has an optimizer: a missing one is damage, never a fresh optimizer. Weights that do
         not fit the model raise :class:`~mixed_r1.engine.ModelMismatchError`."""
-        from mixed_r1.checkpoint import (checkpoint_files, load_checkpoint,
-                                         newest_complete_checkpoint, restore_rng,
-                                         verify_on_every_rank)
+        from mixed_r1.checkpoint import (
+            checkpoint_files,
+            load_checkpoint,
+            newest_complete_checkpoint,
+            restore_rng,
+            verify_on_every_rank,
+        )
         from mixed_r1.metrics import truncate_metrics
 
         shard = getattr(self.policy, "checkpoint_shard", None)
@@ -548,10 +557,7 @@ class GRPOTrainer:
             from safetensors.torch import save_file
 
             save_file({"weight": embedder.weight.contiguous()}, str(tmp / BMAS_FILE))
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        return final
+        return replace_dir(tmp, final)
 
     # ------------------------------------------------------------------ periodic eval
     def evaluate(self) -> dict[str, float]:
@@ -756,9 +762,7 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
             tmp = run / f".tmp-init_model-{os.getpid()}"
             shutil.rmtree(tmp, ignore_errors=True)
             model.save_pretrained(str(tmp), safe_serialization=True)
-            if hf_dir.exists():
-                shutil.rmtree(hf_dir)
-            os.rename(tmp, hf_dir)
+            replace_dir(tmp, hf_dir)
         barrier()
         if leader and cfg.rollout.backend == "hf" and model is None:
             model = build_model(cfg)  # seeded: the same weights as rank 0's (synced below anyway)
@@ -832,3 +836,10 @@ __all__ = ["GRPOTrainer", "PromptStream", "Rollouts", "build_generator", "build_
            "build_model", "build_processor", "build_trainer", "load_train_samples", "rollout_tp",
            "run_training",
            "bmas_embedder", "max_model_len", "seed_everything", "step_seed"]
+
+
+def bench_step(cfg, steps: int = 2) -> list[dict]:
+    """Time ``steps`` GRPO steps after one warm-up step; returns their metrics."""
+    trainer = build_trainer(cfg)
+    trainer.step()  # warm-up
+    return [trainer.step() for _ in range(steps)]

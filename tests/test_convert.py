@@ -357,7 +357,7 @@ def test_existing_output_refused(tmp_path):
 def test_cli_round_trip_and_error_exit(tmp_path, capsys):
     import argparse
 
-    from mixed_r1.convert_cli import register
+    from mixed_r1.cli.convert import register
 
     parser = argparse.ArgumentParser(prog="mixed-r1")
     register(parser.add_subparsers(dest="cmd", required=True))
@@ -382,7 +382,7 @@ def test_cli_round_trip_and_error_exit(tmp_path, capsys):
 def test_cli_uneven_pipeline_layers_and_flag_errors(tmp_path, capsys):
     import argparse
 
-    from mixed_r1.convert_cli import register
+    from mixed_r1.cli.convert import register
 
     parser = argparse.ArgumentParser(prog="mixed-r1")
     register(parser.add_subparsers(dest="cmd", required=True))

@@ -62,7 +62,16 @@ def test_k_validation(samples):
 def test_eval_cli_on_exported_model(tmp_path, capsys):
     from mixed_r1.models.processor import ProcessorError, save_processor
     from mixed_r1.models.qwen_vl import build_qwen25vl_processor, build_tiny_qwen25vl
-    from mixed_r1.train_cli import main
+    import argparse
+
+    from mixed_r1.cli.train import register
+
+    parser = argparse.ArgumentParser(prog="mixed-r1")
+    register(parser.add_subparsers(dest="command", required=True))
+
+    def main(argv):  # the command itself, without the CLI's error rules: errors propagate
+        args = parser.parse_args(argv)
+        return args.func(args)
 
     data = make_data(tmp_path / "data", per_task=1)
     model = build_tiny_qwen25vl(hidden_size=32, intermediate_size=64, num_heads=2,

@@ -19,13 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cmd(cfg: Path, out: Path, resume: bool = False, world: int = 1) -> list[str]:
-    launch = [sys.executable, "-m", "mixed_r1.train_cli"]
+    launch = [sys.executable, "-m", "mixed_r1.cli"]
     if world > 1:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-                  "--master_port", str(port), "-m", "mixed_r1.train_cli"]
+                  "--master_port", str(port), "-m", "mixed_r1.cli"]
     cmd = launch + ["train", "--config", str(cfg), f"out_dir={out}"]
     return cmd + (["--resume"] if resume else [])
 

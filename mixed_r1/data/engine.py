@@ -13,8 +13,8 @@
    nearest 0.5 (the most informative for GRPO), ties broken by a seeded hash of the id.
 
 Resumable: the unique candidates are scored in fixed chunks of ``batch_size`` prompts, each
-with its own seed ``seed * 1_000_003 + chunk``; every finished chunk is appended (flushed and
-fsynced) to ``state/scores.jsonl``. A restart skips finished chunks, so an interrupted run
+with its own seed ``mix_seed(seed, chunk)`` (the rollout's seed mixer); every finished chunk is
+appended (flushed and fsynced) to ``state/scores.jsonl``. A restart skips finished chunks, so an interrupted run
 ends with the same scores and the same selection as an uninterrupted one.
 """
 from __future__ import annotations
@@ -29,7 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .io import atomic_path, write_samples
+from mixed_r1.atomic import atomic_path
+
+from .io import write_samples
 from .schema import TASK_TYPES, Sample
 
 STATE_VERSION = 1
@@ -184,14 +186,14 @@ def _rank_key(seed: int, sid: str, p: float) -> tuple:
 def score_chunk(samples: Sequence[Sample], generator: Any, processor: Any, reward: Any,
                 cfg: SelectConfig, chunk: int) -> list[dict]:
     """Sample ``k`` answers per prompt and score them; one record per sample."""
-    from mixed_r1.rollout.base import Prompt, SamplingParams
+    from mixed_r1.rollout.base import Prompt, SamplingParams, mix_seed
 
     from .prompts import build_messages, model_frame_sample
 
     framed = [model_frame_sample(s, processor) for s in samples]
     prompts = [Prompt(messages=build_messages(s), images=list(s.images), id=s.id) for s in framed]
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                            top_p=cfg.top_p, seed=cfg.seed * 1_000_003 + chunk)
+                            top_p=cfg.top_p, seed=mix_seed(cfg.seed, chunk))
     comps = generator.generate(prompts, cfg.k, params)
     if len(comps) != len(prompts) * cfg.k:
         raise RuntimeError(f"generator returned {len(comps)} completions for "

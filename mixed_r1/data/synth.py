@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
-from .io import atomic_path, write_samples
+from mixed_r1.atomic import atomic_path
+
+from .io import write_samples
 from .schema import LETTERS, TASK_TYPES, Sample, format_box
 
 SHAPE_WORDS = ("circle", "rectangle", "triangle")

@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .io import atomic_path, write_samples
+from mixed_r1.atomic import atomic_path
+
+from .io import write_samples
 from .schema import LETTERS, Sample
 from .synth import CHART_LABELS, CHART_TITLES
 

@@ -254,7 +254,6 @@ class MegatronEngine:
         """This DP replica's micro-batches (round-robin) through megatron's schedule; gradients of
         ``Σ_m scale_m · loss_m`` accumulate in DDP's fp32 buffers and are finalized (DP sum, tied
         embeddings over PP) by megatron's ``finalize_model_grads``."""
-        from megatron.core import parallel_state as ps
         from megatron.core.distributed import finalize_model_grads
 
         if self.optimizer is None:

@@ -36,11 +36,25 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from safetensors import safe_open
 
+from mixed_r1.atomic import atomic_dir
+
 from . import mapping as M
-from .config import (LMArch, PipelineLayersError, UnsupportedConfigError, arch_from_hf_config,
-                     resolve_hf_names)
-from .safetensors_io import (ST_TO_DTYPE, CheckpointError, StreamWriter, read_header, read_json_file,
-                             sha256_of, write_json_atomic)
+from .config import (
+    LMArch,
+    PipelineLayersError,
+    UnsupportedConfigError,
+    arch_from_hf_config,
+    resolve_hf_names,
+)
+from .safetensors_io import (
+    ST_TO_DTYPE,
+    CheckpointError,
+    StreamWriter,
+    read_header,
+    read_json_file,
+    sha256_of,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,36 +69,6 @@ ReadUnit = Callable[[str], dict[str, torch.Tensor]]
 
 def shard_file(tp_rank: int, pp_rank: int) -> str:
     return f"model_tp{tp_rank}_pp{pp_rank}.safetensors"
-
-
-# ------------------------------------------------------------------------------ atomic output
-class _AtomicDir:
-    """Create ``<out>.tmp-<pid>``; on success fsync and rename it to ``out``; on error delete it."""
-
-    def __init__(self, out: str | os.PathLike) -> None:
-        self.out = Path(out)
-        if self.out.exists() and (not self.out.is_dir() or any(self.out.iterdir())):
-            raise FileExistsError(f"output {self.out} already exists and is not empty")
-        self.tmp = self.out.with_name(f"{self.out.name}.tmp-{os.getpid()}")
-
-    def __enter__(self) -> Path:
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if self.out.exists():
-            self.out.rmdir()
-        os.rename(self.tmp, self.out)
 
 
 def _copy_side_files(src: Path, dst: Path, skip: Callable[[str], bool]) -> list[str]:
@@ -110,7 +94,7 @@ class HFIndex:
         st_files = sorted(hf_dir.glob("*.safetensors"))
         if not st_files:
             raise CheckpointError(f"{hf_dir}: no *.safetensors files (only safetensors checkpoints are accepted)")
-        from mixed_r1.checkpoint import check_safetensors_file  # (a lazy import: no cycle)
+        from mixed_r1.models.safetensors_io import check_safetensors_file
 
         files, dtypes, shapes = {}, {}, {}
         for f in st_files:
@@ -353,7 +337,7 @@ def hf_to_mcore(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, tp: int =
     extra_lm_head = arch.tie_embeddings and arch.names.lm_head in idx.shapes
     if extra_lm_head:
         hf_names.append(arch.names.lm_head)
-    with _AtomicDir(out_dir) as tmp:
+    with atomic_dir(out_dir, fsync=True) as tmp:
         files = _write_mcore(arch, lambda u: M.hf_to_canonical(arch, u, get), canon_dtype, tmp, tp,
                              pp, layers)
         if vision:
@@ -394,7 +378,7 @@ def mcore_to_hf(mcore_dir: str | os.PathLike, out_dir: str | os.PathLike,
     plan = _hf_plan(arch, dtypes, shapes, extra_lm_head)
     vision = [n for n in hf_t if arch.is_vl and n.startswith(arch.names.vision_prefix)]
     read_unit = _mcore_unit_reader(mcore_dir, man, arch)
-    with _AtomicDir(out_dir) as tmp:
+    with atomic_dir(out_dir, fsync=True) as tmp:
         fnames = _write_hf(arch, read_unit, plan, dtypes, shapes, vision,
                            lambda n: read_verified(mcore_dir, man, VISION_FILE, n), tmp, max_shard_bytes)
         for name in man["hf_side_files"]:
@@ -422,7 +406,7 @@ def reshard(mcore_dir: str | os.PathLike, out_dir: str | os.PathLike, tp: int, p
                 raise CheckpointError(f"tensor {spec.name} is missing from {shard_file(0, stage)} in the manifest")
             canon_dtype[spec.name] = _parse_dtype(entry["dtype"])
     read_unit = _mcore_unit_reader(mcore_dir, man, arch)
-    with _AtomicDir(out_dir) as tmp:
+    with atomic_dir(out_dir, fsync=True) as tmp:
         files = _write_mcore(arch, read_unit, canon_dtype, tmp, tp, pp, layers)
         if VISION_FILE in man["files"]:
             names = list(man["files"][VISION_FILE])

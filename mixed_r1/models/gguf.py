@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
+
+from mixed_r1.atomic import atomic_dir, check_output_dir
 
 from .safetensors_io import CheckpointError
 
@@ -194,41 +192,6 @@ def _write_generation_config(model, tokenizer, info: GGUFInfo, out: Path) -> Non
 
 
 # ------------------------------------------------------------------------------ conversion
-@contextmanager
-def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh ``.<name>.tmp-*`` directory beside ``out``; rename it to ``out`` when the
-    block succeeds, delete it when it raises. An existing non-empty ``out`` raises
-    FileExistsError unless ``overwrite`` (then it is replaced after the block succeeded)."""
-    out = Path(out)
-    _check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        yield tmp
-        _check_out(out, overwrite)  # another writer may have filled it meanwhile
-        old = None
-        if out.exists():
-            if any(out.iterdir()):
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                os.rename(out, old)
-            else:
-                out.rmdir()
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output {out} already exists and is not empty "
-                              "(pass --overwrite to replace it)")
-
-
 def gguf_to_hf(gguf: str | os.PathLike, out: str | os.PathLike, *,
                dtype: str | torch.dtype = "float32", overwrite: bool = False) -> Path:
     """Convert a GGUF file (or ``smollm2``) into an HF model directory ``out`` (rules in the module
@@ -242,7 +205,7 @@ def gguf_to_hf(gguf: str | os.PathLike, out: str | os.PathLike, *,
     elif dtype not in DTYPES.values():
         raise ValueError(f"dtype {dtype} is not one of {', '.join(DTYPES)}")
     out = Path(out)
-    _check_out(out, overwrite)  # refuse before the slow load
+    check_output_dir(out, overwrite)  # refuse before the slow load
     info = read_gguf_info(gguf)
     model, tok = load_gguf(info.path)
     if dtype != torch.float32:

@@ -24,6 +24,25 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, mis-shaped or corrupt; the message names the tensor/file."""
 
 
+def check_safetensors_file(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` unless it is a complete safetensors file: a
+    readable header whose tensors' data ends exactly at the end of the file (a truncated or
+    padded file fails; the bytes themselves are not checked)."""
+    path = Path(path)
+    header = read_header(path)  # CheckpointError naming the file when unreadable
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+    try:
+        end = max([int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"],
+                  default=0)
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise CheckpointError(f"{path}: corrupt safetensors header") from None
+    need, size = 8 + n + end, path.stat().st_size
+    if size != need:
+        raise CheckpointError(f"{path}: {'truncated' if size < need else 'corrupt'} safetensors "
+                              f"file ({size} bytes, its header describes {need})")
+
+
 def read_json_file(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON object file of a model or checkpoint directory (``config.json``, a manifest, …);
     :class:`CheckpointError` naming it when it is unreadable, not JSON or not an object."""

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch.distributed as dist
+
+from mixed_r1.atomic import write_text_atomic
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -82,9 +83,7 @@ def prepare_mcore_checkpoint(hf_dir: str | Path, cache_dir: str | Path, tp: int,
                 out.parent.mkdir(parents=True, exist_ok=True)
                 # written under a temporary name, renamed
                 hf_to_mcore(hf_dir, out, tp=tp, pp=pp, pipeline_layers=layers)
-                tmp = stamp.with_name(stamp.name + ".tmp")
-                tmp.write_text(json.dumps({"hf_dir": str(hf_dir), "fingerprint": fp}))
-                os.replace(tmp, stamp)
+                write_text_atomic(stamp, json.dumps({"hf_dir": str(hf_dir), "fingerprint": fp}))
         except Exception as exc:  # every rank must learn about it, not hang in the barrier
             err = f"{type(exc).__name__}: {exc}"
             if not dist.is_initialized() or dist.get_world_size() == 1:

@@ -17,7 +17,7 @@ _EXPORTS = {
     "format_reward": "format", "box_iou": "iou", "iou_reward": "iou", "math_reward": "math",
     "matching_reward": "matching", "extract_answer": "parsing", "answer_span": "parsing",
     "TASK_TYPES": "router", "MixedReward": "router", "RewardBatch": "router",
-    "RewardConfig": "router",
+    "RewardConfig": "config",
 }
 
 __all__ = [

@@ -23,6 +23,7 @@ import torch
 
 from mixed_r1.rewards.parsing import extract_answer
 
+BMAS_FILE = "bmas_embeddings.safetensors"  # a run's BMAS table, exported beside its model
 MAX_TOKENS = 512  # longer texts are compared on their first MAX_TOKENS tokens
 
 

@@ -6,7 +6,6 @@ shows the mean reward components per task type.
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 T = "<think>{}</think><answer>{}</answer>"
@@ -60,9 +59,3 @@ def run_reward_demo(num_workers: int = 2) -> dict[str, dict[str, float]]:
         print(f"{task:<16} {int(s['count']):>3} {s['accuracy']:9.3f} {s['format']:7.3f} "
               f"{s['total']:6.3f}")
     return table
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo-rewards", help="score a small mixed batch with Mixed-Reward")
-    demo.add_argument("--workers", type=int, default=2, help="reward worker processes")
-    demo.set_defaults(func=lambda args: run_reward_demo(args.workers) and 0)

@@ -33,7 +33,7 @@ VISION_TOKEN_IDS = (151652, 151653, 151654, 151655, 151656)  # never sampled (Qw
 
 
 @dataclass(frozen=True)
-class TensorSpec:
+class ExpectedTensor:
     """What the engine expects under one HF name."""
 
     shape: tuple[int, ...]
@@ -49,19 +49,19 @@ class WeightStream(Protocol):
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]: ...
 
 
-def read_checkpoint_specs(model_dir: str | Path) -> dict[str, TensorSpec]:
+def read_checkpoint_specs(model_dir: str | Path) -> dict[str, ExpectedTensor]:
     """Names, shapes and dtypes of every tensor in a HF safetensors checkpoint (headers only)."""
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no *.safetensors in {model_dir}")
-    specs: dict[str, TensorSpec] = {}
+    specs: dict[str, ExpectedTensor] = {}
     for f in files:
         with f.open("rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
         for name, meta in header.items():
             if name != "__metadata__":
-                specs[name] = TensorSpec(tuple(meta["shape"]), meta["dtype"])
+                specs[name] = ExpectedTensor(tuple(meta["shape"]), meta["dtype"])
     return specs
 
 

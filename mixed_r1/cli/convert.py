@@ -12,7 +12,7 @@ builds only splits whose middle stages are even (``num_layers_in_first_pipeline_
 ``num_layers_in_last_pipeline_stage``, megatron/core/transformer/transformer_block.py), see
 :func:`mixed_r1.models.config.resolve_pipeline_layers`.
 
-Wire with ``mixed_r1.convert_cli.register(subparsers)``; each sub-command sets ``func(args) -> int``.
+Wire with ``mixed_r1.cli.convert.register(subparsers)``; each sub-command sets ``func(args) -> int``.
 A user error (unsupported config or split, missing/mis-shaped/corrupt tensor, existing output)
 prints one line ``error: ...`` naming the tensor, file or flag and returns 2; nothing is left
 under ``--out``.
@@ -25,8 +25,8 @@ import time
 
 
 def _run(fn, *a, **kw) -> int:
-    from .models.config import PipelineLayersError, UnsupportedConfigError
-    from .models.safetensors_io import CheckpointError
+    from mixed_r1.models.config import PipelineLayersError, UnsupportedConfigError
+    from mixed_r1.models.safetensors_io import CheckpointError
 
     t0 = time.perf_counter()
     try:
@@ -63,27 +63,36 @@ def _with_layers(fn, args: argparse.Namespace, *a, **kw) -> int:
 
 
 def _hf_to_mcore(args: argparse.Namespace) -> int:
-    from .models.convert import hf_to_mcore
+    from mixed_r1.models.convert import hf_to_mcore
 
     return _with_layers(hf_to_mcore, args, args.hf, args.out, tp=args.tp, pp=args.pp)
 
 
 def _mcore_to_hf(args: argparse.Namespace) -> int:
-    from .models.convert import mcore_to_hf
+    from mixed_r1.models.convert import mcore_to_hf
 
     return _run(mcore_to_hf, args.mcore, args.out, max_shard_bytes=int(args.max_shard_gb * 1024 ** 3))
 
 
 def _reshard(args: argparse.Namespace) -> int:
-    from .models.convert import reshard
+    from mixed_r1.models.convert import reshard
 
     return _with_layers(reshard, args, args.mcore, args.out, tp=args.tp, pp=args.pp)
 
 
 def _gguf_to_hf(args: argparse.Namespace) -> int:
-    from .models.gguf import gguf_to_hf
+    from mixed_r1.models.gguf import gguf_to_hf
 
     return _run(gguf_to_hf, args.gguf, args.out, dtype=args.dtype, overwrite=args.overwrite)
+
+
+def _add_layout_args(p: argparse.ArgumentParser) -> None:
+    """The target layout of a conversion: --tp, --pp, --pipeline-layers."""
+    p.add_argument("--tp", type=int, default=1)
+    p.add_argument("--pp", type=int, default=1)
+    p.add_argument("--pipeline-layers", default=None, metavar="N0,N1,...",
+                   help="transformer layers per pipeline stage, e.g. 10,9,9 (default: even "
+                        "split over --pp; megatron needs the middle stages even)")
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -94,11 +103,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     a = sub.add_parser("hf-to-mcore", help="HF safetensors -> mcore shards at TP/PP")
     a.add_argument("--hf", required=True, help="HF model directory (config.json + *.safetensors)")
     a.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
-    a.add_argument("--tp", type=int, default=1)
-    a.add_argument("--pp", type=int, default=1)
-    a.add_argument("--pipeline-layers", default=None, metavar="N0,N1,...",
-                   help="transformer layers per pipeline stage, e.g. 10,9,9 (default: even "
-                        "split over --pp; megatron needs the middle stages even)")
+    _add_layout_args(a)
     a.set_defaults(func=_hf_to_mcore)
     b = sub.add_parser("mcore-to-hf", help="mcore shards -> HF safetensors")
     b.add_argument("--mcore", required=True)
@@ -108,11 +113,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     c = sub.add_parser("reshard", help="mcore TP=a/PP=b -> mcore TP=c/PP=d without going through HF")
     c.add_argument("--mcore", required=True)
     c.add_argument("--out", required=True)
-    c.add_argument("--tp", type=int, default=1)
-    c.add_argument("--pp", type=int, default=1)
-    c.add_argument("--pipeline-layers", default=None, metavar="N0,N1,...",
-                   help="transformer layers per pipeline stage, e.g. 10,9,9 (default: even "
-                        "split over --pp; megatron needs the middle stages even)")
+    _add_layout_args(c)
     c.set_defaults(func=_reshard)
     g = sub.add_parser("gguf-to-hf", help="GGUF file -> HF model dir (dequantized safetensors, "
                        "config, tokenizer, chat template, generation config)")
@@ -124,18 +125,3 @@ def register(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     g.set_defaults(func=_gguf_to_hf)
     return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry: ``python -m mixed_r1.convert_cli hf-to-mcore ...``."""
-    parser = argparse.ArgumentParser(prog="mixed-r1")
-    register(parser.add_subparsers(dest="cmd", required=True))
-    args = parser.parse_args(["convert", *(sys.argv[1:] if argv is None else argv)])
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    from mixed_r1.cli import run_command, split_debug
-
-    _argv, _debug = split_debug(sys.argv[1:])
-    raise SystemExit(run_command(lambda: main(_argv), debug=_debug))

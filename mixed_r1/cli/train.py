@@ -1,8 +1,7 @@
 """``mixed-r1 train | eval | plot | bench``: ``register(subparsers)`` adds them to the main CLI.
 
-Heavy imports happen inside each command. ``python -m mixed_r1.train_cli <command> …`` works on
-its own too, with the CLI's error rules (:func:`mixed_r1.cli.run_command`: one ``error:`` line and
-exit 2 for a user error, ``--debug`` for the traceback); :func:`main` itself lets errors propagate.
+Heavy imports happen inside each command; the CLI's error rules are :func:`mixed_r1.cli.run_command`'s
+(one ``error:`` line and exit 2 for a user error, ``--debug`` for the traceback).
 
 ``train`` and its run directory: a new run refuses a non-empty ``out_dir`` unless ``--overwrite``
 (which deletes what an earlier run wrote there); ``--resume`` refuses an ``out_dir`` that does not
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -46,15 +44,6 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench_step(cfg, steps: int = 2) -> list[dict]:
-    """Time ``steps`` GRPO steps after one warm-up step; returns their metrics."""
-    from mixed_r1.trainer import build_trainer
-
-    trainer = build_trainer(cfg)
-    trainer.step()  # warm-up
-    return [trainer.step() for _ in range(steps)]
-
-
 def _bench(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -72,6 +61,8 @@ def _bench(args: argparse.Namespace) -> int:
         overrides = [f"data.train_file={path}", f"out_dir={tmp}/run", "model.max_pixels=12544",
                      "progress=false"] + overrides
     cfg = load_config(args.config, overrides)
+    from mixed_r1.trainer import bench_step
+
     rows = bench_step(cfg, args.steps)
     phases = ("generate_and_reward", "old_ref_logprobs", "update", "sync", "step")
     print(f"{'phase':<22}{'seconds':>10}{'share':>8}")
@@ -123,17 +114,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="also print the last step's metrics")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     p.set_defaults(func=_bench)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mixed-r1")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    from mixed_r1.cli import run_command, split_debug
-
-    _argv, _debug = split_debug(sys.argv[1:])
-    sys.exit(run_command(lambda: main(_argv), debug=_debug))

@@ -1,7 +1,9 @@
 """`mixed-r1 <command>`: the command-line entry point.
 
-Each area registers its own sub-commands (``register(subparsers)``) so that this file stays a
-thin router and imports heavy modules only for the command that runs.
+One module per command group in this package (``train`` = train/eval/plot/bench, ``data``,
+``convert``, ``plan``, ``demo``, ``rewards`` = demo-rewards), each defining its parsers once in
+``register(subparsers)``; the library code a command calls lives outside ``mixed_r1.cli`` and is
+imported inside the command, so ``mixed-r1 --help`` loads no torch.
 
 Errors (:func:`run_command`, the one place): an error the user caused — a config
 (:class:`~mixed_r1.config.ConfigError`), data (:class:`~mixed_r1.data.schema.DataError`),
@@ -36,12 +38,12 @@ class UsageError(SystemExit):
 
 # modules that expose ``register(subparsers)``; missing ones are simply not offered
 _COMMAND_MODULES = (
-    "mixed_r1.rewards.demo",
-    "mixed_r1.data.cli",
-    "mixed_r1.convert_cli",
-    "mixed_r1.train_cli",
-    "mixed_r1.demo",
-    "mixed_r1.plan",
+    "mixed_r1.cli.rewards",
+    "mixed_r1.cli.data",
+    "mixed_r1.cli.convert",
+    "mixed_r1.cli.train",
+    "mixed_r1.cli.demo",
+    "mixed_r1.cli.plan",
 )
 
 
@@ -125,7 +127,3 @@ def main(argv: list[str] | None = None) -> int:
     argv, debug = split_debug(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     return run_command(lambda: args.func(args), debug=debug or args.debug)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
