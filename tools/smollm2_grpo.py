@@ -138,9 +138,9 @@ def loadavg() -> list[float]:
 # ------------------------------------------------------------------------------------ run
 def run(out_dir: str | Path, *, config: str | Path = DEFAULT_CONFIG,
         model_dir: str | Path = "runs/smollm2/hf", train_per_task: int = 200,
-        heldout_per_task: int = 50, train_seed: int = 1, heldout_seed: int = 2,
+        heldout_per_task: int = 100, train_seed: int = 1, heldout_seed: int = 2,
         eval_max_new_tokens: int = 32, overrides: Sequence[str] = (),
-        eval_only: bool = False, threads: int | None = 1) -> dict:
+        eval_only: bool = False, threads: int | None = None) -> dict:
     """The whole experiment (module doc); returns the report (also ``OUT/report.json``).
     ``threads``: torch's intra-op threads for the whole run (None: leave torch's setting)."""
     import shutil
@@ -289,13 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-dir", default="runs/smollm2/hf",
                    help="the converted SmolLM2 HF directory (converted here when absent)")
     p.add_argument("--train-per-task", type=int, default=200)
-    p.add_argument("--heldout-per-task", type=int, default=50)
+    p.add_argument("--heldout-per-task", type=int, default=100)
     p.add_argument("--train-seed", type=int, default=1)
     p.add_argument("--heldout-seed", type=int, default=2)
     p.add_argument("--eval-max-new-tokens", type=int, default=32,
                    help="greedy eval budget (default: the example's rollout.max_new_tokens)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads (1: see docs/benchmarks.md, shared cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's, one per core; 1 when the "
+                        "cores are shared with other jobs)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the start model only")
     p.add_argument("overrides", nargs="*", help="config key.sub=value overrides")
     a = p.parse_args(argv)
