@@ -169,8 +169,6 @@ _CHOICES = {
     "model.recompute": ("none", "selective", "full"),
     "data.on_error": ("raise", "skip"),
     "rollout.backend": ("hf", "vllm"),
-    "algo.advantage": ("grpo", "dr_grpo", "grpo_batch"),
-    "algo.loss_type": ("grpo", "bnpo", "dr_grpo", "dapo"),
     "algo.importance_level": ("token", "sequence"),
     "algo.rollout_is": ("none", "token_tis"),
     "optim.schedule": ("constant", "cosine"),
@@ -188,9 +186,18 @@ def _get(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
+def _registry_choices() -> dict[str, tuple[str, ...]]:
+    """Keys whose values name a registered function (``mixed_r1.algo`` registries, imported only
+    when a config is validated: this module itself loads no torch)."""
+    from mixed_r1.algo import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS
+
+    return {"algo.advantage": ADVANTAGE_ESTIMATORS.names(),
+            "algo.loss_type": LOSS_AGGREGATIONS.names()}
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check value ranges and choices; raise one :class:`ConfigError` naming the key."""
-    for key, choices in _CHOICES.items():
+    for key, choices in {**_CHOICES, **_registry_choices()}.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(f"config key '{key}': {_get(cfg, key)!r} is not one of {choices}")
     for key in _POSITIVE:

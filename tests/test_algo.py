@@ -264,3 +264,49 @@ def test_truncated_importance_sampling_hand_case():
     plain, m3 = algo.compute_policy_loss(logp.detach(), torch.ones(1), torch.ones(1, 3),
                                          rollout_logp=rollout)
     assert float(plain) == pytest.approx(-1.0, abs=1e-6) and "rollout_is_weight_mean" not in m3
+
+
+def test_registries_are_filled_by_decorators_and_drive_the_config(monkeypatch):
+    """The estimators, KL kinds and loss aggregations are looked up by name in registries the
+    decorated functions fill; a name registered twice is refused; the config accepts exactly the
+    registered names (one more registered -> accepted, without touching config.py)."""
+    from mixed_r1.algo import ADVANTAGE_ESTIMATORS, KL_ESTIMATORS, LOSS_AGGREGATIONS, Registry
+    from mixed_r1.config import ConfigError, TrainConfig, validate
+
+    assert set(ADVANTAGE_ESTIMATORS.names()) == {"grpo", "dr_grpo", "grpo_batch"}
+    assert set(KL_ESTIMATORS.names()) == {"k1", "k2", "k3", "low_var_kl"}
+    assert set(LOSS_AGGREGATIONS.names()) == {"grpo", "bnpo", "dr_grpo", "dapo"}
+    assert KL_ESTIMATORS.get("low_var_kl") is KL_ESTIMATORS.get("k3")
+    with pytest.raises(ValueError, match="'k3' is registered twice"):
+        KL_ESTIMATORS.register("k3")(lambda a, b: a)
+    with pytest.raises(ValueError, match=r"unknown loss_type 'token_sum'; expected one of"):
+        algo.aggregation_weights(torch.ones(2, 3), "token_sum")
+
+    cfg = TrainConfig()
+    cfg.algo.advantage = "rloo"
+    with pytest.raises(ConfigError, match="'algo.advantage': 'rloo' is not one of"):
+        validate(cfg)
+    monkeypatch.setattr(ADVANTAGE_ESTIMATORS, "_table", dict(ADVANTAGE_ESTIMATORS._table))
+
+    @ADVANTAGE_ESTIMATORS.register("rloo")
+    def rloo(rewards, group_size=None, **kw):  # leave-one-out baseline (Ahmadian et al., 2024)
+        r = rewards.view(-1, group_size)
+        return ((r - (r.sum(1, keepdim=True) - r) / (group_size - 1))).view(-1)
+
+    validate(cfg)  # now a registered name
+    torch.testing.assert_close(algo.compute_advantages("rloo", torch.tensor([1.0, 0.0]), 2),
+                               torch.tensor([1.0, -1.0]))
+    assert isinstance(ADVANTAGE_ESTIMATORS, Registry)
+
+
+def test_task_rewards_registry_routes_every_rule_task():
+    from mixed_r1.rewards.router import TASK_REWARDS, score_rule
+    from mixed_r1.tasks import TASK_TYPES
+
+    assert set(TASK_REWARDS.names()) == set(TASK_TYPES) - {"open_ended"}
+    cfg = {"chart_tolerance": 0.05, "math_timeout_s": 5.0, "iou_threshold": None}
+    assert score_rule(("yes_no", "<answer>Yes</answer>", "yes", None), cfg) == 1.0
+    assert score_rule(("chart", "<answer>104</answer>", "100", None), cfg) == 1.0
+    assert score_rule(("grounding", "[0, 0, 10, 10]", [0, 0, 10, 20], None), cfg) == 0.5
+    with pytest.raises(ValueError, match="no rule-based reward for task type 'open_ended'"):
+        score_rule(("open_ended", "a caption", "a caption", None), cfg)

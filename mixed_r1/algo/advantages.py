@@ -1,9 +1,11 @@
 """Group-relative advantages (GRPO, Dr.GRPO, batch-scaled)."""
 from __future__ import annotations
 
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
+
+from .registry import Registry
 
 ScaleRewards = Literal["group", "batch", "none"]
 
@@ -53,15 +55,28 @@ def grpo_advantages(
     return centered / (std[gid] + eps)
 
 
-ADVANTAGE_ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
-    "grpo": lambda rewards, group_size=None, **kw: grpo_advantages(rewards, group_size, scale_rewards="group", **kw),
-    "dr_grpo": lambda rewards, group_size=None, **kw: grpo_advantages(rewards, group_size, scale_rewards="none", **kw),
-    "grpo_batch": lambda rewards, group_size=None, **kw: grpo_advantages(rewards, group_size, scale_rewards="batch", **kw),
-}
+ADVANTAGE_ESTIMATORS = Registry("advantage estimator")
+
+
+@ADVANTAGE_ESTIMATORS.register("grpo")
+def grpo_group_scaled(rewards: torch.Tensor, group_size: int | None = None, **kw) -> torch.Tensor:
+    """GRPO (Shao et al., 2024): centred by the group mean, divided by the group's std."""
+    return grpo_advantages(rewards, group_size, scale_rewards="group", **kw)
+
+
+@ADVANTAGE_ESTIMATORS.register("dr_grpo")
+def dr_grpo(rewards: torch.Tensor, group_size: int | None = None, **kw) -> torch.Tensor:
+    """Dr. GRPO (Liu et al., 2025): centred by the group mean, not divided by a std."""
+    return grpo_advantages(rewards, group_size, scale_rewards="none", **kw)
+
+
+@ADVANTAGE_ESTIMATORS.register("grpo_batch")
+def grpo_batch_scaled(rewards: torch.Tensor, group_size: int | None = None, **kw) -> torch.Tensor:
+    """Centred by the group mean, divided by the std of the whole batch (TRL's
+    ``scale_rewards="batch"``)."""
+    return grpo_advantages(rewards, group_size, scale_rewards="batch", **kw)
 
 
 def compute_advantages(name: str, rewards: torch.Tensor, group_size: int | None = None, **kw) -> torch.Tensor:
-    """Registry lookup: ``name`` in ADVANTAGE_ESTIMATORS."""
-    if name not in ADVANTAGE_ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {name!r}; expected one of {sorted(ADVANTAGE_ESTIMATORS)}")
-    return ADVANTAGE_ESTIMATORS[name](rewards, group_size, **kw)
+    """Registry lookup: ``name`` in :data:`ADVANTAGE_ESTIMATORS` (ValueError naming the known ones)."""
+    return ADVANTAGE_ESTIMATORS.get(name)(rewards, group_size, **kw)

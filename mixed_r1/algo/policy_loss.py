@@ -20,12 +20,15 @@ Two numerical rules hold everywhere (here and in the fused kernels of ``mixed_r1
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 
+from .registry import Registry
+
 ImportanceLevel = Literal["token", "sequence"]
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+KL_ESTIMATORS = Registry("KL estimator")
+LOSS_AGGREGATIONS = Registry("loss_type")
 # |log pi - log pi_ref| beyond this is clamped before exp: e^20 ~ 4.9e8 keeps k3 finite in float32
 # and bfloat16 (whose max is ~3.4e38 = e^88). The bound is verl's (core_algos.kl_penalty).
 KL_LOG_RATIO_BOUND = 20.0
@@ -42,16 +45,19 @@ def kl_clamped(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return (logp - ref_logp).abs() > KL_LOG_RATIO_BOUND
 
 
+@KL_ESTIMATORS.register("k1")
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k1 = log pi - log pi_ref   (log-ratio clamped to +-KL_LOG_RATIO_BOUND)."""
     return kl_log_ratio(logp, ref_logp)
 
 
+@KL_ESTIMATORS.register("k2")
 def kl_k2(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k2 = (log pi - log pi_ref)^2 / 2   (log-ratio clamped to +-KL_LOG_RATIO_BOUND)."""
     return 0.5 * kl_log_ratio(logp, ref_logp).square()
 
 
+@KL_ESTIMATORS.register("k3", "low_var_kl")
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """k3 = exp(d) - d - 1 with d = log pi_ref - log pi clamped to +-KL_LOG_RATIO_BOUND (>= 0; unbiased
     inside the bound)."""
@@ -59,16 +65,11 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
-KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "k1": kl_k1, "k2": kl_k2, "k3": kl_k3, "low_var_kl": kl_k3,
-}
 
 
 def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k3") -> torch.Tensor:
     """Per-token KL estimate ``kind`` (k1, k2, k3 = low_var_kl), log-ratio clamped (module doc)."""
-    if kind not in KL_ESTIMATORS:
-        raise ValueError(f"unknown KL estimator {kind!r}; expected one of {sorted(KL_ESTIMATORS)}")
-    return KL_ESTIMATORS[kind](logp, ref_logp)
+    return KL_ESTIMATORS.get(kind)(logp, ref_logp)
 
 
 # ---------------------------------------------------------------- ratio and surrogate
@@ -118,21 +119,46 @@ def clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: fl
 
 
 # ---------------------------------------------------------------- aggregation
+@LOSS_AGGREGATIONS.register("grpo")
+def _per_sequence_mean(m: torch.Tensor, max_completion_length: int | None,
+                       num_items: float | None) -> torch.Tensor:
+    """GRPO: each sequence's token mean, averaged over the B sequences."""
+    return m / (m.sum(-1, keepdim=True).clamp(min=1) * m.shape[0])
+
+
+@LOSS_AGGREGATIONS.register("bnpo")
+def _batch_token_mean(m: torch.Tensor, max_completion_length: int | None,
+                      num_items: float | None) -> torch.Tensor:
+    """BNPO: the mean over the micro-batch's tokens."""
+    return m / m.sum().clamp(min=1)
+
+
+@LOSS_AGGREGATIONS.register("dr_grpo")
+def _fixed_length_mean(m: torch.Tensor, max_completion_length: int | None,
+                       num_items: float | None) -> torch.Tensor:
+    """Dr. GRPO: the sum over tokens / (B * max completion length), a constant normalizer."""
+    B, T = m.shape
+    return m / (B * (max_completion_length or T))
+
+
+@LOSS_AGGREGATIONS.register("dapo")
+def _global_token_mean(m: torch.Tensor, max_completion_length: int | None,
+                       num_items: float | None) -> torch.Tensor:
+    """DAPO: the mean over all tokens of the update (``num_items``, else this micro-batch's)."""
+    n = m.sum().clamp(min=1) if num_items is None else m.new_tensor(float(num_items)).clamp(min=1)
+    return m / n
+
+
+LOSS_TYPES = LOSS_AGGREGATIONS.names()
+
+
 def aggregation_weights(mask: torch.Tensor, loss_type: str, *, max_completion_length: int | None = None,
                         num_items: float | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Per-token weights w with loss = sum_{b,t} w[b,t] * per_token_loss[b,t] (w == 0 where masked)."""
+    """Per-token weights w with loss = sum_{b,t} w[b,t] * per_token_loss[b,t] (w == 0 where masked);
+    ``loss_type`` names a registered aggregation (:data:`LOSS_AGGREGATIONS`)."""
+    fn = LOSS_AGGREGATIONS.get(loss_type)
     m = mask.to(dtype or (torch.float64 if mask.dtype == torch.float64 else torch.float32))
-    B, T = m.shape
-    if loss_type == "grpo":
-        return m / (m.sum(-1, keepdim=True).clamp(min=1) * B)
-    if loss_type == "bnpo":
-        return m / m.sum().clamp(min=1)
-    if loss_type == "dr_grpo":
-        return m / (B * (max_completion_length or T))
-    if loss_type == "dapo":
-        n = m.sum().clamp(min=1) if num_items is None else m.new_tensor(float(num_items)).clamp(min=1)
-        return m / n
-    raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
+    return fn(m, max_completion_length, num_items)
 
 
 def aggregate_loss(per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, **kw) -> torch.Tensor:
@@ -177,8 +203,7 @@ def compute_policy_loss(
     clamped to +-KL_LOG_RATIO_BOUND and ``kl_clamp_frac`` (with ``kl_mean``, when ``ref_logp`` is
     given) counts the masked-in tokens where that clamp bit.
     """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
+    LOSS_AGGREGATIONS.get(loss_type)  # ValueError naming the registered ones
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logprobs")
     mask = mask.to(logp.dtype)

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from ..algo.policy_loss import KL_LOG_RATIO_BOUND, LOSS_TYPES, aggregation_weights, compute_policy_loss
+from ..algo.policy_loss import (
+    KL_LOG_RATIO_BOUND,
+    LOSS_AGGREGATIONS,
+    aggregation_weights,
+    compute_policy_loss,
+)
 from ._backend import rows_view, use_triton
 from ._common import check_logits_targets, check_target_range, grad_buffer, impl
 
@@ -124,8 +129,7 @@ def grpo_loss(
                     ("rollout_logprobs", rollout_logprobs)):
         if t is not None and t.shape != (B, T):
             raise ValueError(f"{name} must be [B, T] = ({B}, {T}), got {tuple(t.shape)}")
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"unknown loss_type {loss_type!r}; expected one of {LOSS_TYPES}")
+    LOSS_AGGREGATIONS.get(loss_type)  # ValueError naming the registered ones
     if beta > 0 and ref_logprobs is None:
         raise ValueError("beta > 0 needs ref_logprobs")
     if importance_level not in ("token", "sequence"):

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
+from mixed_r1.algo.registry import Registry
 from mixed_r1.rewards.bmas import MiniLMEmbedder, TokenEmbedder, bmas_batch
 from mixed_r1.rewards.chart import chart_reward
 from mixed_r1.rewards.config import RewardConfig
@@ -83,24 +84,44 @@ def _field(sample: Any, key: str, default: Any = None) -> Any:
     return getattr(sample, key, default)
 
 
+TASK_REWARDS = Registry("task reward")
+"""Rule-based accuracy rewards by task type: ``fn(completion, solution, options, cfg) -> float``
+(NaN: the check did not finish). ``open_ended`` is scored in batches by BMAS, not here."""
+
+
+@TASK_REWARDS.register("yes_no", "multiple_choice")
+def _matching(completion: str, solution: Any, options: Any, cfg: dict[str, Any]) -> float:
+    return matching_reward(completion, solution, options)
+
+
+@TASK_REWARDS.register("chart")
+def _chart(completion: str, solution: Any, options: Any, cfg: dict[str, Any]) -> float:
+    return chart_reward(completion, solution, tolerance=cfg["chart_tolerance"])
+
+
+@TASK_REWARDS.register("math")
+def _math(completion: str, solution: Any, options: Any, cfg: dict[str, Any]) -> float:
+    value = math_score(completion, solution, timeout_s=cfg["math_timeout_s"],
+                       numeric_answer=cfg.get("math_numeric_answer", False))
+    return float("nan") if value is None else value
+
+
+@TASK_REWARDS.register("grounding")
+def _grounding(completion: str, solution: Any, options: Any, cfg: dict[str, Any]) -> float:
+    return iou_reward(completion, solution, threshold=cfg["iou_threshold"])
+
+
 def score_rule(payload: tuple[str, str, Any, Any], cfg: dict[str, Any]) -> float:
-    """Accuracy reward of one non-open-ended sample: ``(task, completion, solution, options)``.
+    """Accuracy reward of one non-open-ended sample: ``(task, completion, solution, options)``,
+    by the task's rule in :data:`TASK_REWARDS` (ValueError for a task without one).
 
     NaN when the check did not finish (a math-verify check past ``math_timeout_s`` or crashed):
     the caller scores it 0 and counts it in ``RewardBatch.failures``, in-process and in the pool.
     """
     task, completion, solution, options = payload
-    if task in ("yes_no", "multiple_choice"):
-        return matching_reward(completion, solution, options)
-    if task == "chart":
-        return chart_reward(completion, solution, tolerance=cfg["chart_tolerance"])
-    if task == "math":
-        value = math_score(completion, solution, timeout_s=cfg["math_timeout_s"],
-                           numeric_answer=cfg.get("math_numeric_answer", False))
-        return float("nan") if value is None else value
-    if task == "grounding":
-        return iou_reward(completion, solution, threshold=cfg["iou_threshold"])
-    raise ValueError(f"no rule-based reward for task type {task!r}")
+    if task not in TASK_REWARDS:
+        raise ValueError(f"no rule-based reward for task type {task!r}")
+    return TASK_REWARDS[task](completion, solution, options, cfg)
 
 
 class MixedReward:
