@@ -1,4 +1,4 @@
-"""`mixed-r1 demo --quick` into a directory an earlier demo wrote: the run starts a fresh
+"""`mixed-r1 demo --multimodal --quick` into a directory an earlier demo wrote: the run starts a fresh
 metrics.jsonl, plot and model (no rows of the earlier run mixed in), and the demo prints its
 held-out accuracy line with numbers only in their places."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_rerun_starts_fresh(tmp_path, capsys):
-    from mixed_r1.demo import run_demo
+    from mixed_r1.demo import run_multimodal_demo
 
     out = tmp_path / "demo"
     # what an earlier demo left behind: 30 rows of metrics, a plot, a stray file
@@ -20,7 +20,7 @@ def test_demo_rerun_starts_fresh(tmp_path, capsys):
         "".join(json.dumps({"step": i, "reward/total": 9.0}) + "\n" for i in range(1, 31)))
     (out / "run" / "curves.png").write_bytes(b"old plot")
     (out / "run" / "stale-marker").write_text("from the first run")
-    second = run_demo(out, quick=True, overrides=["progress=false"])
+    second = run_multimodal_demo(out, quick=True, overrides=["progress=false"])
     printed = capsys.readouterr().out
     rows = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]  # this run's steps, once

