@@ -43,6 +43,10 @@ def test_smollm2_grpo_short_run(tmp_path, capsys):
 
     out = tmp_path / "demo"
     model_dir = out / "hf"
+    # what an earlier demo left in its run directory: a rerun starts fresh (no old metrics rows)
+    (out / "run").mkdir(parents=True)
+    (out / "run" / "metrics.jsonl").write_text(json.dumps({"step": 7, "reward/total": 9.0}) + "\n")
+    (out / "run" / "stale-marker").write_text("from the first run")
     report = smollm2_grpo.run_text_demo(
         out, quick=True,
         overrides=["steps=2", "rollout.group_size=4", "rollout.temperature=1.0", "optim.lr=1e-4"])
@@ -54,6 +58,7 @@ def test_smollm2_grpo_short_run(tmp_path, capsys):
     assert m and (float(m[1]), float(m[2]), float(m[3])) == (
         round(acc["before"], 3), round(acc["after"], 3), round(acc["se"], 3)), line
     assert (out / "run" / "curves.png").is_file()
+    assert not (out / "run" / "stale-marker").exists()
     tasks = ("math", "multiple_choice", "yes_no", "chart")
     assert set(report["changes"]) == set(tasks) | {"overall"}
     for task in tasks:
