@@ -104,6 +104,9 @@ def main() -> None:
         gen.close()  # vLLM's shutdown also ends the process group
     if rank != 0:
         os._exit(0)
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)  # os._exit below skips every cleanup: do it here
     print(f"TP={tp}, sink={args.sink}")
     print(f"{'model (fp32)':<28}{model_bytes / mb:>10.1f}")
     print(f"{'bucket':<28}{args.bucket_mb:>10.1f}")

@@ -124,7 +124,8 @@ def run_case(name: str) -> dict:
     backend, dtype_name, recompute, B, P, T = CASES[name]
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype_name]
     torch.manual_seed(0)
-    tmp = Path(tempfile.mkdtemp(prefix="check-plan-"))
+    tmp_dir = tempfile.TemporaryDirectory(prefix="check-plan-")  # removed when collected or at exit
+    tmp = Path(tmp_dir.name)
     if backend == "mcore":
         from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -161,6 +162,7 @@ def run_case(name: str) -> dict:
                                impl=impl, device="cpu", images_per_row=images,
                                max_pixels=max_pixels, scored_tokens=T if impl == "hf" else None)
     estimate = update_peak_bytes(st, act)
+    tmp_dir.cleanup()
     return {"case": name, "seq": seq, "rows": B, "estimate": estimate, "measured": measured,
             "static": st.total, "activations": act.total, "ratio": estimate / measured}
 

@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     from mixed_r1.trainer import build_trainer
 
     t_start = time.perf_counter()
-    out = Path(args.out or tempfile.mkdtemp(prefix="gpu-train-check-"))
+    tmp_dir = None if args.out else tempfile.TemporaryDirectory(prefix="gpu-train-check-")
+    out = Path(args.out or tmp_dir.name)  # a temporary one is removed at exit
     data = make_data(out / "data")
     cfg = load_config(None, tiny_overrides(data, out / "run", steps=args.steps) + [
         f"device={device}", "parallel.backend=mcore", "parallel.distributed_optimizer=true",
