@@ -7,21 +7,10 @@
   tokenizer, warm start, GRPO over all six task types); it checks the pipeline, it does not learn
   the tasks.
 
-Imported lazily (PEP 562): ``import mixed_r1.demo`` loads neither torch nor transformers.
+Both modules import torch and transformers inside their functions, so importing this package
+stays light.
 """
-from __future__ import annotations
+from mixed_r1.demo.multimodal import run_multimodal_demo
+from mixed_r1.demo.text import paired_change, run_text_demo
 
-import importlib
-
-_EXPORTS = {"run_text_demo": "text", "run_multimodal_demo": "multimodal",
-            "paired_change": "text"}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
+__all__ = ["paired_change", "run_multimodal_demo", "run_text_demo"]
