@@ -832,14 +832,14 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     return trainer
 
 
-__all__ = ["GRPOTrainer", "PromptStream", "Rollouts", "build_generator", "build_mcore_trainer",
-           "build_model", "build_processor", "build_trainer", "load_train_samples", "rollout_tp",
-           "run_training",
-           "bmas_embedder", "max_model_len", "seed_everything", "step_seed"]
-
-
 def bench_step(cfg, steps: int = 2) -> list[dict]:
     """Time ``steps`` GRPO steps after one warm-up step; returns their metrics."""
     trainer = build_trainer(cfg)
     trainer.step()  # warm-up
     return [trainer.step() for _ in range(steps)]
+
+
+__all__ = ["GRPOTrainer", "PromptStream", "Rollouts", "build_generator", "build_mcore_trainer",
+           "build_model", "build_processor", "build_trainer", "load_train_samples", "rollout_tp",
+           "run_training", "bench_step",
+           "bmas_embedder", "max_model_len", "seed_everything", "step_seed"]

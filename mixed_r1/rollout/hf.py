@@ -144,7 +144,6 @@ class HFGenerator:
     # ----------------------------------------------------------------- protocol
     def generate(self, prompts: list[Prompt], n: int, params: SamplingParams) -> list[Completion]:
         """``len(prompts) * n`` completions, prompt-major (see :mod:`mixed_r1.rollout.base`)."""
-
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
         from mixed_r1.rollout.base import prompt_seeds
