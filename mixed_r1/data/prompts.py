@@ -68,9 +68,11 @@ def build_messages(sample: Sample, system: str | None = None) -> list[dict]:
 
 
 def render_prompt(sample: Sample, processor_or_tokenizer: Any, system: str | None = None) -> str:
-    """The chat-template text (with the generation prompt) of ``sample``."""
-    return processor_or_tokenizer.apply_chat_template(
-        build_messages(sample, system), tokenize=False, add_generation_prompt=True)
+    """The chat-template text (with the generation prompt) of ``sample``
+    (:func:`mixed_r1.models.processor.chat_prompt` of :func:`build_messages`)."""
+    from mixed_r1.models.processor import chat_prompt
+
+    return chat_prompt(processor_or_tokenizer, build_messages(sample, system))
 
 
 # ------------------------------------------------------------------------- boxes
@@ -122,23 +124,12 @@ def model_frame_sample(sample: Sample, processor: Any) -> Sample:
 
 
 # ------------------------------------------------------------------------- collator
-def load_images(paths: Sequence[str]) -> list:
-    """Open images as RGB PIL images (fully decoded, file handles closed)."""
-    from PIL import Image
-
-    out = []
-    for p in paths:
-        with Image.open(p) as im:
-            out.append(im.convert("RGB"))
-    return out
-
-
 @dataclass
 class Collator:
     """Batch samples into processor inputs for generation (left padding).
 
-    Returns the processor's tensors (``input_ids``, ``attention_mask``, ``pixel_values``,
-    ``image_grid_thw`` when any image) plus ``prompts`` (texts), ``samples`` (grounding boxes
+    Returns the tensors of :func:`mixed_r1.models.processor.encode_prompts` (``input_ids``,
+    ``attention_mask``, ``pixel_values``, ``image_grid_thw`` when any image) plus ``prompts`` (texts), ``samples`` (grounding boxes
     rescaled to the processor's frame, see :func:`model_frame_sample`) and ``solutions``.
     """
 
@@ -147,13 +138,10 @@ class Collator:
     max_prompt_length: int | None = None
 
     def __call__(self, samples: Sequence[Sample]) -> dict:
+        from mixed_r1.models.processor import encode_prompts
+
         texts = [render_prompt(s, self.processor, self.system) for s in samples]
-        images = load_images([p for s in samples for p in s.images])
-        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True,
-                                  "padding_side": "left"}
-        if images:
-            kwargs["images"] = images
-        batch = dict(self.processor(**kwargs))
+        batch = encode_prompts(self.processor, texts, [p for s in samples for p in s.images])
         if self.max_prompt_length is not None and batch["input_ids"].shape[1] > self.max_prompt_length:
             raise ValueError(f"prompt of {batch['input_ids'].shape[1]} tokens exceeds "
                              f"max_prompt_length={self.max_prompt_length}")
@@ -169,21 +157,16 @@ def encode_rows(processor: Any, prompt_texts: Sequence[str], images: Sequence[Se
     """Processor inputs for ``prompt + completion`` rows, plus ``targets`` and ``mask`` [B, T].
 
     Prompts are rendered texts (the chat template with the generation prompt) and are encoded
-    exactly as the generator encodes them (left padding); completions are appended right-padded
+    exactly as the generators encode them (:func:`mixed_r1.models.processor.encode_prompts`, left
+    padding); ``images``: each row's images (paths or PIL images); completions are appended right-padded
     with ``pad_id``. ``targets`` [B, T] int64, ``mask`` [B, T] float32 (1 on completion tokens),
     ``T`` the longest completion; everything moved to ``device``.
     """
-    from pathlib import Path
-
     import torch
 
-    kwargs: dict[str, Any] = {"text": list(prompt_texts), "return_tensors": "pt",
-                              "padding": True, "padding_side": "left"}
-    flat = [im for row in images for im in row]
-    if flat and hasattr(processor, "image_processor"):
-        kwargs["images"] = [load_images([str(im)])[0] if isinstance(im, (str, Path))
-                            else im.convert("RGB") for im in flat]
-    enc = dict(processor(**kwargs))
+    from mixed_r1.models.processor import encode_prompts
+
+    enc = encode_prompts(processor, prompt_texts, [im for row in images for im in row])
     B = len(completions)
     T = max(1, max(len(c) for c in completions))
     targets = torch.full((B, T), pad_id, dtype=torch.long)

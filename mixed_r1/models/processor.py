@@ -17,6 +17,16 @@ the chat template, ``preprocessor_config.json`` with ``min_pixels``/``max_pixels
 ``video_preprocessor_config.json`` and ``processor_config.json`` naming ``Qwen2_5_VLProcessor``.
 :func:`eos_token_ids` gives the ids that end a completion (``generation_config.json``, else the
 tokenizer's eos).
+
+**The prompt encoder.** A completion's log-probs are only right when the trainer scores it after
+exactly the prompt tokens the generator sampled it from, so every consumer renders and encodes a
+prompt through the three functions here and nowhere else: :func:`chat_prompt` (the chat template
+with the generation prompt), :func:`encode_prompts` (the trainer's rows, the HF generator, eval's
+collator: the processor call, left padding) and :func:`prompt_token_ids` (the vLLM generator's text
+prompts). All three encode with ``add_special_tokens=False``: the chat template already writes
+every special token the model expects, and a tokenizer that also prepends BOS (Llama-3's and
+SmolLM2's with ``add_bos_token``) would otherwise double it — the rule TRL's GRPO trainer follows
+(trl/trainer/grpo_trainer.py, ``add_special_tokens=False`` on the rendered prompts).
 """
 from __future__ import annotations
 
@@ -49,6 +59,49 @@ def is_multimodal(processor: Any) -> bool:
 def tokenizer_of(processor: Any) -> Any:
     """The tokenizer of a processor (or the tokenizer itself)."""
     return getattr(processor, "tokenizer", processor)
+
+
+def chat_prompt(processor: Any, messages: Sequence[dict]) -> str:
+    """The chat-template text of ``messages`` ending in the assistant's generation prompt (what a
+    completion continues). ``processor``: a tokenizer or a multimodal processor with a chat
+    template. Raises what the template raises (e.g. a role it does not know)."""
+    return processor.apply_chat_template(list(messages), tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def load_images(images: Sequence[Any]) -> list:
+    """RGB PIL images from paths (``str``/``PathLike``; fully decoded, file closed) or PIL images."""
+    from PIL import Image
+
+    out = []
+    for im in images:
+        if isinstance(im, (str, bytes)) or hasattr(im, "__fspath__"):
+            with Image.open(im) as f:
+                out.append(f.convert("RGB"))
+        else:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def encode_prompts(processor: Any, texts: Sequence[str], images: Sequence[Any] = ()) -> dict:
+    """The processor's tensors for rendered prompt ``texts``, left-padded to one length.
+
+    ``images``: every image of the batch in prompt order (paths or PIL images; each prompt's
+    ``<|image_pad|>`` placeholders take the next ones, the processor's own rule), ignored by a text
+    tokenizer. Returns a dict of ``input_ids`` [B, S] int64, ``attention_mask`` [B, S] int64 (0 on
+    the left padding) and, with images, ``pixel_values`` [patches, C·T·P·P] float32,
+    ``image_grid_thw`` [images, 3] int64 and ``mm_token_type_ids`` [B, S]. Special tokens come from
+    the template only (see the module docstring)."""
+    kwargs: dict[str, Any] = {"text": list(texts), "return_tensors": "pt", "padding": True,
+                              "padding_side": "left", "add_special_tokens": False}
+    if images and is_multimodal(processor):
+        kwargs["images"] = load_images(images)
+    return dict(processor(**kwargs))
+
+
+def prompt_token_ids(processor: Any, text: str) -> list[int]:
+    """Token ids of one rendered prompt, as :func:`encode_prompts` gives them without padding."""
+    return [int(t) for t in tokenizer_of(processor).encode(text, add_special_tokens=False)]
 
 
 def _pixel_kwargs(min_pixels: int | None, max_pixels: int | None) -> dict[str, int]:
@@ -159,5 +212,6 @@ def eos_token_ids(model_dir: str | Path | None, tokenizer: Any,
     return [int(i) for i in ids] or [int(i) for i in fallback]
 
 
-__all__ = ["ProcessorError", "eos_token_ids", "is_multimodal", "load_processor", "model_type",
-           "pixel_budget", "save_processor", "tokenizer_of"]
+__all__ = ["ProcessorError", "chat_prompt", "encode_prompts", "eos_token_ids", "is_multimodal",
+           "load_images", "load_processor", "model_type", "pixel_budget", "prompt_token_ids",
+           "save_processor", "tokenizer_of"]

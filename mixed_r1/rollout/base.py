@@ -53,6 +53,16 @@ class Prompt:
         if (self.messages is None) == (self.text is None):
             raise ValueError("a Prompt needs exactly one of messages or text")
 
+    def render(self, processor: Any) -> str:
+        """The text the model continues: ``text`` as given, else the chat template of ``messages``
+        with the generation prompt (:func:`mixed_r1.models.processor.chat_prompt`, the rendering
+        the trainer scores against)."""
+        if self.text is not None:
+            return self.text
+        from mixed_r1.models.processor import chat_prompt
+
+        return chat_prompt(processor, self.messages)
+
 
 @dataclass
 class Completion:

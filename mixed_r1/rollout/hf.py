@@ -104,35 +104,11 @@ class HFGenerator:
         self.pad = int(pad if pad is not None else self.eos[0])
 
     # ----------------------------------------------------------------- helpers
-    def _text(self, p: Prompt) -> str:
-        if p.text is not None:
-            return p.text
-        return self.processor.apply_chat_template(p.messages, tokenize=False,
-                                                  add_generation_prompt=True)
-
-    @staticmethod
-    def _images(p: Prompt) -> list:
-        from PIL import Image
-
-        out = []
-        for im in p.images:
-            if isinstance(im, (str, bytes)) or hasattr(im, "__fspath__"):
-                with Image.open(im) as f:
-                    out.append(f.convert("RGB"))
-            else:
-                out.append(im.convert("RGB"))
-        return out
-
     def _encode(self, prompts: list[Prompt]) -> dict:
-        texts = [self._text(p) for p in prompts]
-        images = [im for p in prompts for im in self._images(p)]
-        kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True,
-                                  "padding_side": "left"}
-        if images:
-            kwargs["images"] = images
-        if not hasattr(self.processor, "image_processor"):  # a plain tokenizer
-            kwargs.pop("images", None)
-        enc = self.processor(**kwargs)
+        from mixed_r1.models.processor import encode_prompts
+
+        enc = encode_prompts(self.processor, [p.render(self.processor) for p in prompts],
+                             [im for p in prompts for im in p.images])
         return {k: v for k, v in enc.items() if k != "mm_token_type_ids" or
                 "mm_token_type_ids" in self._accepted()}
 

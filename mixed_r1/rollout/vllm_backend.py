@@ -204,20 +204,12 @@ class VLLMGenerator:
 
     # ------------------------------------------------------------------------ generate
     def _input(self, prompt: Prompt) -> dict[str, Any]:
-        if prompt.text is not None:
-            text = prompt.text
-        else:
-            text = self.tokenizer.apply_chat_template(prompt.messages, tokenize=False,
-                                                      add_generation_prompt=True)
-        item: dict[str, Any] = {"prompt_token_ids": self.tokenizer.encode(
-            text, add_special_tokens=False)}
-        if prompt.images:
-            from PIL import Image
+        from mixed_r1.models.processor import load_images, prompt_token_ids
 
-            images = [Image.open(im).convert("RGB") if isinstance(im, (str, Path)) else im
-                      for im in prompt.images]
-            item = {"prompt": text, "multi_modal_data": {"image": images}}
-        return item
+        text = prompt.render(self.tokenizer)
+        if prompt.images:  # vLLM's own processor expands the image placeholders of the text
+            return {"prompt": text, "multi_modal_data": {"image": load_images(prompt.images)}}
+        return {"prompt_token_ids": prompt_token_ids(self.tokenizer, text)}
 
     def sampling_params(self, n: int, params: SamplingParams, seed: int | None = None):
         """vLLM's sampling params for one request (``seed``: the prompt's; its ``n`` children
