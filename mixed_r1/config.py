@@ -168,7 +168,6 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.recompute": ("none", "selective", "full"),
     "data.on_error": ("raise", "skip"),
-    "rollout.backend": ("hf", "vllm"),
     "algo.importance_level": ("token", "sequence"),
     "algo.rollout_is": ("none", "token_tis"),
     "optim.schedule": ("constant", "cosine"),
@@ -187,12 +186,15 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def _registry_choices() -> dict[str, tuple[str, ...]]:
-    """Keys whose values name a registered function (``mixed_r1.algo`` registries, imported only
-    when a config is validated: this module itself loads no torch)."""
+    """Keys whose values name a registered function or builder (the ``mixed_r1.algo`` registries
+    and ``mixed_r1.rollout.backends.ROLLOUT_BACKENDS``, imported only when a config is validated:
+    this module itself loads no torch)."""
     from mixed_r1.algo import ADVANTAGE_ESTIMATORS, LOSS_AGGREGATIONS
+    from mixed_r1.rollout.backends import ROLLOUT_BACKENDS
 
     return {"algo.advantage": ADVANTAGE_ESTIMATORS.names(),
-            "algo.loss_type": LOSS_AGGREGATIONS.names()}
+            "algo.loss_type": LOSS_AGGREGATIONS.names(),
+            "rollout.backend": ROLLOUT_BACKENDS.names()}
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:

@@ -26,7 +26,6 @@ each rank checkpoints its own shard.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import random
@@ -43,6 +42,7 @@ from mixed_r1.config import ConfigError, TrainConfig, dump_yaml
 from mixed_r1.data.prompts import encode_rows, rows_tensor
 from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch, TrainEngine, run_update
 from mixed_r1.rewards.bmas import BMAS_FILE
+from mixed_r1.rollout.backends import build_generator, max_model_len, rollout_tp
 from mixed_r1.rollout.base import mix_seed, sync_weights
 
 log = logging.getLogger(__name__)
@@ -170,46 +170,6 @@ def load_train_samples(cfg: TrainConfig, processor: Any = None, key: str = "trai
         if not samples:
             raise DataError("no text-only rows left for a text-only policy", file=path)
     return samples
-
-
-def rollout_tp(cfg: TrainConfig) -> int:
-    """Ranks per rollout replica: ``rollout.tensor_parallel``, else the training TP."""
-    return cfg.rollout.tensor_parallel or cfg.parallel.tensor_parallel
-
-
-def build_generator(cfg: TrainConfig, model: torch.nn.Module | None, processor: Any, *,
-                    model_dir: str | Path | None = None, replicas: int = 1):
-    """The rollout backend over its own copy of the weights (synced after every update): vLLM
-    from ``model_dir`` (default ``model.path``; a tiny model is written to ``<out>/init_model``)
-    with ``replicas`` engines of ``rollout_tp`` ranks under torchrun, or HF generate over a copy
-    of ``model``. Both encode images with the trainer's pixel budget."""
-    if cfg.rollout.backend == "vllm":
-        from mixed_r1.models.processor import pixel_budget
-        from mixed_r1.rollout.vllm_backend import VLLMGenerator
-
-        if model_dir is None:
-            model_dir = cfg.model.path
-            if cfg.model.kind != "pretrained":  # the engine loads from a directory: write one
-                model_dir = str(Path(cfg.out_dir) / "init_model")
-                model.save_pretrained(model_dir, safe_serialization=True)
-        return VLLMGenerator(str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed,
-                             tensor_parallel_size=rollout_tp(cfg), replicas=replicas,
-                             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
-                             enable_sleep_mode=cfg.rollout.enable_sleep_mode,
-                             max_model_len=max_model_len(cfg), image_budget=pixel_budget(processor),
-                             tokenizer=getattr(processor, "tokenizer", processor))
-    from mixed_r1.rollout import HFGenerator
-
-    gen_model = copy.deepcopy(model).eval()
-    for p in gen_model.parameters():
-        p.requires_grad_(False)
-    return HFGenerator(gen_model, processor, batch_size=cfg.rollout.batch_size)
-
-
-def max_model_len(cfg: TrainConfig) -> int:
-    """The generator's context: ``rollout.max_model_len``, else prompt budget + new tokens."""
-    r = cfg.rollout
-    return r.max_model_len or r.max_prompt_length + r.max_new_tokens
 
 
 def bmas_embedder(cfg: TrainConfig, processor: Any, policy: Any) -> Any:

@@ -1,0 +1,79 @@
+"""Rollout backends by name (``rollout.backend``): a registry of generator builders, filled by
+decorators as the advantage estimators are (:class:`mixed_r1.algo.registry.Registry`), so a new
+backend is one decorated builder and the config validates ``rollout.backend`` against
+``ROLLOUT_BACKENDS.names()``.
+
+A builder is ``build(cfg, model, processor, *, model_dir=None, replicas=1) -> Generator``:
+``cfg`` the run's :class:`mixed_r1.config.TrainConfig`, ``model`` the policy's HF model (None
+where the backend loads its own copy from ``model_dir``), ``processor`` the model's own
+processor/tokenizer, ``replicas`` the rollout replicas of a torchrun world (one engine per
+replica). The heavy backend modules (vLLM, transformers' generate) are imported on build only.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from mixed_r1.algo.registry import Registry
+
+ROLLOUT_BACKENDS = Registry("rollout backend")
+
+
+def rollout_tp(cfg: Any) -> int:
+    """Ranks per rollout replica: ``rollout.tensor_parallel``, else the training TP."""
+    return cfg.rollout.tensor_parallel or cfg.parallel.tensor_parallel
+
+
+def max_model_len(cfg: Any) -> int:
+    """The generator's context: ``rollout.max_model_len``, else prompt budget + new tokens."""
+    r = cfg.rollout
+    return r.max_model_len or r.max_prompt_length + r.max_new_tokens
+
+
+@ROLLOUT_BACKENDS.register("vllm")
+def build_vllm(cfg: Any, model: Any, processor: Any, *, model_dir: str | Path | None = None,
+               replicas: int = 1):
+    """A colocated vLLM engine (:class:`~mixed_r1.rollout.vllm_backend.VLLMGenerator`) loaded from
+    ``model_dir`` (default ``model.path``; a tiny model is written to ``<out>/init_model``), with
+    ``replicas`` engines of :func:`rollout_tp` ranks under torchrun and the trainer's pixel budget."""
+    from mixed_r1.models.processor import pixel_budget, tokenizer_of
+    from mixed_r1.rollout.vllm_backend import VLLMGenerator
+
+    if model_dir is None:
+        model_dir = cfg.model.path
+        if cfg.model.kind != "pretrained":  # the engine loads from a directory: write one
+            model_dir = str(Path(cfg.out_dir) / "init_model")
+            model.save_pretrained(model_dir, safe_serialization=True)
+    return VLLMGenerator(str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed,
+                         tensor_parallel_size=rollout_tp(cfg), replicas=replicas,
+                         gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+                         enable_sleep_mode=cfg.rollout.enable_sleep_mode,
+                         max_model_len=max_model_len(cfg), image_budget=pixel_budget(processor),
+                         tokenizer=tokenizer_of(processor))
+
+
+@ROLLOUT_BACKENDS.register("hf")
+def build_hf(cfg: Any, model: Any, processor: Any, *, model_dir: str | Path | None = None,
+             replicas: int = 1):
+    """transformers' generate (:class:`~mixed_r1.rollout.hf.HFGenerator`) over a frozen copy of
+    ``model`` (its own weights, synced after every update); ``model_dir``/``replicas`` unused: a
+    multi-rank job runs one per replica leader."""
+    from mixed_r1.rollout.hf import HFGenerator
+
+    gen_model = copy.deepcopy(model).eval()
+    for p in gen_model.parameters():
+        p.requires_grad_(False)
+    return HFGenerator(gen_model, processor, batch_size=cfg.rollout.batch_size)
+
+
+def build_generator(cfg: Any, model: Any, processor: Any, *, model_dir: str | Path | None = None,
+                    replicas: int = 1):
+    """The generator of ``cfg.rollout.backend`` (see the module docstring); ValueError naming the
+    registered backends for an unknown name."""
+    return ROLLOUT_BACKENDS.get(cfg.rollout.backend)(cfg, model, processor, model_dir=model_dir,
+                                                     replicas=replicas)
+
+
+__all__ = ["ROLLOUT_BACKENDS", "build_generator", "build_hf", "build_vllm", "max_model_len",
+           "rollout_tp"]
