@@ -197,6 +197,26 @@ def _registry_choices() -> dict[str, tuple[str, ...]]:
             "rollout.backend": ROLLOUT_BACKENDS.names()}
 
 
+_DIM_KEYS = {"tp": "parallel.tensor_parallel", "pp": "parallel.pipeline_parallel",
+             "dp": "parallel.data_parallel", "rollout_tp": "rollout.tensor_parallel"}
+
+
+def parallel_dims(cfg: TrainConfig):
+    """The run's :class:`~mixed_r1.parallel.dims.ParallelDims` (validated): TP/PP/DP of
+    ``parallel`` (one process for ``backend: hf``) and ``rollout.tensor_parallel`` (default: the
+    training TP). Raises ConfigError naming the config key of the size that does not fit."""
+    from mixed_r1.parallel.dims import ParallelDims, ParallelDimsError
+
+    p, mcore = cfg.parallel, cfg.parallel.backend == "mcore"
+    tp, pp, dp = (p.tensor_parallel, p.pipeline_parallel, p.data_parallel) if mcore else (1, 1, 1)
+    try:
+        rtp = tp if cfg.rollout.tensor_parallel is None else cfg.rollout.tensor_parallel
+        return ParallelDims(tp=tp, pp=pp, dp=dp, rollout_tp=rtp)
+    except ParallelDimsError as exc:
+        key = _DIM_KEYS.get(exc.dim, "parallel")
+        raise ConfigError(f"config key '{key}': {exc}") from None
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check value ranges and choices; raise one :class:`ConfigError` naming the key."""
     for key, choices in {**_CHOICES, **_registry_choices()}.items():
@@ -222,19 +242,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("config key 'rollout.temperature' must be > 0 for GRPO sampling "
                           f"(got {cfg.rollout.temperature})")
     p = cfg.parallel
-    world = p.tensor_parallel * p.pipeline_parallel * p.data_parallel if p.backend == "mcore" else 1
-    rtp = cfg.rollout.tensor_parallel or (p.tensor_parallel if p.backend == "mcore" else 1)
-    if cfg.rollout.tensor_parallel is not None and cfg.rollout.tensor_parallel < 1:
-        raise ConfigError("config key 'rollout.tensor_parallel' must be >= 1")
-    if world % rtp:
-        raise ConfigError(f"config key 'rollout.tensor_parallel'={rtp} does not divide the world of "
-                          f"{world} ranks (parallel.tensor_parallel*pipeline_parallel*"
-                          "data_parallel) into rollout replicas")
-    if cfg.rollout.prompts_per_step % (world // rtp):
+    dims = parallel_dims(cfg)
+    if cfg.rollout.prompts_per_step % dims.replicas:
         raise ConfigError(f"config key 'rollout.prompts_per_step'={cfg.rollout.prompts_per_step} "
-                          f"is not a multiple of the {world // rtp} rollout replicas "
-                          f"(world {world} / rollout tensor parallel {rtp}); each replica "
-                          "samples an equal share")
+                          f"is not a multiple of the {dims.replicas} rollout replicas "
+                          f"(world {dims.world} / rollout tensor parallel {dims.rollout_tp}); each "
+                          "replica samples an equal share")
     layers = cfg.parallel.pipeline_layers
     if layers is not None and (len(layers) != cfg.parallel.pipeline_parallel
                                or any(not isinstance(x, int) or x < 1 for x in layers)):
@@ -488,5 +501,5 @@ def dump_yaml(cfg: TrainConfig) -> str:
 
 
 __all__ = ["AlgoConfig", "ConfigError", "DataConfig", "ModelConfig", "OptimConfig",
-           "ParallelConfig", "RolloutConfig", "TrainConfig", "apply_overrides",
+           "ParallelConfig", "RolloutConfig", "TrainConfig", "apply_overrides", "parallel_dims",
            "config_from_dict", "dump_yaml", "from_dict", "load_config", "validate"]

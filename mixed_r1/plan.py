@@ -64,7 +64,7 @@ def vision_params(hf_config: dict[str, Any]) -> int:
         return 0
     import torch
 
-    from mixed_r1.parallel.multimodal import build_vision_tower
+    from mixed_r1.models.qwen25vl.model import build_vision_tower
 
     with torch.device("meta"):
         tower = build_vision_tower(hf_config, dtype=torch.float32, attn_implementation="sdpa",
@@ -392,7 +392,7 @@ def model_hf_config(cfg: Any, model_config: str | Path | None = None, *,
             hint = (" (to plan without the model here, pass --model-config FILE, its "
                     "config.json)") if planning else ""
             raise ConfigError(f"config key 'model.path': {exc}{hint}") from None
-    from mixed_r1.models.qwen_vl import tiny_qwen25vl_config
+    from mixed_r1.models.qwen25vl import tiny_qwen25vl_config
 
     return tiny_qwen25vl_config(
         hidden_size=m.hidden_size, num_layers=m.num_layers, num_heads=m.num_heads,

@@ -38,9 +38,10 @@ import numpy as np
 import torch
 
 from mixed_r1.atomic import replace_dir
-from mixed_r1.config import ConfigError, TrainConfig, dump_yaml
+from mixed_r1.config import ConfigError, TrainConfig, dump_yaml, parallel_dims
 from mixed_r1.data.prompts import encode_rows, rows_tensor
 from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch, TrainEngine, run_update
+from mixed_r1.parallel.dist import is_main_rank
 from mixed_r1.rewards.bmas import BMAS_FILE
 from mixed_r1.rollout.backends import build_generator, max_model_len, rollout_tp
 from mixed_r1.rollout.base import mix_seed, sync_weights
@@ -103,7 +104,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
     m = cfg.model
     if m.kind == "tiny_qwen25vl":
-        from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
+        from mixed_r1.models.qwen25vl import build_tiny_qwen25vl
 
         model = build_tiny_qwen25vl(seed=m.seed, hidden_size=m.hidden_size,
                                     num_layers=m.num_layers, num_heads=m.num_heads,
@@ -129,7 +130,7 @@ def build_processor(cfg: TrainConfig):
         from mixed_r1.models.processor import load_processor
 
         return load_processor(m.path, min_pixels=m.min_pixels, max_pixels=m.max_pixels)
-    from mixed_r1.models.qwen_vl import (
+    from mixed_r1.models.qwen25vl import (
         DEFAULT_MAX_PIXELS,
         DEFAULT_MIN_PIXELS,
         build_qwen25vl_processor,
@@ -187,12 +188,6 @@ def bmas_embedder(cfg: TrainConfig, processor: Any, policy: Any) -> Any:
     return TableEmbedder(getattr(processor, "tokenizer", processor), table)
 
 
-def _is_main_rank() -> bool:
-    import torch.distributed as dist
-
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 # ------------------------------------------------------------------------------- trainer
 @dataclass
 class Rollouts:
@@ -213,7 +208,7 @@ class GRPOTrainer:
                  reward: Any, train_samples: Sequence[Any], ref_policy: TrainEngine | None = None,
                  run_dir: str | Path | None = None) -> None:
         self.cfg, self.policy, self.generator = cfg, policy, generator
-        self.is_main = _is_main_rank()  # writes metrics, logs, exports; scores the rollouts
+        self.is_main = is_main_rank()  # writes metrics, logs, exports; scores the rollouts
         self.processor, self.reward, self.ref = processor, reward, ref_policy
         self.tokenizer = getattr(processor, "tokenizer", processor)
         pad = self.tokenizer.pad_token_id
@@ -266,7 +261,7 @@ class GRPOTrainer:
             scored = self.reward([c.text for c in completions],
                                  [framed[c.prompt_index] for c in completions])
         if self.cfg.parallel.backend == "mcore":  # every rank updates on rank 0's scores
-            from mixed_r1.parallel.policy import broadcast_object
+            from mixed_r1.parallel.dist import broadcast_object
 
             scored = broadcast_object(scored)
         rewards = torch.tensor(scored.total, dtype=torch.float32)
@@ -658,27 +653,26 @@ def load_eval_samples(cfg: TrainConfig, processor: Any = None) -> list:
     return rows
 
 
-def _init_mcore_parallel(cfg: TrainConfig) -> None:
+def _init_mcore_parallel(cfg: TrainConfig):
     """torch.distributed + megatron groups for ``cfg.parallel``; a process started without
-    torchrun becomes a world of one. world must equal TP·PP·DP."""
+    torchrun becomes a world of one. world must equal TP·PP·DP. Returns the ParallelDims."""
     import os
 
     import torch.distributed as dist
 
-    from mixed_r1.parallel.state import ParallelConfig, init_parallel, single_process_env
+    from mixed_r1.parallel import init_parallel, single_process_env
 
-    p = cfg.parallel
     if not dist.is_initialized():
         single_process_env()
     world = int(os.environ.get("WORLD_SIZE", "1")) if not dist.is_initialized() \
         else dist.get_world_size()
-    need = p.tensor_parallel * p.pipeline_parallel * p.data_parallel
-    if world != need:
+    dims = parallel_dims(cfg)
+    if world != dims.world:
         raise ConfigError(f"parallel.backend=mcore: the world has {world} ranks but "
                           f"parallel.tensor_parallel*pipeline_parallel*data_parallel = "
-                          f"{p.tensor_parallel}*{p.pipeline_parallel}*{p.data_parallel} = {need}; "
+                          f"{dims.tp}*{dims.pp}*{dims.dp} = {dims.world}; "
                           "launch with torchrun --nproc_per_node <that product>")
-    init_parallel(ParallelConfig(tp=p.tensor_parallel, pp=p.pipeline_parallel, seed=cfg.seed))
+    return init_parallel(dims, seed=cfg.seed)
 
 
 def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
@@ -696,17 +690,16 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     import torch.distributed as dist
 
     from mixed_r1.engine.megatron import MegatronEngine
-    from mixed_r1.parallel.policy import barrier
+    from mixed_r1.parallel.dist import barrier
     from mixed_r1.rewards import MixedReward
     from mixed_r1.rollout.replicas import ReplicaGenerator
 
     p = cfg.parallel
-    _init_mcore_parallel(cfg)
+    dims = _init_mcore_parallel(cfg)
     run = Path(run_dir or cfg.out_dir)
-    main = _is_main_rank()
-    rtp, rank = rollout_tp(cfg), dist.get_rank()
-    replicas = dist.get_world_size() // rtp
-    leader = rank % rtp == 0
+    main = is_main_rank()
+    rank = dist.get_rank()
+    replicas, leader = dims.replicas, dims.is_replica_leader(rank)
     seed_everything(cfg.seed)
     processor = build_processor(cfg)
     samples = load_train_samples(cfg, processor)
@@ -742,7 +735,8 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
         inner = build_generator(cfg, None, processor, model_dir=hf_dir, replicas=replicas)
     elif leader:
         inner = build_generator(cfg, model, processor)
-    generator = ReplicaGenerator(inner, replica=rank // rtp, replicas=replicas, leader=leader)
+    generator = ReplicaGenerator(inner, replica=dims.replica_of(rank), replicas=replicas,
+                                 leader=leader)
     # the same weights; rank 0 keeps the embedding table passing by for the BMAS snapshot
     sync_weights(policy.export_hf_weights(keep_embedding=True), generator)
     reward = MixedReward(cfg.reward, embedder=bmas_embedder(cfg, processor, policy))

@@ -60,7 +60,7 @@ def main() -> None:
 
     from mixed_r1.engine import LossConfig, run_update
     from mixed_r1.engine.megatron import MegatronEngine
-    from mixed_r1.parallel import ParallelConfig, init_parallel
+    from mixed_r1.parallel import ParallelDims, init_parallel
 
     calls = [0]
     checkpoint_forward = mrandom.CheckpointFunction.forward
@@ -75,7 +75,7 @@ def main() -> None:
     extra = sys.argv[5:]
     layers = next((tuple(int(x) for x in a[7:].split(",")) for a in extra
                    if a.startswith("layers=")), None)
-    init_parallel(ParallelConfig(tp=tp, pp=pp, seed=0))
+    init_parallel(ParallelDims.from_world(tp=tp, pp=pp), seed=0)
     kw = {"pipeline_layers": layers} if layers else {}
     recompute = next((a[len("recompute="):] for a in extra if a.startswith("recompute=")), None)
     if recompute:

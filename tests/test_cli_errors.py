@@ -66,7 +66,7 @@ def work(tmp_path_factory) -> dict:
     w["missing_image_cfg"] = write_config(root / "missing_image.yaml",
                                           tiny_overrides(w["missing_image"], root / "run_mi"))
 
-    from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
+    from mixed_r1.models.qwen25vl import build_tiny_qwen25vl
 
     model = root / "model"
     build_tiny_qwen25vl(seed=0).save_pretrained(str(model), safe_serialization=True)

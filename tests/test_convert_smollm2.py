@@ -17,10 +17,11 @@ def _worker(rank: int, port: int, workdir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from mixed_r1.parallel import ParallelConfig, destroy_parallel, greedy_generate, init_parallel, load_policy
+    from mixed_r1.models.qwen2 import load_policy
+    from mixed_r1.parallel import ParallelDims, destroy_parallel, greedy_generate, init_parallel
 
     wd = Path(workdir)
-    init_parallel(ParallelConfig(tp=1, pp=2))
+    init_parallel(ParallelDims.from_world(tp=1, pp=2))
     model, arch = load_policy(wd / "mcore")
     model.eval()
     prompt = torch.load(wd / "prompt.pt", weights_only=True)

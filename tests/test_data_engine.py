@@ -30,7 +30,7 @@ def pool(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+    from mixed_r1.models.qwen25vl import build_qwen25vl_processor
 
     return build_qwen25vl_processor(max_pixels=32 * 28 * 28,
                                     cache_dir=tmp_path_factory.mktemp("tok") / "qwen")

@@ -14,7 +14,7 @@ from mixed_r1.data.prompts import (THINK_INSTRUCTION, Collator, build_messages, 
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+    from mixed_r1.models.qwen25vl import build_qwen25vl_processor
 
     return build_qwen25vl_processor(min_pixels=56 * 56, max_pixels=128 * 28 * 28,
                                     cache_dir=tmp_path_factory.mktemp("tok") / "qwen")

@@ -61,7 +61,7 @@ def test_k_validation(samples):
 
 def test_eval_cli_on_exported_model(tmp_path, capsys):
     from mixed_r1.models.processor import ProcessorError, save_processor
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor, build_tiny_qwen25vl
+    from mixed_r1.models.qwen25vl import build_qwen25vl_processor, build_tiny_qwen25vl
     import argparse
 
     from mixed_r1.cli.train import register

@@ -1,7 +1,8 @@
 """Imports flow one way (../shared/DESIGN.md, "Layout"):
 
     cli -> demo -> trainer -> {evaluate, checkpoint, metrics, plan}
-        -> {rollout, engine, data, rewards, config} -> {algo, kernels, models, parallel} -> {tasks, atomic}
+        -> {rollout, engine, data, rewards, config} -> models -> parallel -> {algo, kernels}
+        -> {tasks, atomic}
 
 A unit is a top-level module or sub-package of ``mixed_r1``. Every ``import mixed_r1.X`` in the
 package (function-level imports included: a lazy import is still a dependency) must go to a unit of
@@ -25,7 +26,9 @@ TIERS = [
     {"trainer"},
     {"evaluate", "checkpoint", "metrics", "plan"},
     {"rollout", "engine", "data", "rewards", "config"},
-    {"algo", "kernels", "models", "parallel"},
+    {"models"},  # per-family megatron modules use parallel's groups and vocab-parallel ops
+    {"parallel"},  # ParallelDims, process groups, schedule, shim: no model code
+    {"algo", "kernels"},
     {"tasks", "atomic"},  # leaves: import nothing of the package
 ]
 TIER = {unit: i for i, units in enumerate(TIERS) for unit in units}

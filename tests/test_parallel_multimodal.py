@@ -39,11 +39,11 @@ def _worker(rank: int, port: int, workdir: str, tp: int, pp: int,
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from mixed_r1.models import mapping as M
-    from mixed_r1.parallel import ParallelConfig, destroy_parallel, init_parallel, pipeline_logprobs, state
-    from mixed_r1.parallel.multimodal import load_vl_policy
+    from mixed_r1.parallel import ParallelDims, destroy_parallel, init_parallel, pipeline_logprobs, state
+    from mixed_r1.models.qwen25vl.model import load_vl_policy
 
     wd = Path(workdir)
-    init_parallel(ParallelConfig(tp=tp, pp=pp))
+    init_parallel(ParallelDims.from_world(tp=tp, pp=pp))
     policy, arch = load_vl_policy(wd / f"mcore_tp{tp}_pp{pp}")  # the split the manifest records
     assert (policy.visual is not None) == state.is_first_stage()
     data = load_file(wd / "inputs.safetensors")
@@ -119,7 +119,7 @@ def _worker(rank: int, port: int, workdir: str, tp: int, pp: int,
 
 
 def _perturbed_tiny_vl(num_layers: int = 2):
-    from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
+    from mixed_r1.models.qwen25vl import build_tiny_qwen25vl
 
     model = build_tiny_qwen25vl(seed=0, num_layers=num_layers)
     g = torch.Generator().manual_seed(3)
@@ -168,7 +168,7 @@ def _inputs(processor) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def vl_setup(tmp_path_factory):
     from mixed_r1.models.convert import hf_to_mcore
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+    from mixed_r1.models.qwen25vl import build_qwen25vl_processor
 
     wd = tmp_path_factory.mktemp("vl")
     hf = _perturbed_tiny_vl()
@@ -243,7 +243,7 @@ def test_mrope_position_ids_match_hf(vl_setup):
     """Our [3, b, s] positions are HF's get_rope_index output, and text-only ones are arange."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
-    from mixed_r1.parallel.multimodal import mrope_position_ids
+    from mixed_r1.models.qwen25vl.model import mrope_position_ids
 
     _, hf, inputs, _ = vl_setup
     ids, grid, tt = inputs["img0/input_ids"], inputs["img0/image_grid_thw"], inputs["img0/mm_token_type_ids"]
@@ -279,7 +279,7 @@ def test_tp2_pp2_logits_logprobs_grads_match_hf(vl_setup):
 def vl_setup_3_layers(tmp_path_factory):
     """A 3-layer tiny Qwen2.5-VL converted at TP=1, PP=2 with the uneven split (2, 1)."""
     from mixed_r1.models.convert import hf_to_mcore
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+    from mixed_r1.models.qwen25vl import build_qwen25vl_processor
 
     wd = tmp_path_factory.mktemp("vl3")
     hf = _perturbed_tiny_vl(num_layers=3)

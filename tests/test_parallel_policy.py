@@ -44,10 +44,11 @@ def _worker(rank: int, port: int, workdir: str, TP: int, PP: int, split: list[in
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from mixed_r1.models import mapping as M
-    from mixed_r1.parallel import ParallelConfig, destroy_parallel, init_parallel, load_policy, pipeline_logprobs, state
+    from mixed_r1.models.qwen2 import load_policy
+    from mixed_r1.parallel import ParallelDims, destroy_parallel, init_parallel, pipeline_logprobs, state
 
     wd = Path(workdir)
-    init_parallel(ParallelConfig(tp=TP, pp=PP))
+    init_parallel(ParallelDims.from_world(tp=TP, pp=PP))
     model, arch = load_policy(wd / "mcore")  # built with the split the manifest records
     data = load_file(wd / "inputs.safetensors")
     mbs = [{"input_ids": data[f"ids{i}"], "targets": data[f"tgt{i}"], "mask": data[f"mask{i}"]} for i in range(NMB)]
@@ -165,7 +166,7 @@ def test_logits_logprobs_grads_match_hf(tmp_path, tp, pp, layers, split):
 def test_prepare_mcore_checkpoint_caches_one_conversion_per_split(tmp_path):
     """Each pipeline split gets its own cache directory (and manifest); a repeat call reuses it."""
     from mixed_r1.models import PipelineLayersError, read_manifest
-    from mixed_r1.parallel.policy import prepare_mcore_checkpoint
+    from mixed_r1.models.cache import prepare_mcore_checkpoint
 
     _tiny_qwen2(layers=3).save_pretrained(tmp_path / "hf")
     cache = tmp_path / "cache"
@@ -198,7 +199,7 @@ def test_megatron_builds_the_resolved_split(layers, pp, split):
     from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
     from mixed_r1.models.config import arch_from_hf_config, transformer_config
-    from mixed_r1.parallel.model import model_pipeline_layers
+    from mixed_r1.models.qwen2.model import model_pipeline_layers
     from mixed_r1.rollout.weight_sync import stream_pipeline_layers
 
     hf_cfg = _tiny_qwen2(layers=1).config.to_dict()

@@ -17,7 +17,7 @@ def _vl_dir(path, max_pixels=BUDGET):
     """A tiny Qwen2.5-VL checkpoint laid out as a released one (preprocessor_config.json with
     min_pixels / max_pixels, chat template, tokenizer, generation config)."""
     from mixed_r1.models.processor import save_processor
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor, build_tiny_qwen25vl
+    from mixed_r1.models.qwen25vl import build_qwen25vl_processor, build_tiny_qwen25vl
 
     model = build_tiny_qwen25vl(hidden_size=32, intermediate_size=64, num_heads=2,
                                 num_kv_heads=1, vision_hidden=16, vision_depth=1)
@@ -27,7 +27,7 @@ def _vl_dir(path, max_pixels=BUDGET):
 
 
 def _image_tokens(enc) -> int:
-    from mixed_r1.models.qwen_vl import IMAGE_PAD_ID
+    from mixed_r1.models.qwen25vl import IMAGE_PAD_ID
 
     return int((enc["input_ids"] == IMAGE_PAD_ID).sum())
 
@@ -50,7 +50,7 @@ def test_qwen25vl_directory_trains_with_its_own_budget(tmp_path):
 
     from mixed_r1.config import load_config
     from mixed_r1.data.prompts import encode_rows, resized_hw
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+    from mixed_r1.models.qwen25vl import build_qwen25vl_processor
     from mixed_r1.trainer import build_trainer
 
     data = make_data(tmp_path / "data")

@@ -12,7 +12,7 @@ VISION = {151652, 151653, 151654, 151655, 151656}
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+    from mixed_r1.models.qwen25vl import build_qwen25vl_processor
 
     return build_qwen25vl_processor(max_pixels=64 * 28 * 28,
                                     cache_dir=tmp_path_factory.mktemp("tok") / "qwen")
@@ -20,7 +20,7 @@ def processor(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
+    from mixed_r1.models.qwen25vl import build_tiny_qwen25vl
 
     return build_tiny_qwen25vl(seed=0)
 
@@ -66,7 +66,7 @@ def test_generate_shapes_seed_and_protocol(model, processor, tmp_path) -> None:
 
 def test_logprobs_match_a_forward_pass(processor, tmp_path) -> None:
     """In float64 (so only a real mismatch, not rounding, can fail), with peaky logits."""
-    from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
+    from mixed_r1.models.qwen25vl import build_tiny_qwen25vl
 
     model = build_tiny_qwen25vl(seed=3).double()
     with torch.no_grad():
@@ -119,7 +119,7 @@ def test_vision_tokens_are_never_sampled(model, processor, tmp_path) -> None:
 
 
 def test_greedy_and_update_weights(processor, tmp_path) -> None:
-    from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
+    from mixed_r1.models.qwen25vl import build_tiny_qwen25vl
 
     a, b = build_tiny_qwen25vl(seed=1), build_tiny_qwen25vl(seed=2)
     ga, gb = HFGenerator(a, processor), HFGenerator(b, processor)

@@ -112,7 +112,7 @@ def test_generator_sees_the_trainers_image_budget(tmp_path):
     from transformers import AutoImageProcessor
 
     from mixed_r1.models.processor import load_processor, pixel_budget, save_processor
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+    from mixed_r1.models.qwen25vl import build_qwen25vl_processor
     from mixed_r1.rollout.vllm_backend import engine_kwargs
 
     save_processor(build_qwen25vl_processor(max_pixels=12544), tmp_path)

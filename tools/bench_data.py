@@ -28,7 +28,7 @@ def main() -> int:
     from mixed_r1.data import TASK_TYPES, load_samples
     from mixed_r1.data.prompts import Collator
     from mixed_r1.data.synth import SynthConfig, synthesize
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+    from mixed_r1.models.qwen25vl import build_qwen25vl_processor
 
     need = args.batch_size * args.batches
     with tempfile.TemporaryDirectory() as tmp:

@@ -61,7 +61,7 @@ def trl_rate(args, samples, model_dir: Path, out_dir: Path) -> float:
     from trl import GRPOConfig, GRPOTrainer
 
     from mixed_r1.data.prompts import build_messages
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor
+    from mixed_r1.models.qwen25vl import build_qwen25vl_processor
     from mixed_r1.rewards import MixedReward
     from mixed_r1.trainer import build_model  # noqa: F401  (same builder, via the saved dir)
 
@@ -116,7 +116,7 @@ def main() -> None:
     args = p.parse_args()
 
     from mixed_r1.data import write_samples
-    from mixed_r1.models.qwen_vl import build_tiny_qwen25vl
+    from mixed_r1.models.qwen25vl import build_tiny_qwen25vl
 
     work = Path(tempfile.mkdtemp(prefix="bench_trl_"))
     samples = make_samples(64)

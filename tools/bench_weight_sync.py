@@ -39,7 +39,7 @@ def main() -> None:
 
     from mixed_r1.engine.megatron import MegatronEngine
     from mixed_r1.models.gguf import smollm2_gguf
-    from mixed_r1.parallel import ParallelConfig, init_parallel
+    from mixed_r1.parallel import ParallelDims, init_parallel
     from mixed_r1.rollout.base import sync_weights
     from mixed_r1.rollout.vllm_backend import VLLMGenerator
 
@@ -53,7 +53,7 @@ def main() -> None:
     torch.set_num_threads(2)
     import torch.distributed as dist
 
-    init_parallel(ParallelConfig(tp=tp, pp=1))
+    init_parallel(ParallelDims.from_world(tp=tp, pp=1))
     box = [tempfile.mkdtemp(prefix="bench_sync-") if dist.get_rank() == 0 else None]
     dist.broadcast_object_list(box)  # one working directory for every rank
     work = Path(box[0])

@@ -71,12 +71,12 @@ def _peak_during(fn) -> tuple[int, object]:
 
 
 def _init_world() -> None:
-    from mixed_r1.parallel import ParallelConfig, init_parallel
+    from mixed_r1.parallel import ParallelDims, init_parallel
     from mixed_r1.parallel.state import single_process_env
 
     single_process_env()
 
-    init_parallel(ParallelConfig(tp=1, pp=1, seed=0))
+    init_parallel(ParallelDims.from_world(tp=1, pp=1), seed=0)
 
 
 def _text_batch(B: int, P: int, T: int, vocab: int):
@@ -141,7 +141,7 @@ def run_case(name: str) -> dict:
         hf = hf_cfg.to_dict()
     else:
         from mixed_r1.engine.hf import HFEngine
-        from mixed_r1.models.qwen_vl import build_qwen25vl_processor, build_tiny_qwen25vl
+        from mixed_r1.models.qwen25vl import build_qwen25vl_processor, build_tiny_qwen25vl
 
         max_pixels = 12544 * 4
         model = build_tiny_qwen25vl(seed=0).to(dtype).train()

@@ -87,7 +87,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _load_policy(args: argparse.Namespace):
-    from mixed_r1.models.qwen_vl import build_qwen25vl_processor, build_tiny_qwen25vl
+    from mixed_r1.models.qwen25vl import build_qwen25vl_processor, build_tiny_qwen25vl
 
     processor = build_qwen25vl_processor(min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     if args.policy == "tiny":

@@ -4,7 +4,7 @@ Every rank of a ``torchrun`` job builds one engine over its (TP rank, PP stage) 
 model — a megatron ``GPTModel`` (:func:`mixed_r1.parallel.load_policy`) or, for Qwen2.5-VL, the GPTModel
 plus the replicated HF vision tower (:func:`mixed_r1.parallel.load_vl_policy`). The shards come from an
 mcore checkpoint that global rank 0 converts once from the HF directory
-(:func:`mixed_r1.parallel.policy.prepare_mcore_checkpoint`).
+(:func:`mixed_r1.models.cache.prepare_mcore_checkpoint`).
 
 Rules:
 
@@ -47,7 +47,8 @@ import torch.distributed as dist
 from mixed_r1.engine.base import LossFn, MicroBatchResult, ModelMismatchError, PolicyBatch
 from mixed_r1.models.config import LMArch
 from mixed_r1.parallel import state
-from mixed_r1.parallel.policy import is_main_rank, prepare_mcore_checkpoint
+from mixed_r1.models.cache import prepare_mcore_checkpoint
+from mixed_r1.parallel.dist import is_main_rank
 
 
 def current_device() -> torch.device:
@@ -202,8 +203,8 @@ class MegatronEngine:
               ) -> tuple[torch.nn.Module, LMArch]:
         from mixed_r1.models.config import arch_from_hf_config
         from mixed_r1.models.convert import read_manifest
-        from mixed_r1.parallel.model import load_policy
-        from mixed_r1.parallel.multimodal import load_vl_policy
+        from mixed_r1.models.qwen2.model import load_policy
+        from mixed_r1.models.qwen25vl.model import load_vl_policy
 
         arch = arch_from_hf_config(read_manifest(mcore_dir)["hf_config"])
         kw = recompute_config(recompute)

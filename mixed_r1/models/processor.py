@@ -7,7 +7,7 @@ must be the model's own. :func:`load_processor` builds it from a local HF direct
 - ``model_type: qwen2_5_vl`` → a Qwen2.5-VL processor: the directory's tokenizer and chat template,
   and its image processor (``preprocessor_config.json``; ``min_pixels``/``max_pixels`` given here
   override the file's budget). The processor is images-only (no video processor), so it needs no
-  torchvision — the processor of :func:`mixed_r1.models.qwen_vl.build_qwen25vl_processor`.
+  torchvision — the processor of :func:`mixed_r1.models.qwen25vl.build_qwen25vl_processor`.
 - any other causal LM → its tokenizer, which carries the chat template; a text LM has no image
   processor, and :func:`is_multimodal` says so.
 
@@ -135,7 +135,7 @@ def load_processor(model_dir: str | Path, *, min_pixels: int | None = None,
         return tok
     from transformers import AutoImageProcessor
 
-    from mixed_r1.models.qwen_vl import qwen25vl_processor_class
+    from mixed_r1.models.qwen25vl import qwen25vl_processor_class
 
     if not ((d / "preprocessor_config.json").is_file() or (d / "processor_config.json").is_file()):
         raise ProcessorError(f"{d}: a Qwen2.5-VL directory without preprocessor_config.json "

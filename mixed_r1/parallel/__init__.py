@@ -1,15 +1,35 @@
-"""megatron-core glue: process groups, the CPU shim, the policy model and the pipeline schedule.
+"""Parallelism: the job's layout (:class:`ParallelDims`, pure Python), process groups
+(:mod:`.state`: torch.distributed + megatron-core ``parallel_state``), torch.distributed helpers
+(:mod:`.dist`), the vocab-parallel ops on logits shards (:mod:`.vocab`), megatron's pipeline
+schedule (:mod:`.schedule`) and the CPU shim (:mod:`.cpu_shim`). Model code lives in
+:mod:`mixed_r1.models` (``models/<family>/``).
 
-    from mixed_r1.parallel import ParallelConfig, init_parallel, load_policy, pipeline_logprobs
+    from mixed_r1.parallel import ParallelDims, init_parallel, pipeline_logprobs
+
+Names are loaded on first use, so ``ParallelDims`` costs no torch import.
 """
-from . import cpu_shim, state
-from .model import (build_gpt_model, layer_spec, load_mcore_shard, load_policy, mask_vocab_padding, shard_argmax,
-                    shard_token_logprobs)
-from .multimodal import Qwen25VLPolicy, load_vl_policy, mrope_position_ids
-from .schedule import PipelineResult, greedy_generate, masked_nll, pipeline_logprobs
-from .state import ParallelConfig, destroy_parallel, init_parallel
+from .dims import ParallelDims, ParallelDimsError
 
-__all__ = ["cpu_shim", "state", "ParallelConfig", "init_parallel", "destroy_parallel", "build_gpt_model", "layer_spec",
-           "load_mcore_shard", "load_policy", "mask_vocab_padding", "shard_argmax", "shard_token_logprobs",
-           "PipelineResult", "greedy_generate", "masked_nll", "pipeline_logprobs", "Qwen25VLPolicy", "load_vl_policy",
-           "mrope_position_ids"]
+_LAZY = {
+    "state": ("state", None), "cpu_shim": ("cpu_shim", None),
+    "init_parallel": ("state", "init_parallel"), "destroy_parallel": ("state", "destroy_parallel"),
+    "single_process_env": ("state", "single_process_env"),
+    "barrier": ("dist", "barrier"), "broadcast_object": ("dist", "broadcast_object"),
+    "is_main_rank": ("dist", "is_main_rank"),
+    "mask_vocab_padding": ("vocab", "mask_vocab_padding"), "shard_argmax": ("vocab", "shard_argmax"),
+    "shard_token_logprobs": ("vocab", "shard_token_logprobs"), "vocab_range": ("vocab", "vocab_range"),
+    "PipelineResult": ("schedule", "PipelineResult"), "greedy_generate": ("schedule", "greedy_generate"),
+    "masked_nll": ("schedule", "masked_nll"), "pipeline_logprobs": ("schedule", "pipeline_logprobs"),
+}
+
+__all__ = ["ParallelDims", "ParallelDimsError", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(name)
+    import importlib
+
+    module, attr = _LAZY[name]
+    mod = importlib.import_module(f"{__name__}.{module}")
+    return mod if attr is None else getattr(mod, attr)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 
-from ..models.config import LMArch
 from . import state
-from .model import shard_token_logprobs
+from .vocab import shard_token_logprobs
 
 LossFn = Callable[..., torch.Tensor]  # (logp [b, s], microbatch[, entropy=[b, s]]) -> loss
 MM_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
@@ -51,7 +50,7 @@ class PipelineResult:
     losses: list[torch.Tensor] = field(default_factory=list)
 
 
-def _forward_step(arch: LMArch, loss_fn: LossFn, temperature: float, with_entropy: bool,
+def _forward_step(arch: Any, loss_fn: LossFn, temperature: float, with_entropy: bool,
                   per_token_loss: bool, data_iterator, model):
     mb = next(data_iterator)
     first = state.is_first_stage()
@@ -75,7 +74,7 @@ def _forward_step(arch: LMArch, loss_fn: LossFn, temperature: float, with_entrop
     return out, loss_func
 
 
-def pipeline_logprobs(model: torch.nn.Module, arch: LMArch, microbatches: Iterable[dict[str, torch.Tensor]], *,
+def pipeline_logprobs(model: torch.nn.Module, arch: Any, microbatches: Iterable[dict[str, torch.Tensor]], *,
                       forward_only: bool = True, loss_fn: LossFn = masked_nll,
                       temperature: float = 1.0, with_entropy: bool = False) -> PipelineResult:
     """Run the 1F1B schedule over ``microbatches`` (all the same shape) and collect log-probs.
@@ -106,7 +105,7 @@ def pipeline_logprobs(model: torch.nn.Module, arch: LMArch, microbatches: Iterab
     return res
 
 
-def greedy_generate(model: torch.nn.Module, arch: LMArch, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+def greedy_generate(model: torch.nn.Module, arch: Any, input_ids: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
     """Greedy decoding through the pipeline (no KV cache: each step re-runs the prefix).
 
     Every step runs the forward-only schedule on [b, s]; the last stage takes the vocab-parallel argmax of
@@ -116,7 +115,7 @@ def greedy_generate(model: torch.nn.Module, arch: LMArch, input_ids: torch.Tenso
     from megatron.core import parallel_state as ps
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from .model import shard_argmax
+    from .vocab import shard_argmax
 
     ids = input_ids
     fb = get_forward_backward_func()

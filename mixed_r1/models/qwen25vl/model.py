@@ -32,10 +32,11 @@ from typing import Any, Sequence
 
 import torch
 
-from ..models import convert as C
-from ..models.config import LMArch, arch_from_hf_config
-from . import state
-from .model import build_gpt_model, load_mcore_shard
+from mixed_r1.parallel import state
+
+from .. import convert as C
+from ..config import LMArch, arch_from_hf_config
+from ..qwen2.model import build_gpt_model, load_mcore_shard
 
 MM_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
 VISION_PREFIXES = ("model.visual.", "visual.")

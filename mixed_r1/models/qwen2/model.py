@@ -1,9 +1,10 @@
-"""The policy's language model on megatron-core: build GPTModel from an HF config, load mcore shards,
-and score tokens through the vocab-parallel log-prob op (logits stay sharded [b, s, V/TP]).
+"""The decoder-only language model on megatron-core (Qwen2/Qwen2.5 and Llama/SmolLM2: the same
+decoder, Llama without the q/k/v bias): build ``GPTModel`` from an HF config and load its mcore
+shards. Its logits stay vocab-sharded [b, s, V/TP]; :mod:`mixed_r1.parallel.vocab` scores them.
 
 Layer spec: Transformer-Engine's where TE is installed (and CUDA present), megatron's local spec
-(torch RMSNorm, unfused attention) otherwise. Vocab is padded to a multiple of TP; the pad columns of
-the logits are masked to -inf before any softmax, so the pad never changes a probability.
+(torch RMSNorm, unfused attention) otherwise. Vocab is padded to a multiple of TP (the pad columns
+are masked by the vocab-parallel ops).
 
 Pipeline split: the per-stage layer counts of
 :func:`mixed_r1.models.config.resolve_pipeline_layers` (even, or uneven through megatron's
@@ -17,11 +18,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-import torch.distributed as dist
 
-from ..models import convert as C
-from ..models.config import LMArch, arch_from_hf_config, transformer_config
-from . import state
+from mixed_r1.parallel import state
+
+from .. import convert as C
+from ..config import LMArch, arch_from_hf_config, transformer_config
 
 
 def has_transformer_engine() -> bool:
@@ -133,47 +134,3 @@ def load_policy(mcore_dir: str | Path, *, pipeline_layers: Sequence[int] | None 
     model = build_gpt_model(arch, pipeline_layers=layers, **kw)
     load_mcore_shard(model, mcore_dir)
     return model, arch
-
-
-def vocab_range(arch: LMArch) -> tuple[int, int]:
-    """[start, stop) of the (padded) vocab held by this TP rank."""
-    per = arch.padded_vocab_size(state.tp_size()) // state.tp_size()
-    return state.tp_rank() * per, (state.tp_rank() + 1) * per
-
-
-def mask_vocab_padding(logits: torch.Tensor, arch: LMArch) -> torch.Tensor:
-    """Set logits of pad vocab ids (>= the HF vocab size) to -inf on this rank's shard."""
-    start, stop = vocab_range(arch)
-    if stop <= arch.vocab_size:
-        return logits
-    ids = torch.arange(start, stop, device=logits.device)
-    return logits.masked_fill(ids >= arch.vocab_size, float("-inf"))
-
-
-def shard_token_logprobs(logits_shard: torch.Tensor, targets: torch.Tensor, arch: LMArch,
-                         temperature: float = 1.0, return_entropy: bool = False):
-    """log p(targets) [b, s] from the vocab-parallel logits shard, never gathering [tokens, vocab]
-    (with ``return_entropy``: and the per-token entropy [b, s] over the whole vocab)."""
-    from ..kernels import vocab_parallel_token_logprobs
-
-    start, _ = vocab_range(arch)
-    return vocab_parallel_token_logprobs(mask_vocab_padding(logits_shard, arch), targets, vocab_start=start,
-                                         group=state.tp_group(), temperature=temperature,
-                                         return_entropy=return_entropy)
-
-
-def shard_argmax(logits_shard: torch.Tensor, arch: LMArch) -> torch.Tensor:
-    """Global argmax over the vocab [..] from TP logits shards (ties -> lowest id), via one all-gather."""
-    lg = mask_vocab_padding(logits_shard.float(), arch)
-    val, idx = lg.max(dim=-1)
-    idx = idx + vocab_range(arch)[0]
-    tp = state.tp_size()
-    if tp == 1:
-        return idx
-    vals = [torch.empty_like(val) for _ in range(tp)]
-    idxs = [torch.empty_like(idx) for _ in range(tp)]
-    dist.all_gather(vals, val.contiguous(), group=state.tp_group())
-    dist.all_gather(idxs, idx.contiguous(), group=state.tp_group())
-    v, i = torch.stack(vals), torch.stack(idxs)
-    best = v.argmax(dim=0, keepdim=True)  # first max -> lowest rank -> lowest id
-    return i.gather(0, best).squeeze(0)
