@@ -82,7 +82,9 @@ class RolloutConfig:
 @dataclass
 class AlgoConfig:
     """GRPO. One step: ``ppo_epochs`` passes over the rollouts, each split into ``mini_batches``
-    optimizer updates of micro-batches of ``micro_batch_size`` sequences (gradient accumulation).
+    optimizer updates of micro-batches of ``micro_batch_size`` sequences (gradient accumulation), or
+    with ``max_tokens_per_micro_batch`` of rows of similar length up to that many padded tokens
+    (:func:`mixed_r1.algo.batching.token_budget_micro_batches`; verl's ``use_dynamic_bsz``).
     With one epoch and one mini-batch the update is exactly on-policy (ratio ≡ 1, no old-policy
     pass); otherwise old log-probs come from the policy before the first update."""
 
@@ -95,6 +97,9 @@ class AlgoConfig:
     ppo_epochs: int = 1
     mini_batches: int = 1
     micro_batch_size: int = 8
+    # token budget of one micro-batch (rows x padded length, prompt + completion): when set, each
+    # update's rows are sorted by length and cut by it (micro_batch_size then caps the rows)
+    max_tokens_per_micro_batch: int | None = None
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards all tie
     # truncated importance sampling against the sampler/trainer mismatch: none | token_tis,
     # each token's surrogate weighted by min(exp(logp_old - logp_rollout), rollout_is_cap)
@@ -241,6 +246,11 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.rollout.temperature <= 0:
         raise ConfigError("config key 'rollout.temperature' must be > 0 for GRPO sampling "
                           f"(got {cfg.rollout.temperature})")
+    budget = cfg.algo.max_tokens_per_micro_batch
+    longest = cfg.rollout.max_prompt_length + cfg.rollout.max_new_tokens
+    if budget is not None and budget < longest:
+        raise ConfigError(f"config key 'algo.max_tokens_per_micro_batch'={budget} is below the "
+                          f"longest row, rollout.max_prompt_length + max_new_tokens = {longest}")
     p = cfg.parallel
     dims = parallel_dims(cfg)
     if cfg.rollout.prompts_per_step % dims.replicas:

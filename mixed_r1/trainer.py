@@ -278,17 +278,28 @@ class GRPOTrainer:
         return Rollouts(framed, texts, completions, scored, adv, keep)
 
     def micro_batches(self, ro: Rollouts, step: int) -> list[list[PolicyBatch | None]]:
-        """Kept rows, shuffled (seeded by step), cut into micro-batches, grouped into
-        ``mini_batches`` updates; each micro-batch knows its loss scale (from the completion
+        """Kept rows, shuffled (seeded by step), cut into micro-batches (``micro_batch_size`` rows,
+        or by ``max_tokens_per_micro_batch``), grouped into ``mini_batches`` updates; each micro-batch knows its loss scale (from the completion
         lengths of the whole update). Only the micro-batches this rank computes
         (``policy.local_indices``: its data-parallel share) are encoded; the others are None."""
         a = self.cfg.algo
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, salt=1))
         rows = [ro.keep[i] for i in torch.randperm(len(ro.keep), generator=gen).tolist()]
-        chunks = [rows[s:s + a.micro_batch_size] for s in range(0, len(rows), a.micro_batch_size)]
-        n_mini = min(a.mini_batches, len(chunks))
+        if a.max_tokens_per_micro_batch:  # rows of similar length together, cut by tokens
+            from mixed_r1.algo.batching import token_budget_micro_batches
+
+            length = self.row_lengths(ro)
+            n_mini = min(a.mini_batches, len(rows))
+            groups = [token_budget_micro_batches(part, [length[r] for r in part],
+                                                 a.max_tokens_per_micro_batch, a.micro_batch_size)
+                      for part in (rows[i::n_mini] for i in range(n_mini))]
+        else:
+            chunks = [rows[s:s + a.micro_batch_size]
+                      for s in range(0, len(rows), a.micro_batch_size)]
+            n_mini = min(a.mini_batches, len(chunks))
+            groups = [chunks[i::n_mini] for i in range(n_mini)] if n_mini else []
         minis: list[list[PolicyBatch | None]] = []
-        for mini_rows in ([chunks[i::n_mini] for i in range(n_mini)] if n_mini else []):
+        for mini_rows in groups:
             # exact aggregation across the micro-batches of one update
             ntok = sum(len(ro.completions[i].token_ids) for chunk in mini_rows for i in chunk)
             nseq = sum(len(chunk) for chunk in mini_rows)
@@ -303,6 +314,18 @@ class GRPOTrainer:
                 mini.append(mb)
             minis.append(mini)
         return minis
+
+    def row_lengths(self, ro: Rollouts) -> dict[int, tuple[int, int]]:
+        """``(prompt, completion)`` tokens of each kept row (the prompt encoded alone, images
+        included): a micro-batch pads each part to its own longest."""
+        from mixed_r1.models.processor import encode_prompts
+
+        prompt = {}
+        for p in sorted({ro.completions[r].prompt_index for r in ro.keep}):
+            enc = encode_prompts(self.processor, [ro.prompt_texts[p]], ro.samples[p].images)
+            prompt[p] = int(enc["input_ids"].shape[1])
+        return {r: (prompt[ro.completions[r].prompt_index], len(ro.completions[r].token_ids))
+                for r in ro.keep}
 
     def _encode(self, ro: Rollouts, chunk: list[int]) -> PolicyBatch:
         """The micro-batch of rollout rows ``chunk`` on the policy's device."""
@@ -331,7 +354,11 @@ class GRPOTrainer:
 
         t1 = time.perf_counter()
         minis = self.micro_batches(ro, step)
+        local = [mb for mini in minis for mb in mini if mb is not None]
+        work = {"positions": sum(mb.inputs["input_ids"].numel() for mb in local),
+                "tokens": sum(int(mb.inputs["attention_mask"].sum()) for mb in local)}
         need_old = cfg.algo.ppo_epochs > 1 or len(minis) > 1
+        work["logprob_passes"] = int(need_old) + int(cfg.algo.beta > 0 and self.ref is not None)
         for mb in (mb for mini in minis for mb in mini if mb is not None):  # this rank's share
             if need_old:
                 mb.old_logprobs = self.policy.forward_logprobs(mb, cfg.rollout.temperature)
@@ -365,11 +392,11 @@ class GRPOTrainer:
 
         self.step_count = step
         self.counters["reward_failures"] += ro.rewards.failures
-        return self._metrics(ro, updates, t, lr)
+        return self._metrics(ro, updates, t, lr, work)
 
     # ------------------------------------------------------------------ metrics
     def _metrics(self, ro: Rollouts, updates: list[dict], t: dict[str, float],
-                 lr: float) -> dict[str, float]:
+                 lr: float, work: dict[str, int]) -> dict[str, float]:
         G = self.cfg.rollout.group_size
         m: dict[str, float] = dict(ro.rewards.metrics("reward"))
         rewards = torch.tensor(ro.rewards.total)
@@ -415,6 +442,15 @@ class GRPOTrainer:
         m["perf/tokens_per_s"] = gen_tokens / max(t["step"], 1e-9)
         m["perf/train_tokens_per_s"] = train_tokens / max(t["update"], 1e-9)
         m["perf/samples_per_s"] = len(ro.completions) / max(t["step"], 1e-9)
+        # this rank's micro-batches: padding, and input tokens (prompt + completion) per second
+        real, positions = work["tokens"], work["positions"]
+        m["perf/padding_fraction"] = 1.0 - real / positions if positions else 0.0
+        m["perf/gen_and_reward_tokens_per_s"] = gen_tokens / max(t["generate_and_reward"], 1e-9)
+        if work["logprob_passes"]:
+            m["perf/logprob_tokens_per_s"] = (work["logprob_passes"] * real
+                                              / max(t["old_ref_logprobs"], 1e-9))
+        m["perf/update_tokens_per_s"] = (self.cfg.algo.ppo_epochs * real
+                                         / max(t["update"], 1e-9))
         return m
 
     # ------------------------------------------------------------------ checkpoints

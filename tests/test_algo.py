@@ -310,3 +310,30 @@ def test_task_rewards_registry_routes_every_rule_task():
     assert score_rule(("grounding", "[0, 0, 10, 10]", [0, 0, 10, 20], None), cfg) == 0.5
     with pytest.raises(ValueError, match="no rule-based reward for task type 'open_ended'"):
         score_rule(("open_ended", "a caption", "a caption", None), cfg)
+
+
+def test_token_budget_micro_batches():
+    """Longest rows first, a micro-batch closes when one more row would pass the padded budget or
+    the row cap; a row longer than the budget goes alone; every row exactly once."""
+    from mixed_r1.algo.batching import padded_positions, token_budget_micro_batches
+
+    rows = [10, 11, 12, 13, 14, 15]
+    lengths = [30, 100, 40, 90, 300, 35]
+    out = token_budget_micro_batches(rows, lengths, max_tokens=200)
+    # 300 alone (over budget); 100 + 90 (2·100 = 200); 40, 35, 30 (3·40 = 120)
+    assert out == [[14], [11, 13], [12, 15, 10]]
+    length_of = dict(zip(rows, lengths))
+    assert padded_positions(out, length_of) == 300 + 200 + 120
+    assert token_budget_micro_batches(rows, lengths, 200, max_rows=2) == [[14], [11, 13], [12, 15], [10]]
+    # (prompt, completion) parts pad separately: 2 rows of 100 tokens each, but 2 · (90 + 90)
+    two_part = token_budget_micro_batches([1, 2, 3], [(10, 90), (90, 10), (85, 15)], 250)
+    assert two_part == [[1], [2, 3]]
+    assert padded_positions(two_part, {1: (10, 90), 2: (90, 10), 3: (85, 15)}) == 100 + 2 * 105
+    tied = token_budget_micro_batches([1, 2, 3], [5, 5, 5], 10)
+    assert tied == [[1, 2], [3]]  # ties keep the given (shuffled) order
+    assert token_budget_micro_batches([], [], 10) == []
+    for bad in ({"max_tokens": 0}, {"max_tokens": 5, "max_rows": 0}):
+        with pytest.raises(ValueError, match="must be >= 1"):
+            token_budget_micro_batches([1], [1], **bad)
+    with pytest.raises(ValueError, match="1 rows but 2 lengths"):
+        token_budget_micro_batches([1], [1, 2], 10)

@@ -78,3 +78,17 @@ def test_bad_values():
 def test_missing_file():
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("/nonexistent/cfg.yaml")
+
+
+def test_token_budget_must_fit_the_longest_row():
+    from mixed_r1.config import validate
+
+    cfg = TrainConfig()
+    cfg.rollout.max_prompt_length, cfg.rollout.max_new_tokens = 100, 50
+    cfg.algo.max_tokens_per_micro_batch = 149
+    with pytest.raises(ConfigError, match=r"'algo.max_tokens_per_micro_batch'=149 is below the "
+                                          r"longest row, rollout.max_prompt_length \+ "
+                                          r"max_new_tokens = 150"):
+        validate(cfg)
+    cfg.algo.max_tokens_per_micro_batch = 150
+    validate(cfg)

@@ -265,3 +265,43 @@ def test_eval_every_needs_an_eval_file(data_file, tmp_path):
 
     with pytest.raises(ConfigError, match="'eval_every'=2 needs 'data.eval_file'"):
         load_config(None, tiny_overrides(data_file, tmp_path) + ["eval_every=2"])
+
+
+def test_token_budget_micro_batches_give_the_same_update(trainer, monkeypatch):
+    """``algo.max_tokens_per_micro_batch`` regroups an update's rows by length (less padding) and
+    leaves its gradient unchanged (dapo: the token normalizer is the whole update's)."""
+    from mixed_r1.algo.batching import padded_positions
+
+    ro = trainer.rollout(103)
+    ro.keep = list(range(len(ro.completions)))
+    ro.advantages = torch.linspace(-1.0, 1.0, len(ro.completions))
+    length = trainer.row_lengths(ro)
+    for mb in (mb for mini in trainer.micro_batches(ro, 103) for mb in mini):
+        assert [sum(length[r]) for r in mb.rows] == mb.inputs["attention_mask"].sum(1).tolist()
+        assert padded_positions([mb.rows], length) == mb.inputs["input_ids"].numel()
+
+    def grads_and_layout(budget):
+        monkeypatch.setattr(trainer.cfg.algo, "max_tokens_per_micro_batch", budget)
+        minis = trainer.micro_batches(ro, 103)
+        mbs = minis[0]
+        model = trainer.policy.model
+        model.zero_grad(set_to_none=True)
+        for mb in mbs:
+            mb.old_logprobs = trainer.policy.forward_logprobs(mb, 1.0)
+            mb.ref_logprobs = trainer.ref.forward_logprobs(mb, 1.0)
+            (_mb_loss(trainer, mb) * mb.scale).backward()
+        g = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return g, [mb.rows for mb in mbs], [tuple(mb.inputs["input_ids"].shape) for mb in mbs]
+
+    g_rows, by_rows, _ = grads_and_layout(None)
+    budget = 2 * max(sum(x) for x in length.values())
+    g_tok, by_tokens, shapes = grads_and_layout(budget)
+    assert sorted(r for mb in by_tokens for r in mb) == sorted(ro.keep)
+    assert all(b * s <= budget or b == 1 for b, s in shapes), shapes
+    assert all(len(mb) <= trainer.cfg.algo.micro_batch_size for mb in by_tokens)
+    assert padded_positions(by_tokens, length) <= padded_positions(by_rows, length)
+    assert len(by_tokens) > len(by_rows)  # a budget of two longest rows cuts finer
+    num = sum(float((g_rows[k] - g_tok[k]).square().sum()) for k in g_rows) ** 0.5
+    den = sum(float(g_rows[k].square().sum()) for k in g_rows) ** 0.5
+    assert den > 0 and num / den < 1e-5, num / den

@@ -70,9 +70,11 @@ def _bench(args: argparse.Namespace) -> int:
         sec = sum(r[f"time/{ph}"] for r in rows) / len(rows)
         tot = sum(r["time/step"] for r in rows) / len(rows)
         print(f"{ph:<22}{sec:>10.3f}{sec / tot:>8.1%}")
-    for key in ("perf/tokens_per_s", "perf/train_tokens_per_s", "perf/samples_per_s",
-                "perf/gen_tokens"):
-        print(f"{key:<30}{sum(r[key] for r in rows) / len(rows):>12.2f}")
+    for key in ("perf/samples_per_s", "perf/gen_tokens", "perf/tokens_per_s",
+                "perf/gen_and_reward_tokens_per_s", "perf/logprob_tokens_per_s",
+                "perf/update_tokens_per_s", "perf/train_tokens_per_s", "perf/padding_fraction"):
+        if all(key in r for r in rows):
+            print(f"{key:<34}{sum(r[key] for r in rows) / len(rows):>12.3f}")
     if args.json:
         print(json.dumps(rows[-1], indent=1, sort_keys=True))
     return 0

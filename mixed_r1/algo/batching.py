@@ -1,0 +1,70 @@
+"""Cutting an update's rows into micro-batches by a token budget (dynamic batch size).
+
+A padded micro-batch of ``n`` rows costs ``n · max(row lengths)`` positions in every layer; rows of
+similar length wasted less. :func:`token_budget_micro_batches` sorts the rows by length (longest
+first, ties in the given order) and closes a micro-batch when one more row would push its padded
+size past ``max_tokens`` or its row count past ``max_rows`` — the greedy first-fit of verl's
+``use_dynamic_bsz`` (``ppo_max_token_len_per_gpu``) and of megatron's token-budget batching,
+here over padded rows. The gradient of an update does not depend on how its rows are grouped
+(the loss is aggregated exactly across micro-batches), so only the cost changes.
+
+Pure Python; no torch.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+Length = int | Sequence[int]
+
+
+def _parts(length: Length) -> tuple[int, ...]:
+    return (int(length),) if isinstance(length, int) else tuple(int(x) for x in length)
+
+
+def _width(parts: Sequence[tuple[int, ...]]) -> int:
+    """Padded length of rows laid out part by part (each part padded to its own maximum)."""
+    return sum(max(col) for col in zip(*parts)) if parts else 0
+
+
+def token_budget_micro_batches(rows: Sequence[int], lengths: Sequence[Length], max_tokens: int,
+                               max_rows: int | None = None) -> list[list[int]]:
+    """Micro-batches (lists of row ids) of ``rows`` whose padded size ``len(mb) · width`` is at
+    most ``max_tokens``, longest rows first.
+
+    ``lengths[i]``: the tokens of row ``rows[i]``, an int, or a tuple of parts padded separately
+    (``(prompt, completion)``: prompts are left-padded to the longest prompt and completions
+    right-padded to the longest completion, so a micro-batch's width is the sum of the parts'
+    maxima, not the longest row). A row longer than the budget gets a micro-batch of its own
+    (never dropped). Every row appears exactly once. Raises ValueError on a budget < 1,
+    ``max_rows`` < 1 or mismatched lengths."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if len(rows) != len(lengths):
+        raise ValueError(f"{len(rows)} rows but {len(lengths)} lengths")
+    parts = [_parts(x) for x in lengths]
+    order = sorted(range(len(rows)), key=lambda i: -sum(parts[i]))  # stable: ties keep order
+    out: list[list[int]] = []
+    cur: list[int] = []
+    cur_parts: list[tuple[int, ...]] = []
+    for i in order:
+        full = max_rows is not None and len(cur) == max_rows
+        if cur and (full or (len(cur) + 1) * _width(cur_parts + [parts[i]]) > max_tokens):
+            out.append(cur)
+            cur, cur_parts = [], []
+        cur.append(rows[i])
+        cur_parts.append(parts[i])
+    if cur:
+        out.append(cur)
+    return out
+
+
+def padded_positions(batches: Sequence[Sequence[int]], length_of: dict[int, Length]) -> int:
+    """Positions the padded micro-batches hold: ``Σ len(mb) · width(mb)`` (see
+    :func:`token_budget_micro_batches` for the width of rows with parts)."""
+    return sum(len(mb) * _width([_parts(length_of[r]) for r in mb]) for mb in batches if mb)
+
+
+__all__ = ["padded_positions", "token_budget_micro_batches"]
