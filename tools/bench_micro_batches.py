@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""Padding and update time: row-count micro-batches vs token-budget ones, same rows, one run.
+
+    python tools/bench_micro_batches.py [--rows 64] [--layers 4] [--reps 3]
+
+Rows: ``--rows`` prompt + completion pairs with prompts of 40–120 tokens and completions of
+16–256 tokens (uniform, seeded), in a seeded shuffle as the trainer draws them, laid out as the
+trainer lays them out (prompts left-padded, completions right-padded). Policy: SmolLM2-135M's
+architecture (hidden 576, 9 heads / 3 KV heads, FFN 1536, 49,152-token tied vocab) with
+``--layers`` decoder layers (30 in the real model; fewer keep the CPU run short, and the padding
+share of the cost does not depend on depth), random weights, float32, through
+:class:`mixed_r1.engine.HFEngine` and the trainer's GRPO loss (dapo, β = 0).
+
+Paths: ``rows`` = micro-batches of ``--micro-batch-size`` rows (``algo.micro_batch_size``);
+``tokens`` = ``algo.max_tokens_per_micro_batch`` set to the largest row-count micro-batch's
+padded size (the same peak activation memory). Timed: forward + backward of the whole update
+(``forward_backward`` over every micro-batch) and the no-grad log-prob pass, interleaved,
+``--reps`` times after one warm-up of each; median and minimum.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def make_rows(n: int, seed: int) -> list[tuple[int, int]]:
+    rng = random.Random(seed)
+    return [(rng.randint(40, 120), rng.randint(16, 256)) for _ in range(n)]
+
+
+def policy_batch(rows: list[int], parts: dict[int, tuple[int, int]], vocab: int, pad: int,
+                 total_tokens: int, seed: int):
+    """The trainer's layout (mixed_r1.data.prompts.encode_rows) for synthetic token ids."""
+    import torch
+
+    from mixed_r1.engine import PolicyBatch
+
+    g = torch.Generator().manual_seed(seed)
+    S = max(parts[r][0] for r in rows)
+    T = max(parts[r][1] for r in rows)
+    B = len(rows)
+    ids = torch.full((B, S + T), pad, dtype=torch.long)
+    attn = torch.zeros(B, S + T, dtype=torch.long)
+    targets = torch.full((B, T), pad, dtype=torch.long)
+    mask = torch.zeros(B, T)
+    for i, r in enumerate(rows):
+        p, c = parts[r]
+        ids[i, S - p:S] = torch.randint(0, vocab, (p,), generator=g)
+        targets[i, :c] = torch.randint(0, vocab, (c,), generator=g)
+        mask[i, :c] = 1.0
+        attn[i, S - p:S + c] = 1
+    ids[:, S:] = targets
+    return PolicyBatch(inputs={"input_ids": ids, "attention_mask": attn}, targets=targets,
+                       mask=mask, advantages=torch.randn(B, generator=g),
+                       num_items=float(total_tokens), scale=1.0, rows=list(rows))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=64)
+    ap.add_argument("--micro-batch-size", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mixed_r1.algo.batching import padded_positions, token_budget_micro_batches
+    from mixed_r1.engine import HFEngine, LossConfig, PolicyLoss
+
+    torch.manual_seed(args.seed)
+    vocab, pad = 49152, 2
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=576, intermediate_size=1536,
+                      num_hidden_layers=args.layers, num_attention_heads=9, num_key_value_heads=3,
+                      max_position_embeddings=2048, tie_word_embeddings=True, rms_norm_eps=1e-5,
+                      rope_theta=100000.0, pad_token_id=pad)
+    engine = HFEngine(LlamaForCausalLM(cfg).float(), lr=1e-6)
+    loss = PolicyLoss(LossConfig(loss_type="dapo", beta=0.0, eps_low=0.2, eps_high=0.28))
+
+    lengths = make_rows(args.rows, args.seed)
+    order = list(range(args.rows))
+    random.Random(args.seed + 1).shuffle(order)
+    parts = {r: lengths[r] for r in order}
+    total = sum(c for _, c in lengths)
+    mbs = args.micro_batch_size
+    by_rows = [order[s:s + mbs] for s in range(0, len(order), mbs)]
+    budget = max(padded_positions([mb], parts) for mb in by_rows)
+    by_tokens = token_budget_micro_batches(order, [parts[r] for r in order], budget, mbs)
+    layouts = {"rows": by_rows, "tokens": by_tokens}
+    batches = {k: [policy_batch(mb, parts, vocab, pad, total, j) for j, mb in enumerate(v)]
+               for k, v in layouts.items()}
+
+    def fwd_bwd(name: str) -> float:
+        engine.zero_grad()
+        t = time.perf_counter()
+        engine.forward_backward(batches[name], loss)
+        return time.perf_counter() - t
+
+    def logprobs(name: str) -> float:
+        t = time.perf_counter()
+        for mb in batches[name]:
+            engine.forward_logprobs(mb)
+        return time.perf_counter() - t
+
+    times: dict[tuple[str, str], list[float]] = {}
+    for rep in range(args.reps + 1):  # rep 0 warms up
+        for name in layouts:
+            for phase, fn in (("fwd+bwd", fwd_bwd), ("logprobs", logprobs)):
+                dt = fn(name)
+                if rep:
+                    times.setdefault((name, phase), []).append(dt)
+
+    real = sum(p + c for p, c in lengths)
+    print(f"{args.rows} rows: prompts 40-120, completions 16-256 tokens ({real} tokens); "
+          f"SmolLM2-135M shape with {args.layers} layers, float32, torch threads "
+          f"{torch.get_num_threads()}; token budget {budget} (= the largest {mbs}-row "
+          f"micro-batch); median (min) of {args.reps}")
+    head = f"{'path':<8}{'micro-batches':>14}{'positions':>11}{'padding':>9}"
+    head += "".join(f"{ph + ' s':>20}{'ratio':>7}" for ph in ("fwd+bwd", "logprobs"))
+    print(head)
+    for name, layout in layouts.items():
+        pos = padded_positions(layout, parts)
+        line = f"{name:<8}{len(layout):>14}{pos:>11}{1 - real / pos:>9.1%}"
+        for phase in ("fwd+bwd", "logprobs"):
+            med = statistics.median(times[(name, phase)])
+            base = statistics.median(times[("rows", phase)])
+            line += f"{med:>11.2f} ({min(times[(name, phase)]):>6.2f}){med / base:>7.2f}"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
