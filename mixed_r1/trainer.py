@@ -39,7 +39,7 @@ import torch
 
 from mixed_r1.atomic import replace_dir
 from mixed_r1.config import ConfigError, TrainConfig, dump_yaml, parallel_dims
-from mixed_r1.data.prompts import encode_rows, rows_tensor
+from mixed_r1.data.prompts import encode_packed_rows, encode_rows, rows_tensor
 from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch, TrainEngine, run_update
 from mixed_r1.parallel.dist import is_main_rank
 from mixed_r1.rewards.bmas import BMAS_FILE
@@ -291,7 +291,8 @@ class GRPOTrainer:
             length = self.row_lengths(ro)
             n_mini = min(a.mini_batches, len(rows))
             groups = [token_budget_micro_batches(part, [length[r] for r in part],
-                                                 a.max_tokens_per_micro_batch, a.micro_batch_size)
+                                                 a.max_tokens_per_micro_batch, a.micro_batch_size,
+                                                 packed=a.pack_sequences)
                       for part in (rows[i::n_mini] for i in range(n_mini))]
         else:
             chunks = [rows[s:s + a.micro_batch_size]
@@ -331,6 +332,15 @@ class GRPOTrainer:
         """The micro-batch of rollout rows ``chunk`` on the policy's device."""
         comps = [ro.completions[i] for i in chunk]
         pidx = [c.prompt_index for c in comps]
+        if self.cfg.algo.pack_sequences:
+            inputs, targets, mask, index = encode_packed_rows(
+                self.processor, [ro.prompt_texts[p] for p in pidx], [c.token_ids for c in comps],
+                self.pad_id, self.policy.device)
+            return PolicyBatch(inputs=inputs, targets=targets, mask=mask, logit_index=index,
+                               advantages=ro.advantages[chunk].to(self.policy.device),
+                               rollout_logprobs=rows_tensor([c.logprobs for c in comps],
+                                                            targets.shape[1]),
+                               rows=chunk)
         inputs, targets, mask = encode_rows(
             self.processor, [ro.prompt_texts[p] for p in pidx],
             [ro.samples[p].images for p in pidx], [c.token_ids for c in comps],
@@ -356,7 +366,8 @@ class GRPOTrainer:
         minis = self.micro_batches(ro, step)
         local = [mb for mini in minis for mb in mini if mb is not None]
         work = {"positions": sum(mb.inputs["input_ids"].numel() for mb in local),
-                "tokens": sum(int(mb.inputs["attention_mask"].sum()) for mb in local)}
+                "tokens": sum(int(mb.inputs["attention_mask"].sum()) if "attention_mask" in mb.inputs
+                              else mb.inputs["input_ids"].numel() for mb in local)}  # packed: all
         need_old = cfg.algo.ppo_epochs > 1 or len(minis) > 1
         work["logprob_passes"] = int(need_old) + int(cfg.algo.beta > 0 and self.ref is not None)
         for mb in (mb for mini in minis for mb in mini if mb is not None):  # this rank's share
@@ -664,6 +675,9 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
         return build_mcore_trainer(cfg, run_dir, model)
     seed_everything(cfg.seed)
     processor = build_processor(cfg)
+    if cfg.algo.pack_sequences and getattr(processor, "image_processor", None) is not None:
+        raise ConfigError(f"config key 'algo.pack_sequences' needs a text LM; {cfg.model.path} "
+                          "is multimodal (its 3-D rope positions are not packed)")
     samples = load_train_samples(cfg, processor)
     model = model if model is not None else build_model(cfg)
     o = cfg.optim

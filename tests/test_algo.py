@@ -329,6 +329,10 @@ def test_token_budget_micro_batches():
     two_part = token_budget_micro_batches([1, 2, 3], [(10, 90), (90, 10), (85, 15)], 250)
     assert two_part == [[1], [2, 3]]
     assert padded_positions(two_part, {1: (10, 90), 2: (90, 10), 3: (85, 15)}) == 100 + 2 * 105
+    # packed rows cost the sum of their lengths: 100 + 90 fit 200, then 40 + 35 + 30
+    assert token_budget_micro_batches(rows, lengths, 200, packed=True) == [[14], [11, 13], [12, 15, 10]]
+    assert token_budget_micro_batches(rows, lengths, 230, packed=True) == [[14], [11, 13, 12], [15, 10]]
+    assert padded_positions([[11, 13, 12]], length_of, packed=True) == 230
     tied = token_budget_micro_batches([1, 2, 3], [5, 5, 5], 10)
     assert tied == [[1, 2], [3]]  # ties keep the given (shuffled) order
     assert token_budget_micro_batches([], [], 10) == []

@@ -33,3 +33,62 @@ def test_pad_token_embedding_gets_its_gradient():
     got = engine.model.get_input_embeddings().weight.grad[2]
     assert float(want.norm()) > 1e-3
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_packed_rows_equal_the_padded_layout():
+    """``algo.pack_sequences``: rows concatenated without padding, positions restarting per row
+    and no attention mask, so transformers confines attention to each row. Log-probs and the
+    GRPO loss's gradient equal the padded layout's (1e-5); the same packing with positions that
+    do not restart (attention leaking across rows) does not."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from mixed_r1.data.prompts import encode_packed_rows, encode_rows
+    from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch
+    from mixed_r1.engine.update import PolicyLoss
+    from mixed_r1.models.gguf import smollm2_gguf
+    from mixed_r1.models.processor import chat_prompt
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg).float()
+    engine = HFEngine(model, lr=1e-3)
+    texts = [chat_prompt(tok, [{"role": "user", "content": q}])
+             for q in ("Is 7 prime?", "What is 12 + 30? Show the steps.", "Hi")]
+    g = torch.Generator().manual_seed(1)
+    comps = [torch.randint(0, len(tok), (n,), generator=g).tolist() for n in (5, 1, 9)]
+    adv = torch.tensor([1.0, -0.5, 0.25])
+    inputs, targets, mask = encode_rows(tok, texts, [[], [], []], comps, tok.pad_token_id)
+    padded = PolicyBatch(inputs=inputs, targets=targets, mask=mask, advantages=adv,
+                         num_items=float(mask.sum()))
+    p_inputs, p_targets, p_mask, index = encode_packed_rows(tok, texts, comps, tok.pad_token_id)
+    packed = PolicyBatch(inputs=p_inputs, targets=p_targets, mask=p_mask, advantages=adv,
+                         num_items=float(p_mask.sum()), logit_index=index)
+    assert p_inputs["input_ids"].shape[1] == int(inputs["attention_mask"].sum())  # no padding
+    assert torch.equal(p_targets, targets) and torch.equal(p_mask, mask)
+
+    lp_pad, lp_pack = engine.forward_logprobs(padded), engine.forward_logprobs(packed)
+    torch.testing.assert_close(lp_pack, lp_pad, atol=1e-5, rtol=0)
+
+    def grads(mb):
+        model.zero_grad(set_to_none=True)
+        loss = PolicyLoss(LossConfig())
+        out = loss.from_logits(engine.logits(mb), mb)[0]
+        out.backward()
+        return float(out.detach()), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    loss_pad, g_pad = grads(padded)
+    loss_pack, g_pack = grads(packed)
+    assert abs(loss_pack - loss_pad) <= 1e-5 * max(1.0, abs(loss_pad))
+    num = sum(float((g_pad[k] - g_pack[k]).square().sum()) for k in g_pad) ** 0.5
+    den = sum(float(g_pad[k].square().sum()) for k in g_pad) ** 0.5
+    assert den > 0 and num / den < 1e-5, num / den
+
+    n = p_inputs["input_ids"].shape[1]
+    leaky = PolicyBatch(inputs={"input_ids": p_inputs["input_ids"],
+                                "position_ids": torch.arange(n)[None]},
+                        targets=p_targets, mask=p_mask, advantages=adv, logit_index=index)
+    assert float((engine.forward_logprobs(leaky) - lp_pad).abs().max()) > 1e-3

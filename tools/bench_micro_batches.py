@@ -13,7 +13,9 @@ share of the cost does not depend on depth), random weights, float32, through
 
 Paths: ``rows`` = micro-batches of ``--micro-batch-size`` rows (``algo.micro_batch_size``);
 ``tokens`` = ``algo.max_tokens_per_micro_batch`` set to the largest row-count micro-batch's
-padded size (the same peak activation memory). Timed: forward + backward of the whole update
+padded size (the same peak activation memory); ``packed`` = ``algo.pack_sequences`` with the
+same budget, now counting packed tokens (rows concatenated without padding, attention within
+each row through transformers' packed-sequence mask). Timed: forward + backward of the whole update
 (``forward_backward`` over every micro-batch) and the no-grad log-prob pass, interleaved,
 ``--reps`` times after one warm-up of each; median and minimum.
 """
@@ -61,6 +63,35 @@ def policy_batch(rows: list[int], parts: dict[int, tuple[int, int]], vocab: int,
                        num_items=float(total_tokens), scale=1.0, rows=list(rows))
 
 
+def packed_batch(rows: list[int], parts: dict[int, tuple[int, int]], vocab: int, pad: int,
+                 total_tokens: int, seed: int):
+    """The packed layout (mixed_r1.data.prompts.encode_packed_rows) for synthetic token ids."""
+    import torch
+
+    from mixed_r1.engine import PolicyBatch
+
+    g = torch.Generator().manual_seed(seed)
+    T = max(parts[r][1] for r in rows)
+    B = len(rows)
+    ids, pos = [], []
+    targets = torch.full((B, T), pad, dtype=torch.long)
+    mask = torch.zeros(B, T)
+    index = torch.zeros(B, T, dtype=torch.long)
+    for i, r in enumerate(rows):
+        p, c = parts[r]
+        comp = torch.randint(0, vocab, (c,), generator=g)
+        start = len(ids)
+        ids += torch.randint(0, vocab, (p,), generator=g).tolist() + comp.tolist()
+        pos += list(range(p + c))
+        targets[i, :c] = comp
+        mask[i, :c] = 1.0
+        index[i, :c] = torch.arange(start + p - 1, start + p - 1 + c)
+    return PolicyBatch(inputs={"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos])},
+                       targets=targets, mask=mask, advantages=torch.randn(B, generator=g),
+                       num_items=float(total_tokens), scale=1.0, rows=list(rows),
+                       logit_index=index)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", type=int, default=64)
@@ -94,9 +125,11 @@ def main() -> int:
     by_rows = [order[s:s + mbs] for s in range(0, len(order), mbs)]
     budget = max(padded_positions([mb], parts) for mb in by_rows)
     by_tokens = token_budget_micro_batches(order, [parts[r] for r in order], budget, mbs)
-    layouts = {"rows": by_rows, "tokens": by_tokens}
-    batches = {k: [policy_batch(mb, parts, vocab, pad, total, j) for j, mb in enumerate(v)]
-               for k, v in layouts.items()}
+    by_packed = token_budget_micro_batches(order, [parts[r] for r in order], budget, None,
+                                           packed=True)
+    layouts = {"rows": by_rows, "tokens": by_tokens, "packed": by_packed}
+    batches = {k: [(packed_batch if k == "packed" else policy_batch)(mb, parts, vocab, pad, total, j)
+                   for j, mb in enumerate(v)] for k, v in layouts.items()}
 
     def fwd_bwd(name: str) -> float:
         engine.zero_grad()
@@ -127,7 +160,7 @@ def main() -> int:
     head += "".join(f"{ph + ' s':>20}{'ratio':>7}" for ph in ("fwd+bwd", "logprobs"))
     print(head)
     for name, layout in layouts.items():
-        pos = padded_positions(layout, parts)
+        pos = padded_positions(layout, parts, packed=name == "packed")
         line = f"{name:<8}{len(layout):>14}{pos:>11}{1 - real / pos:>9.1%}"
         for phase in ("fwd+bwd", "logprobs"):
             med = statistics.median(times[(name, phase)])

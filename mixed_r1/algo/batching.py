@@ -27,10 +27,16 @@ def _width(parts: Sequence[tuple[int, ...]]) -> int:
     return sum(max(col) for col in zip(*parts)) if parts else 0
 
 
+def _cost(parts: Sequence[tuple[int, ...]], packed: bool) -> int:
+    """Positions a micro-batch of these rows holds: rows × width, or Σ lengths when packed."""
+    return sum(sum(p) for p in parts) if packed else len(parts) * _width(parts)
+
+
 def token_budget_micro_batches(rows: Sequence[int], lengths: Sequence[Length], max_tokens: int,
-                               max_rows: int | None = None) -> list[list[int]]:
-    """Micro-batches (lists of row ids) of ``rows`` whose padded size ``len(mb) · width`` is at
-    most ``max_tokens``, longest rows first.
+                               max_rows: int | None = None, *, packed: bool = False
+                               ) -> list[list[int]]:
+    """Micro-batches (lists of row ids) of ``rows`` whose padded size ``len(mb) · width`` (with
+    ``packed``: the packed length, ``Σ`` row lengths) is at most ``max_tokens``, longest rows first.
 
     ``lengths[i]``: the tokens of row ``rows[i]``, an int, or a tuple of parts padded separately
     (``(prompt, completion)``: prompts are left-padded to the longest prompt and completions
@@ -51,7 +57,7 @@ def token_budget_micro_batches(rows: Sequence[int], lengths: Sequence[Length], m
     cur_parts: list[tuple[int, ...]] = []
     for i in order:
         full = max_rows is not None and len(cur) == max_rows
-        if cur and (full or (len(cur) + 1) * _width(cur_parts + [parts[i]]) > max_tokens):
+        if cur and (full or _cost(cur_parts + [parts[i]], packed) > max_tokens):
             out.append(cur)
             cur, cur_parts = [], []
         cur.append(rows[i])
@@ -61,10 +67,11 @@ def token_budget_micro_batches(rows: Sequence[int], lengths: Sequence[Length], m
     return out
 
 
-def padded_positions(batches: Sequence[Sequence[int]], length_of: dict[int, Length]) -> int:
-    """Positions the padded micro-batches hold: ``Σ len(mb) · width(mb)`` (see
-    :func:`token_budget_micro_batches` for the width of rows with parts)."""
-    return sum(len(mb) * _width([_parts(length_of[r]) for r in mb]) for mb in batches if mb)
+def padded_positions(batches: Sequence[Sequence[int]], length_of: dict[int, Length], *,
+                     packed: bool = False) -> int:
+    """Positions the micro-batches hold: ``Σ len(mb) · width(mb)`` padded (see
+    :func:`token_budget_micro_batches` for the width of rows with parts), ``Σ`` lengths packed."""
+    return sum(_cost([_parts(length_of[r]) for r in mb], packed) for mb in batches if mb)
 
 
 __all__ = ["padded_positions", "token_budget_micro_batches"]

@@ -183,6 +183,48 @@ def encode_rows(processor: Any, prompt_texts: Sequence[str], images: Sequence[Se
     return enc, targets.to(device), mask.to(device)
 
 
+def encode_packed_rows(processor: Any, prompt_texts: Sequence[str],
+                       completions: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu"
+                       ) -> tuple[dict, Any, Any, Any]:
+    """``prompt + completion`` rows packed into one sequence without padding (verl's
+    ``use_remove_padding``, TRL's padding-free batches), for text-only LMs.
+
+    Row ``b``'s tokens are its prompt's (:func:`mixed_r1.models.processor.prompt_token_ids`: the
+    ids the padded path and the generators use) followed by its completion; rows are concatenated
+    in order. Returns ``inputs`` = ``{"input_ids": [1, N], "position_ids": [1, N]}`` int64 with
+    positions restarting at 0 on every row and no attention mask (transformers then confines
+    attention to each row: ``masking_utils.find_packed_sequence_indices``), ``targets`` and
+    ``mask`` [B, T] as :func:`encode_rows` gives them, and ``logit_index`` [B, T] int64: the
+    packed position whose logits score ``targets[b, t]`` (the token before it; 0 where ``mask``
+    is 0). Raises ValueError for an empty prompt (nothing to score the first token from)."""
+    import torch
+
+    from mixed_r1.models.processor import prompt_token_ids
+
+    B = len(completions)
+    T = max(1, max(len(c) for c in completions))
+    ids: list[int] = []
+    pos: list[int] = []
+    targets = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.float32)
+    index = torch.zeros(B, T, dtype=torch.long)
+    for b, (text, comp) in enumerate(zip(prompt_texts, completions)):
+        prompt = prompt_token_ids(processor, text)
+        if not prompt:
+            raise ValueError(f"row {b}: empty prompt")
+        comp = [int(t) for t in comp]
+        start = len(ids)
+        ids += prompt + comp
+        pos += list(range(len(prompt) + len(comp)))
+        n = len(comp)
+        targets[b, :n] = torch.tensor(comp, dtype=torch.long)
+        mask[b, :n] = 1.0
+        index[b, :n] = torch.arange(start + len(prompt) - 1, start + len(prompt) - 1 + n)
+    inputs = {"input_ids": torch.tensor([ids], dtype=torch.long, device=device),
+              "position_ids": torch.tensor([pos], dtype=torch.long, device=device)}
+    return inputs, targets.to(device), mask.to(device), index.to(device)
+
+
 def rows_tensor(values: Sequence[Sequence[float]], T: int):
     """Ragged per-token floats → [B, T] float32 tensor (zero-padded, cut at ``T``)."""
     import torch
@@ -195,6 +237,6 @@ def rows_tensor(values: Sequence[Sequence[float]], T: int):
     return out
 
 
-__all__ = ["THINK_INSTRUCTION", "Collator", "build_messages", "encode_rows", "format_box",
+__all__ = ["THINK_INSTRUCTION", "Collator", "build_messages", "encode_packed_rows", "encode_rows", "format_box",
            "question_text", "render_prompt", "rescale_box", "resized_hw", "model_frame_sample",
            "rows_tensor"]

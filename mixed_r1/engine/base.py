@@ -14,8 +14,10 @@ With ``float32`` the model parameters are their own masters.
 
 A :class:`PolicyBatch` is one micro-batch: each row is a prompt (left-padded to ``P``) followed by its
 sampled completion (right-padded to ``T``), so the logits at positions ``P-1 .. P+T-2`` score the
-completion tokens ``targets[:, 0 .. T-1]``. Log-probs are ``log_softmax(logits / temperature)[targets]``,
-the quantity the sampler reports.
+completion tokens ``targets[:, 0 .. T-1]``. Packed (``algo.pack_sequences``, HF backend): the rows
+are one sequence ``[1, N]`` without padding, positions restarting per row, and ``logit_index``
+[B, T] names the position that scores each target; ``targets``/``mask`` keep the [B, T] layout.
+Log-probs are ``log_softmax(logits / temperature)[targets]``, the quantity the sampler reports.
 """
 from __future__ import annotations
 
@@ -59,6 +61,9 @@ class PolicyBatch:
     scale: float = 1.0
     num_items: float | None = None
     rows: list[int] = field(default_factory=list)  # row indices into the step's rollouts
+    # packed rows (inputs of shape [1, N], no padding): the position whose logits score
+    # targets[b, t]; None for the padded layout (see mixed_r1.data.prompts.encode_packed_rows)
+    logit_index: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -83,7 +83,13 @@ class HFEngine:
     def logits(self, batch: PolicyBatch) -> torch.Tensor:
         """[B, T, V] logits scoring ``batch.targets``: only the T positions ``L-T-1 .. L-2`` go
         through the LM head (``logits_to_keep`` as indices), and the result is contiguous, so the
-        kernels read it without a copy."""
+        kernels read it without a copy. Packed rows (``batch.logit_index`` [B, T], inputs [1, N]
+        without padding): the positions ``logit_index`` names, viewed as [B, T, V]."""
+        if batch.logit_index is not None:
+            B, T = batch.logit_index.shape
+            out = self.model(**batch.inputs, logits_to_keep=batch.logit_index.reshape(-1),
+                             use_cache=False).logits
+            return out.view(B, T, -1)
         T = batch.targets.shape[1]
         L = batch.inputs["input_ids"].shape[1]
         keep = torch.arange(L - T - 1, L - 1, device=batch.targets.device)
