@@ -261,12 +261,12 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("config key 'algo.pack_sequences' needs a text LM (model.kind: "
                           "pretrained); Qwen2.5-VL's 3-D rope positions are not packed")
     p = cfg.parallel
-    dims = parallel_dims(cfg)
-    if cfg.rollout.prompts_per_step % dims.replicas:
-        raise ConfigError(f"config key 'rollout.prompts_per_step'={cfg.rollout.prompts_per_step} "
-                          f"is not a multiple of the {dims.replicas} rollout replicas "
-                          f"(world {dims.world} / rollout tensor parallel {dims.rollout_tp}); each "
-                          "replica samples an equal share")
+    from mixed_r1.parallel.dims import ParallelDimsError
+
+    try:
+        parallel_dims(cfg).check_prompts(cfg.rollout.prompts_per_step)
+    except ParallelDimsError as exc:
+        raise ConfigError(f"config key 'rollout.prompts_per_step': {exc}") from None
     layers = cfg.parallel.pipeline_layers
     if layers is not None and (len(layers) != cfg.parallel.pipeline_parallel
                                or any(not isinstance(x, int) or x < 1 for x in layers)):

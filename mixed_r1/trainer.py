@@ -331,21 +331,17 @@ class GRPOTrainer:
     def _encode(self, ro: Rollouts, chunk: list[int]) -> PolicyBatch:
         """The micro-batch of rollout rows ``chunk`` on the policy's device."""
         comps = [ro.completions[i] for i in chunk]
-        pidx = [c.prompt_index for c in comps]
-        if self.cfg.algo.pack_sequences:
-            inputs, targets, mask, index = encode_packed_rows(
-                self.processor, [ro.prompt_texts[p] for p in pidx], [c.token_ids for c in comps],
+        texts = [ro.prompt_texts[c.prompt_index] for c in comps]
+        ids = [c.token_ids for c in comps]
+        index = None
+        if self.cfg.algo.pack_sequences:  # one row, no padding (text LMs)
+            inputs, targets, mask, index = encode_packed_rows(self.processor, texts, ids,
+                                                              self.pad_id, self.policy.device)
+        else:
+            inputs, targets, mask = encode_rows(
+                self.processor, texts, [ro.samples[c.prompt_index].images for c in comps], ids,
                 self.pad_id, self.policy.device)
-            return PolicyBatch(inputs=inputs, targets=targets, mask=mask, logit_index=index,
-                               advantages=ro.advantages[chunk].to(self.policy.device),
-                               rollout_logprobs=rows_tensor([c.logprobs for c in comps],
-                                                            targets.shape[1]),
-                               rows=chunk)
-        inputs, targets, mask = encode_rows(
-            self.processor, [ro.prompt_texts[p] for p in pidx],
-            [ro.samples[p].images for p in pidx], [c.token_ids for c in comps],
-            self.pad_id, self.policy.device)
-        return PolicyBatch(inputs=inputs, targets=targets, mask=mask,
+        return PolicyBatch(inputs=inputs, targets=targets, mask=mask, logit_index=index,
                            advantages=ro.advantages[chunk].to(self.policy.device),
                            rollout_logprobs=rows_tensor([c.logprobs for c in comps],
                                                         targets.shape[1]),

@@ -64,8 +64,8 @@ def test_config_layout_errors_name_the_key():
         validate(cfg)
     cfg.rollout.tensor_parallel = 1
     cfg.rollout.prompts_per_step = 8
-    with pytest.raises(ConfigError, match=r"'rollout.prompts_per_step'=8 is not a multiple of the "
-                                          r"6 rollout replicas"):
+    with pytest.raises(ConfigError, match=r"'rollout.prompts_per_step': 8 prompts per step are "
+                                          r"not a multiple of the 6 rollout replicas"):
         validate(cfg)
     cfg.parallel.backend = "hf"  # one process: the parallel sizes do not apply
     cfg.parallel.tensor_parallel = cfg.parallel.data_parallel = 1
