@@ -41,9 +41,10 @@ from mixed_r1.atomic import replace_dir
 from mixed_r1.config import ConfigError, TrainConfig, dump_yaml, parallel_dims
 from mixed_r1.data.prompts import encode_packed_rows, encode_rows, rows_tensor
 from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch, TrainEngine, run_update
+from mixed_r1.models.processor import is_multimodal
 from mixed_r1.parallel.dist import is_main_rank
 from mixed_r1.rewards.bmas import BMAS_FILE
-from mixed_r1.rollout.backends import build_generator, max_model_len, rollout_tp
+from mixed_r1.rollout.backends import build_generator
 from mixed_r1.rollout.base import mix_seed, sync_weights
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,6 @@ def load_train_samples(cfg: TrainConfig, processor: Any = None, key: str = "trai
     and counted in the log)."""
     from mixed_r1.data import load_samples
     from mixed_r1.data.schema import DataError
-    from mixed_r1.models.processor import is_multimodal
 
     path = getattr(cfg.data, key)
     if not path:
@@ -279,9 +279,10 @@ class GRPOTrainer:
 
     def micro_batches(self, ro: Rollouts, step: int) -> list[list[PolicyBatch | None]]:
         """Kept rows, shuffled (seeded by step), cut into micro-batches (``micro_batch_size`` rows,
-        or by ``max_tokens_per_micro_batch``), grouped into ``mini_batches`` updates; each micro-batch knows its loss scale (from the completion
-        lengths of the whole update). Only the micro-batches this rank computes
-        (``policy.local_indices``: its data-parallel share) are encoded; the others are None."""
+        or by ``max_tokens_per_micro_batch``), grouped into ``mini_batches`` updates; each
+        micro-batch knows its loss scale (from the completion lengths of the whole update). Only
+        the micro-batches this rank computes (``policy.local_indices``: its data-parallel share)
+        are encoded; the others are None."""
         a = self.cfg.algo
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, salt=1))
         rows = [ro.keep[i] for i in torch.randperm(len(ro.keep), generator=gen).tolist()]
@@ -671,7 +672,7 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
         return build_mcore_trainer(cfg, run_dir, model)
     seed_everything(cfg.seed)
     processor = build_processor(cfg)
-    if cfg.algo.pack_sequences and getattr(processor, "image_processor", None) is not None:
+    if cfg.algo.pack_sequences and is_multimodal(processor):
         raise ConfigError(f"config key 'algo.pack_sequences' needs a text LM; {cfg.model.path} "
                           "is multimodal (its 3-D rope positions are not packed)")
     samples = load_train_samples(cfg, processor)
@@ -680,7 +681,7 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     policy = HFEngine(model, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                       weight_decay=o.weight_decay)
     ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
-    generator = build_generator(cfg, model, processor)
+    generator = build_generator(cfg, model, processor, dims=parallel_dims(cfg))
     reward = MixedReward(cfg.reward, embedder=bmas_embedder(cfg, processor, policy))
     return GRPOTrainer(cfg, policy, generator, processor, reward, samples, ref, run_dir)
 
@@ -726,7 +727,7 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     """The trainer over a megatron-core policy (``parallel.backend: mcore``), collective over the
     torchrun world: the HF model is written once by rank 0 (``<run>/init_model`` for a tiny random
     model), converted to mcore shards cached in ``<run>/mcore_init``, and each rank loads its shard.
-    Generation: R = world / ``rollout_tp`` replicas (:class:`~mixed_r1.rollout.replicas.ReplicaGenerator`),
+    Generation: R = world / rollout TP replicas (:class:`~mixed_r1.rollout.replicas.ReplicaGenerator`),
     each sampling its share of a step's prompts: ``rollout.backend: vllm`` one engine per replica
     (vLLM's external launcher, data-parallel engines), ``hf`` one HF generator on each replica's
     first rank."""
@@ -778,9 +779,9 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
     inner = None
     if cfg.rollout.backend == "vllm":  # every rank: one engine shard of its replica
-        inner = build_generator(cfg, None, processor, model_dir=hf_dir, replicas=replicas)
+        inner = build_generator(cfg, None, processor, model_dir=hf_dir, dims=dims)
     elif leader:
-        inner = build_generator(cfg, model, processor)
+        inner = build_generator(cfg, model, processor, dims=dims)
     generator = ReplicaGenerator(inner, replica=dims.replica_of(rank), replicas=replicas,
                                  leader=leader)
     # the same weights; rank 0 keeps the embedding table passing by for the BMAS snapshot
@@ -840,6 +841,6 @@ def bench_step(cfg, steps: int = 2) -> list[dict]:
 
 
 __all__ = ["GRPOTrainer", "PromptStream", "Rollouts", "build_generator", "build_mcore_trainer",
-           "build_model", "build_processor", "build_trainer", "load_train_samples", "rollout_tp",
+           "build_model", "build_processor", "build_trainer", "load_train_samples",
            "run_training", "bench_step",
-           "bmas_embedder", "max_model_len", "seed_everything", "step_seed"]
+           "bmas_embedder", "seed_everything", "step_seed"]

@@ -254,10 +254,13 @@ def test_rollout_backends_registry_drives_build_and_config(monkeypatch, model, p
     built = []
 
     @ROLLOUT_BACKENDS.register("sglang")
-    def build_recorder(cfg, model, processor, *, model_dir=None, replicas=1):
-        built.append((model_dir, replicas))  # a recording stand-in: no SGLang here
+    def build_recorder(cfg, model, processor, *, model_dir=None, dims=None):
+        built.append((model_dir, dims.replicas))  # a recording stand-in: no SGLang here
         return "sglang-generator"
 
     validate(cfg)
-    assert build_generator(cfg, None, processor, model_dir="d", replicas=4) == "sglang-generator"
+    from mixed_r1.parallel import ParallelDims
+
+    dims = ParallelDims(tp=1, dp=4)
+    assert build_generator(cfg, None, processor, model_dir="d", dims=dims) == "sglang-generator"
     assert built == [("d", 4)]

@@ -36,58 +36,36 @@ def make_rows(n: int, seed: int) -> list[tuple[int, int]]:
     return [(rng.randint(40, 120), rng.randint(16, 256)) for _ in range(n)]
 
 
+def _ids(rows: list[int], parts: dict[int, tuple[int, int]], vocab: int, seed: int):
+    """Seeded random prompt and completion token ids of the rows' lengths."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, vocab, (parts[r][0],), generator=g).tolist() for r in rows]
+    comps = [torch.randint(0, vocab, (parts[r][1],), generator=g).tolist() for r in rows]
+    return prompts, comps, torch.randn(len(rows), generator=g)
+
+
 def policy_batch(rows: list[int], parts: dict[int, tuple[int, int]], vocab: int, pad: int,
-                 total_tokens: int, seed: int):
-    """The trainer's layout (mixed_r1.data.prompts.encode_rows) for synthetic token ids."""
+                 total_tokens: int, seed: int, packed: bool = False):
+    """The trainer's micro-batch of these rows (mixed_r1.data.prompts.append_completions after
+    left-padded prompts, or pack_rows), with synthetic token ids."""
     import torch
 
+    from mixed_r1.data.prompts import append_completions, pack_rows
     from mixed_r1.engine import PolicyBatch
 
-    g = torch.Generator().manual_seed(seed)
-    S = max(parts[r][0] for r in rows)
-    T = max(parts[r][1] for r in rows)
-    B = len(rows)
-    ids = torch.full((B, S + T), pad, dtype=torch.long)
-    attn = torch.zeros(B, S + T, dtype=torch.long)
-    targets = torch.full((B, T), pad, dtype=torch.long)
-    mask = torch.zeros(B, T)
-    for i, r in enumerate(rows):
-        p, c = parts[r]
-        ids[i, S - p:S] = torch.randint(0, vocab, (p,), generator=g)
-        targets[i, :c] = torch.randint(0, vocab, (c,), generator=g)
-        mask[i, :c] = 1.0
-        attn[i, S - p:S + c] = 1
-    ids[:, S:] = targets
-    return PolicyBatch(inputs={"input_ids": ids, "attention_mask": attn}, targets=targets,
-                       mask=mask, advantages=torch.randn(B, generator=g),
-                       num_items=float(total_tokens), scale=1.0, rows=list(rows))
-
-
-def packed_batch(rows: list[int], parts: dict[int, tuple[int, int]], vocab: int, pad: int,
-                 total_tokens: int, seed: int):
-    """The packed layout (mixed_r1.data.prompts.encode_packed_rows) for synthetic token ids."""
-    import torch
-
-    from mixed_r1.engine import PolicyBatch
-
-    g = torch.Generator().manual_seed(seed)
-    T = max(parts[r][1] for r in rows)
-    B = len(rows)
-    ids, pos = [], []
-    targets = torch.full((B, T), pad, dtype=torch.long)
-    mask = torch.zeros(B, T)
-    index = torch.zeros(B, T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        p, c = parts[r]
-        comp = torch.randint(0, vocab, (c,), generator=g)
-        start = len(ids)
-        ids += torch.randint(0, vocab, (p,), generator=g).tolist() + comp.tolist()
-        pos += list(range(p + c))
-        targets[i, :c] = comp
-        mask[i, :c] = 1.0
-        index[i, :c] = torch.arange(start + p - 1, start + p - 1 + c)
-    return PolicyBatch(inputs={"input_ids": torch.tensor([ids]), "position_ids": torch.tensor([pos])},
-                       targets=targets, mask=mask, advantages=torch.randn(B, generator=g),
+    prompts, comps, adv = _ids(rows, parts, vocab, seed)
+    index = None
+    if packed:
+        inputs, targets, mask, index = pack_rows(prompts, comps, pad)
+    else:
+        S = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (S - len(p)) + p for p in prompts])
+        attn = torch.tensor([[0] * (S - len(p)) + [1] * len(p) for p in prompts])
+        inputs, targets, mask = append_completions({"input_ids": ids, "attention_mask": attn},
+                                                   comps, pad)
+    return PolicyBatch(inputs=inputs, targets=targets, mask=mask, advantages=adv,
                        num_items=float(total_tokens), scale=1.0, rows=list(rows),
                        logit_index=index)
 
@@ -128,7 +106,7 @@ def main() -> int:
     by_packed = token_budget_micro_batches(order, [parts[r] for r in order], budget, None,
                                            packed=True)
     layouts = {"rows": by_rows, "tokens": by_tokens, "packed": by_packed}
-    batches = {k: [(packed_batch if k == "packed" else policy_batch)(mb, parts, vocab, pad, total, j)
+    batches = {k: [policy_batch(mb, parts, vocab, pad, total, j, packed=k == "packed")
                    for j, mb in enumerate(v)] for k, v in layouts.items()}
 
     def fwd_bwd(name: str) -> float:

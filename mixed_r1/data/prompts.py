@@ -129,7 +129,8 @@ class Collator:
     """Batch samples into processor inputs for generation (left padding).
 
     Returns the tensors of :func:`mixed_r1.models.processor.encode_prompts` (``input_ids``,
-    ``attention_mask``, ``pixel_values``, ``image_grid_thw`` when any image) plus ``prompts`` (texts), ``samples`` (grounding boxes
+    ``attention_mask``, ``pixel_values``, ``image_grid_thw`` when any image) plus ``prompts``
+    (texts), ``samples`` (grounding boxes
     rescaled to the processor's frame, see :func:`model_frame_sample`) and ``solutions``.
     """
 
@@ -151,6 +152,38 @@ class Collator:
 
 
 # ------------------------------------------------------------------------- training rows
+def completion_rows(completions: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """``targets`` [B, T] int64 (right-padded with ``pad_id``) and ``mask`` [B, T] float32 (1 on
+    completion tokens) of ragged completions; ``T`` the longest (at least 1)."""
+    import torch
+
+    B = len(completions)
+    T = max(1, max((len(c) for c in completions), default=0))
+    targets = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.float32)
+    for i, ids in enumerate(completions):
+        targets[i, :len(ids)] = torch.tensor(list(ids), dtype=torch.long)
+        mask[i, :len(ids)] = 1.0
+    return targets, mask
+
+
+def append_completions(enc: dict, completions: Sequence[Sequence[int]], pad_id: int
+                       ) -> tuple[dict, Any, Any]:
+    """Left-padded prompt tensors ``enc`` (``input_ids``, ``attention_mask`` [B, S], optionally
+    ``mm_token_type_ids``) with each row's completion appended right-padded: the padded training
+    layout. Returns (inputs [B, S + T], targets, mask) as :func:`completion_rows` gives them."""
+    import torch
+
+    targets, mask = completion_rows(completions, pad_id)
+    enc = dict(enc)
+    enc["input_ids"] = torch.cat([enc["input_ids"], targets], dim=1)
+    enc["attention_mask"] = torch.cat([enc["attention_mask"], mask.long()], dim=1)
+    if "mm_token_type_ids" in enc:  # text tokens are type 0 (needed for 3-D rope positions)
+        enc["mm_token_type_ids"] = torch.cat(
+            [enc["mm_token_type_ids"], torch.zeros_like(targets, dtype=enc["mm_token_type_ids"].dtype)], 1)
+    return enc, targets, mask
+
+
 def encode_rows(processor: Any, prompt_texts: Sequence[str], images: Sequence[Sequence[Any]],
                 completions: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu"
                 ) -> tuple[dict, Any, Any]:
@@ -158,70 +191,62 @@ def encode_rows(processor: Any, prompt_texts: Sequence[str], images: Sequence[Se
 
     Prompts are rendered texts (the chat template with the generation prompt) and are encoded
     exactly as the generators encode them (:func:`mixed_r1.models.processor.encode_prompts`, left
-    padding); ``images``: each row's images (paths or PIL images); completions are appended right-padded
-    with ``pad_id``. ``targets`` [B, T] int64, ``mask`` [B, T] float32 (1 on completion tokens),
-    ``T`` the longest completion; everything moved to ``device``.
+    padding); ``images``: each row's images (paths or PIL images); completions are appended
+    right-padded with ``pad_id`` (:func:`append_completions`). ``targets`` [B, T] int64, ``mask``
+    [B, T] float32 (1 on completion tokens), ``T`` the longest completion; everything moved to
+    ``device``.
     """
     import torch
 
     from mixed_r1.models.processor import encode_prompts
 
     enc = encode_prompts(processor, prompt_texts, [im for row in images for im in row])
-    B = len(completions)
-    T = max(1, max(len(c) for c in completions))
-    targets = torch.full((B, T), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, T, dtype=torch.float32)
-    for i, ids in enumerate(completions):
-        targets[i, :len(ids)] = torch.tensor(list(ids), dtype=torch.long)
-        mask[i, :len(ids)] = 1.0
-    enc["input_ids"] = torch.cat([enc["input_ids"], targets], dim=1)
-    enc["attention_mask"] = torch.cat([enc["attention_mask"], mask.long()], dim=1)
-    if "mm_token_type_ids" in enc:  # text tokens are type 0 (needed for 3-D rope positions)
-        enc["mm_token_type_ids"] = torch.cat(
-            [enc["mm_token_type_ids"], torch.zeros(B, T, dtype=enc["mm_token_type_ids"].dtype)], 1)
+    enc, targets, mask = append_completions(enc, completions, pad_id)
     enc = {k: v.to(device) if torch.is_tensor(v) else v for k, v in enc.items()}
     return enc, targets.to(device), mask.to(device)
+
+
+def pack_rows(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
+              pad_id: int) -> tuple[dict, Any, Any, Any]:
+    """Token-id rows ``prompt + completion`` packed into one sequence without padding, in order.
+
+    Returns ``inputs`` = ``{"input_ids": [1, N], "position_ids": [1, N]}`` int64 with positions
+    restarting at 0 on every row and no attention mask (transformers then confines attention to
+    each row: ``masking_utils.find_packed_sequence_indices``), ``targets`` and ``mask`` [B, T] as
+    :func:`completion_rows` gives them, and ``logit_index`` [B, T] int64: the packed position whose
+    logits score ``targets[b, t]`` (the token before it; 0 where ``mask`` is 0). Raises
+    ValueError for an empty prompt (nothing to score the first token from)."""
+    import torch
+
+    targets, mask = completion_rows(completions, pad_id)
+    index = torch.zeros_like(targets)
+    ids: list[int] = []
+    pos: list[int] = []
+    for b, (prompt, comp) in enumerate(zip(prompts, completions)):
+        if not prompt:
+            raise ValueError(f"row {b}: empty prompt")
+        first = len(ids) + len(prompt) - 1  # the prompt's last token scores the first target
+        ids += [int(t) for t in prompt] + [int(t) for t in comp]
+        pos += list(range(len(prompt) + len(comp)))
+        index[b, :len(comp)] = torch.arange(first, first + len(comp))
+    inputs = {"input_ids": torch.tensor([ids], dtype=torch.long),
+              "position_ids": torch.tensor([pos], dtype=torch.long)}
+    return inputs, targets, mask, index
 
 
 def encode_packed_rows(processor: Any, prompt_texts: Sequence[str],
                        completions: Sequence[Sequence[int]], pad_id: int, device: Any = "cpu"
                        ) -> tuple[dict, Any, Any, Any]:
     """``prompt + completion`` rows packed into one sequence without padding (verl's
-    ``use_remove_padding``, TRL's padding-free batches), for text-only LMs.
-
-    Row ``b``'s tokens are its prompt's (:func:`mixed_r1.models.processor.prompt_token_ids`: the
-    ids the padded path and the generators use) followed by its completion; rows are concatenated
-    in order. Returns ``inputs`` = ``{"input_ids": [1, N], "position_ids": [1, N]}`` int64 with
-    positions restarting at 0 on every row and no attention mask (transformers then confines
-    attention to each row: ``masking_utils.find_packed_sequence_indices``), ``targets`` and
-    ``mask`` [B, T] as :func:`encode_rows` gives them, and ``logit_index`` [B, T] int64: the
-    packed position whose logits score ``targets[b, t]`` (the token before it; 0 where ``mask``
-    is 0). Raises ValueError for an empty prompt (nothing to score the first token from)."""
-    import torch
-
+    ``use_remove_padding``, TRL's padding-free batches), for text-only LMs: :func:`pack_rows` of
+    each prompt's :func:`mixed_r1.models.processor.prompt_token_ids` (the ids the padded path and
+    the generators use; each distinct prompt encoded once), moved to ``device``."""
     from mixed_r1.models.processor import prompt_token_ids
 
-    B = len(completions)
-    T = max(1, max(len(c) for c in completions))
-    ids: list[int] = []
-    pos: list[int] = []
-    targets = torch.full((B, T), pad_id, dtype=torch.long)
-    mask = torch.zeros(B, T, dtype=torch.float32)
-    index = torch.zeros(B, T, dtype=torch.long)
-    for b, (text, comp) in enumerate(zip(prompt_texts, completions)):
-        prompt = prompt_token_ids(processor, text)
-        if not prompt:
-            raise ValueError(f"row {b}: empty prompt")
-        comp = [int(t) for t in comp]
-        start = len(ids)
-        ids += prompt + comp
-        pos += list(range(len(prompt) + len(comp)))
-        n = len(comp)
-        targets[b, :n] = torch.tensor(comp, dtype=torch.long)
-        mask[b, :n] = 1.0
-        index[b, :n] = torch.arange(start + len(prompt) - 1, start + len(prompt) - 1 + n)
-    inputs = {"input_ids": torch.tensor([ids], dtype=torch.long, device=device),
-              "position_ids": torch.tensor([pos], dtype=torch.long, device=device)}
+    encoded = {t: prompt_token_ids(processor, t) for t in dict.fromkeys(prompt_texts)}
+    inputs, targets, mask, index = pack_rows([encoded[t] for t in prompt_texts], completions,
+                                             pad_id)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
     return inputs, targets.to(device), mask.to(device), index.to(device)
 
 
@@ -237,6 +262,7 @@ def rows_tensor(values: Sequence[Sequence[float]], T: int):
     return out
 
 
-__all__ = ["THINK_INSTRUCTION", "Collator", "build_messages", "encode_packed_rows", "encode_rows", "format_box",
+__all__ = ["THINK_INSTRUCTION", "Collator", "append_completions", "build_messages", "completion_rows",
+           "encode_packed_rows", "encode_rows", "format_box", "pack_rows",
            "question_text", "render_prompt", "rescale_box", "resized_hw", "model_frame_sample",
            "rows_tensor"]

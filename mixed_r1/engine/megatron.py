@@ -46,8 +46,8 @@ import torch.distributed as dist
 
 from mixed_r1.engine.base import LossFn, MicroBatchResult, ModelMismatchError, PolicyBatch
 from mixed_r1.models.config import LMArch
-from mixed_r1.parallel import state
 from mixed_r1.models.cache import prepare_mcore_checkpoint
+from mixed_r1.parallel import state
 from mixed_r1.parallel.dist import is_main_rank
 
 

@@ -3,11 +3,11 @@ decorators as the advantage estimators are (:class:`mixed_r1.algo.registry.Regis
 backend is one decorated builder and the config validates ``rollout.backend`` against
 ``ROLLOUT_BACKENDS.names()``.
 
-A builder is ``build(cfg, model, processor, *, model_dir=None, replicas=1) -> Generator``:
+A builder is ``build(cfg, model, processor, *, model_dir=None, dims=None) -> Generator``:
 ``cfg`` the run's :class:`mixed_r1.config.TrainConfig`, ``model`` the policy's HF model (None
 where the backend loads its own copy from ``model_dir``), ``processor`` the model's own
-processor/tokenizer, ``replicas`` the rollout replicas of a torchrun world (one engine per
-replica). The heavy backend modules (vLLM, transformers' generate) are imported on build only.
+processor/tokenizer, ``dims`` the job's :class:`~mixed_r1.parallel.dims.ParallelDims`
+(``mixed_r1.config.parallel_dims``: ranks per rollout replica and replicas; None: one process). The heavy backend modules (vLLM, transformers' generate) are imported on build only.
 """
 from __future__ import annotations
 
@@ -16,13 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from mixed_r1.algo.registry import Registry
+from mixed_r1.parallel.dims import ParallelDims
 
 ROLLOUT_BACKENDS = Registry("rollout backend")
-
-
-def rollout_tp(cfg: Any) -> int:
-    """Ranks per rollout replica: ``rollout.tensor_parallel``, else the training TP."""
-    return cfg.rollout.tensor_parallel or cfg.parallel.tensor_parallel
 
 
 def max_model_len(cfg: Any) -> int:
@@ -33,10 +29,12 @@ def max_model_len(cfg: Any) -> int:
 
 @ROLLOUT_BACKENDS.register("vllm")
 def build_vllm(cfg: Any, model: Any, processor: Any, *, model_dir: str | Path | None = None,
-               replicas: int = 1):
+               dims: ParallelDims | None = None):
     """A colocated vLLM engine (:class:`~mixed_r1.rollout.vllm_backend.VLLMGenerator`) loaded from
-    ``model_dir`` (default ``model.path``; a tiny model is written to ``<out>/init_model``), with
-    ``replicas`` engines of :func:`rollout_tp` ranks under torchrun and the trainer's pixel budget."""
+    ``model_dir`` (default ``model.path``; a tiny model is written to ``<out>/init_model``), one
+    engine of ``dims.rollout_tp`` ranks per rollout replica under torchrun, with the trainer's
+    pixel budget."""
+    dims = dims or ParallelDims()
     from mixed_r1.models.processor import pixel_budget, tokenizer_of
     from mixed_r1.rollout.vllm_backend import VLLMGenerator
 
@@ -46,7 +44,7 @@ def build_vllm(cfg: Any, model: Any, processor: Any, *, model_dir: str | Path | 
             model_dir = str(Path(cfg.out_dir) / "init_model")
             model.save_pretrained(model_dir, safe_serialization=True)
     return VLLMGenerator(str(model_dir), dtype=cfg.model.dtype, seed=cfg.seed,
-                         tensor_parallel_size=rollout_tp(cfg), replicas=replicas,
+                         tensor_parallel_size=int(dims.rollout_tp), replicas=dims.replicas,
                          gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
                          enable_sleep_mode=cfg.rollout.enable_sleep_mode,
                          max_model_len=max_model_len(cfg), image_budget=pixel_budget(processor),
@@ -55,9 +53,9 @@ def build_vllm(cfg: Any, model: Any, processor: Any, *, model_dir: str | Path | 
 
 @ROLLOUT_BACKENDS.register("hf")
 def build_hf(cfg: Any, model: Any, processor: Any, *, model_dir: str | Path | None = None,
-             replicas: int = 1):
+             dims: ParallelDims | None = None):
     """transformers' generate (:class:`~mixed_r1.rollout.hf.HFGenerator`) over a frozen copy of
-    ``model`` (its own weights, synced after every update); ``model_dir``/``replicas`` unused: a
+    ``model`` (its own weights, synced after every update); ``model_dir``/``dims`` unused: a
     multi-rank job runs one per replica leader."""
     from mixed_r1.rollout.hf import HFGenerator
 
@@ -68,12 +66,11 @@ def build_hf(cfg: Any, model: Any, processor: Any, *, model_dir: str | Path | No
 
 
 def build_generator(cfg: Any, model: Any, processor: Any, *, model_dir: str | Path | None = None,
-                    replicas: int = 1):
+                    dims: ParallelDims | None = None):
     """The generator of ``cfg.rollout.backend`` (see the module docstring); ValueError naming the
     registered backends for an unknown name."""
     return ROLLOUT_BACKENDS.get(cfg.rollout.backend)(cfg, model, processor, model_dir=model_dir,
-                                                     replicas=replicas)
+                                                     dims=dims)
 
 
-__all__ = ["ROLLOUT_BACKENDS", "build_generator", "build_hf", "build_vllm", "max_model_len",
-           "rollout_tp"]
+__all__ = ["ROLLOUT_BACKENDS", "build_generator", "build_hf", "build_vllm", "max_model_len"]
