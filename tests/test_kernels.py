@@ -187,6 +187,30 @@ def test_linear_token_logprobs(backend, dtype, chunk):
     assert hh.grad.dtype == dtype and ww.grad.dtype == dtype
 
 
+def test_linear_token_logprobs_chunk_plan_and_second_backward():
+    """The default plan: one chunk (softmax kept) while N·V fits 2^26, else ceil(N/14) rows, at most 2^26/V;
+    a retained graph's second backward recomputes instead of reading the consumed softmax."""
+    from mixed_r1.kernels.linear import default_chunk_tokens
+    cpu, V = torch.device("cpu"), 151_665
+    assert default_chunk_tokens(V, cpu, 256) == 256  # B=4, T=64: kept, no recompute
+    assert default_chunk_tokens(V, cpu, 2048) == 147  # B=4, T=512: 14 chunks, 0.07x the logits each
+    assert default_chunk_tokens(V, cpu, 600) == 43
+    assert default_chunk_tokens(V, cpu, 10**6) == (1 << 26) // V
+    assert default_chunk_tokens(V, torch.device("cuda"), 256) == (1 << 26) // V
+    g = torch.Generator().manual_seed(5)
+    h = torch.randn(2, 5, 8, generator=g, requires_grad=True)
+    w = torch.randn(50, 8, generator=g, requires_grad=True)
+    tg = torch.randint(0, 50, (2, 5), generator=g)
+    with force_backend("torch"):
+        lp = linear_token_logprobs(h, w, tg)
+    lp.sum().backward(retain_graph=True)
+    first = h.grad.clone(), w.grad.clone()
+    h.grad = w.grad = None
+    lp.sum().backward()
+    torch.testing.assert_close(h.grad, first[0])
+    torch.testing.assert_close(w.grad, first[1])
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="no triton")
 def test_backend_dispatch_really_runs_triton(monkeypatch):
     """The 'triton' parametrization above must go through the Triton wrappers (and 'torch' must not)."""

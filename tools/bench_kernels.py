@@ -8,7 +8,8 @@ high-water mark (write "5" to /proc/self/clear_refs), runs the op, and reads VmH
 extra = VmHWM - VmRSS(before). "excl. grad" subtracts the gradient buffers autograd must return
 (d logits, d hidden, d weight), which every method pays. One thread, so the times are comparable.
 
-    python tools/bench_kernels.py            # the table (grpo_loss [8,512,32000] fp32, linear V=151,665)
+    python tools/bench_kernels.py            # the tables (grpo_loss [8,512,32000] fp32; linear at B·T = 4·512
+                                             # and 4·64 tokens, H = 896, V = 151,665: issue 8/9's shapes)
     python tools/bench_kernels.py --probe grpo_fused_fwdbwd --shape 8,512,32000   # one scenario, JSON
 """
 from __future__ import annotations
@@ -125,18 +126,19 @@ def main() -> None:
     ap.add_argument("--probe")
     ap.add_argument("--shape")
     ap.add_argument("--grpo-shape", default="8,512,32000")
-    ap.add_argument("--linear-shape", default="1024,64,151665", help="N tokens, H, V")
+    ap.add_argument("--linear-shapes", default="2048,896,151665 256,896,151665",
+                    help="space-separated N tokens,H,V")
+    ap.add_argument("--repeats", type=int, default=3, help="linear_token_logprobs: fresh-process runs per scenario")
     a = ap.parse_args()
     if a.probe:
         print(json.dumps(probe(a.probe, tuple(int(v) for v in a.shape.split(",")))))
         return
     gs = tuple(int(v) for v in a.grpo_shape.split(","))
-    ls = tuple(int(v) for v in a.linear_shape.split(","))
+    lss = [tuple(int(v) for v in x.split(",")) for x in a.linear_shapes.split()]
     r = {n: run_probe(n, gs) for n in GRPO}
-    r.update({n: run_probe(n, ls) for n in LINEAR})
     mb = lambda b: f"{b / 2**20:,.0f}"  # noqa: E731
     print(f"CPU, torch paths, 1 thread, float32. grpo_loss [B,T,V]={list(gs)} (dapo, beta=0.04, old+ref); "
-          f"linear_token_logprobs [N,H,V]={list(ls)}. Extra = peak RSS over the inputs (MiB).\n")
+          f"linear_token_logprobs [N,H,V] in {[list(x) for x in lss]}. Extra = peak RSS over the inputs (MiB).\n")
     print("| op | mode | naive extra MiB | ours extra MiB | ratio | naive s | ours s | time ratio |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
 
@@ -150,17 +152,21 @@ def main() -> None:
     row("grpo_loss", "fwd+bwd, excl. d logits", r["grpo_naive_fwdbwd"], r["grpo_fused_fwdbwd"], True)
     row("grpo_loss", "fwd+bwd total, inplace=True", r["grpo_naive_fwdbwd"], r["grpo_fused_fwdbwd_inplace"], False)
     row("grpo_loss", "fwd+bwd total, inplace=False", r["grpo_naive_fwdbwd"], r["grpo_fused_fwdbwd"], False)
-    lg = r["linear_naive_fwd"]["logits_fp32_bytes"]
     print()
-    print("| op | mode | materialized logits MiB | naive extra MiB | ours extra MiB | ours / logits | naive s "
-          "| ours s | time ratio |")
+    print("| N tokens, H | mode | materialized logits MiB | naive extra MiB | ours extra MiB | ours / logits "
+          "| naive s | ours s | time ratio |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    for mode, n, o, sub in [("forward (no grad)", "linear_naive_fwd", "linear_chunked_fwd", False),
-                            ("fwd+bwd, excl. d hidden/d weight", "linear_naive_fwdbwd", "linear_chunked_fwdbwd", True)]:
-        oe = r[o]["extra"] - (r[o]["grad_bytes"] if sub else 0)
-        ne = r[n]["extra"] - (r[n]["grad_bytes"] if sub else 0)
-        print(f"| linear_token_logprobs | {mode} | {mb(lg)} | {mb(ne)} | {mb(oe)} | {oe / lg:.3f} "
-              f"| {r[n]['seconds']:.2f} | {r[o]['seconds']:.2f} | {r[o]['seconds'] / r[n]['seconds']:.2f} |")
+    for ls in lss:  # interleaved naive / ours, each in a fresh process; time = min over the repeats
+        runs = [{n: run_probe(n, ls) for n in LINEAR} for _ in range(a.repeats)]
+        r = {n: dict(runs[0][n], seconds=min(x[n]["seconds"] for x in runs)) for n in LINEAR}
+        lg = r["linear_naive_fwd"]["logits_fp32_bytes"]
+        for mode, n, o, sub in [("forward (no grad)", "linear_naive_fwd", "linear_chunked_fwd", False),
+                                ("fwd+bwd, excl. d hidden/d weight", "linear_naive_fwdbwd", "linear_chunked_fwdbwd",
+                                 True)]:
+            oe = r[o]["extra"] - (r[o]["grad_bytes"] if sub else 0)
+            ne = r[n]["extra"] - (r[n]["grad_bytes"] if sub else 0)
+            print(f"| {ls[0]:,}, {ls[1]} | {mode} | {mb(lg)} | {mb(ne)} | {mb(oe)} | {oe / lg:.3f} "
+                  f"| {r[n]['seconds']:.2f} | {r[o]['seconds']:.2f} | {r[o]['seconds'] / r[n]['seconds']:.2f} |")
 
 if __name__ == "__main__":
     main()

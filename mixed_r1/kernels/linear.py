@@ -5,43 +5,94 @@ give logp_c and lse_c; only lse is kept. Backward recomputes logits_c per chunk,
 d logits_c = g_c/T * (onehot - softmax(logits_c/T)), and accumulates d hidden_c = d logits_c @ weight and
 d weight += d logits_c^T @ hidden_c (float32 accumulator for low-precision weights). At most one chunk of
 logits exists at a time, forward and backward.
+
+Cost: the recompute is a fourth GEMM of the size of the three that naive autograd runs (forward, d hidden,
+d weight), so a chunked forward + backward costs about 4/3 of naive's GEMM time, less the naive path's
+full-size elementwise passes (log-softmax, gather/scatter, their gradients). When all tokens fit in one
+chunk (N·V ≤ 2^26 on the torch path) there is nothing to save: the softmax is kept for the backward
+(memory equal to the logits, like naive) and the recompute skipped, so small batches run at naive speed
+or better. Liger-Kernel's fused linear cross-entropy avoids the recompute by computing gradients in the
+forward, which needs the loss's gradient up front; a log-prob op cannot know it.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+from ._backend import use_triton
 from ._common import check_target_range, check_targets, impl
 
+CHUNK_ELEMS = 1 << 26  # 256 MiB of float32 logits per chunk at most (128 MiB bf16 on the GPU)
+CPU_CHUNKS = 14  # multi-chunk: a chunk holds at most ~1/14 of the logits (0.07×; the GEMMs add ~0.01×)
 
-def default_chunk_tokens(V: int, device: torch.device) -> int:
-    """Rows per chunk: ~2M logits (8 MB float32) on CPU, ~64M (128 MB bf16) on GPU."""
-    budget = (1 << 26) if device.type == "cuda" else (1 << 21)
-    return max(1, budget // max(V, 1))
+
+def default_chunk_tokens(V: int, device: torch.device, n_tokens: int | None = None) -> int:
+    """Rows per chunk. GPU (Triton path): 2^26 logits (128 MB bf16). Torch path: all ``n_tokens`` when
+    n_tokens·V ≤ 2^26, else ceil(n_tokens / 14) rows (extra memory ≈ 1/14 of the logits), at most
+    2^26 / V."""
+    cap = max(1, CHUNK_ELEMS // max(V, 1))
+    if device.type == "cuda" or n_tokens is None:
+        return cap
+    if n_tokens * V <= CHUNK_ELEMS:
+        return max(n_tokens, 1)
+    return min(math.ceil(n_tokens / CPU_CHUNKS), cap)
+
+
+def _logits_into(buf: torch.Tensor, hc: torch.Tensor, weight: torch.Tensor, inv_t: float) -> torch.Tensor:
+    """buf[:C] = (hc @ weight^T) / T in float32 (the GEMM in the weight's dtype, as on the GPU)."""
+    lg = buf[:hc.shape[0]]
+    if weight.dtype == lg.dtype:
+        torch.mm(hc, weight.t(), out=lg)
+    else:
+        lg.copy_(hc @ weight.t())
+    if inv_t != 1.0:
+        lg.mul_(inv_t)
+    return lg
 
 
 class LinearTokenLogprobsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature: float, chunk: int):
+    def forward(ctx, hidden, weight, targets, temperature: float, chunk: int, keep: bool):
         H = hidden.shape[-1]
         h = hidden.reshape(-1, H)
         tg = targets.reshape(-1)
         N = h.shape[0]
         logp = torch.empty(N, dtype=torch.float32, device=h.device)
         lse = torch.empty_like(logp)
-        for i in range(0, N, chunk):
-            lg = (h[i:i + chunk] @ weight.t()).unsqueeze(0)  # [1, C, V]
-            m, s, _, tx = impl(lg).row_stats(lg, tg[i:i + chunk].unsqueeze(0), temperature, want_z=False)
-            lse[i:i + chunk] = m + torch.log(s)
-            logp[i:i + chunk] = tx - lse[i:i + chunk]
-            del lg
+        triton = use_triton(hidden)
+        keep = keep and not triton and chunk >= N
+        probs = None
+        if triton:
+            for i in range(0, N, chunk):
+                lg = (h[i:i + chunk] @ weight.t()).unsqueeze(0)  # [1, C, V]
+                m, s, _, tx = impl(lg).row_stats(lg, tg[i:i + chunk].unsqueeze(0), temperature, want_z=False)
+                lse[i:i + chunk] = m + torch.log(s)
+                logp[i:i + chunk] = tx - lse[i:i + chunk]
+                del lg
+        else:
+            # torch path: one float32 chunk buffer reused; four in-place passes per chunk
+            buf = torch.empty(min(chunk, N), weight.shape[0], dtype=torch.float32, device=h.device)
+            for i in range(0, N, chunk):
+                lg = _logits_into(buf, h[i:i + chunk], weight, 1.0 / temperature)
+                tx = lg.gather(1, tg[i:i + chunk, None].long())[:, 0]
+                m = lg.amax(1)
+                s = lg.sub_(m[:, None]).exp_().sum(1)
+                lse[i:i + chunk] = m + torch.log(s)
+                logp[i:i + chunk] = tx - lse[i:i + chunk]
+                if keep:
+                    probs = lg.div_(s[:, None])  # softmax, for the backward
+            del buf
         ctx.save_for_backward(hidden, weight, targets, lse)
-        ctx.cfg = (temperature, chunk)
+        ctx.probs = probs  # an intermediate the backward consumes in place (not a saved tensor)
+        ctx.cfg = (temperature, chunk, triton)
         return logp.view(targets.shape)
 
     @staticmethod
     def backward(ctx, grad_logp):
         hidden, weight, targets, lse = ctx.saved_tensors
-        temperature, chunk = ctx.cfg
+        probs, ctx.probs = ctx.probs, None  # a second backward (retain_graph) recomputes instead
+        temperature, chunk, triton = ctx.cfg
         H = hidden.shape[-1]
         h = hidden.reshape(-1, H)
         tg = targets.reshape(-1)
@@ -51,27 +102,57 @@ class LinearTokenLogprobsFunction(torch.autograd.Function):
         dh = torch.empty_like(h) if need_h else None
         acc_dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
         dw = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_w else None
-        for i in range(0, N, chunk):
-            hc = h[i:i + chunk]
-            lg = (hc @ weight.t()).unsqueeze(0)
-            impl(lg).softmax_grad(lg, lg, tg[i:i + chunk].unsqueeze(0), lse[i:i + chunk], g[i:i + chunk],
-                                  temperature)
-            dl = lg[0]
-            if need_h:
-                dh[i:i + chunk] = dl @ weight
-            if need_w:
-                if dw.dtype == dl.dtype:
-                    dw.addmm_(dl.t(), hc)
+        if triton:
+            for i in range(0, N, chunk):
+                hc = h[i:i + chunk]
+                lg = (hc @ weight.t()).unsqueeze(0)
+                impl(lg).softmax_grad(lg, lg, tg[i:i + chunk].unsqueeze(0), lse[i:i + chunk], g[i:i + chunk],
+                                      temperature)
+                dl = lg[0]
+                if need_h:
+                    dh[i:i + chunk] = dl @ weight
+                if need_w:
+                    if dw.dtype == dl.dtype:
+                        dw.addmm_(dl.t(), hc)
+                    else:
+                        dw.add_((dl.t() @ hc).to(dw.dtype))
+                del lg, dl
+        else:
+            buf = probs if probs is not None else torch.empty(min(chunk, N), weight.shape[0],
+                                                               dtype=torch.float32, device=h.device)
+            gt = g.float() / temperature
+            for i in range(0, N, chunk):
+                hc = h[i:i + chunk]
+                n = hc.shape[0]
+                if probs is None:  # recompute the softmax of this chunk
+                    lg = _logits_into(buf, hc, weight, 1.0 / temperature)
+                    p = lg.sub_(lse[i:i + chunk, None]).exp_()
                 else:
-                    dw.add_((dl.t() @ hc).to(dw.dtype))
-            del lg, dl
-        return (dh.view(hidden.shape) if need_h else None, dw.to(weight.dtype) if need_w else None, None, None, None)
+                    p = buf[i:i + chunk]
+                dl = p.mul_(-gt[i:i + chunk, None])  # d logits = g/T (onehot - p), in place
+                dl[torch.arange(n, device=dl.device), tg[i:i + chunk].long()] += gt[i:i + chunk]
+                low = dl.to(weight.dtype) if weight.dtype != dl.dtype else dl
+                if need_h:
+                    torch.mm(low, weight, out=dh[i:i + chunk]) if low is dl else dh[i:i + chunk].copy_(low @ weight)
+                if need_w:
+                    dw.addmm_(dl.t(), hc if hc.dtype == dw.dtype else hc.to(dw.dtype))
+                del low
+            del buf
+        return (dh.view(hidden.shape) if need_h else None, dw.to(weight.dtype) if need_w else None,
+                None, None, None, None)
 
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                           temperature: float = 1.0, *, chunk_tokens: int | None = None) -> torch.Tensor:
-    """logp[b,t] = log softmax(hidden[b,t] @ weight^T / T)[targets[b,t]] (float32, differentiable in
-    hidden and weight), chunked over tokens (``chunk_tokens`` rows at a time)."""
+    """logp[b,t] = log softmax(hidden[b,t] @ weight^T / T)[targets[b,t]], without the [B, T, V] logits.
+
+    hidden: [B, T, H]; weight: [V, H] (the LM head, same dtype as hidden); targets: integer [B, T] in
+    [0, V). Returns float32 [B, T], differentiable in hidden and weight (gradients in their dtypes;
+    the weight's accumulated in float32). ``chunk_tokens`` rows go through the head at a time (default:
+    ``default_chunk_tokens``); when one chunk holds every token its softmax is kept for the backward
+    instead of recomputed (memory as naive, time at most naive's). Raises ValueError on bad shapes,
+    dtypes, targets out of range or temperature ≤ 0.
+    """
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, T, H], got shape {tuple(hidden.shape)}")
     if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
@@ -80,7 +161,9 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     if hidden.dtype != weight.dtype:
         raise ValueError(f"hidden and weight dtypes differ: {hidden.dtype} vs {weight.dtype}")
     check_target_range(targets, weight.shape[0])
-    chunk = chunk_tokens or default_chunk_tokens(weight.shape[0], hidden.device)
+    n_tokens = hidden.shape[0] * hidden.shape[1]
+    chunk = chunk_tokens or default_chunk_tokens(weight.shape[0], hidden.device, n_tokens)
     if chunk < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk}")
-    return LinearTokenLogprobsFunction.apply(hidden, weight, targets, float(temperature), int(chunk))
+    keep = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return LinearTokenLogprobsFunction.apply(hidden, weight, targets, float(temperature), int(chunk), keep)
