@@ -254,12 +254,15 @@ class GRPOTrainer:
                           seed=mix_seed(base, i)) for i, s in enumerate(samples)]
         params = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                 top_p=r.top_p, top_k=r.top_k, seed=base)
+        t0 = time.perf_counter()
         completions = self.generator.generate(prompts, r.group_size, params)
+        t1 = time.perf_counter()
         framed = [model_frame_sample(s, self.processor) for s in samples]
         scored = None
         if self.is_main:
             scored = self.reward([c.text for c in completions],
                                  [framed[c.prompt_index] for c in completions])
+        self.rollout_times = {"generate": t1 - t0, "reward": time.perf_counter() - t1}
         if self.cfg.parallel.backend == "mcore":  # every rank updates on rank 0's scores
             from mixed_r1.parallel.dist import broadcast_object
 
@@ -357,6 +360,7 @@ class GRPOTrainer:
 
         ro = self.rollout(step)
         t["generate_and_reward"] = time.perf_counter() - t0
+        t.update(self.rollout_times)  # its two parts: generate, reward
         self.generator.sleep()
 
         t1 = time.perf_counter()

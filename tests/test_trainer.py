@@ -47,6 +47,8 @@ def test_steps_sync_weights_and_write_metrics(trainer, tmp_path):
     logger.close()
     rows = read_metrics(tmp_path)
     assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:  # the rollout's two parts add up to it
+        assert 0 <= r["time/generate"] + r["time/reward"] <= r["time/generate_and_reward"] + 1e-6, r
     for key in ("reward/total", "reward/format", "reward/accuracy", "adv/abs_mean",
                 "response/length_mean", "time/generate_and_reward", "time/update",
                 "perf/tokens_per_s", "counters/nonfinite_skips", "lr"):

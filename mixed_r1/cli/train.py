@@ -64,9 +64,9 @@ def _bench(args: argparse.Namespace) -> int:
     from mixed_r1.trainer import bench_step
 
     rows = bench_step(cfg, args.steps)
-    phases = ("generate_and_reward", "old_ref_logprobs", "update", "sync", "step")
+    phases = ("generate", "reward", "old_ref_logprobs", "update", "sync", "step")
     print(f"{'phase':<22}{'seconds':>10}{'share':>8}")
-    for ph in phases:
+    for ph in phases:  # generate + reward = generate_and_reward
         sec = sum(r[f"time/{ph}"] for r in rows) / len(rows)
         tot = sum(r["time/step"] for r in rows) / len(rows)
         print(f"{ph:<22}{sec:>10.3f}{sec / tot:>8.1%}")
