@@ -24,7 +24,7 @@ from ._backend import use_triton
 from ._common import check_target_range, check_targets, impl
 
 CHUNK_ELEMS = 1 << 26  # 256 MiB of float32 logits per chunk at most (128 MiB bf16 on the GPU)
-CPU_CHUNKS = 14  # multi-chunk: a chunk holds at most ~1/14 of the logits (0.07×; the GEMMs add ~0.01×)
+CPU_CHUNKS = 14  # multi-chunk: a chunk holds at most ~1/14 of the logits (extra memory ≈ 0.07× the logits)
 
 
 def default_chunk_tokens(V: int, device: torch.device, n_tokens: int | None = None) -> int:
