@@ -199,6 +199,7 @@ class Rollouts:
     rewards: Any  # RewardBatch
     advantages: torch.Tensor
     keep: list[int] = field(default_factory=list)  # rows that enter the update
+    times: dict[str, float] = field(default_factory=dict)  # seconds: generate, reward
 
 
 class GRPOTrainer:
@@ -262,7 +263,7 @@ class GRPOTrainer:
         if self.is_main:
             scored = self.reward([c.text for c in completions],
                                  [framed[c.prompt_index] for c in completions])
-        self.rollout_times = {"generate": t1 - t0, "reward": time.perf_counter() - t1}
+        times = {"generate": t1 - t0, "reward": time.perf_counter() - t1}
         if self.cfg.parallel.backend == "mcore":  # every rank updates on rank 0's scores
             from mixed_r1.parallel.dist import broadcast_object
 
@@ -278,7 +279,7 @@ class GRPOTrainer:
                 continue
             keep.extend(i for i in idx if completions[i].token_ids)
         texts = [render_prompt(s, self.processor) for s in samples]
-        return Rollouts(framed, texts, completions, scored, adv, keep)
+        return Rollouts(framed, texts, completions, scored, adv, keep, times)
 
     def micro_batches(self, ro: Rollouts, step: int) -> list[list[PolicyBatch | None]]:
         """Kept rows, shuffled (seeded by step), cut into micro-batches (``micro_batch_size`` rows,
@@ -360,7 +361,7 @@ class GRPOTrainer:
 
         ro = self.rollout(step)
         t["generate_and_reward"] = time.perf_counter() - t0
-        t.update(self.rollout_times)  # its two parts: generate, reward
+        t.update(ro.times)  # its two parts: generate, reward
         self.generator.sleep()
 
         t1 = time.perf_counter()

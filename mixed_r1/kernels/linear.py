@@ -131,12 +131,10 @@ class LinearTokenLogprobsFunction(torch.autograd.Function):
                     p = buf[i:i + chunk]
                 dl = p.mul_(-gt[i:i + chunk, None])  # d logits = g/T (onehot - p), in place
                 dl[torch.arange(n, device=dl.device), tg[i:i + chunk].long()] += gt[i:i + chunk]
-                low = dl.to(weight.dtype) if weight.dtype != dl.dtype else dl
-                if need_h:
-                    torch.mm(low, weight, out=dh[i:i + chunk]) if low is dl else dh[i:i + chunk].copy_(low @ weight)
+                if need_h:  # the GEMM in the weight's dtype (a no-op cast for float32)
+                    torch.mm(dl.to(weight.dtype), weight, out=dh[i:i + chunk])
                 if need_w:
-                    dw.addmm_(dl.t(), hc if hc.dtype == dw.dtype else hc.to(dw.dtype))
-                del low
+                    dw.addmm_(dl.t(), hc.to(dw.dtype))
             del buf
         return (dh.view(hidden.shape) if need_h else None, dw.to(weight.dtype) if need_w else None,
                 None, None, None, None)
