@@ -100,8 +100,9 @@ class AlgoConfig:
     # token budget of one micro-batch (rows x padded length, prompt + completion): when set, each
     # update's rows are sorted by length and cut by it (micro_batch_size then caps the rows)
     max_tokens_per_micro_batch: int | None = None
-    # HF backend, text LMs: each micro-batch's rows packed into one sequence without padding
-    # (attention kept within each row; verl's use_remove_padding); the budget then counts Σ tokens
+    # text LMs: each micro-batch's rows packed into one sequence without padding (attention kept
+    # within each row; verl's use_remove_padding; megatron-core THD PackedSeqParams on the
+    # megatron backend); the budget then counts Σ tokens
     pack_sequences: bool = False
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards all tie
     # truncated importance sampling against the sampler/trainer mismatch: none | token_tis,
@@ -254,9 +255,6 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if budget is not None and budget < longest:
         raise ConfigError(f"config key 'algo.max_tokens_per_micro_batch'={budget} is below the "
                           f"longest row, rollout.max_prompt_length + max_new_tokens = {longest}")
-    if cfg.algo.pack_sequences and cfg.parallel.backend != "hf":
-        raise ConfigError("config key 'algo.pack_sequences' is built for parallel.backend: hf "
-                          "(megatron-core packed sequences are not wired yet)")
     if cfg.algo.pack_sequences and cfg.model.kind != "pretrained":
         raise ConfigError("config key 'algo.pack_sequences' needs a text LM (model.kind: "
                           "pretrained); Qwen2.5-VL's 3-D rope positions are not packed")

@@ -1,15 +1,17 @@
 """Two GRPO updates of a tiny text LM on the megatron-core engine, at any TP/PP/DP layout (gloo ranks).
 
     torchrun --nproc_per_node N tests/engine_checks.py HF_DIR OUT TP PP [dist_opt] [layers=a,b]
-        [recompute=selective|full]
+        [recompute=selective|full] [packed]
 
 Every rank builds the same fixed micro-batches (4 of 2 rows: left-padded prompts of 3–6 tokens,
 right-padded completions of 2–5 tokens, seeded), takes old log-probs with ``forward_logprobs``
 (PPO-style, so the second update clips), reference log-probs 0.1 below them (β = 0.05, k3 KL), and
 runs ``run_update`` twice at lr 1e-3 (float32). DP = N / (TP·PP). Rank 0 writes ``OUT/result.json``
-(the update metrics, the old log-probs, every rank's optimizer-state bytes: Adam moments plus
+(the update metrics, the old log-probs, the completion tokens and the positions each rank's LM
+head computed, every rank's optimizer-state bytes: Adam moments plus
 separate fp32 masters; the number of megatron activation-checkpoint forwards) and
-``OUT/weights.safetensors`` (the updated weights streamed to HF names).
+``OUT/weights.safetensors`` (the updated weights streamed to HF names). ``packed``: the same rows
+packed into one sequence per micro-batch (:func:`mixed_r1.data.prompts.pack_rows`, megatron-core THD).
 """
 import json
 import os
@@ -50,6 +52,23 @@ def batches(vocab: int):
     return out
 
 
+def packed(mbs):
+    """The same micro-batches with their rows packed into one ``[1, N]`` sequence without padding."""
+    from mixed_r1.data.prompts import pack_rows
+    from mixed_r1.engine import PolicyBatch
+
+    out = []
+    for mb in mbs:
+        ids, am = mb.inputs["input_ids"], mb.inputs["attention_mask"]
+        P = ids.shape[1] - mb.targets.shape[1]
+        prompts = [ids[r, :P][am[r, :P].bool()].tolist() for r in range(ids.shape[0])]
+        comps = [mb.targets[r][mb.mask[r].bool()].tolist() for r in range(ids.shape[0])]
+        inputs, targets, mask, index = pack_rows(prompts, comps, 0)
+        out.append(PolicyBatch(inputs=inputs, targets=targets, mask=mask, logit_index=index,
+                               advantages=mb.advantages, num_items=mb.num_items))
+    return out
+
+
 def main() -> None:
     import torch
     import torch.distributed as dist
@@ -82,7 +101,17 @@ def main() -> None:
         kw["recompute"] = recompute
     eng = MegatronEngine.from_hf(hf_dir, out / "mcore", lr=1e-3, weight_decay=0.01,
                                  use_distributed_optimizer="dist_opt" in extra, **kw)
+    from mixed_r1.parallel.schedule import find_output_layer
+
+    head_rows = [0]  # positions that went through the LM head (this rank's last stage)
+    head = find_output_layer(eng.model)
+    if head is not None:
+        head.register_forward_hook(
+            lambda mod, args, out: head_rows.__setitem__(0, head_rows[0] + args[0].shape[0]
+                                                         * args[0].shape[1]))
     mbs = batches(eng.arch.vocab_size)
+    if "packed" in extra:
+        mbs = packed(mbs)
     old = []
     for mb in mbs:
         mb.old_logprobs = eng.forward_logprobs(mb)
@@ -103,11 +132,16 @@ def main() -> None:
         own += sum(nbytes(p) for p in eng._optimizer_params())
     per_rank = [None] * dist.get_world_size()
     dist.all_gather_object(per_rank, own)
+    heads = [None] * dist.get_world_size()
+    dist.all_gather_object(heads, head_rows[0])
     if dist.get_rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         save_file(weights, str(out / "weights.safetensors"))
         (out / "result.json").write_text(json.dumps({"updates": updates, "old": old,
                                                      "optimizer_bytes": per_rank,
+                                                     "head_positions": heads,
+                                                     "tokens": sum(float(mb.mask.sum())
+                                                                   for mb in mbs),
                                                      "checkpoint_calls": calls[0]}))
     dist.barrier()
     os._exit(0)

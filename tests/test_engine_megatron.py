@@ -138,3 +138,34 @@ def test_activation_recompute_is_exact(models, reference, tmp_path, mode):
         assert g["loss"] == r["loss"] and g["grad_norm"] == r["grad_norm"]
     assert all(torch.equal(got["weights"][k], reference["tied"]["weights"][k])
                for k in got["weights"])
+
+
+def _same_old_logprobs(got: dict, ref: dict) -> None:
+    """Old log-probs of every micro-batch within 1e-5 (a packed batch's [B, T] is as wide as its
+    longest completion; the padded reference's extra columns are masked zeros)."""
+    for g, r in zip(got["old"], ref["old"], strict=True):
+        g, r = torch.tensor(g), torch.tensor(r)
+        assert torch.allclose(g, r[:, :g.shape[1]], atol=1e-5, rtol=0), (g - r[:, :g.shape[1]]).abs().max()
+        assert not r[:, g.shape[1]:].any()
+
+
+@pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2)])
+def test_packed_rows_match_the_padded_updates(models, reference, tmp_path, tp, pp):
+    """Rows packed into one sequence per micro-batch (megatron-core THD ``PackedSeqParams``:
+    attention confined to each row by ``PackedDotProductAttention``, RoPE restarting per row)
+    give the padded single-rank updates: log-probs within 1e-5, every metric within 1e-5
+    relative, the same weights. TP=2 shards the heads; PP=2 pads the packs of one update to one
+    length (the pipeline sends one activation shape), the pad a row of its own."""
+    got = _run(models["tied"], tmp_path, 2, tp, pp, "packed")
+    tokens = 3 * got["tokens"]  # the LM head of each last stage sees only completion positions
+    assert got["head_positions"] == ([tokens] * 2 if tp == 2 else [0, tokens])
+    _same_old_logprobs(got, reference["tied"])
+    _same_updates(got, reference["tied"], models["tied"])
+
+
+def test_only_completion_positions_reach_the_lm_head(reference):
+    """The last stage slices its hidden states to the completion positions before the output
+    layer: over the run (one log-prob pass and two updates of the same micro-batches) the head
+    computes exactly 3 × the completion tokens, not every padded position."""
+    ref = reference["tied"]
+    assert ref["head_positions"] == [3 * ref["tokens"]]

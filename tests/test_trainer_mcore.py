@@ -217,3 +217,29 @@ def test_pack_microbatch_left_aligns_rows():
     assert (got * mask.long()).tolist() == (targets * mask.long()).tolist()
     logp = torch.arange(27, dtype=torch.float32).view(3, 9)
     assert completion_logprobs(logp, mb, mask).tolist() == [[1.0, 2.0, 0.0], [12.0, 13.0, 14.0]]
+
+
+def test_pack_thd_microbatch_cuts_rows_at_position_zero():
+    """A packed batch → megatron-core THD: ``cu_seqlens`` at every row start (position 0), the
+    longest row as ``max_seqlen``, a pad tail to ``seq_len`` as one more row, targets shifted by
+    one; the gather index reads each completion token's scoring position."""
+    from mixed_r1.data.prompts import pack_rows
+    from mixed_r1.engine import PolicyBatch
+    from mixed_r1.engine.megatron import completion_logprobs, pack_thd_microbatch
+
+    inputs, targets, mask, index = pack_rows([[5, 6], [9, 10, 11]], [[7, 8], [12]], 0)
+    b = PolicyBatch(inputs=inputs, targets=targets, mask=mask, advantages=torch.zeros(2),
+                    logit_index=index)
+    mb = pack_thd_microbatch(b, 0, seq_len=10)
+    psp = mb["packed_seq_params"]
+    assert psp.qkv_format == "thd" and psp.cu_seqlens_q.dtype == torch.int32
+    assert psp.cu_seqlens_q.tolist() == psp.cu_seqlens_kv.tolist() == [0, 4, 8, 10]
+    assert psp.max_seqlen_q == psp.max_seqlen_kv == 4
+    assert mb["input_ids"].tolist() == [[5, 6, 7, 8, 9, 10, 11, 12, 0, 0]]
+    assert mb["position_ids"].tolist() == [[0, 1, 2, 3, 0, 1, 2, 3, 0, 1]]
+    assert mb["targets"][0][mb["gather_index"]].mul(mask.long()).tolist() == [[7, 8], [12, 0]]
+    logp = torch.arange(10, dtype=torch.float32)[None]
+    assert completion_logprobs(logp, mb, mask).tolist() == [[1.0, 2.0], [6.0, 0.0]]
+    assert pack_thd_microbatch(b, 0)["packed_seq_params"].cu_seqlens_q.tolist() == [0, 4, 8]
+    with pytest.raises(ValueError, match="seq_len 7 is below the pack's 8 tokens"):
+        pack_thd_microbatch(b, 0, seq_len=7)

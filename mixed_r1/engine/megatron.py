@@ -22,6 +22,14 @@ Rules:
   never sees a pad before a real token, positions start at 0 (mrope positions come from HF's own
   ``get_rope_index`` with the right-padded attention mask), and completion token ``k`` of a row
   whose prompt holds ``p`` real tokens is scored by the logits at position ``p - 1 + k``.
+- **Packed rows** (``algo.pack_sequences``, text LMs): a packed batch (``[1, N]`` without
+  padding, :func:`mixed_r1.data.prompts.pack_rows`) goes to megatron-core in its THD layout with
+  ``PackedSeqParams`` (:func:`pack_thd_microbatch`): attention confined to each row, RoPE restarting
+  per row; TE's attention on GPUs, ``PackedDotProductAttention`` on the local spec.
+- **Only completion positions reach the LM head**: the last stage's hidden states are sliced to
+  the positions that score completion tokens before the output layer
+  (:func:`select_completion_positions`), so the logits are ``[n, V/TP]`` for ``n`` completion
+  tokens, not ``[rows · s, V/TP]``.
 - **Log-probs and entropy** come from the vocab-parallel op on the last stage
   (:func:`mixed_r1.parallel.pipeline_logprobs`); forward-only log-probs are broadcast over the pipeline
   group, so every rank returns the same ``[B, T]`` tensor.
@@ -115,8 +123,90 @@ def pack_microbatch(batch: Any, pad_id: int, rows: int | None = None,
     return mb
 
 
+def pack_thd_microbatch(batch: Any, pad_id: int, seq_len: int | None = None) -> dict[str, Any]:
+    """A packed :class:`~mixed_r1.engine.base.PolicyBatch` (``inputs`` = ``input_ids`` and
+    ``position_ids`` [1, N], positions restarting at 0 on every row; ``logit_index`` [B, T]) → the
+    schedule's microbatch dict in megatron-core's THD layout.
+
+    Keys: ``input_ids``/``position_ids``/``targets`` [1, S] (``targets[0, j]`` is the token at
+    ``j + 1``), ``packed_seq_params`` (``PackedSeqParams(qkv_format="thd")`` with int32
+    ``cu_seqlens`` [rows + 1] on the tokens' device, ``max_seqlen`` the longest row), ``gather_index``
+    = ``logit_index``, ``n_rows`` = B and ``packed`` = True. ``seq_len`` (≥ N) pads the pack to
+    ``S`` tokens — the pipeline schedule sends one activation shape for all its micro-batches — with
+    pad tokens forming one more row of their own, which no target reads. Raises ValueError when the
+    positions do not start a row at token 0 or ``seq_len`` < N.
+    """
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    ids, pos = batch.inputs["input_ids"], batch.inputs["position_ids"]
+    if ids.dim() != 2 or ids.shape[0] != 1 or pos.shape != ids.shape:
+        raise ValueError(f"a packed batch holds input_ids/position_ids [1, N], got "
+                         f"{tuple(ids.shape)} / {tuple(pos.shape)}")
+    N = ids.shape[1]
+    S = N if seq_len is None else int(seq_len)
+    if S < N:
+        raise ValueError(f"seq_len {S} is below the pack's {N} tokens")
+    starts = (pos[0] == 0).nonzero().flatten().tolist()
+    if not starts or starts[0] != 0:
+        raise ValueError("a packed batch's position_ids must start a row (0) at token 0")
+    bounds = starts + [N] + ([S] if S > N else [])
+    new_ids, new_pos = ids, pos
+    if S > N:
+        new_ids = torch.cat([ids, torch.full((1, S - N), pad_id, dtype=ids.dtype, device=ids.device)], 1)
+        new_pos = torch.cat([pos, torch.arange(S - N, dtype=pos.dtype, device=pos.device)[None]], 1)
+    targets = torch.full_like(new_ids, pad_id)
+    targets[:, :-1] = new_ids[:, 1:]
+    cu = torch.tensor(bounds, dtype=torch.int32, device=ids.device)
+    longest = max(b - a for a, b in zip(bounds[:-1], bounds[1:]))
+    psp = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                          max_seqlen_q=longest, max_seqlen_kv=longest)
+    return {"input_ids": new_ids, "position_ids": new_pos, "targets": targets,
+            "packed_seq_params": psp, "gather_index": batch.logit_index,
+            "n_rows": batch.targets.shape[0], "packed": True}
+
+
+def select_completion_positions(mb: dict[str, Any], mask: torch.Tensor) -> dict[str, Any]:
+    """Add the keys that send only the completion positions through the LM head
+    (:mod:`mixed_r1.parallel.schedule`): ``head_index`` = (sequence positions, rows) [n] int64 of
+    the ``n`` tokens where ``mask`` [B, T] is 1 (row-major), ``head_targets`` [1, n] the tokens they
+    score, ``head_mask`` the bool mask. The logits are then [1, n, V/TP] instead of
+    [rows, s, V/TP]. A mask without tokens leaves ``mb`` unchanged (the whole head runs)."""
+    keep = mask.to(mb["targets"].device).bool()
+    if not keep.any():
+        return mb
+    pos = mb["gather_index"][keep]
+    if mb.get("packed"):
+        row = torch.zeros_like(pos)
+    else:
+        row = torch.arange(keep.shape[0], device=pos.device)[:, None].expand_as(keep)[keep]
+    mb["head_index"] = (pos, row)
+    mb["head_targets"] = mb["targets"][row, pos][None]
+    mb["head_mask"] = keep
+    return mb
+
+
+def to_microbatch(batch: Any, pad_id: int, rows: int | None = None,
+                  seq_len: int | None = None, completion_head: bool = True) -> dict[str, Any]:
+    """:func:`pack_thd_microbatch` for a packed batch (``logit_index`` set), else
+    :func:`pack_microbatch` (left-aligned rows); ``seq_len`` is the length to pad to (packed: the
+    token count; padded: the row width) and ``rows`` the row count (padded layout only).
+    ``completion_head``: only the completion positions go through the LM head
+    (:func:`select_completion_positions`)."""
+    if batch.logit_index is not None:
+        mb = pack_thd_microbatch(batch, pad_id, seq_len)
+    else:
+        mb = pack_microbatch(batch, pad_id, rows, seq_len)
+    return select_completion_positions(mb, batch.mask) if completion_head else mb
+
+
 def completion_logprobs(logp: torch.Tensor, mb: dict[str, Any], mask: torch.Tensor) -> torch.Tensor:
-    """[b, s] per-position values of the packed rows → [B, T] completion values (0 where ``mask`` is 0)."""
+    """Per-position values of the microbatch (``[rows, s]``, ``[1, S]`` packed, or ``[1, n]`` when
+    only the completion positions went through the head) → [B, T] completion values (0 where
+    ``mask`` is 0)."""
+    if mb.get("head_index") is not None:
+        return logp.new_zeros(mb["head_mask"].shape).masked_scatter(mb["head_mask"], logp[0])
+    if mb.get("packed"):
+        return logp[0][mb["gather_index"]] * mask.to(logp.dtype)
     n = mb["n_rows"]
     return logp[:n].gather(1, mb["gather_index"]) * mask.to(logp.dtype)
 
@@ -156,6 +246,9 @@ class MegatronEngine:
         self.is_vl = arch.is_vl
         self.distributed_optimizer = bool(use_distributed_optimizer)
         self._embed_table: torch.Tensor | None = None
+        # only completion positions through the LM head (megatron slices before the head itself
+        # for inference); a sequence-parallel head gathers its input, so it takes every position
+        self.completion_head = not getattr(module.config, "sequence_parallel", False)
         self.optimizer = None
         if not trainable:
             module.eval()
@@ -236,7 +329,7 @@ class MegatronEngine:
 
     def forward_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
         """[B, T] float32 log-probs of ``batch.targets`` (no grad), identical on every rank."""
-        mb = pack_microbatch(batch, self.pad_id)
+        mb = to_microbatch(batch, self.pad_id, completion_head=self.completion_head)
         was_training = self.model.training
         self.model.eval()
         try:
@@ -264,11 +357,17 @@ class MegatronEngine:
         results: list[MicroBatchResult] = []
         if order:
             local = [micro_batches[i] for i in order]
-            rows = max(mb.targets.shape[0] for mb in local)
-            seq = max(int(mb.inputs["attention_mask"].sum(1).max()) + 1 for mb in local)
+            if any((mb.logit_index is None) != (local[0].logit_index is None) for mb in local):
+                raise ValueError("micro-batches of one update are all packed or all padded")
+            rows = seq = None  # one pipeline stage: each micro-batch keeps its own shape
+            if state.pp_size() > 1:  # the pipeline sends one activation shape for all of them
+                rows = max(mb.targets.shape[0] for mb in local)
+                seq = (max(mb.inputs["input_ids"].shape[1] for mb in local)
+                       if local[0].logit_index is not None
+                       else max(int(mb.inputs["attention_mask"].sum(1).max()) + 1 for mb in local))
             packed = []
             for i, mb in zip(order, local):
-                pk = pack_microbatch(mb, self.pad_id, rows, seq)
+                pk = to_microbatch(mb, self.pad_id, rows, seq, self.completion_head)
                 pk["_batch"], pk["_index"] = mb, i
                 packed.append(pk)
 
@@ -507,4 +606,5 @@ class _EmbedKeepingStream:
             yield name, tensor
 
 
-__all__ = ["MegatronEngine", "completion_logprobs", "current_device", "pack_microbatch"]
+__all__ = ["MegatronEngine", "completion_logprobs", "current_device", "pack_microbatch",
+           "pack_thd_microbatch", "select_completion_positions", "to_microbatch"]

@@ -1,7 +1,10 @@
 """Pipeline-parallel scoring with megatron-core's 1F1B schedule (``get_forward_backward_func``).
 
 Each microbatch is a dict ``{"input_ids": [b, s], "targets": [b, s], "mask": [b, s] (optional),
-"position_ids": [b, s] or [3, b, s] (mrope, optional)}``; a multimodal microbatch adds ``pixel_values``,
+"position_ids": [b, s] or [3, b, s] (mrope, optional), "packed_seq_params" (megatron-core THD packed
+rows, b = 1, optional), "head_index" + "head_targets" (optional: only the ``n`` positions
+``(head_index[0][i], head_index[1][i])`` — sequence position, row — go through the LM head, and the
+log-probs come back as [1, n] of ``head_targets`` [1, n])}``; a multimodal microbatch adds ``pixel_values``,
 ``image_grid_thw`` and ``mm_token_type_ids`` (handed to the model on the first stage only), and a model with a
 ``prepare_microbatch(mb)`` method (the Qwen2.5-VL policy: it adds the mrope ``position_ids`` every stage
 needs) gets to prepare each microbatch on every stage before the schedule runs. The last stage turns its
@@ -50,21 +53,73 @@ class PipelineResult:
     losses: list[torch.Tensor] = field(default_factory=list)
 
 
+def find_output_layer(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The LM head (megatron ``output_layer``) of this stage's model, through wrappers (DDP,
+    ``Float16Module``) and a multimodal policy's ``language_model``; None off the last stage or
+    when its input is sequence-parallel (then the head gathers the hidden states itself)."""
+    lm = _model_attr(model, "language_model") or model
+    head = _model_attr(lm, "output_layer")
+    if head is None or getattr(head, "sequence_parallel", False):
+        return None
+    return head
+
+
+class _HeadSelect:
+    """Forward pre-hook on the output layer: hidden ``[s, b, h]`` → only the positions the loss
+    reads, ``[n, 1, h]`` (megatron itself slices the hidden states before its head for inference,
+    ``materialize_only_last_token_logits``). ``index`` = (sequence positions [n], rows [n]) while a
+    selected micro-batch runs, else None (the hook passes the input through)."""
+
+    def __init__(self) -> None:
+        self.index: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, module, args, kwargs):
+        if self.index is None:
+            return None
+        pos, row = self.index
+        return (args[0][pos, row].unsqueeze(1),) + tuple(args[1:]), kwargs
+
+
+def _head_select(head: torch.nn.Module) -> _HeadSelect:
+    hook = getattr(head, "_mixed_r1_head_select", None)
+    if hook is None:
+        hook = _HeadSelect()
+        head.register_forward_pre_hook(hook, with_kwargs=True)
+        head._mixed_r1_head_select = hook
+    return hook
+
+
 def _forward_step(arch: Any, loss_fn: LossFn, temperature: float, with_entropy: bool,
                   per_token_loss: bool, data_iterator, model):
     mb = next(data_iterator)
     first = state.is_first_stage()
     ids = mb["input_ids"] if first else None
     extra = {k: mb[k] for k in MM_KEYS if first and mb.get(k) is not None}
-    out = model(ids, mb.get("position_ids"), None, **extra)
+    if mb.get("packed_seq_params") is not None:  # THD rows: every stage's attention needs them
+        extra["packed_seq_params"] = mb["packed_seq_params"]
+    targets = mb["targets"]
+    select = None
+    if mb.get("head_index") is not None and state.is_last_stage():
+        head = find_output_layer(model)
+        if head is None:
+            raise ValueError("a microbatch with 'head_index' needs this stage's output layer "
+                             "(last stage, no sequence parallelism)")
+        select = _head_select(head)
+        targets = mb["head_targets"]
+        select.index = mb["head_index"]
+    try:
+        out = model(ids, mb.get("position_ids"), None, **extra)
+    finally:
+        if select is not None:
+            select.index = None
 
     def loss_func(logits_shard: torch.Tensor):
         if with_entropy:
-            logp, ent = shard_token_logprobs(logits_shard, mb["targets"], arch, temperature,
+            logp, ent = shard_token_logprobs(logits_shard, targets, arch, temperature,
                                              return_entropy=True)
             loss = loss_fn(logp, mb, entropy=ent)
         else:
-            logp = shard_token_logprobs(logits_shard, mb["targets"], arch, temperature)
+            logp = shard_token_logprobs(logits_shard, targets, arch, temperature)
             loss = loss_fn(logp, mb)
         stats = {"logprobs": logp.detach(), "loss": loss.detach()}
         if per_token_loss:  # the loss is already normalized: megatron must not divide it again

@@ -3,7 +3,11 @@ decoder, Llama without the q/k/v bias): build ``GPTModel`` from an HF config and
 shards. Its logits stay vocab-sharded [b, s, V/TP]; :mod:`mixed_r1.parallel.vocab` scores them.
 
 Layer spec: Transformer-Engine's where TE is installed (and CUDA present), megatron's local spec
-(torch RMSNorm, unfused attention) otherwise. Vocab is padded to a multiple of TP (the pad columns
+(torch RMSNorm, unfused attention) otherwise. Packed sequences (megatron-core ``PackedSeqParams``,
+``qkv_format="thd"``: rows concatenated into one ``[1, N]`` sequence with ``cu_seqlens``) run on
+both: TE's attention takes THD itself; on the local spec the core attention is
+:class:`PackedDotProductAttention`, megatron's own unfused attention applied row by row (RoPE
+restarts per row in megatron's ``apply_rotary_pos_emb`` with ``cu_seqlens`` on either spec). Vocab is padded to a multiple of TP (the pad columns
 are masked by the vocab-parallel ops).
 
 Pipeline split: the per-stage layer counts of
@@ -13,6 +17,7 @@ from an mcore checkpoint is built with the split its manifest records.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,13 +34,56 @@ def has_transformer_engine() -> bool:
     return importlib.util.find_spec("transformer_engine") is not None and torch.cuda.is_available()
 
 
+@functools.cache
+def _packed_dot_product_attention():
+    """The :class:`PackedDotProductAttention` class (built on first use: megatron imports lazily)."""
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+    from megatron.core.transformer.enums import AttnMaskType
+
+    class PackedDotProductAttention(DotProductAttention):
+        """megatron-core's local ``DotProductAttention`` that also takes THD packed sequences.
+
+        Without ``packed_seq_params`` it is the parent unchanged. With ``qkv_format="thd"``
+        (query/key/value ``[t, heads/TP, head_dim]``, ``t = cu_seqlens[-1]``) every row
+        ``cu_seqlens[i]:cu_seqlens[i+1]`` goes through the parent's causal attention on its own
+        (``[s_i, 1, heads, d]``, no mask tensor), so each row sees exactly what it sees unpacked
+        and the work is ``Σ s_i²`` rather than ``t²``. Returns ``[t, 1, heads/TP · head_dim]``.
+        Raises ValueError for another ``qkv_format`` or unequal query/key ``cu_seqlens``
+        (cross-attention packs are not built here).
+        """
+
+        def forward(self, query, key, value, attention_mask, attn_mask_type=None,
+                    attention_bias=None, packed_seq_params=None):
+            if packed_seq_params is None:
+                return super().forward(query, key, value, attention_mask,
+                                       attn_mask_type=attn_mask_type, attention_bias=attention_bias)
+            psp = packed_seq_params
+            if psp.qkv_format != "thd":
+                raise ValueError(f"packed sequences need qkv_format='thd', got {psp.qkv_format!r}")
+            cu_q = psp.cu_seqlens_q_padded if psp.cu_seqlens_q_padded is not None else psp.cu_seqlens_q
+            cu_k = psp.cu_seqlens_kv_padded if psp.cu_seqlens_kv_padded is not None else psp.cu_seqlens_kv
+            if cu_k is not None and not torch.equal(cu_q, cu_k):
+                raise ValueError("packed self-attention needs cu_seqlens_q == cu_seqlens_kv")
+            bounds = cu_q.tolist()
+            outs = [super(PackedDotProductAttention, self).forward(
+                        query[a:b].unsqueeze(1), key[a:b].unsqueeze(1), value[a:b].unsqueeze(1),
+                        None, attn_mask_type=AttnMaskType.causal, attention_bias=attention_bias)
+                    for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            return torch.cat(outs, dim=0)
+
+    return PackedDotProductAttention
+
+
 def layer_spec(arch: LMArch):
-    """TE layer spec when TE + CUDA are present, else the local spec (RMSNorm via torch)."""
+    """TE layer spec when TE + CUDA are present, else the local spec (RMSNorm via torch) with
+    :class:`PackedDotProductAttention` as its core attention (packed THD rows as well as padded)."""
     from megatron.core.models.gpt import gpt_layer_specs as S
 
     if has_transformer_engine():
         return S.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=False)
-    return S.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec = S.get_gpt_layer_local_spec(normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = _packed_dot_product_attention()
+    return spec
 
 
 def build_gpt_model(arch: LMArch, *, params_dtype: torch.dtype = torch.float32,
