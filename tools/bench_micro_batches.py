@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Padding and update time: row-count micro-batches vs token-budget ones, same rows, one run.
 
-    python tools/bench_micro_batches.py [--rows 64] [--layers 4] [--reps 3]
+    python tools/bench_micro_batches.py [--backend hf|mcore] [--rows 64] [--layers 4] [--reps 3]
 
 Rows: ``--rows`` prompt + completion pairs with prompts of 40–120 tokens and completions of
 16–256 tokens (uniform, seeded), in a seeded shuffle as the trainer draws them, laid out as the
@@ -9,15 +9,20 @@ trainer lays them out (prompts left-padded, completions right-padded). Policy: S
 architecture (hidden 576, 9 heads / 3 KV heads, FFN 1536, 49,152-token tied vocab) with
 ``--layers`` decoder layers (30 in the real model; fewer keep the CPU run short, and the padding
 share of the cost does not depend on depth), random weights, float32, through
-:class:`mixed_r1.engine.HFEngine` and the trainer's GRPO loss (dapo, β = 0).
+:class:`mixed_r1.engine.HFEngine` (``--backend hf``) or :class:`mixed_r1.engine.megatron.MegatronEngine`
+(``--backend mcore``: the same weights converted to megatron-core, one gloo rank, the local layer
+spec) and the trainer's GRPO loss (dapo, β = 0).
 
 Paths: ``rows`` = micro-batches of ``--micro-batch-size`` rows (``algo.micro_batch_size``);
 ``tokens`` = ``algo.max_tokens_per_micro_batch`` set to the largest row-count micro-batch's
 padded size (the same peak activation memory); ``packed`` = ``algo.pack_sequences`` with the
 same budget, now counting packed tokens (rows concatenated without padding, attention within
-each row through transformers' packed-sequence mask). Timed: forward + backward of the whole update
+each row: transformers' packed-sequence mask over the whole pack on HF; megatron-core THD
+``PackedSeqParams``, attention row by row, on mcore). Timed: forward + backward of the whole update
 (``forward_backward`` over every micro-batch) and the no-grad log-prob pass, interleaved,
-``--reps`` times after one warm-up of each; median and minimum.
+``--reps`` times after one warm-up of each; median and minimum. Positions: those the backend
+computes (HF: rows × (longest prompt + longest completion); megatron re-aligns every row to the
+left: rows × (longest row + 1); packed: Σ row lengths).
 """
 from __future__ import annotations
 
@@ -70,8 +75,32 @@ def policy_batch(rows: list[int], parts: dict[int, tuple[int, int]], vocab: int,
                        logit_index=index)
 
 
+def megatron_engine(model, pad: int):
+    """``model`` saved, converted to megatron-core and loaded as a one-rank (gloo) MegatronEngine."""
+    import atexit
+    import os
+    import shutil
+    import socket
+    import tempfile
+
+    from mixed_r1.engine.megatron import MegatronEngine
+    from mixed_r1.parallel import init_parallel
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
+                      LOCAL_RANK="0")
+    init_parallel()
+    root = Path(tempfile.mkdtemp(prefix="bench_mb_"))
+    atexit.register(shutil.rmtree, root, True)
+    model.save_pretrained(root / "hf")
+    return MegatronEngine.from_hf(root / "hf", root / "mcore", pad_id=pad, lr=1e-6)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--backend", choices=("hf", "mcore"), default="hf")
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--micro-batch-size", type=int, default=8)
     ap.add_argument("--layers", type=int, default=4)
@@ -91,7 +120,11 @@ def main() -> int:
                       num_hidden_layers=args.layers, num_attention_heads=9, num_key_value_heads=3,
                       max_position_embeddings=2048, tie_word_embeddings=True, rms_norm_eps=1e-5,
                       rope_theta=100000.0, pad_token_id=pad)
-    engine = HFEngine(LlamaForCausalLM(cfg).float(), lr=1e-6)
+    model = LlamaForCausalLM(cfg).float()
+    if args.backend == "hf":
+        engine = HFEngine(model, lr=1e-6)
+    else:
+        engine = megatron_engine(model, pad)
     loss = PolicyLoss(LossConfig(loss_type="dapo", beta=0.0, eps_low=0.2, eps_high=0.28))
 
     lengths = make_rows(args.rows, args.seed)
@@ -131,7 +164,8 @@ def main() -> int:
 
     real = sum(p + c for p, c in lengths)
     print(f"{args.rows} rows: prompts 40-120, completions 16-256 tokens ({real} tokens); "
-          f"SmolLM2-135M shape with {args.layers} layers, float32, torch threads "
+          f"SmolLM2-135M shape with {args.layers} layers, float32, {args.backend} backend, "
+          f"torch threads "
           f"{torch.get_num_threads()}; token budget {budget} (= the largest {mbs}-row "
           f"micro-batch); median (min) of {args.reps}")
     head = f"{'path':<8}{'micro-batches':>14}{'positions':>11}{'padding':>9}"
@@ -139,6 +173,8 @@ def main() -> int:
     print(head)
     for name, layout in layouts.items():
         pos = padded_positions(layout, parts, packed=name == "packed")
+        if args.backend == "mcore" and name != "packed":  # megatron left-aligns each row
+            pos = sum(len(mb) * (max(sum(parts[r]) for r in mb) + 1) for mb in layout)
         line = f"{name:<8}{len(layout):>14}{pos:>11}{1 - real / pos:>9.1%}"
         for phase in ("fwd+bwd", "logprobs"):
             med = statistics.median(times[(name, phase)])
