@@ -55,10 +55,12 @@ def text_lm(tmp_path_factory):
     return d, write_samples(rows, root / "text.jsonl"), tok
 
 
-def _run(tmp_path: Path, text_lm, backend: str, rollout: str, tp: int = 1) -> dict:
+def _run(tmp_path: Path, text_lm, backend: str, rollout: str, tp: int = 1, *extra: str) -> dict:
     tmp_path.mkdir(parents=True, exist_ok=True)
     model_dir, data, _ = text_lm
     args = [str(SCRIPT), str(tmp_path), str(data), str(model_dir), backend, rollout, str(tp)]
+    if extra:
+        args += ["1", *extra]
     cmd = [sys.executable, *args]
     if backend == "mcore":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp),
@@ -95,7 +97,15 @@ def test_hf_backend(tmp_path, text_lm, rollout):
 @pytest.mark.multirank
 @pytest.mark.parametrize("rollout", ["hf", "vllm"])
 def test_megatron_backend_tp2(tmp_path, text_lm, rollout):
-    _check(_run(tmp_path, text_lm, "mcore", rollout, tp=2), text_lm[2])
+    """With HF generate the policy also packs its rows (megatron-core THD, token-budget
+    micro-batches): the step-2 sampler/policy agreement then checks the packed log-probs against
+    an independent forward (HF generate's, on the synced weights)."""
+    extra = (["algo.pack_sequences=true", "algo.max_tokens_per_micro_batch=300"]
+             if rollout == "hf" else [])
+    res = _run(tmp_path, text_lm, "mcore", rollout, 2, *extra)
+    _check(res, text_lm[2])
+    padding = [s["perf/padding_fraction"] for s in res["steps"]]
+    assert padding == [0.0, 0.0] if extra else all(p > 0 for p in padding), padding
 
 
 @pytest.mark.slow

@@ -1,6 +1,7 @@
 """Two GRPO steps of a pretrained text LM with its own tokenizer, on any policy and rollout backend.
 
-    [torchrun --nproc_per_node TP*DP] tests/text_lm_checks.py OUT DATA MODEL_DIR BACKEND ROLLOUT TP [DP]
+    [torchrun --nproc_per_node TP*DP] tests/text_lm_checks.py OUT DATA MODEL_DIR BACKEND ROLLOUT TP [DP
+        [KEY=VALUE ...]]
 
 ``MODEL_DIR`` is a local HF directory (a tiny random Llama carrying SmolLM2's tokenizer, chat
 template and generation config); ``BACKEND`` is ``hf`` or ``mcore`` (TP ranks over gloo);
@@ -12,6 +13,7 @@ Rank 0 writes ``OUT/result.json``: per step ``update/count`` and ``rollout/logpr
 step 2 the sampler's log-probs of its own completions against the policy's: equal only if the
 generator received step 1's update), the sampled token ids and rewards of each step, how many
 prompts each rank's generator sampled, the first rendered prompt, the tokenizer's class and eos ids.
+``KEY=VALUE`` arguments after DP are further config overrides (e.g. ``algo.pack_sequences=true``).
 """
 import json
 import os
@@ -34,13 +36,14 @@ def main() -> None:
     out, data, model_dir, backend, rollout, tp = (Path(sys.argv[1]), sys.argv[2], sys.argv[3],
                                                   sys.argv[4], sys.argv[5], int(sys.argv[6]))
     dp = int(sys.argv[7]) if len(sys.argv) > 7 else 1
+    extra = sys.argv[8:]
     cfg = load_config(None, [
         f"data.train_file={data}", f"out_dir={out / 'run'}", "steps=2", "model.kind=pretrained",
         f"model.path={model_dir}", f"parallel.backend={backend}", f"parallel.tensor_parallel={tp}",
         f"parallel.data_parallel={dp}",
         f"rollout.backend={rollout}", "rollout.prompts_per_step=2", "rollout.group_size=4",
         "rollout.max_new_tokens=8", "rollout.max_prompt_length=256", "algo.micro_batch_size=4",
-        "optim.lr=1e-2", "progress=false", "tensorboard=false", "reward.math_timeout_s=2"])
+        "optim.lr=1e-2", "progress=false", "tensorboard=false", "reward.math_timeout_s=2", *extra])
     trainer = build_trainer(cfg, out / "run")
     spread_rewards(trainer)  # non-zero advantages from a random tiny policy
     prompts, sampled = [], []
@@ -69,7 +72,8 @@ def main() -> None:
         m = trainer.step()
         steps.append({k: m.get(k) for k in ("update/count", "update/skipped",
                                             "rollout/logprob_abs_diff", "loss", "grad_norm",
-                                            "entropy", "clip_frac", "reward/total")})
+                                            "entropy", "clip_frac", "reward/total",
+                                            "perf/padding_fraction")})
     tok = trainer.tokenizer
     import torch.distributed as dist
 
