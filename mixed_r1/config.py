@@ -43,6 +43,9 @@ class ModelConfig:
     # activation recompute: none | selective (megatron: core attention only) | full (every layer)
     recompute: str = "none"
     gradient_checkpointing: bool = False  # HF's name for recompute: full
+    # HF backend: log-probs through the LM head chunk by chunk (linear_token_logprobs), never
+    # materializing the [B, T, V] logits (~0.07x their memory, slower where they would fit)
+    chunked_lm_head: bool = False
 
     @property
     def recompute_mode(self) -> str:
@@ -255,6 +258,9 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if budget is not None and budget < longest:
         raise ConfigError(f"config key 'algo.max_tokens_per_micro_batch'={budget} is below the "
                           f"longest row, rollout.max_prompt_length + max_new_tokens = {longest}")
+    if cfg.model.chunked_lm_head and cfg.parallel.backend != "hf":
+        raise ConfigError("config key 'model.chunked_lm_head' is for parallel.backend: hf (the "
+                          "megatron head is vocab-parallel and sees only completion positions)")
     if cfg.algo.pack_sequences and cfg.model.kind != "pretrained":
         raise ConfigError("config key 'algo.pack_sequences' needs a text LM (model.kind: "
                           "pretrained); Qwen2.5-VL's 3-D rope positions are not packed")

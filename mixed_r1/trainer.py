@@ -684,7 +684,7 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     model = model if model is not None else build_model(cfg)
     o = cfg.optim
     policy = HFEngine(model, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                      weight_decay=o.weight_decay)
+                      weight_decay=o.weight_decay, chunked_lm_head=cfg.model.chunked_lm_head)
     ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
     generator = build_generator(cfg, model, processor, dims=parallel_dims(cfg))
     reward = MixedReward(cfg.reward, embedder=bmas_embedder(cfg, processor, policy))

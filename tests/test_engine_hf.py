@@ -72,6 +72,9 @@ def test_packed_rows_equal_the_padded_layout():
 
     lp_pad, lp_pack = engine.forward_logprobs(padded), engine.forward_logprobs(packed)
     torch.testing.assert_close(lp_pack, lp_pad, atol=1e-5, rtol=0)
+    engine.chunked_lm_head = True  # model.chunked_lm_head reads the packed hidden states too
+    torch.testing.assert_close(engine.forward_logprobs(packed), lp_pad, atol=1e-5, rtol=0)
+    engine.chunked_lm_head = False
 
     def grads(mb):
         model.zero_grad(set_to_none=True)

@@ -187,6 +187,31 @@ def test_linear_token_logprobs(backend, dtype, chunk):
     assert hh.grad.dtype == dtype and ww.grad.dtype == dtype
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("chunk", [3, None, 150])
+def test_linear_token_logprobs_entropy(backend, chunk):
+    """``return_entropy``: the entropy of softmax(h·Wᵀ/T) against torch's own distribution
+    entropy, in every chunking (150 rows: more rows than the 64-row x·log x pass), with the
+    log-probs and gradients those of the plain call; one logit far below the others (its
+    probability underflows to 0) adds nothing, not NaN."""
+    g = torch.Generator().manual_seed(6)
+    B, T, H, V = 2, 75, 8, 301
+    h = torch.randn(B, T, H, generator=g)
+    w = torch.randn(V, H, generator=g)
+    w[7] = -1e4 * h[0, 0].sign()  # logit of token 7 at (0, 0) ≈ -1e4·|h|₁: exp underflows
+    tg = torch.randint(0, V, (B, T), generator=g)
+    hh = h.clone().requires_grad_()
+    with force_backend(backend):
+        lp, ent = linear_token_logprobs(hh, w, tg, 0.7, chunk_tokens=chunk, return_entropy=True)
+        plain = linear_token_logprobs(h, w, tg, 0.7, chunk_tokens=chunk)
+    want = torch.distributions.Categorical(logits=(h.double() @ w.double().t()) / 0.7).entropy()
+    assert ent.shape == (B, T) and ent.dtype == torch.float32 and not ent.requires_grad
+    torch.testing.assert_close(ent.double(), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(lp.detach(), plain)
+    lp.sum().backward()
+    assert torch.isfinite(hh.grad).all()
+
+
 def test_linear_token_logprobs_chunk_plan_and_second_backward():
     """The default plan: one chunk (softmax kept) while N·V fits 2^26, else ceil(N/14) rows, at most 2^26/V;
     a retained graph's second backward recomputes instead of reading the consumed softmax."""

@@ -307,3 +307,64 @@ def test_token_budget_micro_batches_give_the_same_update(trainer, monkeypatch):
     num = sum(float((g_rows[k] - g_tok[k]).square().sum()) for k in g_rows) ** 0.5
     den = sum(float(g_rows[k].square().sum()) for k in g_rows) ** 0.5
     assert den > 0 and num / den < 1e-5, num / den
+
+
+def test_chunked_lm_head_equals_the_materialized_logits(trainer):
+    """``model.chunked_lm_head``: the HF engine scores the decoder's hidden states with
+    linear_token_logprobs instead of the model's [B, T, V] logits. On the tiny Qwen2.5-VL's
+    image batches: old log-probs within 1e-5, and the update's loss, metrics (entropy included)
+    and gradients those of the materialized path (1e-5 relative)."""
+    from mixed_r1.engine import PolicyLoss
+
+    minis = _fixed_batch(trainer, step=103)
+    mbs = [mb for mini in minis for mb in mini]
+    assert any("pixel_values" in mb.inputs for mb in mbs)
+    policy, model = trainer.policy, trainer.policy.model
+    assert not policy.chunked_lm_head
+    want = [policy.forward_logprobs(mb) for mb in mbs]
+    policy.chunked_lm_head = True
+    try:
+        for mb, w in zip(mbs, want):
+            torch.testing.assert_close(policy.forward_logprobs(mb), w, atol=1e-5, rtol=0)
+    finally:
+        policy.chunked_lm_head = False
+    loss = PolicyLoss(trainer.loss_cfg)
+
+    def run(chunk: bool):
+        model.zero_grad(set_to_none=True)
+        policy.chunked_lm_head = chunk
+        try:
+            res = policy.forward_backward(mbs, loss)
+        finally:
+            policy.chunked_lm_head = False
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return res, grads
+
+    (want, g_want), (got, g_got) = run(False), run(True)
+    for a, b in zip(got, want, strict=True):
+        assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-5, abs=1e-7)
+        assert sorted(a.metrics) == sorted(b.metrics) and "entropy" in a.metrics
+        for k in b.metrics:
+            assert float(a.metrics[k]) == pytest.approx(float(b.metrics[k]), rel=1e-5, abs=1e-6), k
+        torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+    num = sum(float((g_got[k] - g_want[k]).square().sum()) for k in g_want) ** 0.5
+    den = sum(float(g_want[k].square().sum()) for k in g_want) ** 0.5
+    assert sorted(g_got) == sorted(g_want) and den > 0 and num / den < 1e-5, num / den
+
+
+def test_chunked_lm_head_is_refused_where_it_does_not_apply():
+    from mixed_r1.config import ConfigError, TrainConfig, validate
+    from mixed_r1.engine.hf import check_chunkable_head
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    cfg = TrainConfig()
+    cfg.model.chunked_lm_head = True
+    cfg.parallel.backend = "mcore"
+    with pytest.raises(ConfigError, match="'model.chunked_lm_head' is for parallel.backend: hf"):
+        validate(cfg)
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=32, hidden_size=16, intermediate_size=32,
+                                           num_hidden_layers=1, num_attention_heads=2,
+                                           num_key_value_heads=1, head_dim=8))
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        check_chunkable_head(gemma)

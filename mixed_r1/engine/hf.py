@@ -15,6 +15,15 @@ The input embedding's ``padding_idx`` is cleared for training. HF builds ``nn.Em
 masked out of attention and the loss anyway, and many chat models set the pad id to a real token
 (SmolLM2: ``<|im_end|>``, the end of every turn and completion), whose embedding then could not
 learn. megatron-core's embedding has no padding row, so both backends now train the same thing.
+
+Only the positions that score completion tokens go through the LM head (``logits_to_keep``). With
+``chunked_lm_head`` (config ``model.chunked_lm_head``) even those logits are never materialized:
+the decoder's hidden states at those positions go through
+:func:`mixed_r1.kernels.linear_token_logprobs` with the head's weight, chunk by chunk (log-probs and
+entropy; the backward recomputes each chunk), so the head's extra memory is about 0.07× the
+float32 ``[B, T, V]`` logits instead of several times them — for a 151k vocabulary the difference
+between a micro-batch that fits and one that does not. It costs time where the logits would fit
+(docs/benchmarks.md: 1.39× naive at 2,048 tokens of a 151k vocabulary on CPU).
 """
 from __future__ import annotations
 
@@ -44,6 +53,24 @@ def decay_groups(named: list[tuple[str, torch.Tensor]], weight_decay: float) -> 
                         {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
 
 
+def check_chunkable_head(model: torch.nn.Module) -> None:
+    """Raise ValueError unless ``model``'s logits are exactly ``model.model(...)``'s last hidden
+    state times the output embedding's weight (no bias, no logit scaling or soft-capping), the
+    form :func:`mixed_r1.kernels.linear_token_logprobs` computes."""
+    cfg = getattr(model, "config", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    name = type(model).__name__
+    if head is None or not hasattr(model, "model") or getattr(head, "weight", None) is None:
+        raise ValueError(f"model.chunked_lm_head: {name} has no decoder (.model) and LM head")
+    if getattr(head, "bias", None) is not None:
+        raise ValueError(f"model.chunked_lm_head: {name}'s LM head has a bias")
+    text = getattr(cfg, "get_text_config", lambda: cfg)()
+    for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(text, key, None) not in (None, 1, 1.0):
+            raise ValueError(f"model.chunked_lm_head: {name} sets {key}; its logits are not "
+                             "hidden · Wᵀ")
+
+
 class HFEngine:
     """A single-process HF model as a :class:`~mixed_r1.engine.base.TrainEngine`.
 
@@ -52,8 +79,12 @@ class HFEngine:
 
     def __init__(self, model: torch.nn.Module, *, lr: float = 1e-5,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, trainable: bool = True) -> None:
+                 weight_decay: float = 0.0, trainable: bool = True,
+                 chunked_lm_head: bool = False) -> None:
         self.model = model
+        self.chunked_lm_head = bool(chunked_lm_head)
+        if self.chunked_lm_head:
+            check_chunkable_head(model)
         self.device = next(model.parameters()).device
         self.optimizer: torch.optim.Optimizer | None = None
         self._named: list[tuple[str, torch.nn.Parameter]] = []
@@ -95,6 +126,27 @@ class HFEngine:
         keep = torch.arange(L - T - 1, L - 1, device=batch.targets.device)
         return self.model(**batch.inputs, logits_to_keep=keep, use_cache=False).logits
 
+    def head_hidden(self, batch: PolicyBatch) -> torch.Tensor:
+        """[B, T, H] decoder hidden states at the positions :meth:`logits` would send through the
+        LM head (the final norm applied), for :func:`mixed_r1.kernels.linear_token_logprobs`."""
+        hidden = self.model.model(**batch.inputs, use_cache=False).last_hidden_state
+        if batch.logit_index is not None:
+            B, T = batch.logit_index.shape
+            return hidden[0, batch.logit_index.reshape(-1)].view(B, T, -1)
+        T = batch.targets.shape[1]
+        L = hidden.shape[1]
+        return hidden[:, L - T - 1:L - 1]
+
+    def chunked_logprobs(self, batch: PolicyBatch, temperature: float
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """log-probs [B, T] of ``batch.targets`` and entropy [B, T] (float32, unmasked) through
+        :func:`~mixed_r1.kernels.linear_token_logprobs`, never materializing the logits."""
+        from mixed_r1.kernels import linear_token_logprobs
+
+        head = self.model.get_output_embeddings()
+        return linear_token_logprobs(self.head_hidden(batch), head.weight, batch.targets,
+                                     temperature, return_entropy=True)
+
     def forward_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
         from mixed_r1.kernels import token_logprobs
 
@@ -102,6 +154,8 @@ class HFEngine:
         self.model.eval()  # no dropout in scoring passes
         try:
             with torch.no_grad():
+                if self.chunked_lm_head:
+                    return self.chunked_logprobs(batch, temperature)[0] * batch.mask
                 logits = self.logits(batch)
                 return token_logprobs(logits, batch.targets, temperature) * batch.mask
         finally:
@@ -116,7 +170,12 @@ class HFEngine:
         for i, mb in enumerate(micro_batches):
             if mb is None:
                 continue
-            loss, metrics, logp = loss_fn.from_logits(self.logits(mb), mb)
+            if self.chunked_lm_head:
+                logp, ent = self.chunked_logprobs(mb, loss_fn.cfg.temperature)
+                loss, metrics = loss_fn.from_logprobs(logp, mb, ent)
+                logp = logp * mb.mask
+            else:
+                loss, metrics, logp = loss_fn.from_logits(self.logits(mb), mb)
             (loss * mb.scale).backward()
             results.append(MicroBatchResult(index=i, loss=loss.detach(), metrics=metrics,
                                             logprobs=logp.detach().float()))
@@ -211,7 +270,8 @@ class HFEngine:
 
     def frozen_copy(self) -> "HFEngine":
         """A frozen deep copy (the KL reference)."""
-        return HFEngine(copy.deepcopy(self.model), trainable=False)
+        return HFEngine(copy.deepcopy(self.model), trainable=False,
+                        chunked_lm_head=self.chunked_lm_head)
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """``config.json`` + safetensors weights (loadable by :func:`load_pretrained_model`)."""

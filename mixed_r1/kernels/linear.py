@@ -51,24 +51,32 @@ def _logits_into(buf: torch.Tensor, hc: torch.Tensor, weight: torch.Tensor, inv_
     return lg
 
 
+ENTROPY_ROWS = 64  # rows per x·log x pass of the entropy (a [64, V] temporary)
+
+
 class LinearTokenLogprobsFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature: float, chunk: int, keep: bool):
+    def forward(ctx, hidden, weight, targets, temperature: float, chunk: int, keep: bool,
+                want_entropy: bool):
         H = hidden.shape[-1]
         h = hidden.reshape(-1, H)
         tg = targets.reshape(-1)
         N = h.shape[0]
         logp = torch.empty(N, dtype=torch.float32, device=h.device)
         lse = torch.empty_like(logp)
+        ent = torch.empty(N if want_entropy else 0, dtype=torch.float32, device=h.device)
         triton = use_triton(hidden)
         keep = keep and not triton and chunk >= N
         probs = None
         if triton:
             for i in range(0, N, chunk):
                 lg = (h[i:i + chunk] @ weight.t()).unsqueeze(0)  # [1, C, V]
-                m, s, _, tx = impl(lg).row_stats(lg, tg[i:i + chunk].unsqueeze(0), temperature, want_z=False)
+                m, s, z, tx = impl(lg).row_stats(lg, tg[i:i + chunk].unsqueeze(0), temperature,
+                                                 want_z=want_entropy)
                 lse[i:i + chunk] = m + torch.log(s)
                 logp[i:i + chunk] = tx - lse[i:i + chunk]
+                if want_entropy:  # H = lse - Σ p·x, z = Σ exp(x - m)·x
+                    ent[i:i + chunk] = lse[i:i + chunk] - z / s
                 del lg
         else:
             # torch path: one float32 chunk buffer reused; four in-place passes per chunk
@@ -80,16 +88,22 @@ class LinearTokenLogprobsFunction(torch.autograd.Function):
                 s = lg.sub_(m[:, None]).exp_().sum(1)
                 lse[i:i + chunk] = m + torch.log(s)
                 logp[i:i + chunk] = tx - lse[i:i + chunk]
+                if want_entropy:  # e = exp(x - m): H = log s - Σ e·log e / s (xlogy: 0 at e = 0)
+                    for j in range(0, lg.shape[0], ENTROPY_ROWS):
+                        e = lg[j:j + ENTROPY_ROWS]
+                        ent[i + j:i + j + e.shape[0]] = (torch.log(s[j:j + ENTROPY_ROWS])
+                                                         - torch.xlogy(e, e).sum(1) / s[j:j + ENTROPY_ROWS])
                 if keep:
                     probs = lg.div_(s[:, None])  # softmax, for the backward
             del buf
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.probs = probs  # an intermediate the backward consumes in place (not a saved tensor)
         ctx.cfg = (temperature, chunk, triton)
-        return logp.view(targets.shape)
+        ctx.mark_non_differentiable(ent)
+        return logp.view(targets.shape), ent
 
     @staticmethod
-    def backward(ctx, grad_logp):
+    def backward(ctx, grad_logp, _grad_entropy):
         hidden, weight, targets, lse = ctx.saved_tensors
         probs, ctx.probs = ctx.probs, None  # a second backward (retain_graph) recomputes instead
         temperature, chunk, triton = ctx.cfg
@@ -137,19 +151,22 @@ class LinearTokenLogprobsFunction(torch.autograd.Function):
                     dw.addmm_(dl.t(), hc.to(dw.dtype))
             del buf
         return (dh.view(hidden.shape) if need_h else None, dw.to(weight.dtype) if need_w else None,
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                          temperature: float = 1.0, *, chunk_tokens: int | None = None) -> torch.Tensor:
+                          temperature: float = 1.0, *, chunk_tokens: int | None = None,
+                          return_entropy: bool = False):
     """logp[b,t] = log softmax(hidden[b,t] @ weight^T / T)[targets[b,t]], without the [B, T, V] logits.
 
     hidden: [B, T, H]; weight: [V, H] (the LM head, same dtype as hidden); targets: integer [B, T] in
     [0, V). Returns float32 [B, T], differentiable in hidden and weight (gradients in their dtypes;
     the weight's accumulated in float32). ``chunk_tokens`` rows go through the head at a time (default:
     ``default_chunk_tokens``); when one chunk holds every token its softmax is kept for the backward
-    instead of recomputed (memory as naive, time at most naive's). Raises ValueError on bad shapes,
-    dtypes, targets out of range or temperature ≤ 0.
+    instead of recomputed (memory as naive, time at most naive's). ``return_entropy``: also the
+    per-token entropy of ``softmax(logits / T)`` in nats, float32 [B, T], not differentiable (a
+    metric), from the same chunk pass (``lse − Σ p·x``). Raises ValueError on bad shapes, dtypes,
+    targets out of range or temperature ≤ 0.
     """
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, T, H], got shape {tuple(hidden.shape)}")
@@ -164,4 +181,6 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     if chunk < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk}")
     keep = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-    return LinearTokenLogprobsFunction.apply(hidden, weight, targets, float(temperature), int(chunk), keep)
+    logp, ent = LinearTokenLogprobsFunction.apply(hidden, weight, targets, float(temperature),
+                                                  int(chunk), keep, bool(return_entropy))
+    return (logp, ent.view(targets.shape)) if return_entropy else logp
