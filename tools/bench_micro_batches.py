@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Padding and update time: row-count micro-batches vs token-budget ones, same rows, one run.
 
-    python tools/bench_micro_batches.py [--backend hf|mcore] [--rows 64] [--layers 4] [--reps 3]
+    python tools/bench_micro_batches.py [--backend hf|mcore] [--chunked-lm-head] [--rows 64]
+        [--layers 4] [--reps 3]
 
 Rows: ``--rows`` prompt + completion pairs with prompts of 40–120 tokens and completions of
 16–256 tokens (uniform, seeded), in a seeded shuffle as the trainer draws them, laid out as the
@@ -11,7 +12,8 @@ architecture (hidden 576, 9 heads / 3 KV heads, FFN 1536, 49,152-token tied voca
 share of the cost does not depend on depth), random weights, float32, through
 :class:`mixed_r1.engine.HFEngine` (``--backend hf``) or :class:`mixed_r1.engine.megatron.MegatronEngine`
 (``--backend mcore``: the same weights converted to megatron-core, one gloo rank, the local layer
-spec) and the trainer's GRPO loss (dapo, β = 0).
+spec) and the trainer's GRPO loss (dapo, β = 0). ``--chunked-lm-head`` (HF): log-probs through
+``linear_token_logprobs`` instead of the materialized logits (``model.chunked_lm_head``).
 
 Paths: ``rows`` = micro-batches of ``--micro-batch-size`` rows (``algo.micro_batch_size``);
 ``tokens`` = ``algo.max_tokens_per_micro_batch`` set to the largest row-count micro-batch's
@@ -101,6 +103,7 @@ def megatron_engine(model, pad: int):
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--backend", choices=("hf", "mcore"), default="hf")
+    ap.add_argument("--chunked-lm-head", action="store_true")
     ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--micro-batch-size", type=int, default=8)
     ap.add_argument("--layers", type=int, default=4)
@@ -122,7 +125,7 @@ def main() -> int:
                       rope_theta=100000.0, pad_token_id=pad)
     model = LlamaForCausalLM(cfg).float()
     if args.backend == "hf":
-        engine = HFEngine(model, lr=1e-6)
+        engine = HFEngine(model, lr=1e-6, chunked_lm_head=args.chunked_lm_head)
     else:
         engine = megatron_engine(model, pad)
     loss = PolicyLoss(LossConfig(loss_type="dapo", beta=0.0, eps_low=0.2, eps_high=0.28))
@@ -164,7 +167,8 @@ def main() -> int:
 
     real = sum(p + c for p, c in lengths)
     print(f"{args.rows} rows: prompts 40-120, completions 16-256 tokens ({real} tokens); "
-          f"SmolLM2-135M shape with {args.layers} layers, float32, {args.backend} backend, "
+          f"SmolLM2-135M shape with {args.layers} layers, float32, {args.backend} backend"
+          f"{' (chunked LM head)' if args.chunked_lm_head else ''}, "
           f"torch threads "
           f"{torch.get_num_threads()}; token budget {budget} (= the largest {mbs}-row "
           f"micro-batch); median (min) of {args.reps}")
