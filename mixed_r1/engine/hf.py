@@ -23,7 +23,8 @@ the decoder's hidden states at those positions go through
 entropy; the backward recomputes each chunk), so the head's extra memory is about 0.07× the
 float32 ``[B, T, V]`` logits instead of several times them — for a 151k vocabulary the difference
 between a micro-batch that fits and one that does not. It costs time where the logits would fit
-(docs/benchmarks.md: 1.39× naive at 2,048 tokens of a 151k vocabulary on CPU).
+(docs/benchmarks.md: 1.1–1.4× naive at 2,048 tokens of a 151k vocabulary on CPU; 1.13× the HF
+update of a SmolLM2-shaped policy).
 """
 from __future__ import annotations
 

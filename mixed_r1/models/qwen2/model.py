@@ -3,12 +3,14 @@ decoder, Llama without the q/k/v bias): build ``GPTModel`` from an HF config and
 shards. Its logits stay vocab-sharded [b, s, V/TP]; :mod:`mixed_r1.parallel.vocab` scores them.
 
 Layer spec: Transformer-Engine's where TE is installed (and CUDA present), megatron's local spec
-(torch RMSNorm, unfused attention) otherwise. Packed sequences (megatron-core ``PackedSeqParams``,
-``qkv_format="thd"``: rows concatenated into one ``[1, N]`` sequence with ``cu_seqlens``) run on
-both: TE's attention takes THD itself; on the local spec the core attention is
-:class:`PackedDotProductAttention`, megatron's own unfused attention applied row by row (RoPE
-restarts per row in megatron's ``apply_rotary_pos_emb`` with ``cu_seqlens`` on either spec). Vocab is padded to a multiple of TP (the pad columns
+(torch RMSNorm, unfused attention) otherwise. Vocab is padded to a multiple of TP (the pad columns
 are masked by the vocab-parallel ops).
+
+Packed sequences (megatron-core ``PackedSeqParams``, ``qkv_format="thd"``: rows concatenated into
+one ``[1, N]`` sequence with ``cu_seqlens``) run on both specs: TE's attention takes THD itself; on
+the local spec the core attention is :class:`PackedDotProductAttention`, megatron's own unfused
+attention applied row by row. RoPE restarts per row in megatron's ``apply_rotary_pos_emb`` with
+``cu_seqlens`` on either spec.
 
 Pipeline split: the per-stage layer counts of
 :func:`mixed_r1.models.config.resolve_pipeline_layers` (even, or uneven through megatron's
