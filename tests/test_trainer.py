@@ -321,13 +321,19 @@ def test_chunked_lm_head_equals_the_materialized_logits(trainer):
     assert any("pixel_values" in mb.inputs for mb in mbs)
     policy, model = trainer.policy, trainer.policy.model
     assert not policy.chunked_lm_head
+    head_calls = [0]  # the model's own LM head must not run on the chunked path
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda *a: head_calls.__setitem__(0, head_calls[0] + 1))
     want = [policy.forward_logprobs(mb) for mb in mbs]
+    assert head_calls[0] == len(mbs)
     policy.chunked_lm_head = True
     try:
         for mb, w in zip(mbs, want):
             torch.testing.assert_close(policy.forward_logprobs(mb), w, atol=1e-5, rtol=0)
     finally:
         policy.chunked_lm_head = False
+        hook.remove()
+    assert head_calls[0] == len(mbs)
     loss = PolicyLoss(trainer.loss_cfg)
 
     def run(chunk: bool):
