@@ -263,8 +263,8 @@ def lm_activation_memory(hf_config: dict[str, Any], *, seq: int, micro_batch: in
     """:class:`ActivationMemory` of pipeline stage ``stage`` for micro-batches of ``micro_batch``
     rows of ``seq`` tokens. Under 1F1B the first stage holds ``min(pp - stage, micro_batches)``
     micro-batches' activations at once (megatron's warm-up depth), the last one.
-    ``scored_tokens``: positions per row the LM head runs on (the HF engine: only the completion,
-    ``rollout.max_new_tokens``); None: all ``seq`` (megatron's ``GPTModel``)."""
+    ``scored_tokens``: positions per row the LM head runs on (both engines send only the
+    completion, ``rollout.max_new_tokens``); None: all ``seq``."""
     from mixed_r1.models.config import arch_from_hf_config, resolve_pipeline_layers
 
     arch = arch_from_hf_config(hf_config)
@@ -468,7 +468,7 @@ def plan_config(cfg: Any, *, gpus: int | None = None, gpu_mem_gib: float = 80.0,
                                    pipeline_layers=p.pipeline_layers, micro_batches=n_micro,
                                    dtype=dtype, recompute=rec, impl=impl, device=device,
                                    images_per_row=images, max_pixels=max_pixels,
-                                   scored_tokens=None if mcore else r.max_new_tokens)
+                                   scored_tokens=r.max_new_tokens)
         shard = f" (/{dp}: dist. optimizer)" if mcore and p.distributed_optimizer else ""
         L = [PlanLine("update", f"{dtype} weights", st.weights, f"{st.params:,} parameters"),
              PlanLine("update", "fp32 gradients", st.grads),

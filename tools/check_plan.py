@@ -160,7 +160,7 @@ def run_case(name: str) -> dict:
     st, = static_memory(hf, tp=1, pp=1, dp=1, dtype=dtype_name)
     act = lm_activation_memory(hf, seq=seq, micro_batch=B, dtype=dtype_name, recompute=recompute,
                                impl=impl, device="cpu", images_per_row=images,
-                               max_pixels=max_pixels, scored_tokens=T if impl == "hf" else None)
+                               max_pixels=max_pixels, scored_tokens=T)
     estimate = update_peak_bytes(st, act)
     tmp_dir.cleanup()
     return {"case": name, "seq": seq, "rows": B, "estimate": estimate, "measured": measured,
