@@ -80,19 +80,13 @@ def policy_batch(rows: list[int], parts: dict[int, tuple[int, int]], vocab: int,
 def megatron_engine(model, pad: int):
     """``model`` saved, converted to megatron-core and loaded as a one-rank (gloo) MegatronEngine."""
     import atexit
-    import os
     import shutil
-    import socket
     import tempfile
 
     from mixed_r1.engine.megatron import MegatronEngine
-    from mixed_r1.parallel import init_parallel
+    from mixed_r1.parallel import init_parallel, single_process_env
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1",
-                      LOCAL_RANK="0")
+    single_process_env()
     init_parallel()
     root = Path(tempfile.mkdtemp(prefix="bench_mb_"))
     atexit.register(shutil.rmtree, root, True)

@@ -90,9 +90,8 @@ class LinearTokenLogprobsFunction(torch.autograd.Function):
                 logp[i:i + chunk] = tx - lse[i:i + chunk]
                 if want_entropy:  # e = exp(x - m): H = log s - Σ e·log e / s (xlogy: 0 at e = 0)
                     for j in range(0, lg.shape[0], ENTROPY_ROWS):
-                        e = lg[j:j + ENTROPY_ROWS]
-                        ent[i + j:i + j + e.shape[0]] = (torch.log(s[j:j + ENTROPY_ROWS])
-                                                         - torch.xlogy(e, e).sum(1) / s[j:j + ENTROPY_ROWS])
+                        e, sj = lg[j:j + ENTROPY_ROWS], s[j:j + ENTROPY_ROWS]
+                        ent[i + j:i + j + e.shape[0]] = torch.log(sj) - torch.xlogy(e, e).sum(1) / sj
                 if keep:
                     probs = lg.div_(s[:, None])  # softmax, for the backward
             del buf
