@@ -107,6 +107,11 @@ class AlgoConfig:
     # within each row; verl's use_remove_padding; megatron-core THD PackedSeqParams on the
     # megatron backend); the budget then counts Σ tokens
     pack_sequences: bool = False
+    # text LMs, HF backend: each group's prompt computed once per micro-batch, its completions
+    # attending to it through a block mask (Prefix Grouper's shared-prefix forward; verl's
+    # use_prefix_grouper); a micro-batch is one padded row per prompt; the budget counts
+    # prompts' groups x the longest group
+    shared_prefix: bool = False
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards all tie
     # truncated importance sampling against the sampler/trainer mismatch: none | token_tis,
     # each token's surrogate weighted by min(exp(logp_old - logp_rollout), rollout_is_cap)
@@ -264,6 +269,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.algo.pack_sequences and cfg.model.kind != "pretrained":
         raise ConfigError("config key 'algo.pack_sequences' needs a text LM (model.kind: "
                           "pretrained); Qwen2.5-VL's 3-D rope positions are not packed")
+    if cfg.algo.shared_prefix and cfg.model.kind != "pretrained":
+        raise ConfigError("config key 'algo.shared_prefix' needs a text LM (model.kind: "
+                          "pretrained); Qwen2.5-VL's 3-D rope positions are not packed")
+    if cfg.algo.shared_prefix and cfg.parallel.backend != "hf":
+        raise ConfigError("config key 'algo.shared_prefix' is for parallel.backend: hf "
+                          "(megatron-core's packed attention has no shared-prefix mask)")
+    if cfg.algo.shared_prefix and cfg.algo.pack_sequences:
+        raise ConfigError("config keys 'algo.shared_prefix' and 'algo.pack_sequences' are two "
+                          "packed layouts; set one")
     p = cfg.parallel
     from mixed_r1.parallel.dims import ParallelDimsError
 

@@ -39,7 +39,8 @@ import torch
 
 from mixed_r1.atomic import replace_dir
 from mixed_r1.config import ConfigError, TrainConfig, dump_yaml, parallel_dims
-from mixed_r1.data.prompts import encode_packed_rows, encode_rows, rows_tensor
+from mixed_r1.data.prompts import (encode_packed_rows, encode_rows, encode_shared_prefix_rows,
+                                   rows_tensor)
 from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch, TrainEngine, run_update
 from mixed_r1.models.processor import is_multimodal
 from mixed_r1.parallel.dist import is_main_rank
@@ -290,7 +291,9 @@ class GRPOTrainer:
         a = self.cfg.algo
         gen = torch.Generator().manual_seed(step_seed(self.cfg.seed, step, salt=1))
         rows = [ro.keep[i] for i in torch.randperm(len(ro.keep), generator=gen).tolist()]
-        if a.max_tokens_per_micro_batch:  # rows of similar length together, cut by tokens
+        if a.shared_prefix:
+            groups = self._shared_prefix_groups(ro, rows, gen)
+        elif a.max_tokens_per_micro_batch:  # rows of similar length together, cut by tokens
             from mixed_r1.algo.batching import token_budget_micro_batches
 
             length = self.row_lengths(ro)
@@ -321,6 +324,35 @@ class GRPOTrainer:
             minis.append(mini)
         return minis
 
+    def _shared_prefix_groups(self, ro: Rollouts, rows: list[int], gen: torch.Generator
+                              ) -> list[list[list[int]]]:
+        """``algo.shared_prefix``: the shuffled ``rows`` regrouped by prompt (prompts in a seeded
+        order, each prompt's rows in their shuffled order), prompts dealt round-robin to the
+        mini-batches, each mini-batch's rows cut in order into micro-batches of
+        ``micro_batch_size`` rows or by ``max_tokens_per_micro_batch`` counted in the
+        shared-prefix layout, so a prompt's rows share one micro-batch wherever they fit."""
+        from mixed_r1.algo.batching import shared_prefix_micro_batches
+
+        a = self.cfg.algo
+        prompt_of = {r: ro.completions[r].prompt_index for r in rows}
+        prompts = list(dict.fromkeys(prompt_of[r] for r in rows))
+        prompts = [prompts[i] for i in torch.randperm(len(prompts), generator=gen).tolist()]
+        n_mini = min(a.mini_batches, len(prompts))
+        groups = []
+        for part in (prompts[i::n_mini] for i in range(n_mini)):
+            rank = {p: i for i, p in enumerate(part)}
+            mine = sorted((r for r in rows if prompt_of[r] in rank),
+                          key=lambda r: rank[prompt_of[r]])  # stable: shuffled within a prompt
+            if a.max_tokens_per_micro_batch:
+                length = self.row_lengths(ro)
+                groups.append(shared_prefix_micro_batches(
+                    mine, [prompt_of[r] for r in mine], [length[r] for r in mine],
+                    a.max_tokens_per_micro_batch, a.micro_batch_size))
+            else:
+                groups.append([mine[s:s + a.micro_batch_size]
+                               for s in range(0, len(mine), a.micro_batch_size)])
+        return groups
+
     def row_lengths(self, ro: Rollouts) -> dict[int, tuple[int, int]]:
         """``(prompt, completion)`` tokens of each kept row (the prompt encoded alone, images
         included): a micro-batch pads each part to its own longest."""
@@ -338,15 +370,19 @@ class GRPOTrainer:
         comps = [ro.completions[i] for i in chunk]
         texts = [ro.prompt_texts[c.prompt_index] for c in comps]
         ids = [c.token_ids for c in comps]
-        index = None
+        index = real = None
         if self.cfg.algo.pack_sequences:  # one row, no padding (text LMs)
             inputs, targets, mask, index = encode_packed_rows(self.processor, texts, ids,
                                                               self.pad_id, self.policy.device)
+        elif self.cfg.algo.shared_prefix:  # one row per prompt, its completions after it
+            inputs, targets, mask, index, real = encode_shared_prefix_rows(
+                self.processor, texts, ids, self.pad_id, self.policy.device)
         else:
             inputs, targets, mask = encode_rows(
                 self.processor, texts, [ro.samples[c.prompt_index].images for c in comps], ids,
                 self.pad_id, self.policy.device)
         return PolicyBatch(inputs=inputs, targets=targets, mask=mask, logit_index=index,
+                           input_tokens=real,
                            advantages=ro.advantages[chunk].to(self.policy.device),
                            rollout_logprobs=rows_tensor([c.logprobs for c in comps],
                                                         targets.shape[1]),
@@ -368,8 +404,7 @@ class GRPOTrainer:
         minis = self.micro_batches(ro, step)
         local = [mb for mini in minis for mb in mini if mb is not None]
         work = {"positions": sum(mb.inputs["input_ids"].numel() for mb in local),
-                "tokens": sum(int(mb.inputs["attention_mask"].sum()) if "attention_mask" in mb.inputs
-                              else mb.inputs["input_ids"].numel() for mb in local)}  # packed: all
+                "tokens": sum(mb.real_input_tokens for mb in local)}
         need_old = cfg.algo.ppo_epochs > 1 or len(minis) > 1
         work["logprob_passes"] = int(need_old) + int(cfg.algo.beta > 0 and self.ref is not None)
         for mb in (mb for mini in minis for mb in mini if mb is not None):  # this rank's share
@@ -677,14 +712,25 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
         return build_mcore_trainer(cfg, run_dir, model)
     seed_everything(cfg.seed)
     processor = build_processor(cfg)
-    if cfg.algo.pack_sequences and is_multimodal(processor):
-        raise ConfigError(f"config key 'algo.pack_sequences' needs a text LM; {cfg.model.path} "
-                          "is multimodal (its 3-D rope positions are not packed)")
+    for key in ("pack_sequences", "shared_prefix"):
+        if getattr(cfg.algo, key) and is_multimodal(processor):
+            raise ConfigError(f"config key 'algo.{key}' needs a text LM; {cfg.model.path} "
+                              "is multimodal (its 3-D rope positions are not packed)")
     samples = load_train_samples(cfg, processor)
     model = model if model is not None else build_model(cfg)
+    from mixed_r1.engine.hf import check_chunkable_head, check_shared_prefix_model
+
+    for on, check in ((cfg.model.chunked_lm_head, check_chunkable_head),
+                      (cfg.algo.shared_prefix, check_shared_prefix_model)):
+        try:
+            if on:
+                check(model)
+        except ValueError as exc:  # one line naming the key, not a traceback
+            raise ConfigError(f"config key {exc}") from None
     o = cfg.optim
     policy = HFEngine(model, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                      weight_decay=o.weight_decay, chunked_lm_head=cfg.model.chunked_lm_head)
+                      weight_decay=o.weight_decay, chunked_lm_head=cfg.model.chunked_lm_head,
+                      shared_prefix=cfg.algo.shared_prefix)
     ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
     generator = build_generator(cfg, model, processor, dims=parallel_dims(cfg))
     reward = MixedReward(cfg.reward, embedder=bmas_embedder(cfg, processor, policy))

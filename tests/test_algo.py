@@ -341,3 +341,31 @@ def test_token_budget_micro_batches():
             token_budget_micro_batches([1], [1], **bad)
     with pytest.raises(ValueError, match="1 rows but 2 lengths"):
         token_budget_micro_batches([1], [1, 2], 10)
+
+
+def test_shared_prefix_micro_batches():
+    """Rows cut in the given order; a micro-batch costs one row per distinct prompt, prompt +
+    its completions, padded to the longest such row; a prompt's rows that do not fit continue
+    in the next micro-batch; the row cap holds; every row exactly once."""
+    from mixed_r1.algo.batching import shared_prefix_micro_batches, shared_prefix_positions
+
+    # prompt a: 50 tokens, completions 10, 20, 30; prompt b: 20 tokens, completions 5, 5
+    rows, keys = [1, 2, 3, 4, 5], ["a", "a", "a", "b", "b"]
+    lengths = [(50, 10), (50, 20), (50, 30), (20, 5), (20, 5)]
+    assert shared_prefix_positions(keys, lengths) == 2 * (50 + 60)  # a's row is the widest
+    assert shared_prefix_positions(["b", "b"], [(20, 5), (20, 5)]) == 30
+    assert shared_prefix_micro_batches(rows, keys, lengths, max_tokens=220) == [rows]
+    # 110 for a alone; adding b's first row makes 2 · 110 = 220 > 200: b starts anew
+    assert shared_prefix_micro_batches(rows, keys, lengths, 200) == [[1, 2, 3], [4, 5]]
+    # a's third row does not fit 90 (50 + 60): a continues alone (its prompt once more, 80),
+    # b would make it 2 · 80
+    assert shared_prefix_micro_batches(rows, keys, lengths, 90) == [[1, 2], [3], [4, 5]]
+    assert shared_prefix_micro_batches(rows, keys, lengths, 160) == [[1, 2, 3], [4, 5]]
+    assert shared_prefix_micro_batches([3, 4, 5], keys[2:], lengths[2:], 160) == [[3, 4, 5]]
+    assert shared_prefix_micro_batches(rows, keys, lengths, 1000, max_rows=2) == [[1, 2], [3, 4], [5]]
+    assert shared_prefix_micro_batches(rows, keys, lengths, 10) == [[1], [2], [3], [4], [5]]
+    assert shared_prefix_micro_batches([], [], [], 10) == []
+    with pytest.raises(ValueError, match="must be >= 1"):
+        shared_prefix_micro_batches([1], ["a"], [(1, 1)], 0)
+    with pytest.raises(ValueError, match="1 rows but 2 prompts"):
+        shared_prefix_micro_batches([1], ["a", "b"], [(1, 1)], 10)

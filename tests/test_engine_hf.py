@@ -2,6 +2,7 @@
 pad = eos = <|im_end|>), as megatron-core's embedding (no padding row) does."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 
@@ -95,3 +96,89 @@ def test_packed_rows_equal_the_padded_layout():
                                 "position_ids": torch.arange(n)[None]},
                         targets=p_targets, mask=p_mask, advantages=adv, logit_index=index)
     assert float((engine.forward_logprobs(leaky) - lp_pad).abs().max()) > 1e-3
+
+
+def test_shared_prefix_rows_equal_the_padded_layout():
+    """``algo.shared_prefix``: one row per distinct prompt with its completions after it, each
+    completion attending to the prompt and itself only. Log-probs (materialized and chunked
+    head) and the GRPO loss's gradient equal the padded layout's (1e-5) with two prompts of
+    different lengths in one micro-batch (rows interleaved, a one-token completion, padding
+    between the prompts' rows); a mask that lets a completion also see an earlier completion
+    of its prompt does not."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from mixed_r1.data.prompts import encode_rows, encode_shared_prefix_rows
+    from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch
+    from mixed_r1.engine.update import PolicyLoss
+    from mixed_r1.models.gguf import smollm2_gguf
+    from mixed_r1.models.processor import chat_prompt
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg).float()
+    engine = HFEngine(model, lr=1e-3, shared_prefix=True)
+    a = chat_prompt(tok, [{"role": "user", "content": "What is 12 + 30? Show the steps."}])
+    b = chat_prompt(tok, [{"role": "user", "content": "Hi"}])
+    texts = [a, b, a, a, b]
+    g = torch.Generator().manual_seed(1)
+    comps = [torch.randint(0, len(tok), (n,), generator=g).tolist() for n in (5, 1, 9, 3, 12)]
+    adv = torch.tensor([1.0, -0.5, 0.25, -1.0, 0.75])
+    inputs, targets, mask = encode_rows(tok, texts, [[]] * 5, comps, tok.pad_token_id)
+    padded = PolicyBatch(inputs=inputs, targets=targets, mask=mask, advantages=adv,
+                         num_items=float(mask.sum()))
+    s_inputs, s_targets, s_mask, index, real = encode_shared_prefix_rows(tok, texts, comps,
+                                                                         tok.pad_token_id)
+    shared = PolicyBatch(inputs=s_inputs, targets=s_targets, mask=s_mask, advantages=adv,
+                         num_items=float(s_mask.sum()), logit_index=index, input_tokens=real)
+    n_a, n_b = len(tok(a)["input_ids"]), len(tok(b)["input_ids"])
+    assert real == n_a + n_b + sum(map(len, comps))  # each prompt once
+    assert s_inputs["input_ids"].shape == (2, n_a + 17)  # a: 5 + 9 + 3; b (13 tokens) padded
+    assert torch.equal(s_targets, targets) and torch.equal(s_mask, mask)
+
+    lp_pad, lp_shared = engine.forward_logprobs(padded), engine.forward_logprobs(shared)
+    torch.testing.assert_close(lp_shared, lp_pad, atol=1e-5, rtol=0)
+    engine.chunked_lm_head = True
+    torch.testing.assert_close(engine.forward_logprobs(shared), lp_pad, atol=1e-5, rtol=0)
+    engine.chunked_lm_head = False
+
+    def grads(mb):
+        model.zero_grad(set_to_none=True)
+        out = PolicyLoss(LossConfig()).from_logits(engine.logits(mb), mb)[0]
+        out.backward()
+        return float(out.detach()), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    loss_pad, g_pad = grads(padded)
+    loss_shared, g_shared = grads(shared)
+    assert abs(loss_shared - loss_pad) <= 1e-5 * max(1.0, abs(loss_pad))
+    num = sum(float((g_pad[k] - g_shared[k]).square().sum()) for k in g_pad) ** 0.5
+    den = sum(float(g_pad[k].square().sum()) for k in g_pad) ** 0.5
+    assert den > 0 and num / den < 1e-5, num / den
+
+    leaky_mask = s_inputs["attention_mask"].clone()
+    leaky_mask[0, 0, n_a + 5:n_a + 14, n_a:n_a + 5] = True  # a's 2nd completion sees its 1st
+    leaky = PolicyBatch(inputs={**s_inputs, "attention_mask": leaky_mask}, targets=s_targets,
+                        mask=s_mask, advantages=adv, logit_index=index)
+    diff = (engine.forward_logprobs(leaky) - lp_pad).abs()
+    assert float(diff[2].max()) > 1e-3 and float(diff[[0, 1, 3, 4]].max()) < 1e-5
+
+
+def test_shared_prefix_needs_a_plain_head_and_a_4d_mask_attention():
+    from transformers import Gemma2Config, Gemma2ForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from mixed_r1.engine.hf import check_shared_prefix_model
+
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=32, hidden_size=16, intermediate_size=32,
+                                           num_hidden_layers=1, num_attention_heads=2,
+                                           num_key_value_heads=1, head_dim=8))
+    with pytest.raises(ValueError, match="algo.shared_prefix: .*final_logit_softcapping"):
+        check_shared_prefix_model(gemma)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32,
+                                         num_hidden_layers=1, num_attention_heads=2))
+    check_shared_prefix_model(llama)
+    llama.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="'flash_attention_2'; the shared-prefix mask needs"):
+        check_shared_prefix_model(llama)

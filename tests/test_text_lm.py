@@ -139,9 +139,10 @@ def _run_dp(tmp_path: Path, text_lm, tp: int, dp: int) -> dict:
 
 
 def test_packed_micro_batches_match_the_padded_step(tmp_path, text_lm):
-    """One GRPO step of the text LM with ``algo.pack_sequences`` and a token budget, against the
-    padded row-count step from the same seed: the same completions, loss and gradient norm
-    (1e-4), and no padding in the packed micro-batches."""
+    """One GRPO step of the text LM with ``algo.pack_sequences`` and a token budget, and with
+    ``algo.shared_prefix`` (row count; token budget), against the padded row-count step from the
+    same seed: the same completions, loss and gradient norm (1e-4); no padding in the packed
+    micro-batches; each prompt computed once per micro-batch in the shared-prefix ones."""
     from _trainer_util import spread_rewards
     from mixed_r1.config import load_config
     from mixed_r1.trainer import build_trainer
@@ -153,27 +154,53 @@ def test_packed_micro_batches_match_the_padded_step(tmp_path, text_lm):
             "algo.micro_batch_size=4", "optim.lr=1e-2", "progress=false", "tensorboard=false",
             "reward.math_timeout_s=2"]
     runs = {}
-    for name, extra in (("padded", []), ("packed", ["algo.pack_sequences=true",
-                                                    "algo.max_tokens_per_micro_batch=300"])):
+    variants = {"padded": [],
+                "packed": ["algo.pack_sequences=true", "algo.max_tokens_per_micro_batch=300"],
+                "shared": ["algo.shared_prefix=true"],
+                "shared_budget": ["algo.shared_prefix=true", "algo.max_tokens_per_micro_batch=300",
+                                  "algo.micro_batch_size=8"]}
+    encoded, rollouts = {}, {}
+    for name, extra in variants.items():
         cfg = load_config(None, base + [f"out_dir={tmp_path / name}"] + extra)
         trainer = build_trainer(cfg, tmp_path / name)
         spread_rewards(trainer)
         sampled = []
         render = trainer.rollout
 
-        def recording(step, render=render, sampled=sampled):
+        def recording(step, render=render, sampled=sampled, name=name):
             ro = render(step)
             sampled.append([c.token_ids for c in ro.completions])
+            rollouts[name] = ro
             return ro
 
         trainer.rollout = recording
+        cut = trainer.micro_batches
+        encoded[name] = batches = []
+
+        def keep(ro, step, cut=cut, batches=batches):
+            minis = cut(ro, step)
+            batches += [mb for mini in minis for mb in mini]
+            return minis
+
+        trainer.micro_batches = keep
         runs[name] = (trainer.step(), sampled)
-    (pad, pad_tokens), (pack, pack_tokens) = runs["padded"], runs["packed"]
-    assert pack_tokens == pad_tokens
-    assert pack["update/count"] == pad["update/count"] == 1
-    for k in ("loss", "grad_norm", "entropy", "logprob_mean"):
-        assert pack[k] == pytest.approx(pad[k], rel=1e-4, abs=1e-6), (k, pack[k], pad[k])
-    assert pack["perf/padding_fraction"] == 0.0 < pad["perf/padding_fraction"]
+    pad, pad_tokens = runs["padded"]
+    for name in ("packed", "shared", "shared_budget"):
+        got, got_tokens = runs[name]
+        assert got_tokens == pad_tokens, name
+        assert got["update/count"] == pad["update/count"] == 1
+        for k in ("loss", "grad_norm", "entropy", "logprob_mean"):
+            assert got[k] == pytest.approx(pad[k], rel=1e-4, abs=1e-6), (name, k, got[k], pad[k])
+    assert runs["packed"][0]["perf/padding_fraction"] == 0.0 < pad["perf/padding_fraction"]
+    for name in ("shared", "shared_budget"):  # one batch row per prompt of each micro-batch
+        prompt_of = [c.prompt_index for c in rollouts[name].completions]
+        assert len(encoded[name]) >= 1
+        for mb in encoded[name]:
+            assert mb.inputs["input_ids"].shape[0] == len({prompt_of[r] for r in mb.rows})
+    assert [mb.inputs["input_ids"].shape[0] for mb in encoded["shared"]] == [1, 1]
+    assert [mb.inputs["input_ids"].shape[0] for mb in encoded["shared_budget"]] == [2]
+    real = {n: sum(mb.real_input_tokens for mb in encoded[n]) for n in encoded}
+    assert real["shared"] < real["packed"] == real["padded"]
 
 
 def test_packing_is_refused_for_the_multimodal_policy():
@@ -192,3 +219,23 @@ def test_packing_is_refused_for_the_multimodal_policy():
             validate(cfg)
         except ConfigError as e:
             assert "pack_sequences" not in str(e), e
+
+
+def test_shared_prefix_is_refused_where_it_does_not_apply():
+    """``algo.shared_prefix`` needs a text LM on the HF backend and excludes
+    ``algo.pack_sequences``; each refusal is one line naming the key."""
+    from mixed_r1.config import ConfigError, TrainConfig, validate
+
+    cfg = TrainConfig()
+    cfg.algo.shared_prefix = True
+    with pytest.raises(ConfigError, match="'algo.shared_prefix' needs a text LM"):
+        validate(cfg)  # the default tiny Qwen2.5-VL
+    cfg.model.kind, cfg.model.path = "pretrained", "some/dir"
+    validate(cfg)
+    cfg.parallel.backend = "mcore"
+    with pytest.raises(ConfigError, match="'algo.shared_prefix' is for parallel.backend: hf"):
+        validate(cfg)
+    cfg.parallel.backend = "hf"
+    cfg.algo.pack_sequences = True
+    with pytest.raises(ConfigError, match="'algo.shared_prefix' and 'algo.pack_sequences'"):
+        validate(cfg)

@@ -67,6 +67,50 @@ def token_budget_micro_batches(rows: Sequence[int], lengths: Sequence[Length], m
     return out
 
 
+def shared_prefix_positions(prompts: Sequence[object], lengths: Sequence[Length]) -> int:
+    """Positions of one micro-batch in the shared-prefix layout
+    (:func:`mixed_r1.data.prompts.pack_shared_prefix_rows`): one row per distinct prompt,
+    ``prompt + Σ completions`` of its rows, padded to the longest such row. ``lengths[i]``:
+    ``(prompt, completion)`` tokens of row ``i``, ``prompts[i]`` its prompt's key."""
+    width: dict[object, int] = {}
+    for key, length in zip(prompts, lengths):
+        p, c = _parts(length)
+        width[key] = width.get(key, p) + c
+    return len(width) * max(width.values(), default=0)
+
+
+def shared_prefix_micro_batches(rows: Sequence[int], prompts: Sequence[object],
+                                lengths: Sequence[Length], max_tokens: int,
+                                max_rows: int | None = None) -> list[list[int]]:
+    """Micro-batches of ``rows``, cut in the given order (rows of one prompt kept together by the
+    caller), each holding at most ``max_tokens`` positions in the shared-prefix layout
+    (:func:`shared_prefix_positions`) and at most ``max_rows`` rows. A prompt's rows that do not
+    fit continue in the next micro-batch (the prompt is then computed once more there); a row over
+    the budget alone gets a micro-batch of its own. Every row appears exactly once, in order.
+    Raises ValueError on a budget < 1, ``max_rows`` < 1 or mismatched lengths."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if max_rows is not None and max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    if not len(rows) == len(prompts) == len(lengths):
+        raise ValueError(f"{len(rows)} rows but {len(prompts)} prompts and {len(lengths)} lengths")
+    out: list[list[int]] = []
+    cur: list[int] = []
+    keys: list[object] = []
+    lens: list[Length] = []
+    for row, key, length in zip(rows, prompts, lengths):
+        full = max_rows is not None and len(cur) == max_rows
+        if cur and (full or shared_prefix_positions(keys + [key], lens + [length]) > max_tokens):
+            out.append(cur)
+            cur, keys, lens = [], [], []
+        cur.append(row)
+        keys.append(key)
+        lens.append(length)
+    if cur:
+        out.append(cur)
+    return out
+
+
 def padded_positions(batches: Sequence[Sequence[int]], length_of: dict[int, Length], *,
                      packed: bool = False) -> int:
     """Positions the micro-batches hold: ``Σ len(mb) · width(mb)`` padded (see
@@ -74,4 +118,5 @@ def padded_positions(batches: Sequence[Sequence[int]], length_of: dict[int, Leng
     return sum(_cost([_parts(length_of[r]) for r in mb], packed) for mb in batches if mb)
 
 
-__all__ = ["padded_positions", "token_budget_micro_batches"]
+__all__ = ["padded_positions", "shared_prefix_micro_batches", "shared_prefix_positions",
+           "token_budget_micro_batches"]

@@ -250,6 +250,83 @@ def encode_packed_rows(processor: Any, prompt_texts: Sequence[str],
     return inputs, targets.to(device), mask.to(device), index.to(device)
 
 
+def pack_shared_prefix_rows(prompts: Sequence[Sequence[int]],
+                            completions: Sequence[Sequence[int]], pad_id: int
+                            ) -> tuple[dict, Any, Any, Any, int]:
+    """Rows grouped by identical prompt, each group's prompt computed once (shared-prefix forward).
+
+    GRPO samples a group of completions per prompt; the padded layout repeats the prompt in
+    every row. Here each distinct prompt is one batch row ``[prompt, c_1, ..., c_k]`` (the
+    completions of the rows with that prompt, in the given order), right-padded to the longest
+    group: completion ``c_j`` sits at positions ``P .. P + len(c_j) - 1`` (as if it followed the
+    prompt alone) and attends to the prompt and causally to itself, never to another completion;
+    the prompt attends causally to itself. Every completion's log-probs and the loss's gradient
+    are those of the padded layout (the prompt's hidden states are the same function of the
+    weights in every row; their gradient is the sum over the group's completions) — the
+    Shared-Prefix Forward of Prefix Grouper (Liu et al., 2025, arXiv:2506.05433; verl's
+    ``use_prefix_grouper``), here as a block attention mask.
+
+    Returns ``inputs`` = ``{"input_ids": [n, W], "position_ids": [n, W] int64, "attention_mask":
+    [n, 1, W, W] bool}`` (True: query may attend key; a padding position attends only to itself
+    and earlier padding, so no row of the softmax is empty) for ``n`` distinct prompts in order
+    of first appearance; ``targets`` and ``mask`` [B, T] in the given row order as
+    :func:`completion_rows` gives them; ``logit_index`` [B, T] int64, the position in the
+    flattened ``[n · W]`` inputs whose logits score ``targets[b, t]`` (0 where ``mask`` is 0);
+    and the number of real (non-padding) positions. Raises ValueError for an empty prompt."""
+    import torch
+
+    targets, mask = completion_rows(completions, pad_id)
+    index = torch.zeros_like(targets)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for b, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError(f"row {b}: empty prompt")
+        groups.setdefault(tuple(int(t) for t in prompt), []).append(b)
+    width = max(len(p) + sum(len(completions[b]) for b in rows) for p, rows in groups.items())
+    n = len(groups)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((n, width), dtype=torch.long)
+    seg = torch.full((n, width), -1, dtype=torch.long)  # -1 padding, 0 prompt, j > 0 completion j
+    real = 0
+    for g, (prompt, rows) in enumerate(groups.items()):
+        P = len(prompt)
+        ids[g, :P] = torch.tensor(prompt)
+        pos[g, :P] = torch.arange(P)
+        seg[g, :P] = 0
+        at = P
+        for j, b in enumerate(rows, start=1):
+            comp = [int(t) for t in completions[b]]
+            L = len(comp)
+            if L:
+                ids[g, at:at + L] = torch.tensor(comp)
+                pos[g, at:at + L] = torch.arange(P, P + L)
+                seg[g, at:at + L] = j
+                # targets[b, 0] is scored by the prompt's last token, targets[b, t] by c_j[t-1]
+                index[b, 0] = g * width + P - 1
+                index[b, 1:L] = g * width + torch.arange(at, at + L - 1)
+            at += L
+        real += at
+    q, k = seg[:, :, None], seg[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    allowed = causal & ((q == k) | ((k == 0) & (q > 0)))
+    inputs = {"input_ids": ids, "position_ids": pos, "attention_mask": allowed[:, None]}
+    return inputs, targets, mask, index, real
+
+
+def encode_shared_prefix_rows(processor: Any, prompt_texts: Sequence[str],
+                              completions: Sequence[Sequence[int]], pad_id: int,
+                              device: Any = "cpu") -> tuple[dict, Any, Any, Any, int]:
+    """:func:`pack_shared_prefix_rows` of each row's :func:`~mixed_r1.models.processor.prompt_token_ids`
+    (text LMs; each distinct prompt encoded once), tensors moved to ``device``."""
+    from mixed_r1.models.processor import prompt_token_ids
+
+    encoded = {t: prompt_token_ids(processor, t) for t in dict.fromkeys(prompt_texts)}
+    inputs, targets, mask, index, real = pack_shared_prefix_rows(
+        [encoded[t] for t in prompt_texts], completions, pad_id)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    return inputs, targets.to(device), mask.to(device), index.to(device), real
+
+
 def rows_tensor(values: Sequence[Sequence[float]], T: int):
     """Ragged per-token floats → [B, T] float32 tensor (zero-padded, cut at ``T``)."""
     import torch

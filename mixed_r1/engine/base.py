@@ -17,6 +17,10 @@ sampled completion (right-padded to ``T``), so the logits at positions ``P-1 .. 
 completion tokens ``targets[:, 0 .. T-1]``. Packed (``algo.pack_sequences``, HF backend): the rows
 are one sequence ``[1, N]`` without padding, positions restarting per row, and ``logit_index``
 [B, T] names the position that scores each target; ``targets``/``mask`` keep the [B, T] layout.
+Shared prefix (``algo.shared_prefix``, HF backend): one row per distinct prompt, ``[prompt, c_1,
+.., c_k]``, a [n, 1, W, W] boolean attention mask letting each completion see only the prompt and
+itself; ``logit_index`` then indexes the flattened ``[n · W]`` positions
+(:func:`mixed_r1.data.prompts.pack_shared_prefix_rows`).
 Log-probs are ``log_softmax(logits / temperature)[targets]``, the quantity the sampler reports.
 """
 from __future__ import annotations
@@ -64,10 +68,23 @@ class PolicyBatch:
     # packed rows (inputs of shape [1, N], no padding): the position whose logits score
     # targets[b, t]; None for the padded layout (see mixed_r1.data.prompts.encode_packed_rows)
     logit_index: torch.Tensor | None = None
+    # real (non-padding) input positions where the attention mask does not say it (the
+    # shared-prefix layout's mask is [n, 1, W, W]); None: from the 2-D mask or all positions
+    input_tokens: int | None = None
 
     @property
     def num_tokens(self) -> int:
         return int(self.mask.sum().item())
+
+    @property
+    def real_input_tokens(self) -> int:
+        """Input positions that hold a token (prompt or completion), not padding."""
+        if self.input_tokens is not None:
+            return int(self.input_tokens)
+        am = self.inputs.get("attention_mask")
+        if am is not None and am.dim() == 2:
+            return int(am.sum())
+        return int(self.inputs["input_ids"].numel())  # packed: all
 
 
 @dataclass

@@ -54,22 +54,34 @@ def decay_groups(named: list[tuple[str, torch.Tensor]], weight_decay: float) -> 
                         {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
 
 
-def check_chunkable_head(model: torch.nn.Module) -> None:
-    """Raise ValueError unless ``model``'s logits are exactly ``model.model(...)``'s last hidden
-    state times the output embedding's weight (no bias, no logit scaling or soft-capping), the
-    form :func:`mixed_r1.kernels.linear_token_logprobs` computes."""
+def check_chunkable_head(model: torch.nn.Module, key: str = "model.chunked_lm_head") -> None:
+    """Raise ValueError (naming config ``key``) unless ``model``'s logits are exactly
+    ``model.model(...)``'s last hidden state times the output embedding's weight (no bias, no logit
+    scaling or soft-capping), the form :func:`mixed_r1.kernels.linear_token_logprobs` computes."""
     cfg = getattr(model, "config", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     name = type(model).__name__
     if head is None or not hasattr(model, "model") or getattr(head, "weight", None) is None:
-        raise ValueError(f"model.chunked_lm_head: {name} has no decoder (.model) and LM head")
+        raise ValueError(f"{key}: {name} has no decoder (.model) and LM head")
     if getattr(head, "bias", None) is not None:
-        raise ValueError(f"model.chunked_lm_head: {name}'s LM head has a bias")
+        raise ValueError(f"{key}: {name}'s LM head has a bias")
     text = getattr(cfg, "get_text_config", lambda: cfg)()
-    for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-        if getattr(text, key, None) not in (None, 1, 1.0):
-            raise ValueError(f"model.chunked_lm_head: {name} sets {key}; its logits are not "
-                             "hidden · Wᵀ")
+    for k in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(text, k, None) not in (None, 1, 1.0):
+            raise ValueError(f"{key}: {name} sets {k}; its logits are not hidden · Wᵀ")
+
+
+def check_shared_prefix_model(model: torch.nn.Module) -> None:
+    """Raise ValueError unless ``model`` can run the shared-prefix layout
+    (:func:`mixed_r1.data.prompts.pack_shared_prefix_rows`): a custom 4-D attention mask, which
+    transformers' eager and SDPA attention take (flash-attention's varlen kernels do not), and an
+    LM head that is a plain ``hidden · Wᵀ`` (the logits are taken from gathered hidden states)."""
+    key = "algo.shared_prefix"
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+    if impl not in ("eager", "sdpa"):
+        raise ValueError(f"{key}: the model's attention implementation is {impl!r}; the "
+                         "shared-prefix mask needs 'sdpa' or 'eager'")
+    check_chunkable_head(model, key)
 
 
 class HFEngine:
@@ -81,11 +93,14 @@ class HFEngine:
     def __init__(self, model: torch.nn.Module, *, lr: float = 1e-5,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, trainable: bool = True,
-                 chunked_lm_head: bool = False) -> None:
+                 chunked_lm_head: bool = False, shared_prefix: bool = False) -> None:
         self.model = model
         self.chunked_lm_head = bool(chunked_lm_head)
+        self.shared_prefix = bool(shared_prefix)
         if self.chunked_lm_head:
             check_chunkable_head(model)
+        if self.shared_prefix:
+            check_shared_prefix_model(model)
         self.device = next(model.parameters()).device
         self.optimizer: torch.optim.Optimizer | None = None
         self._named: list[tuple[str, torch.nn.Parameter]] = []
@@ -112,14 +127,29 @@ class HFEngine:
         self.optimizer = build_adamw(decay_groups(named_main, weight_decay), lr, betas, eps)
 
     # ---------------------------------------------------------------- forward
+    def _inputs(self, batch: PolicyBatch) -> dict[str, Any]:
+        """The model's keyword inputs: a 4-D boolean attention mask (the shared-prefix layout)
+        becomes the additive mask of the model's dtype that eager and SDPA attention take."""
+        inputs = batch.inputs
+        am = inputs.get("attention_mask")
+        if am is not None and am.dim() == 4 and am.dtype == torch.bool:
+            dtype = next(self.model.parameters()).dtype
+            add = torch.zeros(am.shape, dtype=dtype, device=am.device)
+            inputs = {**inputs, "attention_mask": add.masked_fill_(~am, torch.finfo(dtype).min)}
+        return inputs
+
     def logits(self, batch: PolicyBatch) -> torch.Tensor:
         """[B, T, V] logits scoring ``batch.targets``: only the T positions ``L-T-1 .. L-2`` go
         through the LM head (``logits_to_keep`` as indices), and the result is contiguous, so the
-        kernels read it without a copy. Packed rows (``batch.logit_index`` [B, T], inputs [1, N]
-        without padding): the positions ``logit_index`` names, viewed as [B, T, V]."""
+        kernels read it without a copy. Packed rows (``batch.logit_index`` [B, T] into the
+        flattened inputs, no padding or one row per shared prompt): the positions
+        ``logit_index`` names, viewed as [B, T, V]."""
         if batch.logit_index is not None:
             B, T = batch.logit_index.shape
-            out = self.model(**batch.inputs, logits_to_keep=batch.logit_index.reshape(-1),
+            if batch.inputs["input_ids"].shape[0] > 1:  # shared prefixes: one row per prompt
+                head = self.model.get_output_embeddings()
+                return head(self.head_hidden(batch))
+            out = self.model(**self._inputs(batch), logits_to_keep=batch.logit_index.reshape(-1),
                              use_cache=False).logits
             return out.view(B, T, -1)
         T = batch.targets.shape[1]
@@ -130,10 +160,11 @@ class HFEngine:
     def head_hidden(self, batch: PolicyBatch) -> torch.Tensor:
         """[B, T, H] decoder hidden states at the positions :meth:`logits` would send through the
         LM head (the final norm applied), for :func:`mixed_r1.kernels.linear_token_logprobs`."""
-        hidden = self.model.model(**batch.inputs, use_cache=False).last_hidden_state
+        hidden = self.model.model(**self._inputs(batch), use_cache=False).last_hidden_state
         if batch.logit_index is not None:
             B, T = batch.logit_index.shape
-            return hidden[0, batch.logit_index.reshape(-1)].view(B, T, -1)
+            flat = hidden.reshape(-1, hidden.shape[-1])
+            return flat[batch.logit_index.reshape(-1)].view(B, T, -1)
         T = batch.targets.shape[1]
         L = hidden.shape[1]
         return hidden[:, L - T - 1:L - 1]
@@ -272,7 +303,7 @@ class HFEngine:
     def frozen_copy(self) -> "HFEngine":
         """A frozen deep copy (the KL reference)."""
         return HFEngine(copy.deepcopy(self.model), trainable=False,
-                        chunked_lm_head=self.chunked_lm_head)
+                        chunked_lm_head=self.chunked_lm_head, shared_prefix=self.shared_prefix)
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """``config.json`` + safetensors weights (loadable by :func:`load_pretrained_model`)."""
@@ -344,4 +375,5 @@ def load_pretrained_model(path: str | Path, dtype: torch.dtype = torch.float32):
     return cls.from_pretrained(str(p), dtype=dtype, local_files_only=True)
 
 
-__all__ = ["HFEngine", "build_adamw", "check_state_fits", "decay_groups", "load_pretrained_model"]
+__all__ = ["HFEngine", "build_adamw", "check_chunkable_head", "check_shared_prefix_model",
+           "check_state_fits", "decay_groups", "load_pretrained_model"]
