@@ -374,3 +374,54 @@ def test_chunked_lm_head_is_refused_where_it_does_not_apply():
                                            num_key_value_heads=1, head_dim=8))
     with pytest.raises(ValueError, match="final_logit_softcapping"):
         check_chunkable_head(gemma)
+
+
+def test_completion_tokens_only_reach_the_lm_head(trainer):
+    """With a plain ``hidden · Wᵀ`` head the HF engine sends only the real completion tokens'
+    hidden states through it (``[n, H]``, n = the mask's sum) instead of every row padded to the
+    longest completion. On the tiny Qwen2.5-VL's image batches: old log-probs, the update's loss,
+    metrics (entropy included) and gradients equal the fused ``grpo_loss`` over the model's
+    ``[B, T, V]`` logits (1e-5 relative)."""
+    from mixed_r1.engine import PolicyLoss
+
+    minis = _fixed_batch(trainer, step=104)
+    mbs = [mb for mini in minis for mb in mini]
+    for mb in mbs:  # shorter completions in every other row (the random policy never stops)
+        mb.mask[::2, mb.mask.shape[1] // 2:] = 0
+    policy, model = trainer.policy, trainer.policy.model
+    assert policy._plain_head and all(bool((mb.mask == 0).any()) for mb in mbs)
+    rows: list[int] = []
+    hook = model.get_output_embeddings().register_forward_hook(
+        lambda mod, args, out: rows.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    loss = PolicyLoss(trainer.loss_cfg)
+
+    def run(compact: bool):
+        policy._plain_head = compact
+        rows.clear()
+        try:
+            lps = [policy.forward_logprobs(mb) for mb in mbs]
+            model.zero_grad(set_to_none=True)
+            res = policy.forward_backward(mbs, loss)
+        finally:
+            policy._plain_head = True
+        grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return lps, res, grads, list(rows)
+
+    try:
+        (lp_want, want, g_want, rows_want), (lp_got, got, g_got, rows_got) = run(False), run(True)
+    finally:
+        hook.remove()
+    assert rows_got == [int(mb.mask.sum()) for mb in mbs] * 2
+    assert rows_want == [mb.mask.numel() for mb in mbs] * 2
+    for a, b in zip(lp_got, lp_want, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    for a, b, mb in zip(got, want, mbs, strict=True):
+        assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-5, abs=1e-7)
+        assert sorted(a.metrics) == sorted(b.metrics) and "entropy" in a.metrics
+        for k in b.metrics:
+            assert float(a.metrics[k]) == pytest.approx(float(b.metrics[k]), rel=1e-5, abs=1e-6), k
+        torch.testing.assert_close(a.logprobs * mb.mask, b.logprobs * mb.mask, atol=1e-5, rtol=0)
+    num = sum(float((g_got[k] - g_want[k]).square().sum()) for k in g_want) ** 0.5
+    den = sum(float(g_want[k].square().sum()) for k in g_want) ** 0.5
+    assert sorted(g_got) == sorted(g_want) and den > 0 and num / den < 1e-5, num / den

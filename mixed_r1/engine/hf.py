@@ -101,6 +101,11 @@ class HFEngine:
             check_chunkable_head(model)
         if self.shared_prefix:
             check_shared_prefix_model(model)
+        try:
+            check_chunkable_head(model)
+            self._plain_head = True  # completion tokens only through the head
+        except ValueError:
+            self._plain_head = False
         self.device = next(model.parameters()).device
         self.optimizer: torch.optim.Optimizer | None = None
         self._named: list[tuple[str, torch.nn.Parameter]] = []
@@ -179,6 +184,32 @@ class HFEngine:
         return linear_token_logprobs(self.head_hidden(batch), head.weight, batch.targets,
                                      temperature, return_entropy=True)
 
+    def completion_logprobs(self, batch: PolicyBatch, temperature: float, *,
+                            entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """log-probs [B, T] (float32, differentiable, 0 where ``batch.mask`` is 0) and, with
+        ``entropy``, the entropy of softmax(logits / temperature) [B, T] (float32, detached), with
+        only the real completion tokens' positions through the LM head: the ``n = mask.sum()``
+        hidden states are gathered and give ``[n, V]`` logits, where :meth:`logits` gives
+        ``[B, T, V]`` with every row padded to the longest completion. Needs a plain
+        ``hidden · Wᵀ`` head (:func:`check_chunkable_head`); the log-probs are
+        :func:`mixed_r1.kernels.token_logprobs` (its gradient written into the logits buffer)."""
+        from mixed_r1.kernels import token_logprobs
+
+        sel = batch.mask.bool()
+        logits = self.model.get_output_embeddings()(self.head_hidden(batch)[sel])  # [n, V]
+        ent = None
+        if entropy:
+            ent = batch.mask.new_zeros(batch.mask.shape, dtype=torch.float32)
+            ent[sel] = _entropy(logits, temperature)
+        lp = token_logprobs(logits[None], batch.targets[sel][None], temperature,
+                            inplace_backward=torch.is_grad_enabled())[0]
+        logp = lp.new_zeros(batch.mask.shape).masked_scatter(sel, lp)
+        return logp, ent
+
+    def _compact_head(self, batch: PolicyBatch) -> bool:
+        """Whether :meth:`completion_logprobs` applies: a plain head and a completion token."""
+        return self._plain_head and bool(batch.mask.any())
+
     def forward_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
         from mixed_r1.kernels import token_logprobs
 
@@ -188,6 +219,8 @@ class HFEngine:
             with torch.no_grad():
                 if self.chunked_lm_head:
                     return self.chunked_logprobs(batch, temperature)[0] * batch.mask
+                if self._compact_head(batch):
+                    return self.completion_logprobs(batch, temperature, entropy=False)[0]
                 logits = self.logits(batch)
                 return token_logprobs(logits, batch.targets, temperature) * batch.mask
         finally:
@@ -206,6 +239,9 @@ class HFEngine:
                 logp, ent = self.chunked_logprobs(mb, loss_fn.cfg.temperature)
                 loss, metrics = loss_fn.from_logprobs(logp, mb, ent)
                 logp = logp * mb.mask
+            elif self._compact_head(mb):
+                logp, ent = self.completion_logprobs(mb, loss_fn.cfg.temperature)
+                loss, metrics = loss_fn.from_logprobs(logp, mb, ent)
             else:
                 loss, metrics, logp = loss_fn.from_logits(self.logits(mb), mb)
             (loss * mb.scale).backward()
@@ -308,6 +344,18 @@ class HFEngine:
     def save_pretrained(self, out_dir: str | Path) -> None:
         """``config.json`` + safetensors weights (loadable by :func:`load_pretrained_model`)."""
         self.model.save_pretrained(str(out_dir), safe_serialization=True)
+
+
+def _entropy(logits: torch.Tensor, temperature: float, chunk: int = 256) -> torch.Tensor:
+    """Entropy [n] (float32, no grad) of softmax(logits / temperature) for logits [n, V], computed
+    ``chunk`` rows at a time (one float32 [chunk, V] temporary)."""
+    out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    with torch.no_grad():
+        for s in range(0, logits.shape[0], chunk):
+            x = logits[s:s + chunk].float() / temperature
+            lse = torch.logsumexp(x, -1)
+            out[s:s + chunk] = lse - (torch.softmax(x, -1) * x).sum(-1)
+    return out
 
 
 def _accumulate_into(main: torch.Tensor):
