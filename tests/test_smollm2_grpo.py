@@ -6,7 +6,7 @@ before and after. Checks: the held-out set shares no prompt with the training se
 accuracy (and its paired change) is computed for every text task, the demo prints its held-out
 accuracy line from those numbers, the policy's weights moved and the exported model carries them.
 
-The full run (≈ 15 minutes on the 2-core CPU) is documented in README and docs/benchmarks.md.
+The full run (≈ 9 minutes on the 2-core CPU) is documented in README and docs/benchmarks.md.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """SmolLM2-135M-Instruct, GRPO with Mixed-Reward on the offline text set, on the CPU, end to end:
 the documented experiment of README ("Training") and docs/benchmarks.md.
 
-    python tools/smollm2_grpo.py                       # the documented run (~15 min on 2 cores)
+    python tools/smollm2_grpo.py                       # the documented run (~9 min on 2 cores)
     python tools/smollm2_grpo.py steps=4 --heldout-per-task 8     # any config override, shortened
 
 What it does: :mod:`mixed_r1.demo.text` (``mixed-r1 demo`` runs the same, shortened).

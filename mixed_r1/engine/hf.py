@@ -16,15 +16,23 @@ masked out of attention and the loss anyway, and many chat models set the pad id
 (SmolLM2: ``<|im_end|>``, the end of every turn and completion), whose embedding then could not
 learn. megatron-core's embedding has no padding row, so both backends now train the same thing.
 
-Only the positions that score completion tokens go through the LM head (``logits_to_keep``). With
-``chunked_lm_head`` (config ``model.chunked_lm_head``) even those logits are never materialized:
-the decoder's hidden states at those positions go through
-:func:`mixed_r1.kernels.linear_token_logprobs` with the head's weight, chunk by chunk (log-probs and
-entropy; the backward recomputes each chunk), so the head's extra memory is about 0.07× the
-float32 ``[B, T, V]`` logits instead of several times them — for a 151k vocabulary the difference
-between a micro-batch that fits and one that does not. It costs time where the logits would fit
-(docs/benchmarks.md: 1.1–1.4× naive at 2,048 tokens of a 151k vocabulary on CPU; 1.13× the HF
-update of a SmolLM2-shaped policy).
+Only the real completion tokens go through the LM head: with a plain ``hidden · Wᵀ`` head
+(:func:`check_chunkable_head`) the decoder's hidden states at those ``n`` positions are gathered
+and give ``[n, V]`` logits (:meth:`HFEngine.completion_logprobs`), not ``[B, T, V]`` with every
+row padded to the longest completion; other heads (soft-capped or scaled logits) get the positions
+``L-T-1 .. L-2`` through the model's own head (``logits_to_keep``). With ``chunked_lm_head``
+(config ``model.chunked_lm_head``) even those logits are never materialized: the hidden states
+go through :func:`mixed_r1.kernels.linear_token_logprobs` with the head's weight, chunk by chunk
+(log-probs and entropy; the backward recomputes each chunk), so the head's extra memory is about
+0.07× the float32 ``[B, T, V]`` logits instead of several times them — for a 151k vocabulary the
+difference between a micro-batch that fits and one that does not. It costs time where the logits
+would fit (docs/benchmarks.md: 1.1–1.4× naive at 2,048 tokens of a 151k vocabulary on CPU; 1.37×
+the completion-only HF update of a SmolLM2-shaped policy).
+
+Shared prefixes (``shared_prefix``, config ``algo.shared_prefix``): a micro-batch laid out by
+:func:`mixed_r1.data.prompts.pack_shared_prefix_rows` — one batch row per prompt and a 4-D
+boolean mask, passed to the model as the additive mask of its dtype
+(:func:`check_shared_prefix_model`).
 """
 from __future__ import annotations
 
