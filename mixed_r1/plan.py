@@ -230,11 +230,13 @@ def vision_activation_bytes(hf_config: dict[str, Any], *, images: int, max_pixel
     return int(v.get("depth", 32)) * per + transient
 
 
-def logits_bytes(vocab_shard: int, *, seq: int, batch: int, dtype_bytes: int = 2) -> int:
+def logits_bytes(vocab_shard: int, *, seq: int, batch: int, dtype_bytes: int = 2,
+                 copies: int = 2) -> int:
     """The LM head's output ``[b, s, V/t]`` in the compute dtype, plus its gradient of the same
-    size in the backward (the vocab-parallel log-prob op keeps the logits and writes the gradient
-    into a fresh buffer; ``tests/test_plan.py`` checks the peak)."""
-    return 2 * vocab_shard * seq * batch * dtype_bytes
+    size in the backward (``copies`` = 2: the vocab-parallel log-prob op keeps the logits and
+    writes the gradient into a fresh buffer; 1: the HF engine's ``token_logprobs`` writes it into
+    the logits buffer; ``tests/test_plan.py`` checks the peak)."""
+    return copies * vocab_shard * seq * batch * dtype_bytes
 
 
 @dataclass
@@ -264,7 +266,9 @@ def lm_activation_memory(hf_config: dict[str, Any], *, seq: int, micro_batch: in
     rows of ``seq`` tokens. Under 1F1B the first stage holds ``min(pp - stage, micro_batches)``
     micro-batches' activations at once (megatron's warm-up depth), the last one.
     ``scored_tokens``: positions per row the LM head runs on (both engines send only the
-    completion, ``rollout.max_new_tokens``); None: all ``seq``."""
+    completion, ``rollout.max_new_tokens``); None: all ``seq``. ``impl='hf'``: one logits-sized
+    buffer (the HF engine's plain-head path writes the gradient in place; a soft-capped head's
+    materialized path needs two, not modelled)."""
     from mixed_r1.models.config import arch_from_hf_config, resolve_pipeline_layers
 
     arch = arch_from_hf_config(hf_config)
@@ -284,7 +288,8 @@ def lm_activation_memory(hf_config: dict[str, Any], *, seq: int, micro_batch: in
     if recompute == "full":
         transient = layer_activation_bytes(d, recompute="none", **kw) - per
     logits = logits_bytes(arch.padded_vocab_size(tp) // tp, seq=scored_tokens or seq,
-                          batch=micro_batch, dtype_bytes=e) if last else 0
+                          batch=micro_batch, dtype_bytes=e,
+                          copies=1 if impl == "hf" else 2) if last else 0
     vision = 0
     if stage == 0 and images_per_row:
         vision = in_flight * vision_activation_bytes(

@@ -354,15 +354,17 @@ class HFEngine:
         self.model.save_pretrained(str(out_dir), safe_serialization=True)
 
 
-def _entropy(logits: torch.Tensor, temperature: float, chunk: int = 256) -> torch.Tensor:
+def _entropy(logits: torch.Tensor, temperature: float, budget: int = 1 << 22) -> torch.Tensor:
     """Entropy [n] (float32, no grad) of softmax(logits / temperature) for logits [n, V], computed
-    ``chunk`` rows at a time (one float32 [chunk, V] temporary)."""
-    out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+    a few rows at a time: each chunk holds at most ``budget`` logits (16 MiB of float32
+    temporaries, two of them), so the head's memory stays that of the [n, V] logits."""
+    n, V = logits.shape
+    chunk = max(1, budget // max(V, 1))
+    out = torch.empty(n, dtype=torch.float32, device=logits.device)
     with torch.no_grad():
-        for s in range(0, logits.shape[0], chunk):
-            x = logits[s:s + chunk].float() / temperature
-            lse = torch.logsumexp(x, -1)
-            out[s:s + chunk] = lse - (torch.softmax(x, -1) * x).sum(-1)
+        for s in range(0, n, chunk):
+            logp = torch.log_softmax(logits[s:s + chunk].float() / temperature, -1)
+            out[s:s + chunk] = -(logp.exp() * logp).sum(-1)
     return out
 
 
