@@ -338,13 +338,13 @@ class GRPOTrainer:
         prompts = list(dict.fromkeys(prompt_of[r] for r in rows))
         prompts = [prompts[i] for i in torch.randperm(len(prompts), generator=gen).tolist()]
         n_mini = min(a.mini_batches, len(prompts))
+        length = self.row_lengths(ro) if a.max_tokens_per_micro_batch else {}
         groups = []
         for part in (prompts[i::n_mini] for i in range(n_mini)):
             rank = {p: i for i, p in enumerate(part)}
             mine = sorted((r for r in rows if prompt_of[r] in rank),
                           key=lambda r: rank[prompt_of[r]])  # stable: shuffled within a prompt
             if a.max_tokens_per_micro_batch:
-                length = self.row_lengths(ro)
                 groups.append(shared_prefix_micro_batches(
                     mine, [prompt_of[r] for r in mine], [length[r] for r in mine],
                     a.max_tokens_per_micro_batch, a.micro_batch_size))
