@@ -241,13 +241,23 @@ def encode_packed_rows(processor: Any, prompt_texts: Sequence[str],
     ``use_remove_padding``, TRL's padding-free batches), for text-only LMs: :func:`pack_rows` of
     each prompt's :func:`mixed_r1.models.processor.prompt_token_ids` (the ids the padded path and
     the generators use; each distinct prompt encoded once), moved to ``device``."""
+    inputs, targets, mask, index = pack_rows(_prompt_ids(processor, prompt_texts), completions,
+                                             pad_id)
+    return _to(device, inputs, targets, mask, index)
+
+
+def _prompt_ids(processor: Any, prompt_texts: Sequence[str]) -> list[list[int]]:
+    """Each row's :func:`~mixed_r1.models.processor.prompt_token_ids`, each distinct prompt
+    encoded once."""
     from mixed_r1.models.processor import prompt_token_ids
 
     encoded = {t: prompt_token_ids(processor, t) for t in dict.fromkeys(prompt_texts)}
-    inputs, targets, mask, index = pack_rows([encoded[t] for t in prompt_texts], completions,
-                                             pad_id)
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    return inputs, targets.to(device), mask.to(device), index.to(device)
+    return [encoded[t] for t in prompt_texts]
+
+
+def _to(device: Any, inputs: dict, *tensors: Any) -> tuple:
+    """``inputs``' tensors and ``tensors`` moved to ``device``."""
+    return ({k: v.to(device) for k, v in inputs.items()}, *(t.to(device) for t in tensors))
 
 
 def pack_shared_prefix_rows(prompts: Sequence[Sequence[int]],
@@ -318,13 +328,9 @@ def encode_shared_prefix_rows(processor: Any, prompt_texts: Sequence[str],
                               device: Any = "cpu") -> tuple[dict, Any, Any, Any, int]:
     """:func:`pack_shared_prefix_rows` of each row's :func:`~mixed_r1.models.processor.prompt_token_ids`
     (text LMs; each distinct prompt encoded once), tensors moved to ``device``."""
-    from mixed_r1.models.processor import prompt_token_ids
-
-    encoded = {t: prompt_token_ids(processor, t) for t in dict.fromkeys(prompt_texts)}
     inputs, targets, mask, index, real = pack_shared_prefix_rows(
-        [encoded[t] for t in prompt_texts], completions, pad_id)
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    return inputs, targets.to(device), mask.to(device), index.to(device), real
+        _prompt_ids(processor, prompt_texts), completions, pad_id)
+    return (*_to(device, inputs, targets, mask, index), real)
 
 
 def rows_tensor(values: Sequence[Sequence[float]], T: int):
