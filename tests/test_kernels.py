@@ -164,8 +164,12 @@ def test_grpo_loss_bad_input():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype,chunk", [(torch.float32, 5), (torch.float32, None), (torch.bfloat16, 4)])
-def test_linear_token_logprobs(backend, dtype, chunk):
+@pytest.mark.parametrize("dtype,chunk,cols", [(torch.float32, 5, None), (torch.float32, None, None),
+                                              (torch.bfloat16, 4, None), (torch.float32, None, 300),
+                                              (torch.float32, 5, 300), (torch.bfloat16, None, 300)])
+def test_linear_token_logprobs(backend, dtype, chunk, cols):
+    """Every tiling (token rows only, vocabulary slices only, both; float32 and bf16) against autograd
+    through the float64 log-softmax of the materialized logits."""
     g = torch.Generator().manual_seed(4)
     B, T, H, V = 2, 7, 16, 1003
     h = torch.randn(B, T, H, generator=g).to(dtype)
@@ -174,7 +178,7 @@ def test_linear_token_logprobs(backend, dtype, chunk):
     gout = torch.randn(B, T, generator=g)
     hh, ww = h.clone().requires_grad_(), w.clone().requires_grad_()
     with force_backend(backend):
-        lp = linear_token_logprobs(hh, ww, tg, 0.8, chunk_tokens=chunk)
+        lp = linear_token_logprobs(hh, ww, tg, 0.8, chunk_tokens=chunk, chunk_vocab=cols)
     (lp * gout).sum().backward()
     hr, wr = h.to(D).requires_grad_(), w.to(D).requires_grad_()
     ref = algo.token_logprobs_ref(hr @ wr.t(), tg, 0.8, dtype=D)
@@ -188,10 +192,11 @@ def test_linear_token_logprobs(backend, dtype, chunk):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("chunk", [3, None, 150])
-def test_linear_token_logprobs_entropy(backend, chunk):
+@pytest.mark.parametrize("chunk,cols", [(3, None), (None, None), (150, None), (None, 70), (40, 100)])
+def test_linear_token_logprobs_entropy(backend, chunk, cols):
     """``return_entropy``: the entropy of softmax(h·Wᵀ/T) against torch's own distribution
-    entropy, in every chunking (150 rows: more rows than the 64-row x·log x pass), with the
+    entropy, in every tiling (150 rows: more rows than the 64-row x·log x pass; 70 and 100 columns:
+    vocabulary slices merged by the online rescaling, token 7's underflowing logit in one), with the
     log-probs and gradients those of the plain call; one logit far below the others (its
     probability underflows to 0) adds nothing, not NaN."""
     g = torch.Generator().manual_seed(6)
@@ -202,8 +207,9 @@ def test_linear_token_logprobs_entropy(backend, chunk):
     tg = torch.randint(0, V, (B, T), generator=g)
     hh = h.clone().requires_grad_()
     with force_backend(backend):
-        lp, ent = linear_token_logprobs(hh, w, tg, 0.7, chunk_tokens=chunk, return_entropy=True)
-        plain = linear_token_logprobs(h, w, tg, 0.7, chunk_tokens=chunk)
+        lp, ent = linear_token_logprobs(hh, w, tg, 0.7, chunk_tokens=chunk, chunk_vocab=cols,
+                                        return_entropy=True)
+        plain = linear_token_logprobs(h, w, tg, 0.7, chunk_tokens=chunk, chunk_vocab=cols)
     want = torch.distributions.Categorical(logits=(h.double() @ w.double().t()) / 0.7).entropy()
     assert ent.shape == (B, T) and ent.dtype == torch.float32 and not ent.requires_grad
     torch.testing.assert_close(ent.double(), want, atol=1e-4, rtol=1e-4)
@@ -212,28 +218,32 @@ def test_linear_token_logprobs_entropy(backend, chunk):
     assert torch.isfinite(hh.grad).all()
 
 
-def test_linear_token_logprobs_chunk_plan_and_second_backward():
-    """The default plan: one chunk (softmax kept) while N·V fits 2^26, else ceil(N/14) rows, at most 2^26/V;
-    a retained graph's second backward recomputes instead of reading the consumed softmax."""
-    from mixed_r1.kernels.linear import default_chunk_tokens
+@pytest.mark.parametrize("cols", [None, 20])
+def test_linear_token_logprobs_tile_plan_and_second_backward(cols):
+    """The default plan: one tile (softmax kept) while N·V fits 2^26, else all token rows by vocabulary
+    slices of 1/14 (rows cut only below 4,096 columns); a retained graph's second backward recomputes the
+    tile the first one consumed (one tile, or the kept last slice of several) and gives the same grads."""
+    from mixed_r1.kernels.linear import default_tiles
     cpu, V = torch.device("cpu"), 151_665
-    assert default_chunk_tokens(V, cpu, 256) == 256  # B=4, T=64: kept, no recompute
-    assert default_chunk_tokens(V, cpu, 2048) == 147  # B=4, T=512: 14 chunks, 0.07x the logits each
-    assert default_chunk_tokens(V, cpu, 600) == 43
-    assert default_chunk_tokens(V, cpu, 10**6) == (1 << 26) // V
-    assert default_chunk_tokens(V, torch.device("cuda"), 256) == (1 << 26) // V
+    assert default_tiles(V, cpu, 256) == (256, V)  # B=4, T=64: kept, no recompute
+    assert default_tiles(V, cpu, 2048) == (2048, 10_111)  # B=4, T=512: 15 even slices, <= 1/14 of the logits
+    assert default_tiles(V, cpu, 600) == (600, 10_111)
+    assert default_tiles(V, cpu, 10**6) == ((1 << 26) // 4096, 4096)  # 2^26 logits: rows cut
+    assert default_tiles(V, torch.device("cuda"), 256) == ((1 << 26) // V, V)  # Triton: token chunks
     g = torch.Generator().manual_seed(5)
     h = torch.randn(2, 5, 8, generator=g, requires_grad=True)
     w = torch.randn(50, 8, generator=g, requires_grad=True)
     tg = torch.randint(0, 50, (2, 5), generator=g)
     with force_backend("torch"):
-        lp = linear_token_logprobs(h, w, tg)
+        lp = linear_token_logprobs(h, w, tg, chunk_vocab=cols)
     lp.sum().backward(retain_graph=True)
     first = h.grad.clone(), w.grad.clone()
     h.grad = w.grad = None
     lp.sum().backward()
     torch.testing.assert_close(h.grad, first[0])
     torch.testing.assert_close(w.grad, first[1])
+    want = torch.log_softmax(h.detach() @ w.detach().t(), -1).gather(-1, tg[..., None])[..., 0]
+    torch.testing.assert_close(lp.detach(), want)
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="no triton")
