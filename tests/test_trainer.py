@@ -309,16 +309,28 @@ def test_token_budget_micro_batches_give_the_same_update(trainer, monkeypatch):
     assert den > 0 and num / den < 1e-5, num / den
 
 
-def test_chunked_lm_head_equals_the_materialized_logits(trainer):
+def test_chunked_lm_head_equals_the_materialized_logits(trainer, monkeypatch):
     """``model.chunked_lm_head``: the HF engine scores the decoder's hidden states with
-    linear_token_logprobs instead of the model's [B, T, V] logits. On the tiny Qwen2.5-VL's
-    image batches: old log-probs within 1e-5, and the update's loss, metrics (entropy included)
-    and gradients those of the materialized path (1e-5 relative)."""
+    linear_token_logprobs instead of the model's [B, T, V] logits, only the real completion
+    tokens' states (``[1, mask.sum(), H]``). On the tiny Qwen2.5-VL's image batches: old log-probs
+    within 1e-5, and the update's loss, metrics (entropy included) and gradients those of the
+    materialized path (1e-5 relative)."""
+    import mixed_r1.kernels
     from mixed_r1.engine import PolicyLoss
+
+    op, seen = mixed_r1.kernels.linear_token_logprobs, []
+
+    def spy(hidden, *a, **k):
+        seen.append(tuple(hidden.shape[:2]))
+        return op(hidden, *a, **k)
+    monkeypatch.setattr(mixed_r1.kernels, "linear_token_logprobs", spy)
 
     minis = _fixed_batch(trainer, step=103)
     mbs = [mb for mini in minis for mb in mini]
     assert any("pixel_values" in mb.inputs for mb in mbs)
+    for mb in mbs:  # padded completion positions (the fixed batch's completions are all full length)
+        mb.mask = mb.mask.clone()
+        mb.mask[0, -3:] = 0
     policy, model = trainer.policy, trainer.policy.model
     assert not policy.chunked_lm_head
     head_calls = [0]  # the model's own LM head must not run on the chunked path
@@ -348,6 +360,8 @@ def test_chunked_lm_head_equals_the_materialized_logits(trainer):
         return res, grads
 
     (want, g_want), (got, g_got) = run(False), run(True)
+    n_real = [(1, int(mb.mask.sum())) for mb in mbs]
+    assert seen == n_real + n_real and sum(n for _, n in n_real) < sum(mb.mask.numel() for mb in mbs)
     for a, b in zip(got, want, strict=True):
         assert float(a.loss) == pytest.approx(float(b.loss), rel=1e-5, abs=1e-7)
         assert sorted(a.metrics) == sorted(b.metrics) and "entropy" in a.metrics

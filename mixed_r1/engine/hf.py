@@ -184,13 +184,24 @@ class HFEngine:
 
     def chunked_logprobs(self, batch: PolicyBatch, temperature: float
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """log-probs [B, T] of ``batch.targets`` and entropy [B, T] (float32, unmasked) through
-        :func:`~mixed_r1.kernels.linear_token_logprobs`, never materializing the logits."""
+        """log-probs [B, T] of ``batch.targets`` and entropy [B, T] (float32) through
+        :func:`~mixed_r1.kernels.linear_token_logprobs`, never materializing the logits. Only the
+        ``n = mask.sum()`` real completion tokens' hidden states go through the head (as ``[1, n, H]``);
+        both outputs are 0 where ``batch.mask`` is 0. A batch without a completion token goes through
+        whole (its log-probs then masked), so the loss keeps its graph."""
         from mixed_r1.kernels import linear_token_logprobs
 
-        head = self.model.get_output_embeddings()
-        return linear_token_logprobs(self.head_hidden(batch), head.weight, batch.targets,
-                                     temperature, return_entropy=True)
+        weight = self.model.get_output_embeddings().weight
+        hidden = self.head_hidden(batch)
+        sel = batch.mask.bool()
+        if not bool(sel.any()):
+            logp, ent = linear_token_logprobs(hidden, weight, batch.targets, temperature, return_entropy=True)
+            return logp * batch.mask, ent * batch.mask
+        lp, en = linear_token_logprobs(hidden[sel][None], weight, batch.targets[sel][None], temperature,
+                                       return_entropy=True)
+        logp = lp.new_zeros(batch.mask.shape).masked_scatter(sel, lp[0])
+        ent = en.new_zeros(batch.mask.shape).masked_scatter(sel, en[0])
+        return logp, ent
 
     def completion_logprobs(self, batch: PolicyBatch, temperature: float, *,
                             entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -226,7 +237,7 @@ class HFEngine:
         try:
             with torch.no_grad():
                 if self.chunked_lm_head:
-                    return self.chunked_logprobs(batch, temperature)[0] * batch.mask
+                    return self.chunked_logprobs(batch, temperature)[0]
                 if self._compact_head(batch):
                     return self.completion_logprobs(batch, temperature, entropy=False)[0]
                 logits = self.logits(batch)
@@ -246,7 +257,6 @@ class HFEngine:
             if self.chunked_lm_head:
                 logp, ent = self.chunked_logprobs(mb, loss_fn.cfg.temperature)
                 loss, metrics = loss_fn.from_logprobs(logp, mb, ent)
-                logp = logp * mb.mask
             elif self._compact_head(mb):
                 logp, ent = self.completion_logprobs(mb, loss_fn.cfg.temperature)
                 loss, metrics = loss_fn.from_logprobs(logp, mb, ent)
