@@ -36,12 +36,14 @@ aside to ``step_<step>.damaged`` and reporting why (when none is complete it rai
 nothing). An optimizer file the run needs that is missing is a damaged checkpoint, never "no
 optimizer".
 
-**Run directories** (:func:`prepare_run_dir`): a new run refuses a non-empty directory unless
-told to overwrite it (which deletes only what a run writes), and ``--resume`` refuses a directory
-that does not exist.
+**Run directories** (:func:`prepare_run_dir`, :func:`staged_run_dir`): a new run refuses a
+non-empty directory unless told to overwrite it (which deletes only what a run writes, and with
+:func:`staged_run_dir` only once the run has been built), and ``--resume`` refuses a directory that
+does not exist.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -51,7 +53,7 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -525,21 +527,22 @@ def _launch_rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
-def _check_run_dir(run: Path, resume: bool, overwrite: bool) -> None:
+def _check_run_dir(run: Path, resume: bool, overwrite: bool) -> list[str]:
+    """Raise unless ``run`` may be used; returns the entries an overwrite must clear ([] if none)."""
     if resume and overwrite:
         raise ValueError("--resume continues a run, --overwrite deletes it: pass one of them")
     if resume:
         if not run.is_dir():
             raise FileNotFoundError(f"{run}: no such run directory to resume (--resume continues "
                                     "an existing run; drop it to start a new one)")
-        return
+        return []
     if not run.exists():
-        return
+        return []
     if not run.is_dir():
         raise FileExistsError(f"{run}: exists and is not a directory")
     entries = sorted(p.name for p in run.iterdir())
     if not entries:
-        return
+        return []
     if not overwrite:
         shown = ", ".join(entries[:6]) + (", …" if len(entries) > 6 else "")
         raise FileExistsError(f"{run}: the run directory is not empty ({shown}); pass --resume "
@@ -548,9 +551,61 @@ def _check_run_dir(run: Path, resume: bool, overwrite: bool) -> None:
     if foreign:
         raise FileExistsError(f"{run}: --overwrite deletes only what a training run writes, and "
                               f"{run / foreign[0]} is not that; move it or choose another out_dir")
+    return entries
+
+
+def _remove(p: Path) -> None:
+    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def _stash(run: Path, entries: list[str]) -> Path | None:
+    """Move ``entries`` of ``run`` into a fresh ``run/.tmp-overwritten-<pid>`` (renames on one file
+    system: nothing is copied or lost if the process dies meanwhile; a later --overwrite clears the
+    stash as a temporary)."""
+    if not entries:
+        return None
+    stash = run / f".tmp-overwritten-{os.getpid()}"
+    if stash.exists():
+        _remove(stash)
+        entries = [e for e in entries if e != stash.name]
+    stash.mkdir()
     for e in entries:
-        p = run / e
-        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        os.rename(run / e, stash / e)
+    return stash
+
+
+def _unstash(run: Path, stash: Path) -> None:
+    """Undo :func:`_stash`: remove what a run wrote into ``run`` since, move the stash back."""
+    for p in run.iterdir():
+        if p != stash and (p.name in RUN_ENTRIES or p.name.startswith(".tmp-")):
+            _remove(p)
+    for p in stash.iterdir():
+        os.rename(p, run / p.name)
+    stash.rmdir()
+
+
+def _prepare(run: str | Path, resume: bool, overwrite: bool) -> tuple[Path, Path | None]:
+    """The checks of :func:`prepare_run_dir`, the overwritten entries stashed (rank 0), not deleted."""
+    run = Path(run)
+    rank, world = _dist_world()
+    error: BaseException | None = None
+    stash = None
+    if _launch_rank() == 0:
+        try:
+            stash = _stash(run, _check_run_dir(run, resume, overwrite))
+        except (OSError, ValueError) as exc:
+            error = exc
+    elif resume:  # a check that does not race with rank 0's writes
+        try:
+            _check_run_dir(run, resume, False)
+        except OSError as exc:
+            error = exc
+    if world > 1:
+        error = _all_gather(error)[0]
+    if error is not None:
+        raise error
+    run.mkdir(parents=True, exist_ok=True)
+    return run, stash
 
 
 def prepare_run_dir(run: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
@@ -564,31 +619,35 @@ def prepare_run_dir(run: str | Path, *, resume: bool = False, overwrite: bool = 
 
     Global rank 0 decides and deletes (other ranks of a started process group learn its verdict;
     under torchrun before the group exists, only rank 0 checks, since it may already be writing
-    when another rank looks); every rank then creates the directory. Returns its path."""
-    run = Path(run)
-    rank, world = _dist_world()
-    error: BaseException | None = None
-    if _launch_rank() == 0:
-        try:
-            _check_run_dir(run, resume, overwrite)
-        except (OSError, ValueError) as exc:
-            error = exc
-    elif resume:  # a check that does not race with rank 0's writes
-        try:
-            _check_run_dir(run, resume, False)
-        except OSError as exc:
-            error = exc
-    if world > 1:
-        error = _all_gather(error)[0]
-    if error is not None:
-        raise error
-    run.mkdir(parents=True, exist_ok=True)
+    when another rank looks); every rank then creates the directory. Returns its path.
+    :func:`staged_run_dir` defers the deletion until the run is built."""
+    run, stash = _prepare(run, resume, overwrite)
+    if stash is not None:
+        _remove(stash)
     return run
+
+
+@contextlib.contextmanager
+def staged_run_dir(run: str | Path, *, resume: bool = False, overwrite: bool = False) -> Iterator[Path]:
+    """:func:`prepare_run_dir` as a context around building a run: with ``overwrite``, the earlier
+    run's entries are moved into ``run/.tmp-overwritten-<pid>`` rather than deleted; if the body
+    raises (a config, data or model error while building), what it wrote into ``run`` is removed
+    and they are moved back, so the directory is as it was; when it returns they are deleted. The
+    same checks and errors as :func:`prepare_run_dir`; rank 0 stashes, restores and deletes."""
+    run, stash = _prepare(run, resume, overwrite)
+    try:
+        yield run
+    except BaseException:
+        if stash is not None:
+            _unstash(run, stash)
+        raise
+    if stash is not None:
+        _remove(stash)
 
 
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointLayoutError", "MANIFEST", "MANIFEST_FORMAT", "RUN_ENTRIES",
            "TrainingInterrupted", "capture_rng", "check_safetensors_file", "checkpoint_files",
            "dedupe_tensors", "file_digest", "latest_checkpoint", "list_checkpoints",
-           "load_checkpoint", "newest_complete_checkpoint", "prepare_run_dir",
+           "load_checkpoint", "newest_complete_checkpoint", "prepare_run_dir", "staged_run_dir",
            "read_checkpoint_manifest", "restore_rng", "save_checkpoint",
            "save_sharded_checkpoint", "step_dir", "verify_checkpoint", "verify_on_every_rank"]

@@ -848,19 +848,20 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     config, metrics and logs when the policy spans several ranks).
 
     The run directory (``run_dir``, default ``cfg.out_dir``) follows
-    :func:`mixed_r1.checkpoint.prepare_run_dir`: a new run refuses a non-empty directory
+    :func:`mixed_r1.checkpoint.prepare_run_dir`'s rules: a new run refuses a non-empty directory
     (FileExistsError) unless ``overwrite``, which deletes what an earlier run wrote there first;
     ``resume`` refuses a directory that does not exist (FileNotFoundError), continues from its
     newest complete checkpoint (:meth:`GRPOTrainer.resume`) and prints which step it resumes from
-    (step 0 when the run stopped before its first checkpoint). Nothing is written into the
-    directory before the data and model are built, so a config or data error leaves it as it
-    was. SIGINT/SIGTERM end training after the current step with a checkpoint and raise
+    (step 0 when the run stopped before its first checkpoint). The trainer is built inside
+    :func:`mixed_r1.checkpoint.staged_run_dir`: an overwritten run is deleted only once the data
+    and model are built, so a config, data or model error leaves the directory as it was (what the
+    build wrote there removed). SIGINT/SIGTERM end training after the current step with a checkpoint and raise
     :class:`~mixed_r1.checkpoint.TrainingInterrupted` (no export)."""
-    from mixed_r1.checkpoint import prepare_run_dir
+    from mixed_r1.checkpoint import staged_run_dir
     from mixed_r1.metrics import MetricsLogger, truncate_metrics
 
-    run = prepare_run_dir(run_dir or cfg.out_dir, resume=resume, overwrite=overwrite)
-    trainer = build_trainer(cfg, run, model)
+    with staged_run_dir(run_dir or cfg.out_dir, resume=resume, overwrite=overwrite) as run:
+        trainer = build_trainer(cfg, run, model)
     if trainer.is_main:
         (run / "config.yaml").write_text(dump_yaml(cfg))
     start = trainer.resume() if resume else 0

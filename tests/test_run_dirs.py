@@ -139,6 +139,34 @@ def test_overwrite_deletes_only_what_a_run_writes(ref, data, tmp_path):
     assert _listing(run) == before
 
 
+def test_overwrite_waits_for_the_build(ref, data, tmp_path, monkeypatch):
+    """``overwrite`` deletes the earlier run only once the new one is built: a data error (the
+    train file missing) and an error raised after the build wrote into the directory (as the
+    megatron build writes ``init_model``) both leave every file as it was, and nothing new."""
+    import mixed_r1.trainer as trainer_mod
+
+    run = _copy_run(ref["run"], tmp_path / "run", checkpoints=(STEP3,))
+    shutil.copytree(ref["run"] / "model", run / "model")
+    before, metrics = _listing(run), (run / "metrics.jsonl").read_bytes()
+    cfg = _cfg(data, run)
+    cfg.data.train_file = str(tmp_path / "missing.jsonl")
+    with pytest.raises(Exception, match="missing.jsonl"):
+        run_training(cfg, overwrite=True)
+    assert _listing(run) == before and (run / "metrics.jsonl").read_bytes() == metrics
+
+    def build_fails(cfg, run_dir, model=None):
+        assert sorted(p.name for p in run_dir.iterdir()) == [f".tmp-overwritten-{os.getpid()}"]
+        (run_dir / "init_model").mkdir()
+        (run_dir / "init_model" / "config.json").write_text("{}")
+        (run_dir / ".tmp-mcore_init-1").mkdir()
+        raise RuntimeError("the model failed to load")
+    monkeypatch.setattr(trainer_mod, "build_trainer", build_fails)
+    with pytest.raises(RuntimeError, match="failed to load"):
+        run_training(_cfg(data, run), overwrite=True)
+    assert _listing(run) == before and (run / "metrics.jsonl").read_bytes() == metrics
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl", "model"]
+
+
 def test_resume_of_a_missing_run_dir_is_refused(data, tmp_path):
     run = tmp_path / "no_such_run"
     with pytest.raises(FileNotFoundError,
