@@ -39,9 +39,27 @@ def _reset_peak() -> None:
         f.write("5")
 
 
+def touch_probe() -> dict:
+    """Seconds to fill 1 GiB of freshly mapped memory (page faults + zeroing by the kernel + the fill)
+    and to fill it again (the fill alone): the first-touch cost naive's fresh [N, V] buffers pay, which
+    varies with the host (a VM's faults cost several times a bare machine's)."""
+    import torch
+
+    torch.set_num_threads(1)
+    x = torch.empty(1 << 28)  # 1 GiB of float32, not yet touched
+    t0 = time.perf_counter()
+    x.fill_(1.0)
+    t1 = time.perf_counter()
+    x.fill_(2.0)
+    t2 = time.perf_counter()
+    return dict(name="touch", first=t1 - t0, again=t2 - t1)
+
+
 def probe(name: str, shape: tuple[int, ...]) -> dict:
     """Run one scenario in this process; return bytes and seconds."""
     import torch
+    if name == "touch":
+        return touch_probe()
     sys.path.insert(0, ROOT)
     from mixed_r1 import algo
     from mixed_r1.kernels import force_backend, grpo_loss, linear_token_logprobs
@@ -164,6 +182,9 @@ def main() -> None:
     row("grpo_loss", "fwd+bwd total, inplace=True", r["grpo_naive_fwdbwd"], r["grpo_fused_fwdbwd_inplace"], False)
     row("grpo_loss", "fwd+bwd total, inplace=False", r["grpo_naive_fwdbwd"], r["grpo_fused_fwdbwd"], False)
     print()
+    t = run_probe("touch", (0,))
+    print(f"First touch of 1 GiB of fresh memory on this host now: {t['first']:.2f} s (filling it again: "
+          f"{t['again']:.2f} s); naive pays it for each [N, V] buffer it allocates, the tiled op for one tile.\n")
     print("| N tokens, H | mode | materialized logits MiB | naive extra MiB | ours extra MiB | ours / logits "
           "| naive s | ours s | time ratio |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -178,6 +199,7 @@ def main() -> None:
             ne = r[n]["extra"] - (r[n]["grad_bytes"] if sub else 0)
             print(f"| {ls[0]:,}, {ls[1]} | {mode} | {mb(lg)} | {mb(ne)} | {mb(oe)} | {oe / lg:.3f} "
                   f"| {r[n]['seconds']:.2f} | {r[o]['seconds']:.2f} | {r[o]['seconds'] / r[n]['seconds']:.2f} |")
+
 
 if __name__ == "__main__":
     main()
