@@ -92,6 +92,12 @@ def check_shared_prefix_model(model: torch.nn.Module) -> None:
     check_chunkable_head(model, key)
 
 
+def _unflatten(sel: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """[B, T] zeros with ``values`` ([n], n = sel.sum()) at the True positions of ``sel``
+    (differentiable in ``values``)."""
+    return values.new_zeros(sel.shape).masked_scatter(sel, values)
+
+
 class HFEngine:
     """A single-process HF model as a :class:`~mixed_r1.engine.base.TrainEngine`.
 
@@ -199,9 +205,7 @@ class HFEngine:
             return logp * batch.mask, ent * batch.mask
         lp, en = linear_token_logprobs(hidden[sel][None], weight, batch.targets[sel][None], temperature,
                                        return_entropy=True)
-        logp = lp.new_zeros(batch.mask.shape).masked_scatter(sel, lp[0])
-        ent = en.new_zeros(batch.mask.shape).masked_scatter(sel, en[0])
-        return logp, ent
+        return _unflatten(sel, lp[0]), _unflatten(sel, en[0])
 
     def completion_logprobs(self, batch: PolicyBatch, temperature: float, *,
                             entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -222,8 +226,7 @@ class HFEngine:
             ent[sel] = _entropy(logits, temperature)
         lp = token_logprobs(logits[None], batch.targets[sel][None], temperature,
                             inplace_backward=torch.is_grad_enabled())[0]
-        logp = lp.new_zeros(batch.mask.shape).masked_scatter(sel, lp)
-        return logp, ent
+        return _unflatten(sel, lp), ent
 
     def _compact_head(self, batch: PolicyBatch) -> bool:
         """Whether :meth:`completion_logprobs` applies: a plain head and a completion token."""
