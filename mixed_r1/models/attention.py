@@ -68,13 +68,16 @@ def _groups(model: torch.nn.Module) -> int:
 @contextmanager
 def grouped_kv_attention(model: torch.nn.Module) -> Iterator[bool]:
     """Run ``model`` (an HF ``PreTrainedModel``) with :data:`NAME` attention inside the block and
-    restore its implementation after; yields whether it switched. Only models that run ``sdpa``
-    with grouped-query heads (``num_key_value_heads < num_attention_heads``) and no sub-models
-    (vision towers keep their own attention) are switched; the rest run unchanged."""
+    restore its implementation after; yields whether it switched. Only CPU models that run
+    ``sdpa`` with grouped-query heads (``num_key_value_heads < num_attention_heads``) and no
+    sub-models (vision towers keep their own attention) are switched; the rest run unchanged
+    (on CUDA a masked ``enable_gqa`` call leaves the fused kernels, transformers' reason for its
+    rule)."""
     cfg = getattr(model, "config", None)
+    first = next(model.parameters(), None)
     switch = (getattr(cfg, "_attn_implementation", None) == "sdpa" and _groups(model) > 1
-              and not getattr(cfg, "sub_configs", None)
-              and hasattr(model, "set_attn_implementation"))
+              and not getattr(cfg, "sub_configs", None) and first is not None
+              and first.device.type == "cpu" and hasattr(model, "set_attn_implementation"))
     if not switch:
         yield False
         return

@@ -95,7 +95,11 @@ class RecordingSampler:
 
 
 class HFGenerator:
-    """Wrap a HF causal/vision-language model and its processor as a :class:`Generator`."""
+    """Wrap a HF causal/vision-language model and its processor as a :class:`Generator`.
+
+    ``share_prompt_prefill`` / ``grouped_kv_attention`` (default on) turn off the shared prompt
+    prefill and the ``sdpa_gqa`` decode (module doc) to run transformers' own path, e.g. for
+    an A/B (``tools/bench_rollout.py --groups``)."""
 
     def __init__(self, model: Any, processor: Any, *, batch_size: int = 16,
                  suppress_token_ids: Iterable[int] = DEFAULT_SUPPRESS,
