@@ -62,6 +62,7 @@ import torch
 # missing, incomplete, corrupt or does not fit the run; the message names the file
 from mixed_r1.atomic import replace_dir
 from mixed_r1.models.safetensors_io import CheckpointError, check_safetensors_file
+from mixed_r1.parallel.platform import current_platform
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,8 @@ def capture_rng() -> dict[str, torch.Tensor]:
         "torch": torch.get_rng_state(),
     }
     assert kind == "MT19937"
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            out[f"cuda_{i}"] = s
+    for i, s in enumerate(current_platform().rng_states()):
+        out[f"cuda_{i}"] = s
     return out
 
 
@@ -129,10 +129,8 @@ def restore_rng(state: dict[str, torch.Tensor]) -> None:
     np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32),
                          int(state["numpy_pos"]), int(ng[0]), float(ng[1])))
     torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available():
-        cuda = [state[k] for k in sorted(k for k in state if k.startswith("cuda_"))]
-        if cuda:
-            torch.cuda.set_rng_state_all(cuda)
+    cuda = [state[k] for k in sorted(k for k in state if k.startswith("cuda_"))]
+    current_platform().set_rng_states(cuda)
 
 
 # ------------------------------------------------------------------------------- files

@@ -55,9 +55,12 @@ def test_sync_cycle_order_on_gpus(tmp_path, monkeypatch):
 
     calls: list = []
     gen = _fake_generator(tmp_path, calls)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    from mixed_r1.parallel.platform import Platform
+
+    gpu = Platform("cuda", "cuda")  # a GPU's answers (recording fakes stand in for the GPU calls)
+    monkeypatch.setattr("mixed_r1.parallel.platform.current_platform", lambda: gpu)
+    monkeypatch.setattr("mixed_r1.rollout.vllm_backend.current_platform", lambda: gpu)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty_cache",)))
-    monkeypatch.setattr("mixed_r1.rollout.vllm_backend._on_cpu", lambda: False)
     gen.sleep()
     with pytest.raises(RuntimeError, match="while asleep"):
         gen.generate([Prompt(text="x")], 1, SamplingParams())
@@ -84,6 +87,28 @@ def test_sync_without_sleep_mode_calls_no_sleep_api(tmp_path):
     sync_weights(iter([("w", torch.ones(2, 3))]), gen)
     assert [c[0] for c in calls] == ["reload_weights", "reset_prefix_cache"]
     assert gen.asleep is False
+
+
+def test_update_missing_a_tensor_is_refused_before_loading(tmp_path):
+    """Issue 1/7 item 5: an update must carry every tensor of the engine's checkpoint (after
+    sleep level 2 on a GPU a left-out tensor would serve uninitialised memory): refused before
+    vLLM sees any tensor; a stream that ends short of its own specs fails loudly after."""
+    calls: list = []
+    gen = _fake_generator(tmp_path, calls)
+    with pytest.raises(ValueError, match=r"engine unchanged .*1 tensor\(s\) missing, e.g. 'w'"):
+        gen.update_weights([])
+    assert calls == []  # nothing reached the engine
+
+    class ShortStream:  # announces 'w', sends nothing
+        def specs(self):
+            return {"w": (2, 3)}
+
+        def __iter__(self):
+            return iter(())
+
+    with pytest.raises(RuntimeError, match="ended without 1 tensor"):
+        gen.update_weights(ShortStream())
+    assert gen.weight_updates == 0
 
 
 def test_replica_engine_arguments(monkeypatch):

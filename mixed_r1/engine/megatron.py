@@ -56,14 +56,14 @@ from mixed_r1.engine.base import LossFn, MicroBatchResult, ModelMismatchError, P
 from mixed_r1.models.config import LMArch
 from mixed_r1.models.cache import prepare_mcore_checkpoint
 from mixed_r1.parallel import state
+from mixed_r1.parallel.platform import current_platform
 from mixed_r1.parallel.dist import is_main_rank
 
 
 def current_device() -> torch.device:
-    """The device this rank computes on (and hands to collectives): its CUDA device, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+    """The device this rank computes on (and hands to collectives): the platform's
+    (:meth:`mixed_r1.parallel.platform.Platform.device`)."""
+    return current_platform().device()
 
 
 def _pp_broadcast(t: torch.Tensor | None, shape: Sequence[int], dtype: torch.dtype,
@@ -271,10 +271,13 @@ class MegatronEngine:
             config.no_sync_func = self.model.no_sync
             config.grad_sync_func = self.model.start_grad_sync
         bf16 = params_dtype == torch.bfloat16
+        # megatron-core's optimizers use its gloo copies of the DP groups unless told otherwise;
+        # they exist only where the platform made them (state.init_parallel), not on GPUs
         self.optimizer = get_megatron_optimizer(OptimizerConfig(
             optimizer="adam", lr=lr, weight_decay=weight_decay, adam_beta1=betas[0],
             adam_beta2=betas[1], adam_eps=eps, clip_grad=0.0, bf16=bf16, params_dtype=params_dtype,
-            use_distributed_optimizer=self.distributed_optimizer), [self.model])
+            use_distributed_optimizer=self.distributed_optimizer), [self.model],
+            use_gloo_process_groups=current_platform().gloo_side_groups)
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -347,16 +350,25 @@ class MegatronEngine:
                          ) -> list[MicroBatchResult]:
         """This DP replica's micro-batches (round-robin) through megatron's schedule; gradients of
         ``Σ_m scale_m · loss_m`` accumulate in DDP's fp32 buffers and are finalized (DP sum, tied
-        embeddings over PP) by megatron's ``finalize_model_grads``."""
+        embeddings over PP) by megatron's ``finalize_model_grads``.
+
+        A replica that gets no micro-batch (fewer micro-batches than DP replicas) runs a one-row
+        ghost micro-batch (:meth:`ghost_batch`) with its loss multiplied by 0: a zero gradient,
+        but a real backward, so every
+        parameter's gradient hook fires in the order it does on the other replicas. With
+        ``overlap_grad_reduce`` megatron-core launches each bucket's reduction from those hooks
+        and asserts in ``finish_grad_sync`` on a bucket that was never launched."""
         from megatron.core.distributed import finalize_model_grads
 
         if self.optimizer is None:
             raise RuntimeError("forward_backward on a frozen policy")
         self.model.train()
         order = self.local_indices(len(micro_batches))
+        ghost = not order and len(micro_batches) > 0
         results: list[MicroBatchResult] = []
-        if order:
-            local = [micro_batches[i] for i in order]
+        if order or ghost:  # ghost: see the docstring (a zero-weighted backward)
+            local = [micro_batches[i] for i in order] if order else [self.ghost_batch()]
+            order = order or [-1]
             if any((mb.logit_index is None) != (local[0].logit_index is None) for mb in local):
                 raise ValueError("micro-batches of one update are all packed or all padded")
             rows = seq = None  # one pipeline stage: each micro-batch keeps its own shape
@@ -376,6 +388,8 @@ class MegatronEngine:
                 mask = b.mask.to(logp.device)
                 lp = completion_logprobs(logp, pk, mask)
                 value, metrics = loss_fn.from_logprobs(lp, b, completion_logprobs(entropy, pk, mask))
+                if ghost:
+                    return value * 0.0
                 results.append(MicroBatchResult(index=pk["_index"], loss=value.detach(),
                                                 metrics=metrics, logprobs=lp.detach().float()))
                 return value * b.scale
@@ -384,6 +398,18 @@ class MegatronEngine:
                       with_entropy=True)
         finalize_model_grads([self.model])
         return results
+
+    def ghost_batch(self) -> PolicyBatch:
+        """A one-row text micro-batch (two pad tokens, one scored) whose loss the engine
+        multiplies by 0: what an idle data-parallel replica runs so that its backward fires the
+        same gradient hooks as the others' (see :meth:`forward_backward`). Every log-prob
+        field is filled (zeros), so any loss configuration accepts it."""
+        ids = torch.full((1, 2), self.pad_id, dtype=torch.long)
+        zeros = torch.zeros(1, 1)
+        return PolicyBatch(inputs={"input_ids": ids, "attention_mask": torch.ones_like(ids)},
+                           targets=ids[:, 1:].clone(), mask=torch.ones(1, 1),
+                           advantages=torch.zeros(1), rollout_logprobs=zeros,
+                           old_logprobs=zeros, ref_logprobs=zeros, num_items=1.0)
 
     def reduce_metrics(self, sums: torch.Tensor, maxes: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,6 +20,8 @@ from typing import Any, Iterator
 
 import torch
 
+from mixed_r1.parallel.platform import current_platform
+
 NAME = "sdpa_gqa"
 
 
@@ -77,7 +79,8 @@ def grouped_kv_attention(model: torch.nn.Module) -> Iterator[bool]:
     first = next(model.parameters(), None)
     switch = (getattr(cfg, "_attn_implementation", None) == "sdpa" and _groups(model) > 1
               and not getattr(cfg, "sub_configs", None) and first is not None
-              and first.device.type == "cpu" and hasattr(model, "set_attn_implementation"))
+              and current_platform().grouped_kv_decode(first.device)
+              and hasattr(model, "set_attn_implementation"))
     if not switch:
         yield False
         return

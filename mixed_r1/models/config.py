@@ -283,7 +283,8 @@ def transformer_config(arch: LMArch, tp: int = 1, pp: int = 1, params_dtype=None
     """
     import torch
     from megatron.core.transformer import TransformerConfig
-    from megatron.core.transformer.enums import AttnBackend
+
+    from mixed_r1.parallel.platform import current_platform
 
     layers = arch.check_parallel(tp, pp, pipeline_layers)
     kw: dict[str, Any] = dict(
@@ -294,10 +295,9 @@ def transformer_config(arch: LMArch, tp: int = 1, pp: int = 1, params_dtype=None
         add_bias_linear=False, add_qkv_bias=arch.qkv_bias, bias_activation_fusion=False, masked_softmax_fusion=False,
         persist_layer_norm=False, bias_dropout_fusion=False, apply_rope_fusion=False,
         hidden_dropout=0.0, attention_dropout=0.0, params_dtype=params_dtype or torch.float32,
-        bf16=False, fp16=False, use_cpu_initialization=not torch.cuda.is_available(),
-        attention_backend=AttnBackend.local if not torch.cuda.is_available() else AttnBackend.auto,
-        pipeline_dtype=params_dtype or torch.float32,
-        batch_p2p_comm=torch.cuda.is_available(), attention_softmax_in_fp32=True,
+        bf16=False, fp16=False, pipeline_dtype=params_dtype or torch.float32,
+        attention_softmax_in_fp32=True,
+        **current_platform().megatron_config_kwargs(),
         **megatron_pipeline_kwargs(layers),
     )
     import torch.nn.functional as F

@@ -1,6 +1,7 @@
 """CPU shim: lets megatron-core's GPTModel, pipeline schedules and RNG tracker run on CPU + gloo.
 
-Only for the tests and the CPU demo. ``install()`` is a no-op whenever CUDA is available, so nothing
+Only for the tests and the CPU demo. ``install()`` is a no-op whenever tensors live on a GPU
+(the platform's ``cpu_shim``), so nothing
 here ever runs on a GPU. Everything it changes, and why:
 
 1. ``torch.cuda.current_device()`` returns ``"cpu"``: megatron-core allocates with
@@ -169,7 +170,9 @@ def _megatron_tensor_type(orig):
 def install() -> bool:
     """Patch megatron-core for CPU execution (idempotent). Returns True iff the shim is active."""
     global _INSTALLED
-    if torch.cuda.is_available():
+    from .platform import current_platform
+
+    if not current_platform().cpu_shim:  # tensors on a GPU: never patch anything
         return False
     if _INSTALLED:
         return True

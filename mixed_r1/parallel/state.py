@@ -2,22 +2,19 @@
 
 Rule: world = TP x PP x DP (megatron's default order tp-cp-ep-dp-pp). Ranks and the world size come
 from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT). The backend
-is NCCL when CUDA is available, gloo otherwise (and then the CPU shim is installed).
+and whether megatron-core makes gloo side groups come from the platform
+(:mod:`mixed_r1.parallel.platform`): NCCL and no gloo groups on GPUs, gloo (and the CPU shim) on CPU.
 """
 from __future__ import annotations
 
 import os
 from datetime import timedelta
 
-import torch
 import torch.distributed as dist
 
 from . import cpu_shim
 from .dims import ParallelDims, ParallelDimsError
-
-
-def _backend() -> str:
-    return "nccl" if torch.cuda.is_available() else "gloo"
+from .platform import current_platform
 
 
 def single_process_env() -> None:
@@ -47,11 +44,12 @@ def init_parallel(dims: ParallelDims | None = None, *, seed: int = 1234,
     """
     from megatron.core import parallel_state as ps
 
+    platform = current_platform()
     cpu_shim.install()
     if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=_backend(), timeout=timedelta(minutes=timeout_minutes))
+        platform.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=platform.dist_backend,
+                                timeout=timedelta(minutes=timeout_minutes))
     world = dist.get_world_size()
     dims = dims or ParallelDims(dp=-1, world_size=world)
     if dims.world != world:
@@ -62,7 +60,7 @@ def init_parallel(dims: ParallelDims | None = None, *, seed: int = 1234,
             raise ValueError("megatron parallel state already initialised with different sizes")
     else:
         ps.initialize_model_parallel(tensor_model_parallel_size=dims.tp, pipeline_model_parallel_size=dims.pp,
-                                     create_gloo_process_groups=not torch.cuda.is_available())
+                                     create_gloo_process_groups=platform.gloo_side_groups)
     ours = dims.coords(dist.get_rank())
     theirs = (ps.get_tensor_model_parallel_rank(), ps.get_data_parallel_rank(),
               ps.get_pipeline_model_parallel_rank())

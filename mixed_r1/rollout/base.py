@@ -101,12 +101,11 @@ def sync_weights(weights: Any, generator: Any = None) -> int:
         for _ in weights:
             pass
     else:
-        import torch
+        from mixed_r1.parallel.platform import current_platform
 
         generator.wake_up(tags=["weights"])
         generator.update_weights(weights)
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        current_platform().empty_cache()
         generator.wake_up(tags=["kv_cache"])
     return int(getattr(weights, "bytes_sent", 0))
 

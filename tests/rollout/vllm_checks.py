@@ -1,12 +1,11 @@
 """Checks of VLLMGenerator against transformers, run in a fresh process by test_rollout_vllm.py
-(vLLM's in-process CPU engine wants its environment set before import). Prints one JSON line."""
+under the platform the environment names (the test runs it CUDA-shaped). Nothing here sets vLLM's
+environment: the generator must (``Platform.vllm_env``: the engine core in this process, or the
+weight stream could not reach it). Prints one JSON line."""
 import json
 import os
 import sys
 import tempfile
-
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def build_tiny(out_dir: str, seed: int, num_layers: int = 2):
@@ -75,7 +74,11 @@ if __name__ == "__main__":
               "hf_before": hf_greedy(model, prompt_ids, 16)}
     # new weights from a differently seeded model of the same shape
     model2, _ = build_tiny(tempfile.mkdtemp(), seed=1)
-    gen.update_weights(list(model2.state_dict().items()))
+    from mixed_r1.parallel.platform import current_platform
+
+    result["platform"] = current_platform().name
+    result["multiprocessing_env"] = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    gen.update_weights((n, t) for n, t in model2.state_dict().items())  # a one-pass iterator
     result["after"] = [c.token_ids for c in gen.generate(prompts, 1, greedy)]
     result["hf_after"] = hf_greedy(model2, prompt_ids, 16)
     # a bad update is rejected before anything loads; the engine keeps serving model2
@@ -87,6 +90,13 @@ if __name__ == "__main__":
         result["bad_error"] = None
     except ValueError as exc:
         result["bad_error"] = str(exc)
+    # an update that leaves a tensor out is rejected before anything loads (after sleep level 2
+    # on a GPU, the left-out tensor would serve uninitialised memory)
+    try:
+        gen.update_weights(list(model.state_dict().items())[1:])
+        result["partial_error"] = None
+    except ValueError as exc:
+        result["partial_error"] = str(exc)
     result["after_bad"] = [c.token_ids for c in gen.generate(prompts, 1, greedy)]
     # sampled completions: the sampler's log-probs vs the policy's own (temperature 0.7)
     sampled = gen.generate(prompts, 4, SamplingParams(max_new_tokens=12, temperature=0.7, seed=5))

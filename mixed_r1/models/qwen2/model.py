@@ -20,20 +20,21 @@ from an mcore checkpoint is built with the split its manifest records.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from mixed_r1.parallel import state
+from mixed_r1.parallel.platform import current_platform
 
 from .. import convert as C
 from ..config import LMArch, arch_from_hf_config, transformer_config
 
 
 def has_transformer_engine() -> bool:
-    return importlib.util.find_spec("transformer_engine") is not None and torch.cuda.is_available()
+    """Transformer Engine is installed and usable here (the platform's answer)."""
+    return current_platform().transformer_engine
 
 
 @functools.cache
@@ -111,9 +112,7 @@ def build_gpt_model(arch: LMArch, *, params_dtype: torch.dtype = torch.float32,
         share_embeddings_and_output_weights=arch.tie_embeddings,
         position_embedding_type="mrope" if arch.mrope_section else "rope", rotary_base=int(arch.rope_theta),
     )
-    if not torch.cuda.is_available():
-        return model
-    return model.cuda()
+    return model.cuda() if current_platform().move_model_to_device else model
 
 
 _TE_RENAMES = {"input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",

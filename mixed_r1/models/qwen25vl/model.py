@@ -26,13 +26,13 @@ Vision attention: flash-attn 2 when it is installed and CUDA is present, torch S
 from __future__ import annotations
 
 import copy
-import importlib.util
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from mixed_r1.parallel import state
+from mixed_r1.parallel.platform import current_platform
 
 from .. import convert as C
 from ..config import LMArch, arch_from_hf_config
@@ -44,9 +44,7 @@ VISION_PREFIXES = ("model.visual.", "visual.")
 
 def vision_attn_implementation() -> str:
     """``flash_attention_2`` where flash-attn is installed and CUDA is present, else ``sdpa``."""
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    return current_platform().hf_vision_attention()
 
 
 def hf_vl_config(hf_config: dict[str, Any] | Any):
@@ -70,7 +68,7 @@ def build_vision_tower(hf_config, *, dtype: torch.dtype = torch.float32, attn_im
 
     vcfg = copy.deepcopy(hf_vl_config(hf_config).vision_config)
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = current_platform().device()
     with no_init_weights(), torch.device(device):
         visual = Qwen2_5_VisionTransformerPretrainedModel._from_config(
             vcfg, dtype=dtype, attn_implementation=attn_implementation or vision_attn_implementation())
@@ -217,6 +215,18 @@ class Qwen25VLPolicy(torch.nn.Module):
         out = self.visual(pixel_values.to(self.visual.dtype), grid_thw=image_grid_thw)
         return out.pooler_output if hasattr(out, "pooler_output") else out
 
+    def _vision_zero(self, x: torch.Tensor) -> torch.Tensor:
+        """A zero that depends on every trainable vision-tower parameter (one element of each,
+        times 0), added to a text-only micro-batch's embeddings: the tower then gets a zero
+        gradient instead of none, so megatron-core's DDP sees its buckets complete. Without it,
+        ``overlap_grad_reduce`` never launches their reduction and asserts in
+        ``finish_grad_sync``, and the replicas' gradient buffers would disagree on which
+        buckets a step reduced."""
+        ones = [p.reshape(-1)[:1] for p in self.visual.parameters() if p.requires_grad]
+        if not ones:
+            return x.new_zeros(())
+        return (torch.cat(ones).sum() * 0.0).to(x.dtype)
+
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
               image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder input [s, b, h]: word embeddings with image rows scattered in at the image-pad tokens."""
@@ -234,6 +244,8 @@ class Qwen25VLPolicy(torch.nn.Module):
             x = x.masked_scatter(image_mask[..., None].expand_as(x), img)
         elif n_tok:
             raise ValueError(f"input_ids hold {n_tok} <|image_pad|> tokens but no pixel_values were given")
+        elif self.visual is not None and self.training and torch.is_grad_enabled():
+            x = x + self._vision_zero(x)
         x = x.transpose(0, 1).contiguous()
         if self.config.fp32_residual_connection:
             x = x.float()
