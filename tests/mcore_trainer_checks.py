@@ -1,12 +1,16 @@
 """GRPO steps on the megatron-core policy backend, run under torchrun (gloo ranks, float32).
 
     torchrun --nproc_per_node N tests/mcore_trainer_checks.py OUT DATA BACKEND TP [resume] [dp=D] [pp=P]
-        [distopt]
+        [distopt] [overlap]
+
+The platform is the environment's (``MIXED_R1_PLATFORM=cuda-shaped``: the CUDA decisions on CPU
+tensors, see :mod:`mixed_r1.parallel.platform`); ``result.json`` records its name.
 
 Builds the trainer from the tiny test config (tiny Qwen2.5-VL, HF generator on rank 0) with
 ``parallel.backend=BACKEND`` (``mcore`` or ``hf``), ``parallel.tensor_parallel=TP`` and
 ``parallel.data_parallel=D``, ``parallel.pipeline_parallel=P`` (default 1; N = TP·PP·DP) and, with
-``distopt``, megatron-core's distributed optimizer, runs two
+``distopt``, megatron-core's distributed optimizer (``overlap``: with ``overlap_grad_reduce``),
+runs two
 GRPO steps (2 PPO epochs, beta > 0: old/ref log-probs, KL, clipping all exercised), then streams the
 weights out (``export_hf_weights``) and saves a checkpoint. Rank 0 writes ``OUT/result.json``
 (metrics, rewards and sampled tokens of every step; the total reward is replaced by a
@@ -47,7 +51,8 @@ if __name__ == "__main__":
         "model.num_kv_heads=2", "algo.ppo_epochs=2", "algo.beta=0.05",
         f"parallel.backend={backend}", f"parallel.tensor_parallel={tp}",
         f"parallel.data_parallel={dp}", f"parallel.pipeline_parallel={pp}",
-        f"parallel.distributed_optimizer={'distopt' in extra}"]
+        f"parallel.distributed_optimizer={'distopt' in extra}",
+        f"parallel.overlap_grad_reduce={'overlap' in extra}"]
     cfg = load_config(None, overrides)
     trainer = build_trainer(cfg, run)
     spread_rewards(trainer)  # non-zero advantages from a random tiny policy
@@ -86,7 +91,9 @@ if __name__ == "__main__":
         rows.append({k: v for k, v in m.items() if not k.startswith(("time/", "perf/"))}
                     | rollouts[-1] | {"update_logprob_diff": update_lp_diff[-1]})
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in trainer.policy.export_hf_weights()}
-    result = {"metrics": rows, "n_weights": len(weights)}
+    from mixed_r1.parallel.platform import current_platform
+
+    result = {"metrics": rows, "n_weights": len(weights), "platform": current_platform().name}
     import torch.distributed as dist
 
     if dist.is_initialized():

@@ -105,11 +105,19 @@ def test_vllm_rollout_replicas_match_one_rank(tmp_path, text_lm):
     """4 gloo ranks, megatron TP=2 x DP=2, vLLM through its external launcher as 2 data-parallel
     engines of TP=2: each replica samples its half of every step's prompts (per-prompt seeds), so
     the completions and rewards equal a 1-rank run's (HF policy, one vLLM engine), and the update
-    metrics agree to 1e-4 relative."""
+    metrics agree to 1e-4 relative.
+
+    CUDA-shaped (issue 1/7): every decision an 8-GPU job takes (no gloo side groups, megatron's
+    device initialisation, vLLM's engine core in process, no vLLM variable preset), with the
+    distributed optimizer and ``overlap_grad_reduce``; then one prompt over the two replicas,
+    which hung before (the idle replica stayed out of vLLM's lockstep engine loop)."""
     one = _run(tmp_path / "one", text_lm, "hf", "vllm")
     four = _run_dp(tmp_path / "four", text_lm, tp=2, dp=2)
     _check(four, text_lm[2])
-    assert four["generated_per_rank"] == [2, 2, 2, 2]  # 1 prompt per replica per step, 2 steps
+    assert four["platform"] == "cuda-shaped" and four["one_prompt"] == 1
+    # 1 prompt per replica per step for 2 steps, then the single prompt on replica 0's ranks
+    # while replica 1's idled in vLLM's engine loop
+    assert four["generated_per_rank"] == [3, 3, 2, 2]
     assert four["sampled"] == one["sampled"]
     for a, b in zip(four["steps"], one["steps"]):
         for k in ("loss", "grad_norm", "entropy", "clip_frac", "reward/total"):
@@ -121,9 +129,12 @@ def _run_dp(tmp_path: Path, text_lm, tp: int, dp: int) -> dict:
     model_dir, data, _ = text_lm
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(tp * dp),
            "--master_port", str(free_port()), str(SCRIPT), str(tmp_path), str(data),
-           str(model_dir), "mcore", "vllm", str(tp), str(dp)]
+           str(model_dir), "mcore", "vllm", str(tp), str(dp),
+           "parallel.distributed_optimizer=true", "parallel.overlap_grad_reduce=true"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    env.update(OMP_NUM_THREADS="1", MIXED_R1_PLATFORM="cuda-shaped")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200,
-                          cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          cwd=Path(__file__).parents[1], env=env)
     assert proc.returncode == 0 and (tmp_path / "result.json").is_file(), \
         proc.stdout[-3000:] + proc.stderr[-6000:]
     return json.loads((tmp_path / "result.json").read_text())

@@ -37,7 +37,10 @@ EXACT = ("clip_frac", "clip_frac_low", "clip_frac_high", "adv/abs_mean", "reward
 
 
 
-def _run(out: Path, data: Path, backend: str, tp: int, *extra: str, dp: int = 1, pp: int = 1) -> dict:
+def _run(out: Path, data: Path, backend: str, tp: int, *extra: str, dp: int = 1, pp: int = 1,
+         platform: str | None = None) -> dict:
+    """One run of mcore_trainer_checks.py; ``platform="cuda-shaped"`` takes every CUDA decision
+    (issue 1/7) on these CPU ranks."""
     out.mkdir(parents=True, exist_ok=True)
     if dp > 1:
         extra = (*extra, f"dp={dp}")
@@ -50,7 +53,9 @@ def _run(out: Path, data: Path, backend: str, tp: int, *extra: str, dp: int = 1,
                "--master_port", str(free_port()), str(SCRIPT), str(out), str(data), backend,
                str(tp), *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          cwd=Path(__file__).parents[1],
+                          env={**os.environ, "OMP_NUM_THREADS": "1",
+                               **({"MIXED_R1_PLATFORM": platform} if platform else {})})
     assert proc.returncode == 0 and (out / "result.json").is_file(), \
         proc.stdout[-3000:] + proc.stderr[-6000:]
     from safetensors.torch import load_file
@@ -66,7 +71,7 @@ def runs(tmp_path_factory):
     data = make_data(root / "data")
     return {"tp2": _run(root / "tp2", data, "mcore", 2, "resume"),
             "tp1": _run(root / "tp1", data, "mcore", 1),
-            "hf": _run(root / "hf", data, "hf", 1),
+            "hf": _run(root / "hf", data, "hf", 1, platform="cuda-shaped"),
             "init": root / "tp1" / "run" / "init_model", "data": data}
 
 
@@ -81,8 +86,11 @@ def dp2(runs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def pp2(runs, tmp_path_factory):
     """TP=1, PP=2, DP=1: the tiny Qwen2.5-VL's two layers on two stages, the vision tower on the
-    first; with a checkpoint resume."""
-    return _run(tmp_path_factory.mktemp("mcore_pp2"), runs["data"], "mcore", 1, "resume", pp=2)
+    first; with a checkpoint resume. CUDA-shaped (issue 1/7): no gloo side groups, batched
+    pipeline p2p, parameters initialised through megatron's device path, with the distributed
+    optimizer and ``overlap_grad_reduce``."""
+    return _run(tmp_path_factory.mktemp("mcore_pp2"), runs["data"], "mcore", 1, "resume", "distopt",
+                "overlap", pp=2, platform="cuda-shaped")
 
 
 def _compare_metrics(got: list[dict], ref: list[dict]) -> None:
@@ -128,6 +136,7 @@ def _init_weights(init_dir: Path, names) -> dict:
 def test_mcore_tp1_matches_hf_backend(runs):
     """The megatron path (packing, vocab-parallel log-probs, algo loss, manual grad clip, AdamW)
     reproduces the HF backend's GRPO steps."""
+    assert runs["hf"]["platform"] == "cuda-shaped"  # the HF backend + HF rollout, GPU decisions
     _compare_metrics(runs["tp1"]["metrics"], runs["hf"]["metrics"])
     hf, tp1 = runs["hf"]["weights"], runs["tp1"]["weights"]
     assert sorted(hf) == sorted(tp1)  # the stream yields exactly the HF model's parameter names
@@ -179,9 +188,10 @@ def test_mcore_vl_pp2_matches_tp1(runs, pp2):
     assert sorted(tp1) == sorted(got)
     assert _update_rel_diff(got, tp1, _init_weights(runs["init"], tp1)) < 1e-3
     assert pp2["ckpt_files"] == ["config.yaml", "manifest.json", "model_tp00_pp000.safetensors",
-                                 "model_tp00_pp001.safetensors", "optimizer_tp00_pp000.pt",
-                                 "optimizer_tp00_pp001.pt", "rng.pt", "trainer_state.json"]
+                                 "model_tp00_pp001.safetensors", "optimizer_tp00_pp000_dp000.pt",
+                                 "optimizer_tp00_pp001_dp000.pt", "rng.pt", "trainer_state.json"]
     assert pp2["resume_exact"]
+    assert pp2["platform"] == "cuda-shaped"
 
 
 @pytest.mark.multirank

@@ -14,6 +14,11 @@ step 2 the sampler's log-probs of its own completions against the policy's: equa
 generator received step 1's update), the sampled token ids and rewards of each step, how many
 prompts each rank's generator sampled, the first rendered prompt, the tokenizer's class and eos ids.
 ``KEY=VALUE`` arguments after DP are further config overrides (e.g. ``algo.pack_sequences=true``).
+After the two steps every rank asks the generator for greedy completions of ONE prompt
+(``one_prompt``: how many came back): with several rollout replicas all but one get no prompt,
+and vLLM's data-parallel engines step in lockstep, so an idle replica must still run its engine
+loop (before issue 1/7 this hung). The platform is the environment's (``MIXED_R1_PLATFORM``);
+nothing here sets vLLM's environment: the generator does.
 """
 import json
 import os
@@ -21,8 +26,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 def main() -> None:
@@ -74,6 +77,11 @@ def main() -> None:
                                             "rollout/logprob_abs_diff", "loss", "grad_norm",
                                             "entropy", "clip_frac", "reward/total",
                                             "perf/padding_fraction")})
+    from mixed_r1.parallel.platform import current_platform
+    from mixed_r1.rollout.base import Prompt, SamplingParams
+
+    one = trainer.generator.generate([Prompt(text=prompts[0])], 1,
+                                     SamplingParams(max_new_tokens=4, temperature=0.0))
     tok = trainer.tokenizer
     import torch.distributed as dist
 
@@ -83,7 +91,8 @@ def main() -> None:
         dist.all_gather_object(per_rank, generated[0])
     result = {"steps": steps, "sampled": sampled, "generated_per_rank": per_rank,
               "prompt": prompts[0], "tokenizer": type(tok).__name__, "vocab": len(tok),
-              "eos": getattr(gen, "eos", None)}
+              "eos": getattr(gen, "eos", None), "one_prompt": len(one),
+              "platform": current_platform().name}
 
     if not dist.is_initialized() or dist.get_rank() == 0:
         (out / "result.json").write_text(json.dumps(result))
