@@ -11,8 +11,13 @@ Bytes that must move (eb = bytes per logit):
   vocab_parallel (1 rank)  3·N·V·eb  as token_logprobs
 linear_token_logprobs is compute bound: reported in TFLOP/s (8·N·H·V flops for fwd+bwd with recompute).
 
-    bash tools/gpu_check.sh                       # B·T = 32,768, V = 151,665, bf16 (defaults)
+    python tools/gpu_check.py --no-compile        # B·T = 32,768, V = 151,665, bf16 (defaults)
+    python tools/gpu_check.py --compile-only      # only the torch.compile columns beside ours
     python tools/gpu_check.py --cpu-smoke         # tiny sizes on CPU under TRITON_INTERPRET=1 (script test)
+
+tools/gpu_check.sh runs it twice: --no-compile first (its "kernels" part), --compile-only last and
+only when asked (torch.compile builds over 151k-wide reductions take minutes). The last line
+starting "SUMMARY: " holds the key numbers for that script's table.
 """
 from __future__ import annotations
 
@@ -41,10 +46,12 @@ except Exception as exc:  # optional peer
     LIGER = f"liger-kernel not importable ({type(exc).__name__}); its column is skipped"
 
 FAILS: list[str] = []
+CHECKS: list[str] = []
 
 
 def check(name: str, ok: bool, detail: str = "") -> None:
     print(f"[{'PASS' if ok else 'FAIL'}] {name} {detail}", flush=True)
+    CHECKS.append(name)
     if not ok:
         FAILS.append(name)
 
@@ -105,6 +112,22 @@ def ref_grad_rows64(flat, tg, rows, temp, dlogp):
     return g * (dlogp[rows].double() / temp)[:, None]
 
 
+def summary(a, results: dict, rows: list, floor: float) -> str:
+    """The line tools/gpu_check.sh puts in its table: checks passed, grpo_loss fwd+bwd against the
+    HBM floor and Liger (or, with --compile-only, ours against torch.compile), rows that errored."""
+    parts = [] if a.compile_only else [f"{len(CHECKS) - len(FAILS)}/{len(CHECKS)} checks passed"]
+    ours = results.get(("grpo_loss fwd+bwd", "ours (Triton)"))
+    if ours:
+        parts.append(f"grpo_loss fwd+bwd {ours[0] * 1e3:.2f} ms = {ours[0] / floor:.2f}× HBM floor")
+        for peer, label in (("Liger triton_grpo_loss", "Liger"), ("torch.compile", "torch.compile")):
+            if ("grpo_loss fwd+bwd", peer) in results:
+                parts.append(f"{ours[0] / results[('grpo_loss fwd+bwd', peer)][0]:.2f}× {label}'s time")
+    errors = [f"{r[0]}/{r[1]}" for r in rows if r[2].startswith(("error", "OOM"))]
+    if errors:
+        parts.append(f"{len(errors)} timing rows failed ({', '.join(errors[:3])})")
+    return "SUMMARY: " + "; ".join(parts)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=8)
@@ -113,14 +136,20 @@ def main() -> int:
     ap.add_argument("--hidden", type=int, default=3584, help="LM-head width for linear_token_logprobs")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    ap.add_argument("--compile-only", action="store_true",
+                    help="skip the correctness checks; time only torch.compile and ours")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on CPU, Triton interpreted")
     ap.add_argument("--out", help="also write the markdown table here")
     a = ap.parse_args()
+    if a.no_compile and a.compile_only:
+        ap.error("--no-compile and --compile-only exclude each other")
     if a.cpu_smoke:
         a.batch, a.seq, a.vocab, a.hidden, a.reps = 2, 16, 5000, 32, 1
         dev = torch.device("cpu")
     else:
-        if not torch.cuda.is_available():
+        from mixed_r1.parallel.platform import current_platform
+
+        if not current_platform().on_gpu:
             print("no CUDA device: run on a GPU machine (or --cpu-smoke to test this script)")
             return 2
         dev = torch.device("cuda")
@@ -161,87 +190,88 @@ def main() -> int:
     ref = ref32 + 0.1 * torch.randn(B, T, device=dev, generator=g)
 
     x = logits.detach().requires_grad_()  # a view of buf; its .grad is a fresh [B, T, V] bf16 tensor
-    try:
-        lp = token_logprobs(x, tg, temp)
-        err = (lp.reshape(-1)[sample].double() - ref64_s).abs().max().item()
-        err32 = (lp - ref32).abs().max().item()
-        check("token_logprobs forward vs float64 (64 rows) / float32 (all rows)", err < 1e-3 and err32 < 1e-3,
-              f"max err {err:.2e} / {err32:.2e}")
-        gout = torch.randn(B, T, device=dev, generator=g)
-        (lp * gout).sum().backward()
-        dl = torch.zeros(B * (T + 1), dtype=torch.float64, device=dev)
-        dl[rows_all] = gout.reshape(-1).double()
-        gref = ref_grad_rows64(flat, tg_flat_pad, srows, temp, dl)
-        gerr = (x.grad.reshape(N, V)[sample].double() - gref).abs().max().item()
-        scale = gref.abs().max().item()
-        check("token_logprobs backward vs float64 (64 rows)", gerr < 1e-2 * scale,
-              f"max err {gerr:.2e} (scale {scale:.1e}, bf16 gradient)")
-    except Exception:
-        traceback.print_exc()
-        check("token_logprobs", False)
-    x.grad = None
+    if not a.compile_only:  # the correctness checks ran in the --no-compile pass
+        try:
+            lp = token_logprobs(x, tg, temp)
+            err = (lp.reshape(-1)[sample].double() - ref64_s).abs().max().item()
+            err32 = (lp - ref32).abs().max().item()
+            check("token_logprobs forward vs float64 (64 rows) / float32 (all rows)", err < 1e-3 and err32 < 1e-3,
+                  f"max err {err:.2e} / {err32:.2e}")
+            gout = torch.randn(B, T, device=dev, generator=g)
+            (lp * gout).sum().backward()
+            dl = torch.zeros(B * (T + 1), dtype=torch.float64, device=dev)
+            dl[rows_all] = gout.reshape(-1).double()
+            gref = ref_grad_rows64(flat, tg_flat_pad, srows, temp, dl)
+            gerr = (x.grad.reshape(N, V)[sample].double() - gref).abs().max().item()
+            scale = gref.abs().max().item()
+            check("token_logprobs backward vs float64 (64 rows)", gerr < 1e-2 * scale,
+                  f"max err {gerr:.2e} (scale {scale:.1e}, bf16 gradient)")
+        except Exception:
+            traceback.print_exc()
+            check("token_logprobs", False)
+        x.grad = None
 
-    try:
-        loss, met = grpo_loss(x, tg, adv, mask, old, ref, beta=beta, eps_low=eps_low, eps_high=eps_high,
-                              temperature=temp, loss_type="dapo")
-        leaf = ref32.double().requires_grad_()
-        lref, mref = algo.compute_policy_loss(leaf, adv.double(), mask.double(), old.double(), ref.double(), beta=beta,
-                                              eps_low=eps_low, eps_high=eps_high, loss_type="dapo")
-        (dlogp,) = torch.autograd.grad(lref, leaf)
-        loss.backward()
-        lerr = abs(loss.item() - lref.item())
-        check("grpo_loss value vs algo (float64 on float32 log-probs)", lerr < 1e-4 * max(1, abs(lref.item())),
-              f"|d| {lerr:.2e}")
-        check("grpo_loss clip_frac vs algo", abs(met["clip_frac"].item() - mref["clip_frac"].item()) < 1e-3)
-        dl = torch.zeros(B * (T + 1), dtype=torch.float64, device=dev)
-        dl[rows_all] = dlogp.reshape(-1)
-        gref = ref_grad_rows64(flat, tg_flat_pad, srows, temp, dl)
-        gerr = (x.grad.reshape(N, V)[sample].double() - gref).abs().max().item()
-        scale = gref.abs().max().item()
-        check("grpo_loss backward vs float64 (64 rows)", gerr < 1e-2 * scale + 1e-7, f"max err {gerr:.2e} (scale {scale:.1e})")
-    except Exception:
-        traceback.print_exc()
-        check("grpo_loss", False)
-    x.grad = None
+        try:
+            loss, met = grpo_loss(x, tg, adv, mask, old, ref, beta=beta, eps_low=eps_low, eps_high=eps_high,
+                                  temperature=temp, loss_type="dapo")
+            leaf = ref32.double().requires_grad_()
+            lref, mref = algo.compute_policy_loss(leaf, adv.double(), mask.double(), old.double(), ref.double(), beta=beta,
+                                                  eps_low=eps_low, eps_high=eps_high, loss_type="dapo")
+            (dlogp,) = torch.autograd.grad(lref, leaf)
+            loss.backward()
+            lerr = abs(loss.item() - lref.item())
+            check("grpo_loss value vs algo (float64 on float32 log-probs)", lerr < 1e-4 * max(1, abs(lref.item())),
+                  f"|d| {lerr:.2e}")
+            check("grpo_loss clip_frac vs algo", abs(met["clip_frac"].item() - mref["clip_frac"].item()) < 1e-3)
+            dl = torch.zeros(B * (T + 1), dtype=torch.float64, device=dev)
+            dl[rows_all] = dlogp.reshape(-1)
+            gref = ref_grad_rows64(flat, tg_flat_pad, srows, temp, dl)
+            gerr = (x.grad.reshape(N, V)[sample].double() - gref).abs().max().item()
+            scale = gref.abs().max().item()
+            check("grpo_loss backward vs float64 (64 rows)", gerr < 1e-2 * scale + 1e-7, f"max err {gerr:.2e} (scale {scale:.1e})")
+        except Exception:
+            traceback.print_exc()
+            check("grpo_loss", False)
+        x.grad = None
 
-    try:
-        import torch.distributed as dist
-        if not dist.is_initialized():
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", "29533")
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=0, world_size=1)
-        lpv = vocab_parallel_token_logprobs(x, tg, 0, temperature=temp)
-        verr = (lpv - ref32).abs().max().item()
-        check("vocab_parallel_token_logprobs (1 rank) vs float32 reference", verr < 1e-3, f"max err {verr:.2e}")
-        del lpv
-    except Exception:
-        traceback.print_exc()
-        check("vocab_parallel_token_logprobs", False)
+        try:
+            import torch.distributed as dist
+            if not dist.is_initialized():
+                os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+                os.environ.setdefault("MASTER_PORT", "29533")
+                dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", rank=0, world_size=1)
+            lpv = vocab_parallel_token_logprobs(x, tg, 0, temperature=temp)
+            verr = (lpv - ref32).abs().max().item()
+            check("vocab_parallel_token_logprobs (1 rank) vs float32 reference", verr < 1e-3, f"max err {verr:.2e}")
+            del lpv
+        except Exception:
+            traceback.print_exc()
+            check("vocab_parallel_token_logprobs", False)
 
-    Nl = min(N, 8192)  # linear check on a slice of tokens (the reference materializes its logits)
-    try:
-        hid = (torch.randn(1, Nl, H, device=dev, generator=g) * 0.5).to(dt).requires_grad_()
-        w = (torch.randn(V, H, device=dev, generator=g) / H ** 0.5).to(dt).requires_grad_()
-        tgl = torch.randint(0, V, (1, Nl), device=dev, generator=g)
-        lpl = linear_token_logprobs(hid, w, tgl, temp)
-        lg = (hid.detach() @ w.detach().t())[0]  # bf16 logits, as the chunked path sees them
-        r32 = ref_logp32(lg, tgl[0], temp)
-        lerr = (lpl[0] - r32).abs().max().item()
-        check("linear_token_logprobs forward vs materialized logits", lerr < 1e-3, f"max err {lerr:.2e}")
-        lpl.sum().backward()
-        h2, w2 = hid.detach().float().requires_grad_(), w.detach().float().requires_grad_()
-        ok = True
-        for i in range(0, Nl, 1024):  # float32 reference gradient, chunked
-            lgc = h2[0, i:i + 1024] @ w2.t()
-            torch.log_softmax(lgc / temp, -1).gather(-1, tgl[0, i:i + 1024, None]).sum().backward()
-        rel = lambda u, v: ((u.float() - v).norm() / v.norm()).item()  # noqa: E731
-        eh, ew = rel(hid.grad[0], h2.grad[0]), rel(w.grad, w2.grad)
-        ok = eh < 2e-2 and ew < 2e-2
-        check("linear_token_logprobs backward vs float32 (relative L2)", ok, f"d hidden {eh:.1e}, d weight {ew:.1e}")
-        del lg, h2, w2, hid, w, lpl
-    except Exception:
-        traceback.print_exc()
-        check("linear_token_logprobs", False)
+        Nl = min(N, 8192)  # linear check on a slice of tokens (the reference materializes its logits)
+        try:
+            hid = (torch.randn(1, Nl, H, device=dev, generator=g) * 0.5).to(dt).requires_grad_()
+            w = (torch.randn(V, H, device=dev, generator=g) / H ** 0.5).to(dt).requires_grad_()
+            tgl = torch.randint(0, V, (1, Nl), device=dev, generator=g)
+            lpl = linear_token_logprobs(hid, w, tgl, temp)
+            lg = (hid.detach() @ w.detach().t())[0]  # bf16 logits, as the chunked path sees them
+            r32 = ref_logp32(lg, tgl[0], temp)
+            lerr = (lpl[0] - r32).abs().max().item()
+            check("linear_token_logprobs forward vs materialized logits", lerr < 1e-3, f"max err {lerr:.2e}")
+            lpl.sum().backward()
+            h2, w2 = hid.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+            ok = True
+            for i in range(0, Nl, 1024):  # float32 reference gradient, chunked
+                lgc = h2[0, i:i + 1024] @ w2.t()
+                torch.log_softmax(lgc / temp, -1).gather(-1, tgl[0, i:i + 1024, None]).sum().backward()
+            rel = lambda u, v: ((u.float() - v).norm() / v.norm()).item()  # noqa: E731
+            eh, ew = rel(hid.grad[0], h2.grad[0]), rel(w.grad, w2.grad)
+            ok = eh < 2e-2 and ew < 2e-2
+            check("linear_token_logprobs backward vs float32 (relative L2)", ok, f"d hidden {eh:.1e}, d weight {ew:.1e}")
+            del lg, h2, w2, hid, w, lpl
+        except Exception:
+            traceback.print_exc()
+            check("linear_token_logprobs", False)
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -304,6 +334,9 @@ def main() -> int:
                                              ("torch.compile", fb(compiled["logp"]) if compiled else None)]),
         ("vocab_parallel fwd+bwd (1 rank)", 3 * nve, [("ours (Triton)", fb(ours_vp))]),
     ]
+    if a.compile_only:  # torch.compile beside ours (the ratio from one run); the rest ran before
+        cases = [(op, must, [(n, f) for n, f in impls if n in ("ours (Triton)", "torch.compile")])
+                 for op, must, impls in cases if any(n == "torch.compile" for n, _ in impls)]
     results = {}
     for op, must, impls in cases:
         floor = must / bw
@@ -345,9 +378,10 @@ def main() -> int:
     naive_lin = lambda h_, w_: torch.log_softmax((h_ @ w_.t()).float() / temp, -1).gather(  # noqa: E731
         -1, tgl.unsqueeze(-1)).squeeze(-1)
     lin_rows = []
-    for name, f in [("ours (chunked)", lambda h_, w_: linear_token_logprobs(h_, w_, tgl, temp)),
-                    ("torch eager", naive_lin),
-                    ("torch.compile", torch.compile(naive_lin) if not a.no_compile else None)]:
+    lin_impls = [("ours (chunked)", lambda h_, w_: linear_token_logprobs(h_, w_, tgl, temp)),
+                 ("torch eager", naive_lin),
+                 ("torch.compile", torch.compile(naive_lin) if not a.no_compile else None)]
+    for name, f in lin_impls if not a.compile_only else [lin_impls[0], lin_impls[2]]:
         if f is None:
             lin_rows.append((name, "skipped", "", ""))
             continue
@@ -387,6 +421,7 @@ def main() -> int:
             lines.append(f"grpo_loss fwd+bwd vs Liger: {ours[0] / lg[0]:.2f}× Liger's time (target < 1)")
     text = "\n".join(lines)
     print("\n" + text)
+    print(summary(a, results, rows + [("linear", *r) for r in lin_rows], 2 * nve / bw))
     if a.out:
         with open(a.out + ".tmp", "w") as f:
             f.write(text + "\n")
