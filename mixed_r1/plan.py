@@ -18,6 +18,13 @@ Bytes per parameter therefore: bf16 = 2 + 4 + (4 + 8 + 4)/d, fp32 = 4 + 4 + (8 +
 d = DP for the distributed optimizer, else 1 (megatron-core's accounting, e.g. its
 ``--use-distributed-optimizer`` documentation: 18 → 6 + 12/d bytes per parameter for bf16 with
 fp32 grads and masters, plus our snapshot).
+
+Attention is counted for the implementation megatron-core will run (:func:`resolve_attention`:
+``auto`` asks :func:`mixed_r1.parallel.platform.current_platform`): Transformer Engine keeps no
+``s × s`` term (megatron-core reaches flash-attn only through it), megatron-core's local ``DotProductAttention`` builds the full
+``[micro_batch · heads/TP, s, s]`` scores in every layer (:func:`local_attention_memory`), and a
+plan whose update phase does not fit because of them is refused naming the scores
+(:meth:`Plan.failure`).
 """
 from __future__ import annotations
 
@@ -120,6 +127,111 @@ def format_static(rows: Sequence[StaticMemory]) -> str:
 
 
 
+
+
+# ------------------------------------------------------------------------------- attention
+#: what megatron-core's core attention can run (``mixed-r1 plan --attention``; ``auto`` = what
+#: this install runs, :meth:`mixed_r1.parallel.platform.Platform.attention_implementation`).
+#: There is no ``flash``: in megatron-core 0.16.1 training reaches flash-attn only through TE's
+#: attention; without TE our layer spec (models/qwen2/model.py ``layer_spec``) is the local one,
+#: whose scores ``local`` counts (flash-attn serves only the HF vision tower).
+ATTENTION = ("te", "local")
+ATTENTION_NAMES = {
+    "te": "Transformer Engine fused attention (no s x s scores)",
+    "local": "megatron-core local DotProductAttention (full [micro_batch*heads/TP, s, s] scores "
+             "per layer)",
+}
+
+
+def resolve_attention(choice: str = "auto", platform: Any = None) -> tuple[str, str]:
+    """``(implementation, why)``: ``choice`` itself, or for ``auto`` what ``platform`` (default:
+    :func:`~mixed_r1.parallel.platform.current_platform`) says megatron-core will run here, with
+    the reason (Transformer Engine installed, not installed, or no GPU)."""
+    if choice != "auto":
+        if choice not in ATTENTION:
+            raise ValueError(f"attention must be auto or one of {ATTENTION}, got {choice!r}")
+        return choice, f"--attention {choice}"
+    if platform is None:
+        from mixed_r1.parallel.platform import current_platform
+
+        platform = current_platform()
+    impl = platform.attention_implementation()
+    if impl == "te":
+        why = "auto: Transformer Engine is installed"
+    elif platform.on_gpu:
+        why = "auto: Transformer Engine is not installed (or its PyTorch part is missing)"
+    else:
+        why = ("auto: no GPU here, so Transformer Engine cannot run; plan for the cluster's "
+               "install with --attention te|local")
+    return impl, why
+
+
+@dataclass(frozen=True)
+class LocalAttentionMemory:
+    """What megatron-core 0.16.1's local ``DotProductAttention``
+    (megatron/core/transformer/dot_product_attention.py) holds beyond the layer formula, in bytes.
+
+    ``copy``: one ``[micro_batch · heads/TP, s, s]`` tensor in the compute dtype
+    (``micro_batch · heads/TP · s² · dtype_bytes``). The scores are the ``torch.baddbmm`` output
+    written beside ``parallel_state.get_global_memory_buffer()``'s ``"mpu"`` tensor of the same
+    shape and dtype (the baddbmm ``input``, ``beta=0``); ``FusedScaleMaskSoftmax`` masks them in
+    place (``masked_fill_`` with a fresh ``[s, s]`` bool causal mask, which its backward keeps)
+    and, with ``masked_softmax_fusion=False`` and ``bf16=False`` in our ``TransformerConfig``
+    (models/config.py: ``input_in_float16`` is False, so no fp32 upcast), ``torch.softmax``
+    returns the probabilities in the compute dtype; attention dropout is 0 (identity, no copy);
+    ``torch.bmm(probs, v)`` keeps the probabilities for its backward. So:
+
+    - ``buffer``: the global memory buffer, one ``copy``, allocated at the first forward and kept
+      for the life of the process (also while vLLM generates);
+    - saved per layer: the probabilities (one ``copy``) and the mask (``s²`` bytes) without
+      recompute — already in :func:`layer_activation_bytes` (``mcore-local``, ``none``); under
+      ``selective`` (megatron recomputes ``core_attn``) and ``full`` nothing;
+    - ``transient``: the backward of one layer's core attention holds four ``copy`` at its
+      peak: the probabilities, their gradient (bmm backward), the scores' gradient (softmax
+      backward) and the full-size gradient buffer autograd's ``CopySlices`` makes because
+      ``masked_fill_`` runs in place on a *view* of the baddbmm output (measured: the same ops
+      in plain torch peak at 4.06 copies, 3.06 with the mask applied to the base; CPU,
+      torch 2.13, the profiler's allocation timeline). Without recompute the probabilities are
+      the saved ones and under ``full`` they are in the rebuilt layer
+      (:func:`lm_activation_memory`'s recompute transient), so three more copies; under
+      ``selective`` all four plus the recomputed ``s²`` mask.
+
+    ``scores_total`` is every byte of the ``s × s`` tensors the update phase holds at its peak;
+    ``in_layers`` is the part of it counted in the layer lines (the saved probabilities and masks
+    of every stored layer without recompute; the rebuilt layer's under ``full``)."""
+
+    micro_batch: int
+    heads: int  # per TP rank
+    seq: int
+    dtype_bytes: int
+    buffer: int
+    transient: int
+    in_layers: int = 0
+
+    @property
+    def copy(self) -> int:
+        return self.micro_batch * self.heads * self.seq * self.seq * self.dtype_bytes
+
+    @property
+    def scores_total(self) -> int:
+        return self.buffer + self.transient + self.in_layers
+
+    def shape(self) -> str:
+        return f"[{self.micro_batch}*{self.heads}, {self.seq}, {self.seq}]"
+
+
+def local_attention_memory(*, heads: int, tp: int, seq: int, micro_batch: int,
+                           dtype_bytes: int = 2, recompute: str = "none",
+                           in_layers: int = 0) -> LocalAttentionMemory:
+    """:class:`LocalAttentionMemory` of megatron's local attention for ``heads`` query heads over
+    ``tp`` ranks, micro-batches of ``micro_batch`` rows of ``seq`` tokens; ``in_layers``: the
+    ``s × s`` bytes the layer lines already hold (see the class)."""
+    if recompute not in ("none", "selective", "full"):
+        raise ValueError(f"recompute must be none, selective or full, got {recompute!r}")
+    copy = micro_batch * (heads // tp) * seq * seq * dtype_bytes
+    transient = 4 * copy + seq * seq if recompute == "selective" else 3 * copy
+    return LocalAttentionMemory(micro_batch, heads // tp, seq, dtype_bytes, buffer=copy,
+                                transient=transient, in_layers=in_layers)
 
 
 # ------------------------------------------------------------------------------- activations
@@ -250,10 +362,23 @@ class ActivationMemory:
     logits: int
     vision: int
     in_flight: int
+    #: megatron's local attention only (``impl='mcore-local'``), else None: its resident scores
+    #: buffer (not in ``total``: it outlives the backward) and its backward transient (in ``total``)
+    attention: LocalAttentionMemory | None = None
+
+    @property
+    def attention_buffer(self) -> int:
+        return self.attention.buffer if self.attention else 0
+
+    @property
+    def attention_transient(self) -> int:
+        return self.attention.transient if self.attention else 0
 
     @property
     def total(self) -> int:
-        return self.layers + self.recompute_transient + self.logits + self.vision
+        """Bytes that live only in the backward (the attention buffer is resident, not here)."""
+        return (self.layers + self.recompute_transient + self.logits + self.vision
+                + self.attention_transient)
 
 
 def lm_activation_memory(hf_config: dict[str, Any], *, seq: int, micro_batch: int, tp: int = 1,
@@ -263,7 +388,9 @@ def lm_activation_memory(hf_config: dict[str, Any], *, seq: int, micro_batch: in
                          images_per_row: int = 0, max_pixels: int = 0,
                          scored_tokens: int | None = None) -> ActivationMemory:
     """:class:`ActivationMemory` of pipeline stage ``stage`` for micro-batches of ``micro_batch``
-    rows of ``seq`` tokens. Under 1F1B the first stage holds ``min(pp - stage, micro_batches)``
+    rows of ``seq`` tokens (``impl='mcore-local'``: with megatron's local attention buffer and
+    backward transient, :func:`local_attention_memory`; packed rows are counted as padded ones,
+    an upper bound). Under 1F1B the first stage holds ``min(pp - stage, micro_batches)``
     micro-batches' activations at once (megatron's warm-up depth), the last one.
     ``scored_tokens``: positions per row the LM head runs on (both engines send only the
     completion, ``rollout.max_new_tokens``); None: all ``seq``. ``impl='hf'``: one logits-sized
@@ -295,8 +422,14 @@ def lm_activation_memory(hf_config: dict[str, Any], *, seq: int, micro_batch: in
         vision = in_flight * vision_activation_bytes(
             hf_config, images=images_per_row * micro_batch, max_pixels=max_pixels, dtype_bytes=e,
             recompute="full" if recompute == "full" else "none")
+    attention = None
+    if impl == "mcore-local":
+        per_layer = d.heads // tp * seq * seq * micro_batch * e + seq * seq  # probs + mask
+        held = {"none": layers * in_flight * per_layer, "full": per_layer}.get(recompute, 0)
+        attention = local_attention_memory(heads=d.heads, tp=tp, seq=seq, micro_batch=micro_batch,
+                                           dtype_bytes=e, recompute=recompute, in_layers=held)
     return ActivationMemory(layers=stored, recompute_transient=transient, logits=logits,
-                            vision=vision, in_flight=in_flight)
+                            vision=vision, in_flight=in_flight, attention=attention)
 
 
 # ------------------------------------------------------------------------------- a whole config
@@ -312,9 +445,10 @@ def update_peak_bytes(st: StaticMemory, act: ActivationMemory) -> int:
     """Peak update-phase bytes of one rank: the resident state (weights, gradients, masters, Adam)
     plus the larger of the backward's activations and the step's update-ratio snapshot — the
     snapshot is taken after the backward has freed the activations (:func:`mixed_r1.engine.
-    run_update`), so the two are never held at once. ``tools/check_plan.py`` checks it against
-    measured peaks."""
-    resident = st.weights + st.grads + st.masters + st.optimizer
+    run_update`), so the two are never held at once — plus megatron's local-attention buffer,
+    resident from the first forward on. ``tools/check_plan.py`` checks it against measured
+    peaks."""
+    resident = st.weights + st.grads + st.masters + st.optimizer + act.attention_buffer
     return resident + max(act.total, st.update_snapshot)
 
 
@@ -340,6 +474,13 @@ class Plan:
     lines: list[PlanLine]
     kv_tokens: int | None = None
     max_model_len: int = 0
+    #: the attention implementation counted (``te`` | ``local``; ``sdpa`` for the HF
+    #: backend), why it was assumed, and megatron's local-attention memory (None otherwise)
+    attention: str = ""
+    attention_why: str = ""
+    local_attention: LocalAttentionMemory | None = None
+    dtype: str = "bfloat16"
+    recompute: str = "none"
 
     def total(self, phase: str) -> int:
         lines = [x for x in self.lines if x.phase == phase]
@@ -354,18 +495,45 @@ class Plan:
         for phase in ("update", "rollout"):
             tot = self.total(phase)
             if tot > self.gpu_bytes:
+                head = (f"the {phase} phase needs {tot / GIB:.1f} GiB per GPU (pipeline stage "
+                        f"{self.stage}) > {self.gpu_bytes / GIB:.1f} GiB")
+                scores = self.scores_failure(tot, phase)
+                if scores:
+                    return f"{head}: {scores}"
                 big = max((x for x in self.lines if x.phase == phase), key=lambda x: x.bytes)
-                return (f"the {phase} phase needs {tot / GIB:.1f} GiB per GPU (pipeline stage "
-                        f"{self.stage}) > {self.gpu_bytes / GIB:.1f} GiB; largest line: {big.name} "
-                        f"{big.bytes / GIB:.1f} GiB")
+                return f"{head}; largest line: {big.name} {big.bytes / GIB:.1f} GiB"
         if self.kv_tokens is not None and self.kv_tokens < self.max_model_len:
             return (f"the generator's KV cache holds {self.kv_tokens} tokens < max_model_len "
                     f"{self.max_model_len} (raise rollout.gpu_memory_utilization or "
                     "rollout.tensor_parallel)")
         return None
 
+    def scores_failure(self, total: int, phase: str = "update") -> str | None:
+        """The local-attention clause of :meth:`failure`: when megatron's local attention is
+        counted and its ``s × s`` tensors are what does not fit (without them ``phase`` would
+        fit: all of them in the update phase, the kept buffer in the rollout phase), name their
+        shape, size and the fixes; else None."""
+        la = self.local_attention
+        if la is None:
+            return None
+        held = la.scores_total if phase == "update" else la.buffer
+        if total - held > self.gpu_bytes:
+            return None
+        fixes = ["install Transformer Engine (see README: GPU install)",
+                 "lower algo.micro_batch_size or rollout.max_prompt_length + "
+                 "rollout.max_new_tokens", "raise parallel.tensor_parallel"]
+        if self.recompute == "none":
+            fixes.append("set model.recompute=selective (drops the per-layer copies)")
+        return (f"megatron-core's local attention ({self.attention_why}) builds "
+                f"{self.dtype} scores {la.shape()} = {la.copy / GIB:.2f} GiB per copy, "
+                f"{held / GIB:.1f} GiB of s x s tensors in the {phase} phase "
+                f"(recompute {self.recompute}); fix: " + ", or ".join(fixes))
+
     def format(self) -> str:
         out = [self.title]
+        if self.attention:
+            out.append(f"attention: {self.attention} — {ATTENTION_NAMES.get(self.attention, self.attention)}"
+                       f" [{self.attention_why}]")
         for phase in ("update", "rollout"):
             out.append(f"{phase} phase (per GPU, pipeline stage {self.stage}){'GiB':>32}")
             for x in (x for x in self.lines if x.phase == phase):
@@ -422,7 +590,7 @@ def update_micro_batches(cfg: Any) -> int:
 
 def plan_config(cfg: Any, *, gpus: int | None = None, gpu_mem_gib: float = 80.0,
                 hf_config: dict[str, Any] | None = None, impl: str | None = None,
-                origin: str = "config") -> Plan:
+                attention: str = "auto", platform: Any = None, origin: str = "config") -> Plan:
     """Validate ``cfg`` for a world of ``gpus`` devices and size both phases on each of them.
 
     Raises :class:`mixed_r1.config.ConfigError` (one line, naming the key) when a rule fails: the
@@ -435,6 +603,13 @@ def plan_config(cfg: Any, *, gpus: int | None = None, gpu_mem_gib: float = 80.0,
     ``rollout.gpu_memory_utilization`` of the device, of which weights and
     :data:`VLLM_RUNTIME_BYTES` come first and the rest is KV cache; the HF generator of the mcore
     backend is a full bf16/fp32 copy of the model on each replica's first rank plus its KV cache.
+
+    ``attention`` (mcore backend): ``auto`` (what ``platform``, default the current one, says this
+    install runs) or ``te`` | ``local`` (:func:`resolve_attention`); ``local`` adds
+    megatron's ``s × s`` tensors (:func:`local_attention_memory`): the resident scores buffer in
+    both phases and the backward's transient copies. ``impl`` (``mcore-local`` | ``mcore-te``)
+    still picks the layer formula directly; one that contradicts an explicit ``attention`` is a
+    ConfigError.
     """
     from mixed_r1.config import ConfigError, validate, validate_model_layout
     from mixed_r1.models.config import arch_from_hf_config
@@ -455,7 +630,20 @@ def plan_config(cfg: Any, *, gpus: int | None = None, gpu_mem_gib: float = 80.0,
     seq = r.max_prompt_length + r.max_new_tokens
     dtype, e = cfg.model.dtype, {"bfloat16": 2, "float32": 4}[cfg.model.dtype]
     device = "cpu" if cfg.device == "cpu" else "cuda"
-    impl = impl or ("mcore-local" if mcore else "hf")
+    if attention != "auto" and attention not in ATTENTION:
+        raise ConfigError(f"--attention {attention!r}: expected auto, " + ", ".join(ATTENTION))
+    if not mcore:
+        att, why = "sdpa", "parallel.backend=hf: transformers' SDPA (no s x s scores kept)"
+        impl = impl or "hf"
+    elif impl in ("mcore-local", "mcore-te"):
+        att = "local" if impl == "mcore-local" else "te"
+        if attention not in ("auto", att):
+            raise ConfigError(f"--impl {impl} counts {att} attention, not --attention {attention}")
+        att, why = (attention, f"--attention {attention}") if attention != "auto" else \
+            (att, f"--impl {impl}")
+    else:
+        att, why = resolve_attention(attention, platform)
+        impl = impl or ("mcore-local" if att == "local" else "mcore-te")
     rec = cfg.model.recompute_mode
     mb = cfg.algo.micro_batch_size
     n_micro = update_micro_batches(cfg)
@@ -493,9 +681,20 @@ def plan_config(cfg: Any, *, gpus: int | None = None, gpu_mem_gib: float = 80.0,
                        f"{images} image of {max_pixels} px per row" if images else "",
                        window="backward"),
               PlanLine("update", "CUDA context, NCCL, fragmentation", CONTEXT_BYTES)]
+        if act.attention:
+            L.insert(-4, PlanLine(
+                "update", "local attention backward (one layer)", act.attention_transient,
+                f"{act.attention_transient // act.attention.copy} x {act.attention.shape()} "
+                f"{dtype}", window="backward"))
+            buf = PlanLine("update", "local attention scores buffer (megatron, kept)",
+                           act.attention_buffer, f"{act.attention.shape()} {dtype}: "
+                           "get_global_memory_buffer(), from the first forward on")
+            L.insert(-1, buf)
         resident = st.weights + st.grads + st.masters + st.optimizer
         L.append(PlanLine("rollout", "policy weights, gradients, masters, Adam (resident)",
                           resident))
+        if act.attention:
+            L.append(PlanLine("rollout", buf.name, buf.bytes, "still held while vLLM generates"))
         if cfg.algo.beta > 0:
             L.append(PlanLine("rollout", f"reference policy ({dtype} weights)", st.weights))
         kv_per_token = 2 * arch.num_layers * max(1, arch.num_kv_heads // rtp) * arch.head_dim * e
@@ -522,7 +721,8 @@ def plan_config(cfg: Any, *, gpus: int | None = None, gpu_mem_gib: float = 80.0,
         title = (f"plan: {origin} on {world} GPU{'s' if world > 1 else ''} of {gpu_mem_gib:g} GiB "
                  f"(backend {p.backend}: TP {tp} x PP {pp} x DP {dp}; rollout {r.backend}, "
                  f"{world // rtp} replica{'s' if world // rtp > 1 else ''} of TP {rtp})")
-        plan = Plan(title, gpu, st.stage, L, kv_tokens, seq)
+        plan = Plan(title, gpu, st.stage, L, kv_tokens, seq, attention=att, attention_why=why,
+                    local_attention=act.attention, dtype=dtype, recompute=rec)
         if best is None or max(plan.total("update"), plan.total("rollout")) > \
                 max(best.total("update"), best.total("rollout")):
             best = plan
@@ -531,18 +731,24 @@ def plan_config(cfg: Any, *, gpus: int | None = None, gpu_mem_gib: float = 80.0,
 
 
 # ------------------------------------------------------------------------------- the command
-def _default_gpu_mem_gib() -> float:
+def _default_gpu_mem_gib(platform: Any = None) -> float:
+    """This machine's GPU memory in GiB (asked of the platform), else 80 (H100 80GB, the card
+    the example configs are written for)."""
     try:
-        import torch
+        if platform is None:
+            from mixed_r1.parallel.platform import current_platform
 
-        if torch.cuda.is_available():
-            return torch.cuda.get_device_properties(0).total_memory / GIB
+            platform = current_platform()
+        total = platform.total_memory_bytes()
+        if total:
+            return total / GIB
     except Exception:  # noqa: BLE001 - a broken CUDA install: fall back to the target card
         pass
-    return 80.0  # H100 80GB, the card the example configs are written for
+    return 80.0
 
 
-__all__ = ["ActivationMemory", "CONTEXT_BYTES", "IMPLEMENTATIONS", "LayerDims", "Plan", "PlanLine",
+__all__ = ["ATTENTION", "ActivationMemory", "CONTEXT_BYTES", "IMPLEMENTATIONS",
+           "LocalAttentionMemory", "local_attention_memory", "resolve_attention", "LayerDims", "Plan", "PlanLine",
            "StaticMemory", "VLLM_RUNTIME_BYTES", "format_static", "model_hf_config", "plan_config",
            "layer_activation_bytes", "lm_activation_memory", "logits_bytes", "read_model_config",
            "stage_params", "static_memory", "vision_activation_bytes", "vision_params",

@@ -72,7 +72,9 @@ def test_estimate_matches_measured_peaks(tmp_path):
     import sys
 
     out = tmp_path / "rows.json"
-    cases = "mcore-bf16-none,mcore-bf16-full,hf-vl-bf16-full"
+    # rows of 1,024 tokens: megatron's local attention scores [2·8, 1024, 1024] (its resident
+    # buffer, the saved probabilities and the backward's gradient copies) are most of the peak
+    cases = "mcore-bf16-none-long,mcore-bf16-full-long,hf-vl-bf16-full"
     subprocess.run([sys.executable, str(Path(__file__).parents[1] / "tools" / "check_plan.py"),
                     "--cases", cases, "--json", str(out)], check=True, capture_output=True,
                    timeout=600)
@@ -126,3 +128,88 @@ def test_plan_config_errors_are_one_line():
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and "tensor_parallel" in err[0], err
     assert "Traceback" not in r.stderr
+
+
+# ------------------------------------------------------------------------ attention accounting
+SEQ_8K = ("rollout.max_prompt_length=4096", "rollout.max_new_tokens=4096")
+
+
+def test_local_attention_bytes_by_hand(qwen7b):
+    """Qwen2.5-VL-7B (28 heads) at TP 2, micro-batch 4, 8,192 tokens, bf16: one copy of the
+    scores [4·14, 8192, 8192] is 7,516,192,768 bytes (the issue's 7.5 GB)."""
+    from mixed_r1.plan import lm_activation_memory, local_attention_memory
+
+    copy = 4 * 14 * 8192 * 8192 * 2
+    assert copy == 7_516_192_768
+    kw = dict(seq=8192, micro_batch=4, tp=2, dtype="bfloat16", impl="mcore-local")
+    full = lm_activation_memory(qwen7b, recompute="full", **kw)
+    # resident baddbmm buffer: one copy; backward of one layer: grad of the probabilities, grad of
+    # the scores, CopySlices' buffer (+ the rebuilt layer's probabilities and mask, in its line)
+    assert full.attention_buffer == copy and full.attention_transient == 3 * copy
+    assert full.attention.scores_total == 5 * copy + 8192 * 8192
+    sel = local_attention_memory(heads=28, tp=2, seq=8192, micro_batch=4, recompute="selective")
+    assert sel.transient == 4 * copy + 8192 * 8192 and sel.buffer == copy
+    # without recompute every one of the 28 layers keeps its probabilities and its bool mask
+    none = lm_activation_memory(qwen7b, recompute="none", **kw)
+    assert none.attention.in_layers == 28 * (copy + 8192 * 8192)
+    assert none.attention_transient == 3 * copy
+    # the update's peak adds the buffer to the resident state, the transient to the backward
+    from mixed_r1.plan import static_memory, update_peak_bytes
+
+    st, = static_memory(qwen7b, tp=2, pp=1, dp=4, distributed_optimizer=True)
+    te = lm_activation_memory(qwen7b, recompute="full", **{**kw, "impl": "mcore-te"})
+    assert te.attention is None and te.attention_buffer == 0
+    resident = st.weights + st.grads + st.masters + st.optimizer
+    assert update_peak_bytes(st, full) == resident + copy + max(full.total, st.update_snapshot)
+
+
+def test_plan_refuses_local_attention_scores_in_one_line():
+    r = _plan_cli("--config", "examples/qwen25vl_7b_8xh100.yaml", "--model-config",
+                  "examples/model_configs/qwen25vl_7b.json", "--gpu-mem-gib", "80",
+                  "--attention", "local", *SEQ_8K)
+    assert r.returncode == 1, r.stdout + r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1, err
+    line = err[0]
+    assert "local attention" in line and "[4*14, 8192, 8192]" in line and "7.00 GiB" in line, line
+    assert "Transformer Engine" in line and "micro_batch_size" in line and "tensor_parallel" in line
+    assert "Traceback" not in r.stderr
+
+
+def test_plan_with_te_fits_at_8k_and_names_it():
+    r = _plan_cli("--config", "examples/qwen25vl_7b_8xh100.yaml", "--model-config",
+                  "examples/model_configs/qwen25vl_7b.json", "--gpu-mem-gib", "80",
+                  "--attention", "te", *SEQ_8K)
+    assert r.returncode == 0, r.stderr
+    assert "attention: te" in r.stdout and "Transformer Engine" in r.stdout
+    assert "local attention" not in r.stdout and r.stdout.count(": fits") == 2
+
+
+def test_plan_names_the_attention_this_install_runs():
+    """No GPU here: auto is megatron's local attention, and the plan says why and counts it."""
+    r = _plan_cli("--config", "examples/qwen25vl_7b_8xh100.yaml", "--model-config",
+                  "examples/model_configs/qwen25vl_7b.json", "--gpu-mem-gib", "80")
+    assert r.returncode == 0, r.stderr
+    head = r.stdout.splitlines()[1]
+    assert head.startswith("attention: local") and "no GPU" in head, head
+    copy = 4 * 14 * 2048 * 2048 * 2 / 2**30  # [4·14, 2048, 2048] bf16 in GiB
+    buf = next(x for x in r.stdout.splitlines() if "local attention scores buffer" in x)
+    assert f"{copy:.2f}" in buf.split(), buf
+
+
+def test_resolve_attention_follows_the_platform():
+    from mixed_r1.parallel.platform import Platform
+    from mixed_r1.plan import resolve_attention
+
+    assert resolve_attention("auto", Platform("cpu", "cpu"))[0] == "local"
+    impl, why = resolve_attention("auto", Platform("cuda", "cuda"))  # no TE installed here
+    assert impl == "local" and "not installed" in why
+    assert resolve_attention("te", Platform("cpu", "cpu")) == ("te", "--attention te")
+
+
+def test_plan_impl_and_attention_must_agree():
+    r = _plan_cli("--config", "examples/qwen25vl_7b_8xh100.yaml", "--model-config",
+                  "examples/model_configs/qwen25vl_7b.json", "--impl", "mcore-te",
+                  "--attention", "local")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "--attention local" in err[0], err

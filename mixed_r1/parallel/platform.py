@@ -150,8 +150,14 @@ class Platform:
 
     @property
     def transformer_engine(self) -> bool:
-        """Transformer Engine is installed and usable (it needs a GPU)."""
-        return self.on_gpu and importlib.util.find_spec("transformer_engine") is not None
+        """Transformer Engine's PyTorch part is installed (``transformer_engine.pytorch``; the core
+        package alone cannot build a model) and usable (it needs a GPU)."""
+        if not self.on_gpu:
+            return False
+        try:
+            return importlib.util.find_spec("transformer_engine.pytorch") is not None
+        except ImportError:  # the parent package is missing or broken
+            return False
 
     @property
     def flash_attn(self) -> bool:
@@ -160,13 +166,11 @@ class Platform:
 
     def attention_implementation(self) -> str:
         """What megatron-core's attention will run here: ``"te"`` (Transformer Engine's fused
-        attention), ``"flash"`` (flash-attn through megatron's local spec), or ``"local"``
-        (megatron's ``DotProductAttention``: full ``[b·heads/TP, s, s]`` scores per layer)."""
-        if self.transformer_engine:
-            return "te"
-        if self.flash_attn:
-            return "flash"
-        return "local"
+        attention, which uses flash/cuDNN kernels itself) or ``"local"`` (megatron's
+        ``DotProductAttention``: full ``[b·heads/TP, s, s]`` scores per layer). flash-attn alone
+        does not change it: megatron-core 0.16.1 reaches flash-attn only through TE, so without
+        TE the layer spec is the local one (flash-attn then serves the HF vision tower only)."""
+        return "te" if self.transformer_engine else "local"
 
     def hf_vision_attention(self) -> str:
         """``attn_implementation`` for the HF vision tower: flash-attn 2 where usable, else sdpa."""
