@@ -31,7 +31,7 @@ endif
 
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean bench-rewards bench-kernels bench-data bench-rollout bench-trl
+.PHONY: install test test-fast demo clean bench-rewards bench-kernels bench-data bench-rollout bench-trl
 
 install: $(STAMP)
 
@@ -47,8 +47,15 @@ $(STAMP): pyproject.toml setup.py Makefile requirements/*.txt
 	$(PY) tools/check_stack.py
 	touch $(STAMP)
 
+# the whole suite (what .ci/run calls); TEST_WORKERS pytest-xdist workers, by test file
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# the inner loop: every module's unit tests, no multi-rank spawn, no real-model run, no vLLM
+# engine; a test of this tier over 10 s fails (tests/conftest.py)
+test-fast: install
+	MIXED_R1_FAST_BUDGET_S=10 $(PY) -m pytest -m "not slow and not multirank" $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/mixed-r1 demo

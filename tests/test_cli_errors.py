@@ -2,7 +2,9 @@
 naming the file and the row or key, with exit status 2 and no traceback; ``--debug`` (anywhere on
 the command line) shows the traceback instead.
 
-Each case runs the real CLI in a subprocess (``python -m mixed_r1.cli``): a bad config key (in the
+Each case runs the real CLI — the console script's ``main`` in this process (tests/_cli.py: a
+fresh interpreter per case cost 4-10 s of imports), and ``--debug`` in a subprocess
+(``python -m mixed_r1.cli``, the whole path down to Python's exit status): a bad config key (in the
 file and on the command line), bad YAML, a data file with a missing image (through ``train``, which
 must fail before any model is built or anything is written), a truncated JSONL and a non-finite
 box (through ``data select``, which reads its pools first), a truncated safetensors file given to
@@ -25,7 +27,14 @@ from _trainer_util import make_data, tiny_overrides, write_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _mixed_r1(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def _mixed_r1(*args: str, cwd: Path):
+    """``mixed-r1 ARGS`` in this process: exit status, stdout, stderr (tests/_cli.py)."""
+    from _cli import run_cli
+
+    return run_cli(*args, cwd=cwd)
+
+
+def _mixed_r1_subprocess(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "mixed_r1.cli", *args], cwd=cwd, env=env,
@@ -81,7 +90,7 @@ def work(tmp_path_factory) -> dict:
     return w
 
 
-def _one_error_line(proc: subprocess.CompletedProcess) -> str:
+def _one_error_line(proc) -> str:
     """The single stderr line of a user error (exit 2, no traceback)."""
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stderr.splitlines()
@@ -178,7 +187,7 @@ def test_debug_shows_the_traceback(work):
     the error itself, and Python's exit status 1."""
     for args in (["--debug", "train", "--config", str(work["bad_key"])],
                  ["train", "--config", str(work["bad_key"]), "--debug"]):
-        proc = _mixed_r1(*args, cwd=work["root"])
+        proc = _mixed_r1_subprocess(*args, cwd=work["root"])
         assert proc.returncode == 1, proc.stderr
         assert proc.stderr.startswith("Traceback (most recent call last):"), proc.stderr
         assert proc.stderr.splitlines()[-1].startswith(

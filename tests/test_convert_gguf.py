@@ -32,11 +32,14 @@ def reference():
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    out = tmp_path_factory.mktemp("gguf") / "smollm2-hf"
+def converted():
+    """``gguf_to_hf(SMOLLM2, …)``'s directory, built once per converter source, GGUF file and
+    transformers version for the whole suite (tests/_cache.py); read-only here."""
+    from _cache import smollm2_hf
+
     t0 = time.perf_counter()
-    assert gguf_to_hf(SMOLLM2, out) == out
-    print(f"gguf_to_hf(smollm2) took {time.perf_counter() - t0:.1f}s")
+    out = smollm2_hf()
+    print(f"gguf_to_hf(smollm2) (or its cache) took {time.perf_counter() - t0:.1f}s")
     return out
 
 
@@ -81,6 +84,12 @@ def test_converted_dir_loads_offline_with_exact_logits(converted, reference):
     with torch.no_grad():
         got, want = model(ids).logits, ref_model(ids).logits
     assert torch.equal(got, want)
+    # and the GGUF-loaded model itself knows what SmolLM2 knows (the stack check that the
+    # shipped weights are real, formerly tests/test_stack.py's own GGUF load)
+    q = ref_tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = ref_model.generate(q, max_new_tokens=3, do_sample=False)
+    assert "Paris" in ref_tok.decode(out[0, q.shape[1]:])
 
 
 @pytest.mark.slow

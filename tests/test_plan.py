@@ -88,12 +88,10 @@ def test_estimate_matches_measured_peaks(tmp_path):
 
 
 def _plan_cli(*args: str):
-    import subprocess
-    import sys
+    """``mixed-r1 plan ARGS`` in this process (the console script's ``main``; tests/_cli.py)."""
+    from _cli import run_cli
 
-    root = Path(__file__).parents[1]
-    return subprocess.run([sys.executable, "-m", "mixed_r1.cli", "plan", *args], cwd=root,
-                          capture_output=True, text=True, timeout=120)
+    return run_cli("plan", *args)
 
 
 @pytest.mark.parametrize("size", ["7b", "3b"])

