@@ -47,15 +47,18 @@ $(STAMP): pyproject.toml setup.py Makefile requirements/*.txt
 	$(PY) tools/check_stack.py
 	touch $(STAMP)
 
-# the whole suite (what .ci/run calls); TEST_WORKERS pytest-xdist workers, by test file
+# the whole suite (what .ci/run calls): TEST_WORKERS pytest-xdist workers, tests dealt by file (a
+# file's module fixtures are built once), one torch thread each so that two workers share the
+# two cores instead of fighting over them
 TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # the inner loop: every module's unit tests, no multi-rank spawn, no real-model run, no vLLM
 # engine; a test of this tier over 10 s fails (tests/conftest.py)
 test-fast: install
-	MIXED_R1_FAST_BUDGET_S=10 $(PY) -m pytest -m "not slow and not multirank" $(PYTEST_ARGS)
+	OMP_NUM_THREADS=1 MIXED_R1_FAST_BUDGET_S=10 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile \
+		-m "not slow and not multirank" $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/mixed-r1 demo

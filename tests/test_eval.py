@@ -59,6 +59,7 @@ def test_k_validation(samples):
                            temperature=0.0)
 
 
+@pytest.mark.slow  # trains, exports and evaluates (integration, > 5 s here)
 def test_eval_cli_on_exported_model(tmp_path, capsys):
     from mixed_r1.models.processor import ProcessorError, save_processor
     from mixed_r1.models.qwen25vl import build_qwen25vl_processor, build_tiny_qwen25vl

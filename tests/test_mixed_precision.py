@@ -169,6 +169,7 @@ def test_hf_rel_change_metric(hf):
     assert out["update/rel_change"] == pytest.approx(want, rel=1e-5)
 
 
+@pytest.mark.slow  # trains, saves and resumes (integration, > 5 s here)
 def test_hf_bf16_resume_is_exact(data_file, tmp_path):
     """A bf16 run checkpointed after two steps and resumed holds bit-identical masters and moments
     (the checkpoint carries the fp32 masters) and then takes bit-identical updates."""

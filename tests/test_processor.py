@@ -42,6 +42,7 @@ def test_pixel_budget_comes_from_the_directory_unless_the_config_sets_it(tmp_pat
     assert pixel_budget(load_processor(d, max_pixels=28 * 28 * 64)) == (56 * 56, 28 * 28 * 64)
 
 
+@pytest.mark.slow  # builds a trainer (integration, > 5 s here)
 def test_qwen25vl_directory_trains_with_its_own_budget(tmp_path):
     """The trainer (model.kind: pretrained, no pixel keys in the config) encodes the update's rows
     with the directory's 12,544-pixel budget: a 288 x 216 chart becomes 12 image tokens, where
@@ -72,6 +73,7 @@ def test_qwen25vl_directory_trains_with_its_own_budget(tmp_path):
     assert tr.generator.processor is tr.processor  # the generator encodes with the same budget
 
 
+@pytest.mark.slow  # trains a step and exports (integration, > 5 s here)
 def test_export_is_a_complete_hf_checkpoint(tmp_path):
     """RUN/model carries weights, config, generation config, tokenizer, chat template and the
     image/video/processor configs; the Auto* loaders read them back (AutoProcessor for Qwen2.5-VL

@@ -201,6 +201,7 @@ DAMAGE = {  # variant: (bad file, what to do to it, what the warning says about 
 }
 
 
+@pytest.mark.slow  # five damaged runs resumed (integration, > 5 s here)
 @pytest.mark.parametrize("variant", sorted(DAMAGE))
 def test_damaged_newest_checkpoint_is_named_and_fallen_back_from(variant, ref, data, tmp_path,
                                                                   caplog, capsys):
@@ -249,6 +250,7 @@ def test_no_complete_checkpoint_names_every_problem_and_moves_nothing(ref, tmp_p
 
 
 # ------------------------------------------------------------------ SIGINT
+@pytest.mark.slow  # training interrupted and resumed (integration, > 5 s here)
 def test_sigint_writes_a_checkpoint_that_resumes_exactly(ref, data, tmp_path, capsys):
     """SIGINT arrives while step 2 samples: the step finishes, a checkpoint of step 2 is written
     (none is due: save_every=10), TrainingInterrupted carries exit status 130 and the checkpoint,

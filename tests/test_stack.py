@@ -54,6 +54,7 @@ def test_triton_kernel_runs_under_the_interpreter():
     assert out.startswith("ok")
 
 
+@pytest.mark.slow  # a fresh interpreter with megatron-core (integration, > 5 s here)
 def test_megatron_core_parallel_layer_over_gloo():
     out = run_python("""
         import os, torch, torch.distributed as dist
@@ -211,6 +212,7 @@ def test_attention_report(check_stack):
     assert impl == "local" and len(probs) == 1 and "transformer_engine.pytorch" in probs[0]
 
 
+@pytest.mark.slow  # tools/check_stack.py in a fresh interpreter (integration, > 5 s here)
 def test_check_stack_passes_on_this_machine():
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "check_stack.py")],
                           capture_output=True, text=True, timeout=300)

@@ -232,6 +232,7 @@ def test_truncated_importance_sampling_in_a_step(data_file, tmp_path):
     assert m["rollout_is_clip_frac"] == 0.0
 
 
+@pytest.mark.slow  # trains with evaluations (integration, > 5 s here)
 def test_periodic_eval_on_the_eval_file(data_file, tmp_path):
     """eval_every: the held-out file is evaluated greedily every eval_every steps and logged per
     task; the logged accuracy equals one recomputed row by row with the final weights."""
