@@ -56,8 +56,8 @@ from mixed_r1.engine.base import LossFn, MicroBatchResult, ModelMismatchError, P
 from mixed_r1.models.config import LMArch
 from mixed_r1.models.cache import prepare_mcore_checkpoint
 from mixed_r1.parallel import state
-from mixed_r1.parallel.platform import current_platform
 from mixed_r1.parallel.dist import is_main_rank
+from mixed_r1.parallel.platform import current_platform
 
 
 def current_device() -> torch.device:
@@ -354,10 +354,10 @@ class MegatronEngine:
 
         A replica that gets no micro-batch (fewer micro-batches than DP replicas) runs a one-row
         ghost micro-batch (:meth:`ghost_batch`) with its loss multiplied by 0: a zero gradient,
-        but a real backward, so every
-        parameter's gradient hook fires in the order it does on the other replicas. With
-        ``overlap_grad_reduce`` megatron-core launches each bucket's reduction from those hooks
-        and asserts in ``finish_grad_sync`` on a bucket that was never launched."""
+        but a real backward, so every parameter's gradient hook fires in the order it does on
+        the other replicas. With ``overlap_grad_reduce`` megatron-core launches each bucket's
+        reduction from those hooks and asserts in ``finish_grad_sync`` on a bucket that was
+        never launched."""
         from megatron.core.distributed import finalize_model_grads
 
         if self.optimizer is None:
