@@ -56,7 +56,7 @@ def test_the_three_platforms_answer_as_their_hardware_needs():
     assert gpu.vllm_engine_kwargs(gpu_memory_utilization=0.4, sleep_mode=True) == \
         {"gpu_memory_utilization": 0.4, "enable_sleep_mode": True}
     assert shaped.vllm_engine_kwargs(gpu_memory_utilization=0.4, sleep_mode=True) == \
-        {"enforce_eager": True}
+        {"enforce_eager": True, "enable_chunked_prefill": False}
     assert (gpu.pin_memory, shaped.pin_memory) == (True, False)
     assert shaped.attention_implementation() == "local"
     assert len(NOT_EMULATED) >= 4

