@@ -56,7 +56,11 @@ def test_the_three_platforms_answer_as_their_hardware_needs():
     assert gpu.vllm_engine_kwargs(gpu_memory_utilization=0.4, sleep_mode=True) == \
         {"gpu_memory_utilization": 0.4, "enable_sleep_mode": True}
     assert shaped.vllm_engine_kwargs(gpu_memory_utilization=0.4, sleep_mode=True) == \
-        {"enforce_eager": True, "enable_chunked_prefill": False}
+        {"enforce_eager": True, "enable_chunked_prefill": False, "max_num_batched_tokens": 4096}
+    # without chunked prefill one step must hold a whole context (vLLM refuses less)
+    assert cpu.vllm_engine_kwargs(gpu_memory_utilization=0.4, sleep_mode=False,
+                                  max_model_len=9000, tensor_parallel_size=2)[
+        "max_num_batched_tokens"] == 9000
     assert (gpu.pin_memory, shaped.pin_memory) == (True, False)
     assert shaped.attention_implementation() == "local"
     assert len(NOT_EMULATED) >= 4

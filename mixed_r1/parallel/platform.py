@@ -215,7 +215,8 @@ class Platform:
         weights (a tied LM head must be repacked after a reload)."""
         return not self.on_gpu
 
-    def vllm_engine_kwargs(self, *, gpu_memory_utilization: float, sleep_mode: bool
+    def vllm_engine_kwargs(self, *, gpu_memory_utilization: float, sleep_mode: bool,
+                           max_model_len: int = 0, tensor_parallel_size: int = 1
                            ) -> dict[str, Any]:
         """``vllm.LLM`` keyword arguments that depend on the device.
 
@@ -224,11 +225,14 @@ class Platform:
         Philox offset (``gen.set_offset(gen.get_offset() - 4)``, v1 ``_bookkeeping_sync``); a
         CPU ``torch.Generator`` has no offset and raises "CPU Generator does not use offset",
         so every seeded batch whose prompts overflow one step's token budget (8 prompts x 8 of
-        the SmolLM2 example) died. Without chunking a prompt waits for the next step instead."""
+        the SmolLM2 example) died. Without chunking a prompt waits for the next step instead,
+        and one step must hold a whole context: ``max_num_batched_tokens`` is vLLM's CPU default
+        (4,096 per TP rank) or ``max_model_len`` where that is longer (vLLM refuses less)."""
         if self.on_gpu:
             return dict(gpu_memory_utilization=gpu_memory_utilization,
                         enable_sleep_mode=sleep_mode)
-        return dict(enforce_eager=True, enable_chunked_prefill=False)
+        return dict(enforce_eager=True, enable_chunked_prefill=False,
+                    max_num_batched_tokens=max(int(max_model_len), 4096 * int(tensor_parallel_size)))
 
 
 def _detect() -> Platform:

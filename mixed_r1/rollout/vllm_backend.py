@@ -150,7 +150,8 @@ def engine_kwargs(model_dir: str | Path, *, dtype: str, seed: int, tensor_parall
         kwargs["mm_processor_kwargs"] = {"min_pixels": int(image_budget[0]),
                                          "max_pixels": int(image_budget[1])}
     kwargs.update(current_platform().vllm_engine_kwargs(
-        gpu_memory_utilization=gpu_memory_utilization, sleep_mode=sleep_mode))
+        gpu_memory_utilization=gpu_memory_utilization, sleep_mode=sleep_mode,
+        max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size))
     return kwargs
 
 
