@@ -234,7 +234,10 @@ def test_wheel_set_is_under_the_carry_limit(tmp_path):
     env = dict(os.environ, PYTHON=sys.executable)
     proc = subprocess.run(["bash", "tools/gpu_wheels.sh", str(whl)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0 and re.search(r"(?i)connection|network|resolve|no matching dist",
+    # only a network failure skips (with pip's own line as the reason); a pin PyPI does not serve
+    # ("no matching distribution") is a defect of tools/gpu_wheels.txt and fails below
+    if proc.returncode != 0 and re.search(r"(?i)connection (error|refused|reset)|network is "
+                                          r"unreachable|temporary failure in name resolution",
                                           proc.stderr):
         pytest.skip(f"PyPI not reachable: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
