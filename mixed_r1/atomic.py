@@ -3,6 +3,14 @@ leave half-written: write under a temporary name beside the target (same filesys
 ``os.replace``/``os.rename`` it into place. A reader sees the old content or the new, never a
 mix; a failed write leaves the target as it was and removes its temporary.
 
+Modes: ``tempfile.mkstemp``/``mkdtemp`` create their temporaries private (0600/0700), and so do
+writers that rename their own temporaries (safetensors 0.8's ``save_file``, hence HF
+``save_pretrained``); a rename would carry that to the target. A temporary file, and every entry
+of a temporary directory, is given the mode an ordinary ``open``/``mkdir`` would have created
+(0666/0777 less the process umask; an executable file keeps its execute bits) before it is
+renamed into place, so a teammate reads a checkpoint exactly when they could read any other file
+the user writes.
+
 Imports nothing of the package (any layer may use it).
 """
 from __future__ import annotations
@@ -15,6 +23,40 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask (Linux: read from ``/proc/self/status``, else set and restored)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: Path, *, directory: bool, umask: int | None = None) -> None:
+    """Give ``path`` the mode ``open``/``mkdir`` would have: 0666/0777 less the umask."""
+    mask = current_umask() if umask is None else umask
+    executable = not directory and os.stat(path).st_mode & 0o100
+    os.chmod(path, (0o777 if directory or executable else 0o666) & ~mask)
+
+
+def default_modes(tree: str | os.PathLike) -> None:
+    """:func:`_default_mode` for ``tree`` and everything under it (symlinks left alone)."""
+    mask = current_umask()
+    root = Path(tree)
+    _default_mode(root, directory=root.is_dir(), umask=mask)
+    if root.is_dir():
+        for dirpath, dirnames, filenames in os.walk(root):
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                if not p.is_symlink():
+                    _default_mode(p, directory=p.is_dir(), umask=mask)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside ``path`` (parents created); when the block succeeds
@@ -25,6 +67,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _default_mode(Path(tmp), directory=False)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -61,9 +104,10 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
 def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike, *, fsync: bool = False) -> Path:
     """Move the finished directory ``tmp`` onto ``final``: an existing ``final`` is first renamed
     aside (``.tmp-<name>.old-<pid>``, the temporaries' prefix) and deleted after the rename, so
-    ``final`` is never a partly deleted directory. ``fsync``: flush ``tmp`` and the parent's
-    entries to disk."""
+    ``final`` is never a partly deleted directory. ``tmp`` and its entries first get the modes the
+    umask gives (module docstring). ``fsync``: flush ``tmp`` and the parent's entries to disk."""
     tmp, final = Path(tmp), Path(final)
+    default_modes(tmp)
     if fsync:
         fsync_dir(tmp)
     old = None
@@ -101,4 +145,5 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False, *,
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-__all__ = ["atomic_dir", "atomic_path", "check_output_dir", "fsync_dir", "replace_dir", "write_text_atomic"]
+__all__ = ["atomic_dir", "atomic_path", "check_output_dir", "current_umask", "default_modes",
+           "fsync_dir", "replace_dir", "write_text_atomic"]

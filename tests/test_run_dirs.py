@@ -54,7 +54,11 @@ def data(tmp_path_factory) -> Path:
 def ref(data, tmp_path_factory) -> dict:
     """An uninterrupted 3-step run with a checkpoint after every step."""
     run = tmp_path_factory.mktemp("ref") / "run"
-    run_training(_cfg(data, run))
+    old = os.umask(0o022)  # a shared cluster's usual umask: group and others may read
+    try:
+        run_training(_cfg(data, run))
+    finally:
+        os.umask(old)
     from safetensors.torch import load_file
 
     rows = read_metrics(run)
@@ -92,6 +96,18 @@ def _assert_matches_ref(run: Path, ref: dict) -> None:
 
 
 # ------------------------------------------------------------------ run directories
+def test_a_run_respects_the_umask(ref):
+    """Written under umask 022, every file of the run (checkpoints, model, metrics) is 0644 and
+    every directory 0755, as ``open``/``mkdir`` make them: temporaries renamed into place must
+    not keep mkstemp's 0600 / mkdtemp's 0700 (issue 31, item 5)."""
+    modes = {str(p.relative_to(ref["run"])): oct(p.stat().st_mode & 0o777)
+             for p in [ref["run"], *ref["run"].rglob("*")]}
+    wrong = {k: m for k, m in modes.items()
+             if m != oct(0o755 if (ref["run"] / k).is_dir() else 0o644)}
+    assert wrong == {}
+    assert any(k.endswith("model.safetensors") for k in modes)
+
+
 def test_rerun_into_a_finished_run_is_refused(ref, data):
     """Without resume/overwrite a non-empty run dir is refused before anything is built or
     written: the old metrics, checkpoints and model stay as they were."""

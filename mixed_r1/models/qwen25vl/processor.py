@@ -151,6 +151,8 @@ def build_qwen25vl_tokenizer(cache_dir: str | os.PathLike | None = None):
     """
     from transformers import PreTrainedTokenizerFast
 
+    from mixed_r1.atomic import current_umask
+
     cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
     if (cache / "tokenizer.json").is_file():
         tok = PreTrainedTokenizerFast.from_pretrained(str(cache))
@@ -159,6 +161,7 @@ def build_qwen25vl_tokenizer(cache_dir: str | os.PathLike | None = None):
     tok = _build_fast_tokenizer()
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tok-", dir=cache.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # a shared cache, like any directory the user makes
     try:
         tok.save_pretrained(str(tmp))
         try:
