@@ -65,6 +65,73 @@ def test_refcoco_bad_box_is_reported(tmp_path: Path) -> None:
     assert len(samples) == 1 and dict(rep.skipped) == {"bad_box": 1}
 
 
+def _image_200x100(tmp_path: Path) -> Path:
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (200, 100), (255, 255, 255))
+    ImageDraw.Draw(img).rectangle((20, 10, 79, 49), fill=(200, 0, 0))  # pixel box [20, 10, 80, 50]
+    img.save(tmp_path / "img.png")
+    return tmp_path / "img.png"
+
+
+def test_refcoco_pixel_box_read_as_norm_is_refused(tmp_path: Path) -> None:
+    # issue 31 item 6: a pixel xywh box converted with coords=norm became [4000, 1000, 16000, 5000]
+    # for a 200x100 image and was written; it is a bad_box row naming the file and the row
+    _image_200x100(tmp_path)
+    p = tmp_path / "r.jsonl"
+    rows = [{"id": "ok", "image": "img.png", "bbox": [0.1, 0.1, 0.3, 0.4], "expression": "red"},
+            {"id": "px", "image": "img.png", "bbox": [20, 10, 60, 40], "expression": "the red box"}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for check_images in (True, False):  # the size is read for norm coords either way
+        with pytest.raises(DataError) as ei:
+            convert_refcoco(p, box_format="xywh", coords="norm", check_images=check_images)
+        msg = str(ei.value)
+        assert msg.startswith(f"{p}, row 2, key 'bbox': bbox [20, 10, 60, 40] read as xywh norm: "
+                              "box [4000, 1000, 16000, 5000] lies outside its 200x100 image"), msg
+        assert ei.value.reason == "bad_box" and ei.value.row == 2
+    samples, rep = convert_refcoco(p, box_format="xywh", coords="norm", on_error="skip")
+    assert [(s.id, s.solution) for s in samples] == [("ok-0", pytest.approx([20, 10, 80, 50]))]
+    assert rep.rows == 2 and rep.loaded == 1 and dict(rep.skipped) == {"bad_box": 1}
+    assert "row 2" in rep.errors[0] and "outside its 200x100 image" in rep.errors[0]
+
+
+def test_cli_convert_refcoco_pixel_box_as_norm_writes_nothing(tmp_path: Path, capsys) -> None:
+    from mixed_r1.cli import main
+
+    _image_200x100(tmp_path)
+    p = tmp_path / "r.jsonl"
+    p.write_text(json.dumps({"id": "px", "image": "img.png", "bbox": [20, 10, 60, 40],
+                             "expression": "the red box"}) + "\n")
+    out = tmp_path / "ref.jsonl"
+    assert main(["data", "convert", "refcoco", "--input", str(p), "--out", str(out),
+                 "--coords", "norm"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {p}, row 1, key 'bbox': bbox [20, 10, 60, 40] read as xywh "
+                          "norm: box [4000, 1000, 16000, 5000] lies outside its 200x100 image"), err
+    assert not out.exists()
+
+
+def test_refcoco_box_outside_image_in_pixels(tmp_path: Path) -> None:
+    _image_200x100(tmp_path)
+    p = tmp_path / "r.jsonl"
+    # tolerance max(2, 1% of the side) = 2 px here: x in [-2, 202], y in [-2, 102]
+    rows = [{"id": "edge", "image": "img.png", "bbox": [-2, -1.5, 202, 102], "expression": "a"},
+            {"id": "full", "image": "img.png", "bbox": [0, 0, 200, 100], "expression": "b"},
+            {"id": "out", "image": "img.png", "bbox": [150, 10, 202.5, 50], "expression": "c"}]
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"row 3, key 'bbox': .*outside its 200x100 image"):
+        convert_refcoco(p, box_format="xyxy", coords="pixel")
+    samples, rep = convert_refcoco(p, box_format="xyxy", coords="pixel", on_error="skip")
+    assert [(s.id, s.solution) for s in samples] == [("edge-0", [-2.0, -1.5, 202.0, 102.0]),
+                                                     ("full-0", [0.0, 0.0, 200.0, 100.0])]
+    assert dict(rep.skipped) == {"bad_box": 1}
+    # the whole image in 0..1000 coords is exactly the image's edges
+    assert to_pixel_xyxy([0, 0, 1000, 1000], box_format="xyxy", coords="norm1000", width=200,
+                         height=100) == [0.0, 0.0, 200.0, 100.0]
+    with pytest.raises(DataError, match="outside its 200x100 image"):
+        to_pixel_xyxy([0, 0, 1, 1.05], box_format="xyxy", coords="norm", width=200, height=100)
+
+
 def test_math() -> None:
     samples, _ = convert_math(FIX / "math.jsonl")
     assert [(s.id, s.solution, len(s.images)) for s in samples] == [

@@ -97,6 +97,13 @@ GOOD = {"id": "g", "task_type": "yes_no", "question": "q?", "solution": "no"}
     ({**GOOD, "task_type": "grounding", "solution": [1, 2, float("inf"), 9]}, "bad_box",
      "non-finite"),
     ({**GOOD, "task_type": "grounding", "solution": "[1, 2, nan, 4]"}, "bad_box", "four numbers"),
+    # a box outside its 40x30 image (slack max(2 px, 1% of the side) = 2 px per side)
+    ({**GOOD, "task_type": "grounding", "images": ["img.png"], "solution": [800, 300, 2400, 1500]},
+     "bad_box", "box [800, 300, 2400, 1500] lies outside its 40x30 image"),
+    ({**GOOD, "task_type": "grounding", "images": ["img.png"], "solution": [1, 2, 42.5, 30]},
+     "bad_box", "allowed: x in [-2, 42], y in [-2, 32] pixels"),
+    ({**GOOD, "task_type": "grounding", "images": ["img.png"], "solution": [1, -3, 20, 10]},
+     "bad_box", "outside its 40x30 image"),
     ({**GOOD, "task_type": "multiple_choice", "options": ["x", "y"], "solution": "C"},
      "solution_not_in_options", "not among the options"),
     ({**GOOD, "task_type": "multiple_choice", "options": ["x", "y"], "solution": "z"},
@@ -137,6 +144,46 @@ def test_mcq_option_text_becomes_letter_and_box_text(tmp_path: Path) -> None:
     assert samples[0].solution == "B"
     assert samples[1].solution == [1.0, 2.5, 30.0, 40.0]
     assert samples[1].solution_text() == "[1, 2.5, 30, 40]"
+
+
+def test_grounding_box_is_checked_against_its_image_at_load(tmp_path: Path) -> None:
+    # issue 31 item 6: the box the old refcoco --coords norm conversion wrote for a 200x100
+    # image loaded without complaint; it is refused naming the file and the row, in JSONL and
+    # Parquet alike
+    Image.new("RGB", (200, 100), (255, 255, 255)).save(tmp_path / "img.png")
+    box = {"id": "r", "task_type": "grounding", "question": "Where is the red box?",
+           "images": ["img.png"]}
+    rows = [{**box, "id": "whole", "solution": [0, 0, 200, 100]},
+            {**box, "id": "edge", "solution": [-2, -2, 202, 102]},  # within the 2 px slack
+            {**box, "id": "issue", "solution": [4000.0, 1000.0, 12000.0, 5000.0]}]
+    path = _write_raw(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError) as ei:
+        load_samples(path)
+    assert str(ei.value).startswith(
+        f"{path}, row 3, key 'solution': box [4000, 1000, 12000, 5000] lies outside its 200x100 "
+        f"image {tmp_path / 'img.png'} (allowed: x in [-2, 202], y in [-2, 102] pixels)"), ei.value
+    assert ei.value.reason == "bad_box"
+    samples, rep = load_samples(path, on_error="skip")
+    assert [(s.id, s.solution) for s in samples] == [("whole", [0.0, 0.0, 200.0, 100.0]),
+                                                     ("edge", [-2.0, -2.0, 202.0, 102.0])]
+    assert dict(rep.skipped) == {"bad_box": 1} and "row 3" in rep.errors[0]
+    # Parquet (the box as text) goes through the same check
+    pq = write_samples([Sample(id=r["id"], task_type="grounding", question=r["question"],
+                               solution=r["solution"], images=[str(tmp_path / "img.png")])
+                        for r in rows], tmp_path / "d.parquet")
+    with pytest.raises(DataError, match=r"d\.parquet, row 3, key 'solution': .*outside its 200"):
+        load_samples(pq)
+    # without image checks no image is opened, so the box is not checked against one
+    assert len(load_samples(path, check_images=False)[0]) == 3
+
+
+def test_box_tolerance_grows_with_the_image() -> None:
+    from mixed_r1.data.schema import box_tolerance, check_box_in_image
+
+    assert box_tolerance(100) == 2.0 and box_tolerance(200) == 2.0 and box_tolerance(1000) == 10.0
+    check_box_in_image([-10, 0, 1010, 500], 1000, 500)  # 10 px = 1% of 1000 on x
+    with pytest.raises(ValueError, match="outside its 1000x500 image"):
+        check_box_in_image([0, 0, 1000, 505.5], 1000, 500)  # y slack is 5 px
 
 
 @pytest.mark.parametrize("bad", [[0, 0, 0, 1], [True, 0, 2, 2], ["1", 0, 2, 2], "1,2,3",

@@ -13,7 +13,9 @@ against ``image_root`` (default: the input file's directory).
   as the text ``['14']`` a CSV export writes).
 - ``refcoco``: JSON/JSONL of ``image``, ``expression`` (or ``sentence``/``sentences``/``refs``)
   and ``bbox``; ``box_format`` ``xyxy`` or ``xywh`` (COCO) and ``coords`` ``pixel``,
-  ``norm`` (0..1) or ``norm1000`` (0..1000, Qwen2-VL style) → absolute-pixel ``xyxy``.
+  ``norm`` (0..1) or ``norm1000`` (0..1000, Qwen2-VL style) → absolute-pixel ``xyxy``; a box
+  outside its image by more than ``max(2, 0.01 * side)`` pixels (e.g. pixel boxes converted
+  with ``coords="norm"``) is a ``bad_box`` row (:func:`to_pixel_xyxy`).
 - ``math``: plain math JSONL: ``problem``/``question`` and ``answer``/``solution``; the gold is
   a GSM8K ``#### 42`` tail, else the last box of a MATH solution (``\\boxed{…}``, ``\\boxed x``,
   ``\\fbox{…}``, nested braces; MATH reference ``last_boxed_only_string``), else the whole text
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -35,7 +38,8 @@ from mixed_r1.rewards.latex import is_bare_expression, normalize_math_answer
 from mixed_r1.rewards.latex import last_boxed as _last_boxed
 
 from .io import LoadReport, collect_rows
-from .schema import LETTERS, DataError, Sample, sample_from_dict
+from .schema import (LETTERS, DataError, Sample, check_box_in_image, format_box,
+                     sample_from_dict)
 
 COORDS = ("pixel", "norm", "norm1000")
 BOX_FORMATS = ("xyxy", "xywh")
@@ -198,11 +202,18 @@ def convert_chartqa(path: str | Path, *, image_root: str | Path | None = None,
 
 # ------------------------------------------------------------------------ RefCOCO
 def to_pixel_xyxy(box: list[float], *, box_format: str, coords: str,
-                  width: int | None = None, height: int | None = None) -> list[float]:
-    """Convert a box to absolute-pixel ``[x1, y1, x2, y2]``.
+                  width: int | None = None, height: int | None = None,
+                  image: str | None = None) -> list[float]:
+    """Convert a box to absolute-pixel ``[x1, y1, x2, y2]`` of a ``width x height`` image.
 
     ``xywh``: ``x2 = x + w``, ``y2 = y + h``. ``norm``: multiply x by W and y by H;
-    ``norm1000``: multiply x by W/1000 and y by H/1000.
+    ``norm1000``: multiply x by W/1000 and y by H/1000 (``width``/``height`` are required for
+    these). Given ``width`` and ``height`` (pixels of the stored image, PIL's ``size``), the result
+    must lie in the image within :func:`mixed_r1.data.schema.box_tolerance` pixels per side
+    (``max(2, 0.01 * side)``), else :class:`DataError` ``bad_box`` on key ``bbox`` (pixel boxes
+    read as ``norm`` land far outside); ``image`` only names it in that message.
+    Raises ValueError for an unknown ``box_format``/``coords``, :class:`DataError` ``bad_box``
+    for a box that is not four numbers.
     """
     if box_format not in BOX_FORMATS:
         raise ValueError(f"box_format must be one of {BOX_FORMATS}, got {box_format!r}")
@@ -216,18 +227,33 @@ def to_pixel_xyxy(box: list[float], *, box_format: str, coords: str,
         raise DataError(f"box {box!r} holds a non-number", key="bbox", reason="bad_box") from None
     x2, y2 = (x1 + a, y1 + b) if box_format == "xywh" else (a, b)
     if coords != "pixel":
+        if width is None or height is None:
+            raise ValueError(f"coords {coords!r} needs the image's width and height")
         scale = 1.0 if coords == "norm" else 1000.0
         x1, x2 = x1 / scale * width, x2 / scale * width
         y1, y2 = y1 / scale * height, y2 / scale * height
-    return [x1, y1, x2, y2]
+    out = [x1, y1, x2, y2]
+    if width is not None and height is not None and all(math.isfinite(v) for v in out):
+        try:
+            check_box_in_image(out, width, height, image=image)
+        except ValueError as exc:
+            raise DataError(f"bbox {format_box(box)} read as {box_format} {coords}: {exc}; check "
+                            "box_format and coords", key="bbox", reason="bad_box") from None
+    return out
 
 
 def convert_refcoco(path: str | Path, *, image_root: str | Path | None = None,
                     box_format: str = "xywh", coords: str = "pixel", source: str = "refcoco",
                     on_error: str = "raise", check_images: bool = True
                     ) -> tuple[list[Sample], LoadReport]:
-    """RefCOCO-style referring expressions → grounding samples (one per expression)."""
-    from PIL import Image
+    """RefCOCO-style referring expressions → grounding samples (one per expression).
+
+    The box is converted with :func:`to_pixel_xyxy` against the image's pixel size (a header
+    read: always for ``norm``/``norm1000``, for ``pixel`` when ``check_images``); a box outside
+    its image beyond the tolerance is a ``bad_box`` row (raised naming file and row, or skipped
+    and counted with ``on_error="skip"``).
+    """
+    from PIL import Image, UnidentifiedImageError
 
     def build(row: int, rec: dict, root: Path) -> list[dict]:
         image = _need(rec, "image", "file_name", "img_path")
@@ -239,15 +265,19 @@ def convert_refcoco(path: str | Path, *, image_root: str | Path | None = None,
         if not exprs:
             raise KeyError("expression / sentence / sentences / refs")
         w = h = None
-        if coords != "pixel":
-            ipath = root / image
+        ipath = root / image
+        if coords != "pixel" or check_images:  # header read: the box is checked against it
             if not ipath.is_file():
                 raise DataError(f"image {ipath} does not exist", key="images",
                                 reason="missing_image")
-            with Image.open(ipath) as im:
-                w, h = im.size
+            try:
+                with Image.open(ipath) as im:
+                    w, h = im.size
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"image {ipath} is unreadable: {exc}", key="images",
+                                reason="unreadable_image") from None
         box = to_pixel_xyxy(_need(rec, "bbox", "box"), box_format=box_format, coords=coords,
-                            width=w, height=h)
+                            width=w, height=h, image=str(ipath))
         rid = rec.get("id", rec.get("ref_id", row))
         return [{"id": f"{rid}-{k}", "task_type": "grounding",
                  "question": f"Locate {e.strip().rstrip('.')} in the image and give its "

@@ -3,11 +3,17 @@
 A :class:`Sample` is ``id, task_type, images, question, messages, solution, options, source,
 meta``. The solution is a string for every task except ``grounding``, where it is a box
 ``[x1, y1, x2, y2]`` of four finite floats in the original image's absolute pixels with
-``x1 < x2`` and ``y1 < y2``. A multiple-choice solution is the letter of one of ``options``
-(A, B, C, ...); an option's text is accepted on input and turned into its letter. A math solution
-must be a gold math-verify parses to an expression (checked in math-verify's time-limited child
-process, :func:`mixed_r1.rewards.math.gold_error`); otherwise the row is an ``unparseable_gold``
-data error, never a gold that silently scores every answer 0.
+``x1 < x2`` and ``y1 < y2``. The pixels are those of the stored first image as PIL reads it
+(``Image.open(path).size``, no EXIF rotation; pixel-edge coordinates, so a box may reach
+``x2 = W``, ``y2 = H``); the processor's resize is applied later
+(:func:`mixed_r1.data.prompts.model_frame_sample`). When images are checked the box must lie
+in that ``W x H`` image, with :func:`box_tolerance` pixels of slack on each side
+(:func:`check_box_in_image`), else the row is a ``bad_box`` data error. A multiple-choice
+solution is the letter of one of ``options`` (A, B, C, ...); an option's text is accepted on
+input and turned into its letter. A math solution must be a gold math-verify parses to an
+expression (checked in math-verify's time-limited child process,
+:func:`mixed_r1.rewards.math.gold_error`); otherwise the row is an ``unparseable_gold`` data
+error, never a gold that silently scores every answer 0.
 """
 from __future__ import annotations
 
@@ -104,6 +110,39 @@ def parse_box(value: Any) -> list[float]:
     return nums
 
 
+BOX_TOLERANCE_PX = 2.0
+"""The least slack, in pixels, a box may reach past each image edge (:func:`box_tolerance`)."""
+BOX_TOLERANCE_FRAC = 0.01
+"""The slack as a fraction of the image side, when larger than :data:`BOX_TOLERANCE_PX`."""
+
+
+def box_tolerance(side: float) -> float:
+    """The slack in pixels a box may reach past an image side of ``side`` pixels:
+    ``max(2, 0.01 * side)``.
+
+    It absorbs rounding in converted boxes (a 0..1000 box is quantised to ``side / 1000``
+    pixels; COCO float boxes can end a fraction past the edge) and the inclusive ``x2 = W - 1``
+    versus edge ``x2 = W`` conventions, while a box in the wrong units (pixel numbers read as
+    0..1 fractions, so scaled by ``W``) lies far outside.
+    """
+    return max(BOX_TOLERANCE_PX, BOX_TOLERANCE_FRAC * float(side))
+
+
+def check_box_in_image(box, width: int, height: int, image: str | None = None) -> None:
+    """Raise ValueError when ``[x1, y1, x2, y2]`` (absolute pixels) lies outside a
+    ``width x height`` image by more than :func:`box_tolerance` of that side: every x must be in
+    ``[-tx, width + tx]`` and every y in ``[-ty, height + ty]``. A box within the tolerance is
+    accepted as it is (not clipped). ``image`` (its path) only names it in the message."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    tx, ty = box_tolerance(width), box_tolerance(height)
+    if (min(x1, x2) < -tx or max(x1, x2) > width + tx
+            or min(y1, y2) < -ty or max(y1, y2) > height + ty):
+        name = f" {image}" if image else ""
+        raise ValueError(f"box {format_box([x1, y1, x2, y2])} lies outside its {width}x{height} "
+                         f"image{name} (allowed: x in [{-tx:g}, {width + tx:g}], "
+                         f"y in [{-ty:g}, {height + ty:g}] pixels)")
+
+
 def _mc_letter(solution: Any, options: list[str]) -> str:
     sol = str(solution).strip()
     letters = LETTERS[: len(options)]
@@ -121,7 +160,10 @@ def sample_from_dict(d: dict, *, base_dir: str | Path | None = None, check_image
     """Validate a raw record and build a :class:`Sample`; raises :class:`DataError`.
 
     Relative image paths are resolved against ``base_dir`` (see :func:`_resolve_image`). With
-    ``check_images`` every image must exist and be decodable by PIL (header read).
+    ``check_images`` every image must exist and be decodable by PIL (header read), and a
+    grounding box must lie in its first image's ``W x H`` pixels within :func:`box_tolerance`
+    (:func:`check_box_in_image`; reason ``bad_box``). Without it the box is not checked
+    against any image.
     """
     def err(msg: str, key: str | None, reason: str) -> DataError:
         return DataError(msg, file=file, row=row, key=key, reason=reason)
@@ -152,9 +194,7 @@ def sample_from_dict(d: dict, *, base_dir: str | Path | None = None, check_image
     if not isinstance(images, (list, tuple)) or not all(isinstance(p, str) for p in images):
         raise err(f"images must be a list of paths, got {images!r}", "images", "malformed")
     resolved = [_resolve_image(p, base_dir) for p in images]
-    if check_images:
-        for p in resolved:
-            _check_image(p, err)
+    sizes = [_check_image(p, err) for p in resolved] if check_images else []
     options = d.get("options")
     if options is not None and len(options) == 0:
         options = None
@@ -164,6 +204,8 @@ def sample_from_dict(d: dict, *, base_dir: str | Path | None = None, check_image
     if task == "grounding":
         try:
             solution = parse_box(solution)
+            if sizes:  # the box is in the first image's pixels (see the module docstring)
+                check_box_in_image(solution, *sizes[0], image=resolved[0])
         except ValueError as exc:
             raise err(str(exc), "solution", "bad_box") from None
     elif task == "multiple_choice":
@@ -216,13 +258,14 @@ def _text_of(message: dict) -> str | None:
     return None
 
 
-def _check_image(path: str, err) -> None:
+def _check_image(path: str, err) -> tuple[int, int]:
+    """``(width, height)`` of an existing image PIL can identify (header read, no decode)."""
     from PIL import Image, UnidentifiedImageError
 
     if not Path(path).is_file():
         raise err(f"image {path} does not exist", "images", "missing_image")
     try:
         with Image.open(path) as im:
-            im.size  # header parsed
+            return im.size  # header parsed
     except (UnidentifiedImageError, OSError) as exc:
         raise err(f"image {path} is unreadable: {exc}", "images", "unreadable_image") from None
