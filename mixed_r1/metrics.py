@@ -1,5 +1,6 @@
 """Run logging: one JSON line per step (``metrics.jsonl``), TensorBoard scalars when the
-``tensorboard`` package is importable, a tqdm progress bar, and :func:`plot_run` for PNG curves."""
+``tensorboard`` package is importable, a tqdm progress bar, and :func:`plot_run` for PNG curves
+(:func:`plot_figure` gives the matplotlib figure)."""
 from __future__ import annotations
 
 import json
@@ -93,48 +94,83 @@ class MetricsLogger:
             self._bar.close()
 
 
-PLOT_KEYS = (
-    ("reward/total", "reward/accuracy", "reward/format"),
-    ("reward/yes_no/accuracy", "reward/multiple_choice/accuracy", "reward/chart/accuracy",
-     "reward/math/accuracy", "reward/grounding/accuracy", "reward/open_ended/accuracy"),
-    ("loss",), ("kl_mean",), ("entropy",), ("clip_frac",), ("response/length_mean",),
-    ("perf/tokens_per_s",), ("rollout/logprob_abs_diff",), ("grad_norm",),
+TASK_ACCURACY_KEYS = tuple(f"reward/{t}/accuracy" for t in (
+    "yes_no", "multiple_choice", "chart", "math", "grounding", "open_ended"))
+# (title, y-axis label, ((metric key, legend label), ...)); a panel is drawn when any key is logged
+PLOT_PANELS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    ("Total reward (weighted accuracy + format)",
+     "mean reward per completion", (("reward/total", "total"),)),
+    ("Reward components: accuracy and format", "mean per completion (0–1)",
+     (("reward/accuracy", "accuracy"), ("reward/format", "format"))),
+    ("Training accuracy by task type", "mean accuracy per completion (0–1)",
+     tuple((k, k.split("/")[1]) for k in TASK_ACCURACY_KEYS)),
+    ("Held-out eval (greedy)", "mean per held-out prompt (0–1)",
+     (("eval/accuracy", "accuracy"), ("eval/format", "format"))),
+    ("Policy loss", "loss (unitless)", (("loss", "loss"),)),
+    ("KL to the reference policy", "mean KL per token (nats)", (("kl_mean", "kl"),)),
+    ("Policy entropy", "mean entropy per token (nats)", (("entropy", "entropy"),)),
+    ("Clipped-ratio fraction", "fraction of tokens (0–1)", (("clip_frac", "clip_frac"),)),
+    ("Response length", "mean tokens per completion", (("response/length_mean", "length"),)),
+    ("Generation throughput", "generated tokens / s", (("perf/tokens_per_s", "tokens/s"),)),
+    ("Sampler vs trainer log-prob gap", "mean |Δ log p| per token (nats)",
+     (("rollout/logprob_abs_diff", "|Δ log p|"),)),
+    ("Gradient norm (before clipping)", "global L2 norm", (("grad_norm", "grad_norm"),)),
 )
+# one style per line of a panel: colour, line style and marker all differ, so lines that
+# coincide (two tasks at the same accuracy, format at 0) stay visible; the total reward has a
+# panel of its own (it equals the accuracy whenever the format reward is 0)
+_STYLES = (("C0", "-", "o"), ("C1", "--", "s"), ("C2", ":", "^"), ("C3", "-.", "D"),
+           ("C4", (0, (5, 1, 1, 1)), "v"), ("C5", (0, (1, 2)), "x"))
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw the training curves of ``run_dir`` to ``<run_dir>/curves.png`` (or ``out``)."""
-    import matplotlib
+def plot_figure(rows: list[dict]) -> Any:
+    """The training curves of ``rows`` (:func:`read_metrics`) as a matplotlib ``Figure``, not
+    saved: one panel per :data:`PLOT_PANELS` entry with a logged key, 3 a row, each with its own
+    title and y-axis label (units), x = GRPO step (integer ticks). Each line's ``gid`` is its
+    metric key. Raises ValueError when ``rows`` is empty."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(run_dir)
     if not rows:
-        raise FileNotFoundError(f"{Path(run_dir) / METRICS_FILE}: no metrics to plot")
-    panels = [[k for k in keys if any(k in r for r in rows)] for keys in PLOT_KEYS]
-    panels = [p for p in panels if p]
+        raise ValueError("no metrics rows to plot")
+    panels = [(title, ylabel, [(k, lab) for k, lab in keys if any(r.get(k) is not None
+                                                                 for r in rows)])
+              for title, ylabel, keys in PLOT_PANELS]
+    panels = [p for p in panels if p[2]]
     cols = 3
     nrows = max(1, math.ceil(len(panels) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(5 * cols, 3.2 * nrows), squeeze=False)
-    for ax, keys in zip(axes.flat, panels):
-        for k in keys:
-            pts = [(r["step"], r[k]) for r in rows if r.get(k) is not None]
-            if pts:
-                ax.plot(*zip(*pts), label=k.split("/", 1)[-1] if len(keys) > 1 else None,
-                        marker="." if len(pts) < 40 else None)
-        ax.set_title(keys[0] if len(keys) == 1 else keys[0].split("/")[0])
-        ax.set_xlabel("step")
+    fig = Figure(figsize=(5.5 * cols, 3.4 * nrows))
+    axes = fig.subplots(nrows, cols, squeeze=False)
+    for ax, (title, ylabel, keys) in zip(axes.flat, panels):
+        for (k, label), (color, ls, marker) in zip(keys, _STYLES):
+            pts = sorted((r["step"], r[k]) for r in rows if r.get(k) is not None)
+            n = len(pts)
+            ax.plot(*zip(*pts), label=label, gid=k, color=color, linestyle=ls,
+                    marker=marker if n < 40 else None, markersize=4, fillstyle="none",
+                    linewidth=1.5)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("GRPO step")
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         if len(keys) > 1:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
+    return fig
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Draw the training curves of ``run_dir`` (:func:`plot_figure`) to ``<run_dir>/curves.png``
+    (or ``out``); returns the PNG's path. Raises FileNotFoundError when there are no metrics."""
+    rows = read_metrics(run_dir)
+    if not rows:
+        raise FileNotFoundError(f"{Path(run_dir) / METRICS_FILE}: no metrics to plot")
     path = Path(out) if out is not None else Path(run_dir) / "curves.png"
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    plot_figure(rows).savefig(path, dpi=90)
     return path
 
 
-__all__ = ["METRICS_FILE", "MetricsLogger", "plot_run", "read_metrics", "truncate_metrics"]
+__all__ = ["METRICS_FILE", "PLOT_PANELS", "MetricsLogger", "plot_figure", "plot_run",
+           "read_metrics", "truncate_metrics"]

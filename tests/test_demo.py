@@ -29,6 +29,10 @@ def test_demo_rerun_starts_fresh(tmp_path, capsys):
     assert (out / "run" / "curves.png").read_bytes() != b"old plot"
     assert (out / "run" / "model" / "config.json").is_file()
     assert second["train_rewards"] == [r["reward/total"] for r in rows]
+    # 3 GRPO steps: no first-vs-last "trend" of one step each, the held-out eval is the measure
+    trend, = [x for x in printed.splitlines() if x.startswith("[demo] GRPO training reward")]
+    assert trend.startswith("[demo] GRPO training reward: mean ") and "->" not in trend, trend
+    assert "over 3 GRPO steps" in trend and "held-out accuracy is the measure" in trend, trend
     line, = [x for x in printed.splitlines() if x.startswith("[demo] held-out accuracy:")]
     m = re.fullmatch(r"\[demo\] held-out accuracy: (\d\.\d{3}) -> (\d\.\d{3}) \(± (\d\.\d{3})\)",
                      line)

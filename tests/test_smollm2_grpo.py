@@ -36,6 +36,31 @@ def test_paired_change():
     assert (r["improved"], r["worsened"]) == (1, 0)
 
 
+def test_training_reward_trend_only_with_enough_steps():
+    """A first-vs-last training reward of 1 step each side (the 5-step demo) is noise next to
+    the held-out eval: the line gives the mean over the steps and names the held-out eval as the
+    measure; from 4 steps a third on it gives the trend with its s.e., steps and rollouts named."""
+    fmt = smollm2_grpo.format_reward_trend
+    few = [0.281, 0.25, 0.19, 0.22, 0.172]  # the issue's run: 0.281 -> 0.172 read as a regression
+    line = fmt(few, label="training accuracy reward", prompts_per_step=8, group_size=8)
+    assert "->" not in line and "first" not in line, line
+    assert line == ("training accuracy reward: mean 0.223 over 5 GRPO steps (8 prompts x 8 "
+                    "samples = 64 rollouts each); too few steps for a trend (fewer than 4 per "
+                    "third), so the held-out accuracy is the measure")
+    assert "over 1 GRPO step (" in fmt([0.5], label="r", prompts_per_step=4, group_size=2)
+    assert "->" not in fmt([0.1] * 11, label="r", prompts_per_step=4, group_size=4)
+    many = [0.1 + 0.01 * i for i in range(12)]  # 4 steps a third
+    line = fmt(many, label="GRPO training reward", prompts_per_step=4, group_size=4)
+    rise = smollm2_grpo.reward_rise(many)
+    assert rise["n"] == 4
+    assert line == (f"GRPO training reward, mean of the first vs the last third (4 steps each, "
+                    f"4x4 rollouts/step): {rise['first']:.3f} -> {rise['last']:.3f}, change "
+                    f"{rise['diff']:+.3f} ± {rise['se']:.3f} (s.e.)")
+    assert (rise["first"], rise["last"]) == (pytest.approx(0.115), pytest.approx(0.195))
+    with pytest.raises(ValueError):
+        fmt([], label="r", prompts_per_step=1, group_size=1)
+
+
 @pytest.mark.slow
 def test_smollm2_grpo_short_run(tmp_path, capsys):
     import torch
@@ -56,8 +81,11 @@ def test_smollm2_grpo_short_run(tmp_path, capsys):
         out, quick=True,
         overrides=["steps=2", "rollout.group_size=4", "rollout.temperature=1.0", "optim.lr=1e-4",
                    "model.dtype=float32"])
-    line, = [x for x in capsys.readouterr().out.splitlines()
-             if x.startswith("[demo] held-out accuracy:")]
+    printed = capsys.readouterr().out.splitlines()
+    trend, = [x for x in printed if x.startswith("[smollm2] training accuracy reward")]
+    assert trend.startswith("[smollm2] training accuracy reward: mean ") and (
+        "over 2 GRPO steps (4 prompts x 4 samples = 16 rollouts each)" in trend), trend
+    line, = [x for x in printed if x.startswith("[demo] held-out accuracy:")]
     m = re.fullmatch(r"\[demo\] held-out accuracy: (\d\.\d{3}) -> (\d\.\d{3}) \(± (\d\.\d{3})\)",
                      line)
     acc = report["changes"]["overall"]

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from mixed_r1.demo.text import MIN_TREND_STEPS, format_reward_trend, reward_rise
 from mixed_r1.tasks import TASK_TYPES
 
 THINK = "Look at the image."
@@ -58,22 +59,6 @@ def warm_start(trainer: Any, samples: Sequence[Any], steps: int, batch_size: int
     return losses
 
 
-def reward_rise(values: Sequence[float]) -> dict:
-    """Mean per-step training reward of the first and the last third of the GRPO steps, their
-    difference and its standard error (from the spread of the per-step means in each third)."""
-    import statistics
-
-    n = max(1, len(values) // 3)
-    a, b = list(values[:n]), list(values[-n:])
-
-    def se2(x: list[float]) -> float:
-        return statistics.variance(x) / len(x) if len(x) > 1 else 0.0
-
-    first, last = statistics.fmean(a), statistics.fmean(b)
-    return {"n": n, "first": first, "last": last, "diff": last - first,
-            "se": (se2(a) + se2(b)) ** 0.5}
-
-
 def run_multimodal_demo(out_dir: str | Path = "runs/demo_multimodal", *, per_task: int = 32, eval_per_task: int = 6,
              sft_steps: int = 60, sft_lr: float = 1e-2, grpo_steps: int | None = None,
              quick: bool = False, overrides: Sequence[str] = ()) -> dict:
@@ -100,7 +85,8 @@ def run_multimodal_demo(out_dir: str | Path = "runs/demo_multimodal", *, per_tas
 
     t = time.perf_counter()
     path = synthesize(out / "data", SynthConfig(seed=0, sizes={k: per_task + eval_per_task
-                                                               for k in TASK_TYPES}))
+                                                               for k in TASK_TYPES}),
+                      overwrite=True)  # the demo's own set, rebuilt by a rerun
     samples, _ = load_samples(path)
     train, held = [], []
     for task in TASK_TYPES:
@@ -153,13 +139,14 @@ def run_multimodal_demo(out_dir: str | Path = "runs/demo_multimodal", *, per_tas
     hist = [json.loads(line) for line in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     rise = {key: reward_rise([h.get(f"reward/{key}", 0.0) for h in hist])
             for key in ("total", "format", "accuracy")}
-    r = rise["total"]
-    first, last = r["first"], r["last"]
-    print(f"[demo] GRPO training reward, mean of the first vs the last third ({r['n']} steps "
-          f"each, {cfg.rollout.prompts_per_step}x{cfg.rollout.group_size} rollouts/step): "
-          f"{first:.3f} -> {last:.3f}, change {r['diff']:+.3f} ± {r['se']:.3f} (s.e.)"
-          f"  [format {rise['format']['first']:.3f} -> {rise['format']['last']:.3f}, "
-          f"accuracy {rise['accuracy']['first']:.3f} -> {rise['accuracy']['last']:.3f}]")
+    first, last = rise["total"]["first"], rise["total"]["last"]
+    line = "[demo] " + format_reward_trend(
+        [h.get("reward/total", 0.0) for h in hist], label="GRPO training reward",
+        prompts_per_step=cfg.rollout.prompts_per_step, group_size=cfg.rollout.group_size)
+    if rise["total"]["n"] >= MIN_TREND_STEPS:  # the trend is shown: its components too
+        line += (f"  [format {rise['format']['first']:.3f} -> {rise['format']['last']:.3f}, "
+                 f"accuracy {rise['accuracy']['first']:.3f} -> {rise['accuracy']['last']:.3f}]")
+    print(line)
     acc = paired_change(before["sample_accuracy"], after["sample_accuracy"])
     print(f"[demo] held-out accuracy: {acc['before']:.3f} -> {acc['after']:.3f} "
           f"(± {acc['se']:.3f})")

@@ -91,6 +91,47 @@ def paired_change(before: Sequence[float], after: Sequence[float]) -> dict:
             "improved": sum(x > 0 for x in d), "worsened": sum(x < 0 for x in d)}
 
 
+MIN_TREND_STEPS = 4  # per third: fewer and a training-reward "trend" is a few noisy step means
+
+
+def reward_rise(values: Sequence[float]) -> dict:
+    """Mean per-step training reward of the first and the last third of the GRPO steps (``n``
+    steps each, at least 1), their difference and its standard error (from the spread of the
+    per-step means in each third; 0 for a third of one step)."""
+    n = max(1, len(values) // 3)
+    a, b = list(values[:n]), list(values[-n:])
+
+    def se2(x: list[float]) -> float:
+        return statistics.variance(x) / len(x) if len(x) > 1 else 0.0
+
+    first, last = statistics.fmean(a), statistics.fmean(b)
+    return {"n": n, "first": first, "last": last, "diff": last - first,
+            "se": (se2(a) + se2(b)) ** 0.5}
+
+
+def format_reward_trend(values: Sequence[float], *, label: str, prompts_per_step: int,
+                        group_size: int, min_steps: int = MIN_TREND_STEPS) -> str:
+    """One line (no prefix, ``label`` first) on the per-step training reward ``values``: one
+    mean per GRPO step, in step order, each over ``prompts_per_step x group_size`` sampled
+    rollouts. With at least ``min_steps`` steps in a third (:func:`reward_rise`): the mean of
+    the first vs the last third, the change ± its s.e., the steps and rollouts named. With fewer
+    a first-vs-last change is noise (each step draws its own few prompts), so the line gives
+    the mean over every step, the counts, and says that the held-out evaluation is the measure.
+    Raises ValueError when ``values`` is empty."""
+    if not values:
+        raise ValueError("no training steps")
+    rise = reward_rise(values)
+    if rise["n"] >= min_steps:
+        return (f"{label}, mean of the first vs the last third ({rise['n']} steps each, "
+                f"{prompts_per_step}x{group_size} rollouts/step): {rise['first']:.3f} -> "
+                f"{rise['last']:.3f}, change {rise['diff']:+.3f} ± {rise['se']:.3f} (s.e.)")
+    steps = len(values)
+    return (f"{label}: mean {statistics.fmean(values):.3f} over {steps} GRPO "
+            f"step{'s' if steps != 1 else ''} ({prompts_per_step} prompts x {group_size} "
+            f"samples = {prompts_per_step * group_size} rollouts each); too few steps for a trend "
+            f"(fewer than {min_steps} per third), so the held-out accuracy is the measure")
+
+
 def per_task_changes(held: Sequence[Any], before: dict, after: dict) -> dict:
     """``paired_change`` per task type and overall, from the eval reports' per-prompt accuracy
     (``sample_accuracy``, in held-out order) and their format rates."""
@@ -232,11 +273,9 @@ def run(out_dir: str | Path, *, config: str | Path = DEFAULT_CONFIG,
           f"paired s.e.; z = change / s.e.; +/- = prompts that turned right / wrong)")
     print(format_change_table(changes))
     if history:
-        third = max(1, len(history) // 3)
-        first = statistics.fmean(h["reward/accuracy"] for h in history[:third])
-        last = statistics.fmean(h["reward/accuracy"] for h in history[-third:])
-        print(f"[smollm2] training accuracy reward, first vs last {third} steps: "
-              f"{first:.3f} -> {last:.3f}")
+        print("[smollm2] " + format_reward_trend(
+            [h["reward/accuracy"] for h in history], label="training accuracy reward",
+            prompts_per_step=cfg.rollout.prompts_per_step, group_size=cfg.rollout.group_size))
     load_end = loadavg()
     print("[smollm2] wall time (s): " + ", ".join(f"{k}={v:.0f}" for k, v in timings.items())
           + f"  ({timings['total'] / 60:.1f} min); load average before {load_start}, "
