@@ -61,7 +61,7 @@ test-fast: install
 		-m "not slow and not multirank" $(PYTEST_ARGS)
 
 demo: install
-	$(VENV)/bin/mixed-r1 demo
+	$(VENV)/bin/mixed-r1 demo --overwrite
 
 bench-rewards: install
 	$(PY) tools/bench_rewards.py

@@ -139,6 +139,10 @@ def run_eval(model_dir: str | Path, data_file: str | Path, *, k: int = 1,
     from mixed_r1.rewards import MixedReward
     from mixed_r1.rollout import HFGenerator
 
+    if k < 1 or max_new_tokens < 1 or limit < 0 or (temperature is not None and temperature < 0):
+        raise ValueError(f"run_eval needs k >= 1, max_new_tokens >= 1, limit >= 0 and "
+                         f"temperature >= 0 (got k={k}, max_new_tokens={max_new_tokens}, "
+                         f"limit={limit}, temperature={temperature})")
     if not Path(data_file).is_file():
         raise FileNotFoundError(f"--data: no such file: {data_file}")
     samples, _ = load_samples(data_file)
@@ -152,7 +156,9 @@ def run_eval(model_dir: str | Path, data_file: str | Path, *, k: int = 1,
                                 max_new_tokens=max_new_tokens, seed=seed)
     report.update(model=str(model_dir), data=str(data_file))
     if out is not None:
-        Path(out).write_text(json.dumps(report, indent=2))
+        from mixed_r1.atomic import write_text_atomic
+
+        write_text_atomic(out, json.dumps(report, indent=2))
     return report
 
 

@@ -38,7 +38,8 @@ def _by_task(samples, task):
 def test_deterministic_for_a_seed(tmp_path: Path) -> None:
     def run(name, seed):
         p = synthesize_text(tmp_path / name, TextSynthConfig(seed=seed, sizes={t: 7 for t in
-                                                                               TEXT_TASK_TYPES}))
+                                                                               TEXT_TASK_TYPES}),
+                            overwrite=True)
         return p.read_bytes(), (p.parent / "text_manifest.json").read_bytes()
 
     assert run("a", 5) == run("b", 5)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import re
 import sys
@@ -35,6 +36,42 @@ class UsageError(SystemExit):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.code = 2
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``low``; otherwise argparse's one-line usage error
+    (exit 2), raised while parsing, before a command loads anything."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+def float_in(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number in ``[low, high]`` (``(low, high]`` with
+    ``low_open``); otherwise argparse's one-line usage error (exit 2)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if (not math.isfinite(value) or not (low < value if low_open else low <= value)
+                or not value <= high):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text}")
+        return value
+
+    parse.__name__ = f"number in [{low:g}, {high:g}]"
+    return parse
+
 
 # modules that expose ``register(subparsers)``; missing ones are simply not offered
 _COMMAND_MODULES = (
@@ -123,7 +160,26 @@ def split_debug(argv: list[str]) -> tuple[list[str], bool]:
     return rest, len(rest) != len(argv)
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed by :func:`build_parser`, where a command taking ``key.sub=value``
+    overrides (``train``, ``bench``) accepts them on both sides of its flags, as in
+    ``train --config C out_dir=X --overwrite steps=1`` (argparse alone ends a ``nargs="*"``
+    positional at the first flag and calls what follows unrecognized). Overrides keep their
+    command-line order, so a later one wins. Anything else unrecognized is argparse's usage error
+    (exit 2)."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras and isinstance(getattr(args, "overrides", None), list):
+        stray = [a for a in extras if a.startswith("-") or "=" not in a]
+        if not stray:
+            args.overrides = args.overrides + extras
+            extras = []
+    if extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv, debug = split_debug(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     return run_command(lambda: args.func(args), debug=debug or args.debug)

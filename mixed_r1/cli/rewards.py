@@ -13,5 +13,8 @@ def _demo_rewards(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-rewards", help="score a small mixed batch with Mixed-Reward")
-    p.add_argument("--workers", type=int, default=2, help="reward worker processes")
+    from mixed_r1.cli import int_at_least
+
+    p.add_argument("--workers", type=int_at_least(1), default=2,
+                   help="reward worker processes (default: %(default)s)")
     p.set_defaults(func=_demo_rewards)

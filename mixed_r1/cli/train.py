@@ -25,7 +25,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mixed_r1.evaluate import format_table, run_eval
+
+    if args.out and Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"--out {args.out} already exists (pass --overwrite to replace it)")
 
     report = run_eval(args.model, args.data, k=args.k, temperature=args.temperature,
                       max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
@@ -50,17 +55,20 @@ def _bench(args: argparse.Namespace) -> int:
     from mixed_r1.config import load_config
 
     overrides = list(args.overrides)
-    tmp = None
-    if args.config is None and not any(o.startswith("data.train_file=") for o in overrides):
-        from mixed_r1.data.synth import SynthConfig, synthesize
+    if args.config is not None or any(o.startswith("data.train_file=") for o in overrides):
+        return _bench_run(args, load_config(args.config, overrides))
+    from mixed_r1.data.synth import SynthConfig, synthesize
 
-        tmp = tempfile.mkdtemp(prefix="mixed-r1-bench-")
+    with tempfile.TemporaryDirectory(prefix="mixed-r1-bench-") as tmp:
         path = synthesize(tmp, SynthConfig(sizes={t: 8 for t in
                                                   ("yes_no", "multiple_choice", "chart", "math",
                                                    "grounding", "open_ended")}))
         overrides = [f"data.train_file={path}", f"out_dir={tmp}/run", "model.max_pixels=12544",
                      "progress=false"] + overrides
-    cfg = load_config(args.config, overrides)
+        return _bench_run(args, load_config(None, overrides))
+
+
+def _bench_run(args: argparse.Namespace, cfg) -> int:
     from mixed_r1.trainer import bench_step
 
     rows = bench_step(cfg, args.steps)
@@ -81,8 +89,15 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="GRPO training from a YAML config")
-    p.add_argument("--config", required=True, help="YAML config (see examples/)")
+    from mixed_r1.cli import float_in, int_at_least
+
+    p = subparsers.add_parser(
+        "train", help="GRPO training from a YAML config",
+        description="GRPO training from a YAML config. Overrides (key.sub=value, any number, "
+                    "before or after the flags; a later one wins) change the config's values: "
+                    "mixed-r1 train --config C out_dir=X --overwrite steps=1")
+    p.add_argument("--config", required=True, help="YAML config (examples/*.yaml; every key in "
+                   "docs/config.md)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
                       help="continue the run in out_dir from its newest complete checkpoint "
@@ -90,29 +105,51 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     mode.add_argument("--overwrite", action="store_true",
                       help="delete what an earlier run wrote to out_dir and start over (without "
                            "it, a non-empty out_dir is refused)")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="config overrides, e.g. steps=1 algo.lr=1e-6")
     p.set_defaults(func=_train)
 
-    p = subparsers.add_parser("eval", help="greedy or pass@k evaluation on a mixed set")
-    p.add_argument("--model", required=True, help="model dir written by train (<run>/model)")
-    p.add_argument("--data", required=True, help="JSONL/Parquet mixed eval set")
-    p.add_argument("--k", type=int, default=1, help="completions per prompt (pass@k)")
-    p.add_argument("--temperature", type=float, default=None,
-                   help="default: 0 (greedy) for k=1, 1.0 otherwise")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--limit", type=int, default=0, help="only the first N samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write the JSON report here")
+    p = subparsers.add_parser(
+        "eval", help="greedy or pass@k evaluation on a mixed set",
+        description="Generate with an HF model directory on a mixed set (JSONL/Parquet in the "
+                    "sample schema) and score with the Mixed-Reward: per task type, accuracy and "
+                    "pass@k.")
+    p.add_argument("--model", required=True,
+                   help="HF model directory (a run's <out_dir>/model, or a converted checkpoint)")
+    p.add_argument("--data", required=True, help="JSONL/Parquet file in the sample schema")
+    p.add_argument("--k", type=int_at_least(1), default=1,
+                   help="completions per prompt, pass@k (default: %(default)s)")
+    p.add_argument("--temperature", type=float_in(0.0, 100.0), default=None,
+                   help="sampling temperature (default: 0, greedy, for k=1; 1.0 for k>1)")
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=64,
+                   help="tokens generated per completion at most (default: %(default)s)")
+    p.add_argument("--limit", type=int_at_least(0), default=0,
+                   help="only the first N samples (default: %(default)s = all)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--out", default=None,
+                   help="also write the JSON report to this file (default: print only)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file (without it, one is refused)")
     p.set_defaults(func=_eval)
 
-    p = subparsers.add_parser("plot", help="draw a run's curves to PNG")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None)
+    p = subparsers.add_parser("plot", help="draw a run's curves to PNG",
+                              description="Draw a run's metrics.jsonl curves (rewards, loss, KL, "
+                                          "lengths, timings) to one PNG.")
+    p.add_argument("run_dir", help="a run directory (train's out_dir)")
+    p.add_argument("--out", default=None, help="PNG path (default: RUN_DIR/curves.png)")
     p.set_defaults(func=_plot)
 
-    p = subparsers.add_parser("bench", help="per-phase time and tokens/s of GRPO steps")
-    p.add_argument("--config", default=None, help="YAML config (default: tiny CPU setup)")
-    p.add_argument("--steps", type=int, default=2)
+    p = subparsers.add_parser(
+        "bench", help="per-phase time and tokens/s of GRPO steps",
+        description="Time GRPO steps after one warm-up step: seconds and share per phase "
+                    "(generate, reward, old/ref log-probs, update, weight sync) and tokens/s. "
+                    "Without --config: the tiny Qwen2.5-VL policy on 48 synthesized samples in "
+                    "a temporary directory (removed afterwards).")
+    p.add_argument("--config", default=None,
+                   help="YAML config (default: the tiny CPU setup described above)")
+    p.add_argument("--steps", type=int_at_least(1), default=2,
+                   help="timed steps after the warm-up step (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="also print the last step's metrics")
-    p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
+                   help="config overrides, as for train")
     p.set_defaults(func=_bench)

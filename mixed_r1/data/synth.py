@@ -378,33 +378,44 @@ _BUILDERS = {"yes_no": synth_yes_no, "multiple_choice": synth_multiple_choice,
              "open_ended": synth_open_ended}
 
 
-def synthesize(out_dir: str | Path, config: SynthConfig | None = None) -> Path:
+def synthesize(out_dir: str | Path, config: SynthConfig | None = None, *,
+               overwrite: bool = False) -> Path:
     """Write the mixed set under ``out_dir``: ``images/``, ``synth.<fmt>``, ``manifest.json``.
 
-    Returns the dataset file's path. The dataset file is written last (atomically), so an
-    interrupted run leaves no dataset file behind.
+    Returns the dataset file's path. The set is built in a temporary directory beside
+    ``out_dir`` and renamed into place when complete (:func:`mixed_r1.atomic.atomic_dir`), so an
+    interrupted run leaves nothing behind and a reader never sees images of one set beside the
+    rows of another. A non-empty ``out_dir`` raises FileExistsError unless ``overwrite``, which
+    replaces it whole (no orphaned images of the old set).
     """
+    from mixed_r1.atomic import atomic_dir
+
     cfg = config or SynthConfig()
     unknown = set(cfg.sizes) - set(TASK_TYPES)
     if unknown:
         raise ValueError(f"unknown task types in sizes: {sorted(unknown)}")
     if cfg.fmt not in ("jsonl", "parquet"):
         raise ValueError(f"fmt must be jsonl or parquet, got {cfg.fmt!r}")
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    samples: list[Sample] = []
     for task in TASK_TYPES:
-        n = int(cfg.sizes.get(task, 0))
-        if n < 0:
-            raise ValueError(f"size for {task} must be >= 0, got {n}")
-        if n:
-            samples.extend(_BUILDERS[task](n, random.Random(f"{cfg.seed}-{task}"), out))
-    path = write_samples(samples, out / f"synth.{cfg.fmt}")
-    counts = {t: sum(s.task_type == t for s in samples) for t in TASK_TYPES}
-    with atomic_path(out / "manifest.json") as tmp:
-        tmp.write_text(json.dumps({"seed": cfg.seed, "counts": counts, "file": path.name},
-                                  indent=2, sort_keys=True))
-    return path
+        if int(cfg.sizes.get(task, 0)) < 0:
+            raise ValueError(f"size for {task} must be >= 0, got {cfg.sizes[task]}")
+    out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} already exists and is not empty (pass --overwrite to "
+                              "replace it)")
+    with atomic_dir(out, overwrite) as tmp:
+        (tmp / "images").mkdir()
+        samples: list[Sample] = []
+        for task in TASK_TYPES:
+            n = int(cfg.sizes.get(task, 0))
+            if n:
+                samples.extend(_BUILDERS[task](n, random.Random(f"{cfg.seed}-{task}"), tmp))
+        path = write_samples(samples, tmp / f"synth.{cfg.fmt}")
+        counts = {t: sum(s.task_type == t for s in samples) for t in TASK_TYPES}
+        with atomic_path(tmp / "manifest.json") as f:
+            f.write_text(json.dumps({"seed": cfg.seed, "counts": counts, "file": path.name},
+                                    indent=2, sort_keys=True))
+    return out / path.name
 
 
 __all__ = ["SynthConfig", "synthesize", "latex_number", "format_box"]

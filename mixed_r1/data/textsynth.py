@@ -340,15 +340,21 @@ def text_samples(sizes: dict[str, int], seed: int = 0) -> list[Sample]:
     return samples
 
 
-def synthesize_text(out_dir: str | Path, config: TextSynthConfig | None = None) -> Path:
+def synthesize_text(out_dir: str | Path, config: TextSynthConfig | None = None, *,
+                    overwrite: bool = False) -> Path:
     """Write the text mixed set as ``<out_dir>/text.<fmt>`` and ``text_manifest.json`` (seed,
     counts per task, kind, difficulty and label); returns the dataset file's path. Both are
-    written atomically, the dataset first."""
+    written atomically, the dataset first. An existing ``text.<fmt>`` or ``text_manifest.json``
+    raises FileExistsError unless ``overwrite`` (other files in ``out_dir`` are left alone)."""
     cfg = config or TextSynthConfig()
     if cfg.fmt not in ("jsonl", "parquet"):
         raise ValueError(f"fmt must be jsonl or parquet, got {cfg.fmt!r}")
-    samples = text_samples(cfg.sizes, cfg.seed)
     out = Path(out_dir)
+    for name in (f"text.{cfg.fmt}", "text_manifest.json"):
+        if (out / name).exists() and not overwrite:
+            raise FileExistsError(f"{out / name} already exists (pass --overwrite to replace "
+                                  "it)")
+    samples = text_samples(cfg.sizes, cfg.seed)
     path = write_samples(samples, out / f"text.{cfg.fmt}")
     summary: dict = {"seed": cfg.seed, "file": path.name, "counts": {}}
     for task in TEXT_TASK_TYPES:
