@@ -1,10 +1,14 @@
 """Run logging: one JSON line per step (``metrics.jsonl``), TensorBoard scalars when the
-``tensorboard`` package is importable, a tqdm progress bar, and :func:`plot_run` for PNG curves
-(:func:`plot_figure` gives the matplotlib figure)."""
+``tensorboard`` package is importable, progress (``progress: true``: a tqdm bar when stderr is a
+terminal, else one plain line per step on stdout, :func:`step_line`, so a log file gets no
+carriage-return bars), and :func:`plot_run` for PNG curves (:func:`plot_figure` gives the
+matplotlib figure)."""
 from __future__ import annotations
 
 import json
 import math
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,42 @@ def truncate_metrics(run_dir: str | Path, last_step: int) -> None:
     write_text_atomic(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in keep))
 
 
+def _on_terminal() -> bool:
+    """Whether stderr (where a tqdm bar draws) is an interactive terminal."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # closed or replaced stream
+        return False
+
+
+def step_line(step: int, total: int | None, metrics: dict[str, Any],
+              seconds: float | None = None) -> str:
+    """One plain progress line for a log file, e.g. ``grpo step 3/20: reward 0.412 (accuracy
+    0.281, format 0.950) kl 0.0012 len 45.2 tokens 17.1 s 412 tok/s``; a value the step did not
+    log is left out. ``seconds``: wall time since the previous line (else ``time/step``)."""
+    def num(key: str, fmt: str) -> str | None:
+        v = metrics.get(key)
+        return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    parts = [f"grpo step {step}/{total}:" if total else f"grpo step {step}:"]
+    total_r, acc, fmt = (num(k, ".3f") for k in ("reward/total", "reward/accuracy",
+                                                   "reward/format"))
+    if total_r is not None:
+        inner = ", ".join(x for x in (acc and f"accuracy {acc}", fmt and f"format {fmt}") if x)
+        parts.append(f"reward {total_r}" + (f" ({inner})" if inner else ""))
+    for key, label, f in (("kl_mean", "kl", ".4f"), ("response/length_mean", "len", ".1f")):
+        v = num(key, f)
+        if v is not None:
+            parts.append(f"{label} {v}" + (" tokens" if label == "len" else ""))
+    sec = seconds if seconds is not None else metrics.get("time/step")
+    if isinstance(sec, (int, float)):
+        parts.append(f"{sec:.1f} s")
+    tps = num("perf/tokens_per_s", ".0f")
+    if tps is not None:
+        parts.append(f"{tps} tok/s")
+    return " ".join(parts)
+
+
 class MetricsLogger:
     """``log(step, metrics)`` → JSONL line (+ TensorBoard, + progress bar postfix)."""
 
@@ -59,11 +99,16 @@ class MetricsLogger:
             except ImportError:  # tensorboard not installed: JSONL only
                 self._tb = None
         self._bar = None
-        if progress:
+        self._lines = False
+        self.total_steps = total_steps
+        self._last = time.perf_counter()
+        if progress and _on_terminal():
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=total_steps, initial=initial_step, desc="grpo",
                              dynamic_ncols=True)
+        elif progress:  # a log file or a pipe: one plain line per step, no carriage returns
+            self._lines = True
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()
@@ -78,6 +123,10 @@ class MetricsLogger:
             self._bar.update(max(0, step - self._bar.n))
             self._bar.set_postfix(reward=f"{metrics.get('reward/total', float('nan')):.3f}",
                                   tok_s=f"{metrics.get('perf/tokens_per_s', 0.0):.0f}")
+        elif self._lines:
+            now = time.perf_counter()
+            print(step_line(step, self.total_steps, metrics, now - self._last), flush=True)
+            self._last = now
 
     def write(self, text: str) -> None:
         """Print a line without breaking the progress bar."""

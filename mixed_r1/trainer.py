@@ -646,15 +646,21 @@ class GRPOTrainer:
         from mixed_r1.checkpoint import TrainingInterrupted
 
         caught: list[int] = []
+        doing = ["between"]  # what the loop is doing: "step", "eval", "save" or "between"
 
         def on_signal(signum, frame) -> None:
             if signum in caught:  # the same signal again: stop now, without a checkpoint
                 raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
             caught.append(signum)
-            if self.is_main:
-                sys.stderr.write(f"\n{signal.Signals(signum).name}: finishing step "
-                                 f"{self.step_count + 1}, then writing a checkpoint (send it "
-                                 "again to stop at once)\n")
+            if self.is_main:  # what will happen, said as the loop will do it
+                done = self.step_count
+                what = {"step": f"finishing step {done + 1}, then writing its checkpoint",
+                        "eval": f"finishing the evaluation after step {done}, then writing "
+                                f"the checkpoint of step {done}",
+                        "save": f"finishing the checkpoint of step {done}, then stopping"}.get(
+                    doing[0], f"stopping after step {done} with its checkpoint")
+                sys.stderr.write(f"\n{signal.Signals(signum).name}: {what} (send it again to "
+                                 "stop at once)\n")
 
         previous = {}
         if threading.current_thread() is threading.main_thread():
@@ -679,17 +685,23 @@ class GRPOTrainer:
                 signum = agreed_signal()
                 if signum:
                     break
+                doing[0] = "step"
                 metrics = self.step()
                 if self.cfg.eval_every and self.step_count % self.cfg.eval_every == 0:
+                    doing[0] = "eval"
                     metrics.update(self.evaluate())
+                doing[0] = "between"
                 history.append(metrics)
                 if logger is not None and (self.step_count % self.cfg.log_every == 0
                                            or "eval/n" in metrics):
                     logger.log(self.step_count, metrics)
                 if self.cfg.save_every and self.step_count % self.cfg.save_every == 0:
+                    doing[0] = "save"
                     saved, saved_step = self.save(), self.step_count
+                    doing[0] = "between"
             signum = signum or agreed_signal()
             if saved_step != self.step_count:
+                doing[0] = "save"
                 saved, saved_step = self.save(), self.step_count
             if signum:
                 raise TrainingInterrupted(signum, self.step_count, saved)

@@ -72,3 +72,38 @@ def test_plot_run_writes_the_png(tmp_path):
     assert other == tmp_path / "other.png" and other.is_file()
     with pytest.raises(ValueError):
         plot_figure([])
+
+
+def test_progress_is_one_plain_line_per_step_off_a_terminal(tmp_path, capsys, monkeypatch):
+    """``progress: true`` into a log file (stderr not a terminal, as under pytest): one line per
+    logged step on stdout and no tqdm bar (no carriage returns) anywhere; on a terminal the bar
+    (issue 31, item 8: the SmolLM2 config trained minutes without a line)."""
+    import sys
+
+    from mixed_r1.metrics import MetricsLogger
+
+    assert not sys.stderr.isatty()
+    log = MetricsLogger(tmp_path / "a", total_steps=3, tensorboard=False, progress=True)
+    for step in (1, 2):
+        log.log(step, {"reward/total": 0.5 * step, "reward/accuracy": 0.25, "reward/format": 1.0,
+                       "kl_mean": 0.00123, "response/length_mean": 40.25,
+                       "perf/tokens_per_s": 410.4})
+    log.close()
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert len(lines) == 2 and "\r" not in out + err and err == ""
+    assert lines[1].startswith("grpo step 2/3: reward 1.000 (accuracy 0.250, format 1.000) kl "
+                               "0.0012 len 40.2 tokens ")
+    assert lines[1].endswith(" s 410 tok/s")
+
+    monkeypatch.setattr("mixed_r1.metrics._on_terminal", lambda: True)
+    log = MetricsLogger(tmp_path / "b", total_steps=3, tensorboard=False, progress=True)
+    log.log(1, {"reward/total": 0.5})
+    log.close()
+    out, err = capsys.readouterr()
+    assert out == "" and "grpo" in err  # tqdm's bar
+
+    log = MetricsLogger(tmp_path / "c", total_steps=3, tensorboard=False, progress=False)
+    log.log(1, {"reward/total": 0.5})
+    log.close()
+    assert capsys.readouterr() == ("", "")

@@ -266,6 +266,31 @@ def test_no_complete_checkpoint_names_every_problem_and_moves_nothing(ref, tmp_p
 
 
 # ------------------------------------------------------------------ SIGINT
+@pytest.mark.slow
+def test_sigint_during_a_checkpoint_write_says_what_happens(data, tmp_path, capsys):
+    """A SIGINT that lands while step 1's checkpoint is written: the message says that
+    checkpoint is finished and training stops, and the exception agrees (step 1); it used to say
+    "finishing step 2" and then "interrupted after step 1"."""
+    from mixed_r1.checkpoint import prepare_run_dir
+    from mixed_r1.trainer import build_trainer
+
+    run = prepare_run_dir(tmp_path / "run")
+    trainer = build_trainer(_cfg(data, run, save_every=1), run)
+    save = trainer.save
+
+    def save_interrupted():
+        os.kill(os.getpid(), signal.SIGINT)
+        return save()
+
+    trainer.save = save_interrupted
+    with pytest.raises(TrainingInterrupted) as e:
+        trainer.train()
+    assert e.value.step == 1 and e.value.checkpoint == run / "checkpoints" / "step_00000001"
+    err = capsys.readouterr().err
+    assert "SIGINT: finishing the checkpoint of step 1, then stopping" in err
+    assert "step 2" not in err
+
+
 @pytest.mark.slow  # training interrupted and resumed (integration, > 5 s here)
 def test_sigint_writes_a_checkpoint_that_resumes_exactly(ref, data, tmp_path, capsys):
     """SIGINT arrives while step 2 samples: the step finishes, a checkpoint of step 2 is written
@@ -298,7 +323,7 @@ def test_sigint_writes_a_checkpoint_that_resumes_exactly(ref, data, tmp_path, ca
     assert (err.signum, err.exit_code, err.step) == (signal.SIGINT, 130, 2)
     assert err.checkpoint == run / "checkpoints" / STEP2
     assert f"interrupted by SIGINT after step 2: checkpoint {err.checkpoint}" in str(err)
-    assert "SIGINT: finishing step 2, then writing a checkpoint" in capsys.readouterr().err
+    assert "SIGINT: finishing step 2, then writing its checkpoint" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is handler
     assert [p.name for p in list_checkpoints(run / "checkpoints")] == [STEP2]
     verify_checkpoint(err.checkpoint)
