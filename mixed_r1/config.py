@@ -61,6 +61,8 @@ class DataConfig:
     eval_file: str | None = None
     shuffle: bool = True
     on_error: str = "raise"  # raise | skip (skipped rows are counted in the log)
+    system_prompt: str | None = None  # a system turn before every prompt (None: none)
+    instruction: str | None = None  # ends every question; None: the <think>/<answer> one, "": none
 
 
 @dataclass
@@ -162,6 +164,9 @@ class TrainConfig:
     log_every: int = 1
     save_every: int = 0  # 0: only at the end
     keep_last: int = 2
+    # false: checkpoints without optimizer state (AdamW's two moments, and in mixed precision the
+    # fp32 masters: ~3-4x the weights); they export and evaluate but cannot resume a run
+    save_optimizer: bool = True
     eval_every: int = 0
     eval_samples: int = 0  # 0: the whole eval file
     device: str = "cpu"

@@ -18,28 +18,32 @@ from mixed_r1.data.schema import TASK_TYPES
 
 def evaluate_generator(generator: Any, processor: Any, samples: Sequence[Any], reward: Any, *,
                        k: int = 1, temperature: float = 0.0, max_new_tokens: int = 64,
-                       seed: int = 0, pass_threshold: float = 0.5) -> dict:
-    """Generate ``k`` completions per sample and score them; returns the report dict."""
+                       seed: int = 0, pass_threshold: float = 0.5, template: Any = None) -> dict:
+    """Generate ``k`` completions per sample and score them; returns the report dict.
+    ``template``: the :class:`~mixed_r1.data.prompts.PromptTemplate` (default: Mixed-R1's)."""
     comps = generate_eval(generator, samples, k=k, temperature=temperature,
-                          max_new_tokens=max_new_tokens, seed=seed)
+                          max_new_tokens=max_new_tokens, seed=seed, template=template)
     return score_eval(comps, samples, processor, reward, k=k, temperature=temperature,
                       pass_threshold=pass_threshold)
 
 
 def generate_eval(generator: Any, samples: Sequence[Any], *, k: int = 1, temperature: float = 0.0,
-                  max_new_tokens: int = 64, seed: int = 0) -> list:
+                  max_new_tokens: int = 64, seed: int = 0, template: Any = None) -> list:
     """The generation half of :func:`evaluate_generator`: ``k`` completions per sample
     (``len(samples) * k`` :class:`~mixed_r1.rollout.Completion`, prompt-major). Collective when
     ``generator`` is (every rank of a replicated generator calls it). ValueError for ``k < 1`` or
     ``k > 1`` at temperature 0."""
-    from mixed_r1.data.prompts import build_messages
+    from mixed_r1.data.prompts import PromptTemplate
     from mixed_r1.rollout import Prompt, SamplingParams
+
+    template = template or PromptTemplate()
 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if k > 1 and temperature == 0:
         raise ValueError("pass@k with k > 1 needs temperature > 0")
-    prompts = [Prompt(messages=build_messages(s), images=list(s.images), id=s.id) for s in samples]
+    prompts = [Prompt(messages=template.messages(s), images=list(s.images), id=s.id)
+               for s in samples]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     return generator.generate(prompts, k, params)
 
@@ -151,9 +155,12 @@ def run_eval(model_dir: str | Path, data_file: str | Path, *, k: int = 1,
     model, processor = load_eval_model(model_dir)
     reward = MixedReward(embedder=eval_embedder(model_dir, model, processor))
     temp = temperature if temperature is not None else (0.0 if k == 1 else 1.0)
+    from mixed_r1.data.prompts import PromptTemplate
+
     report = evaluate_generator(HFGenerator(model, processor, batch_size=batch_size), processor,
                                 samples, reward, k=k, temperature=temp,
-                                max_new_tokens=max_new_tokens, seed=seed)
+                                max_new_tokens=max_new_tokens, seed=seed,
+                                template=PromptTemplate.load(model_dir))
     report.update(model=str(model_dir), data=str(data_file))
     if out is not None:
         from mixed_r1.atomic import write_text_atomic

@@ -212,6 +212,9 @@ class GRPOTrainer:
         self.cfg, self.policy, self.generator = cfg, policy, generator
         self.is_main = is_main_rank()  # writes metrics, logs, exports; scores the rollouts
         self.processor, self.reward, self.ref = processor, reward, ref_policy
+        from mixed_r1.data.prompts import PromptTemplate
+
+        self.template = PromptTemplate.from_config(cfg.data)  # data.system_prompt/instruction
         self.tokenizer = getattr(processor, "tokenizer", processor)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else 0)
@@ -246,13 +249,13 @@ class GRPOTrainer:
     def rollout(self, step: int) -> Rollouts:
         """Sample, score, compute advantages, mark the rows that enter the update."""
         from mixed_r1.algo import compute_advantages
-        from mixed_r1.data.prompts import build_messages, model_frame_sample, render_prompt
+        from mixed_r1.data.prompts import model_frame_sample, render_prompt
         from mixed_r1.rollout import Prompt, SamplingParams
 
         r = self.cfg.rollout
         samples = self.stream.next(r.prompts_per_step)
         base = step_seed(self.cfg.seed, step)  # prompt i of the step samples with seed (base, i)
-        prompts = [Prompt(messages=build_messages(s), images=list(s.images), id=s.id,
+        prompts = [Prompt(messages=self.template.messages(s), images=list(s.images), id=s.id,
                           seed=mix_seed(base, i)) for i, s in enumerate(samples)]
         params = SamplingParams(max_new_tokens=r.max_new_tokens, temperature=r.temperature,
                                 top_p=r.top_p, top_k=r.top_k, seed=base)
@@ -279,7 +282,8 @@ class GRPOTrainer:
                 self.counters["dropped_groups"] += 1
                 continue
             keep.extend(i for i in idx if completions[i].token_ids)
-        texts = [render_prompt(s, self.processor) for s in samples]
+        texts = [render_prompt(s, self.processor, self.template.system_prompt,
+                               self.template.instruction) for s in samples]
         return Rollouts(framed, texts, completions, scored, adv, keep, times)
 
     def micro_batches(self, ro: Rollouts, step: int) -> list[list[PolicyBatch | None]]:
@@ -503,22 +507,52 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------ checkpoints
     def trainer_state(self) -> dict:
-        return {"data": self.stream.state_dict(), "counters": dict(self.counters)}
+        return {"data": self.stream.state_dict(), "counters": dict(self.counters),
+                "optimizer_saved": bool(self.cfg.save_optimizer)}
 
     def save(self) -> Path:
+        """Write the checkpoint of ``step_count`` (collective for a sharded policy); without
+        ``save_optimizer`` it holds no optimizer state (and cannot resume, :meth:`resume`)."""
         from mixed_r1.checkpoint import save_checkpoint, save_sharded_checkpoint
 
+        state = self.policy.state_dict_for_checkpoint()
+        if not self.cfg.save_optimizer:
+            state = {**state, "optimizer": None}
         shard = getattr(self.policy, "checkpoint_shard", None)
         if shard is not None:  # every rank writes its own shard
             return save_sharded_checkpoint(
                 self.run_dir / "checkpoints", self.step_count, shard,
-                self.policy.state_dict_for_checkpoint(), self.trainer_state(), dump_yaml(self.cfg),
+                state, self.trainer_state(), dump_yaml(self.cfg),
                 keep_last=self.cfg.keep_last, write_shard=self.policy.writes_checkpoint_shard,
                 optimizer_shard=self.policy.optimizer_shard,
-                write_optimizer=self.policy.writes_optimizer_shard)
-        return save_checkpoint(self.run_dir / "checkpoints", self.step_count,
-                               self.policy.state_dict_for_checkpoint(), self.trainer_state(),
-                               dump_yaml(self.cfg), keep_last=self.cfg.keep_last)
+                write_optimizer=(self.policy.writes_optimizer_shard if self.cfg.save_optimizer
+                                 else False))
+        return save_checkpoint(self.run_dir / "checkpoints", self.step_count, state,
+                               self.trainer_state(), dump_yaml(self.cfg),
+                               keep_last=self.cfg.keep_last)
+
+    def _refuse_checkpoints_without_optimizer(self, path: Path | None) -> None:
+        """CheckpointError when the checkpoint a resume would read (``path``, else the newest
+        under ``<run>/checkpoints``) was written with ``save_optimizer: false``: it has no
+        optimizer state to continue exactly, and its missing file is not damage to fall back
+        from."""
+        import json
+
+        from mixed_r1.checkpoint import CheckpointError, list_checkpoints
+
+        cands = [Path(path)] if path is not None else list_checkpoints(self.run_dir / "checkpoints")
+        if not cands:
+            return
+        f = cands[-1] / "trainer_state.json"
+        try:
+            saved = json.loads(f.read_text()).get("optimizer_saved", True)
+        except (OSError, ValueError, AttributeError):
+            return  # unreadable: the manifest check names it
+        if saved is False:
+            raise CheckpointError(
+                f"{cands[-1]}: written with save_optimizer: false (no optimizer state), so it "
+                "cannot resume the run; start a new run from its weights (export them, or set "
+                "model.path to the run's exported model)")
 
     def resume(self, path: str | Path | None = None) -> int:
         """Restore a checkpoint; returns its step (0: nothing to resume) and sets
@@ -547,6 +581,8 @@ class GRPOTrainer:
         opt_shard = getattr(self.policy, "optimizer_shard", None)
         need_opt = getattr(self.policy, "optimizer", None) is not None
         names = checkpoint_files(shard, opt_shard, optimizer=need_opt)
+        if need_opt:
+            self._refuse_checkpoints_without_optimizer(path)
         if path is not None:
             ck_path: Path | None = Path(path)
             verify_on_every_rank(ck_path, names)
@@ -591,6 +627,7 @@ class GRPOTrainer:
         if not self.is_main:
             return final
         save_processor(self.processor, tmp)
+        self.template.save(tmp)  # mixed-r1 eval prompts as training did
         embedder = getattr(self.reward, "embedder", None)
         if embedder is not None and hasattr(embedder, "weight"):
             from safetensors.torch import save_file
@@ -614,7 +651,8 @@ class GRPOTrainer:
             return {}
         t0 = time.perf_counter()
         comps = generate_eval(self.generator, self.eval_set, k=1, temperature=0.0,
-                              max_new_tokens=self.cfg.rollout.max_new_tokens, seed=self.cfg.seed)
+                              max_new_tokens=self.cfg.rollout.max_new_tokens, seed=self.cfg.seed,
+                              template=self.template)
         if not self.is_main:
             return {}
         rep = score_eval(comps, self.eval_set, self.processor, self.reward)

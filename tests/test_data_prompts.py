@@ -94,3 +94,59 @@ def test_box_rescale_matches_processor_resize(processor, tmp_path: Path, w, h, b
     found = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
     assert scaled == pytest.approx(found, abs=1.6)
     assert rescale_box(scaled, (rh, rw), (h, w)) == pytest.approx(list(box))
+
+
+def test_prompt_template_reaches_rollouts_export_and_eval(tmp_path: Path) -> None:
+    """``data.system_prompt`` / ``data.instruction`` (issue 31, item 10: the ``<think>``
+    instruction was fixed in code): every rollout prompt carries the system turn and the new
+    instruction instead of Mixed-R1's; the export saves the template and eval's prompts (built by
+    ``generate_eval`` from the loaded template) are the ones training used."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _trainer_util import make_data, tiny_overrides
+
+    from mixed_r1.config import load_config
+    from mixed_r1.data.prompts import PROMPT_TEMPLATE_FILE, PromptTemplate
+    from mixed_r1.evaluate import generate_eval
+    from mixed_r1.models.processor import chat_prompt
+    from mixed_r1.rollout import Completion
+    from mixed_r1.trainer import build_trainer
+
+    data = make_data(tmp_path / "data")
+    cfg = load_config(None, tiny_overrides(data, tmp_path / "run", steps=1) + [
+        "data.system_prompt=You are a careful grader.",
+        "data.instruction=Reply with <answer>X</answer> only."])
+    trainer = build_trainer(cfg, tmp_path / "run")
+    ro = trainer.rollout(1)
+    assert ro.prompt_texts and all(
+        "You are a careful grader." in t and "Reply with <answer>X</answer> only." in t
+        and THINK_INSTRUCTION not in t for t in ro.prompt_texts)
+    model_dir = trainer.export_model()
+    assert PromptTemplate.load(model_dir) == PromptTemplate(
+        "You are a careful grader.", "Reply with <answer>X</answer> only.")
+
+    class RecordingGenerator:  # a stand-in generator: records the prompts eval would send
+        prompts: list = []
+
+        def generate(self, prompts, n, params):
+            self.prompts.extend(prompts)
+            return [Completion(prompt_index=i, text="", token_ids=[], logprobs=[]) for i in
+                    range(len(prompts))]
+
+    gen = RecordingGenerator()
+    samples = ro.samples
+    generate_eval(gen, samples, template=PromptTemplate.load(model_dir))
+    assert [chat_prompt(trainer.processor, p.messages) for p in gen.prompts] == ro.prompt_texts
+    (model_dir / PROMPT_TEMPLATE_FILE).write_text('{"instruction": 3}')
+    with pytest.raises(ValueError, match="prompt_template.json: expected"):
+        PromptTemplate.load(model_dir)
+
+
+def test_an_empty_instruction_leaves_the_question_alone(processor) -> None:
+    s = Sample(id="m", task_type="math", question="What is 2 + 2?", solution="4")
+    assert question_text(s, "") == "What is 2 + 2?\nGive the final answer as a number or a " \
+                                   "LaTeX expression."
+    msgs = build_messages(s, system="S", instruction="")
+    assert msgs == [{"role": "system", "content": "S"},
+                    {"role": "user", "content": question_text(s, "")}]

@@ -265,6 +265,29 @@ def test_no_complete_checkpoint_names_every_problem_and_moves_nothing(ref, tmp_p
         assert not list(ck.glob("*.damaged"))
 
 
+def test_checkpoints_without_optimizer_state_export_but_do_not_resume(data, tmp_path):
+    """``save_optimizer: false`` (issue 31, item 10: a 135M model's checkpoint is 1.8 GB, most
+    of it AdamW state): the checkpoints hold weights, RNG and trainer state but no optimizer.pt,
+    verify as complete, the final export is written, and ``--resume`` is refused in one line
+    that names the checkpoint instead of moving it aside as damaged."""
+    run = tmp_path / "run"
+    run_training(load_config(None, tiny_overrides(data, run, steps=2)
+                             + ["save_every=1", "keep_last=5", "save_optimizer=false"]))
+    cks = list_checkpoints(run / "checkpoints")
+    assert [p.name for p in cks] == ["step_00000001", STEP2]
+    for ck in cks:
+        assert sorted(p.name for p in ck.iterdir()) == [
+            "config.yaml", "manifest.json", "model.safetensors", "rng.pt", "trainer_state.json"]
+        verify_checkpoint(ck)
+    assert (run / "model" / "model.safetensors").is_file()
+    with pytest.raises(CheckpointError) as e:
+        run_training(load_config(None, tiny_overrides(data, run, steps=3)), resume=True)
+    assert str(e.value).startswith(f"{cks[-1]}: written with save_optimizer: false (no "
+                                   "optimizer state), so it cannot resume the run")
+    assert [p.name for p in list_checkpoints(run / "checkpoints")] == [p.name for p in cks]
+    assert not list((run / "checkpoints").glob("*.damaged"))
+
+
 # ------------------------------------------------------------------ SIGINT
 @pytest.mark.slow
 def test_sigint_during_a_checkpoint_write_says_what_happens(data, tmp_path, capsys):

@@ -185,9 +185,12 @@ def cmd_select(args: argparse.Namespace) -> int:
         samples = [s for _, ss in pools for s in ss]
     model, processor = _load_policy(args, processor)
     gen = HFGenerator(model, processor, batch_size=args.gen_batch_size)
+    from mixed_r1.data.prompts import PromptTemplate
+
     res = select(samples, gen, processor, args.out, cfg,
                  progress=lambda m: print(m, file=sys.stderr, flush=True),
-                 load_report=load_report.to_dict())
+                 load_report=load_report.to_dict(),
+                 template=None if args.policy == "tiny" else PromptTemplate.load(args.policy))
     print(json.dumps({"out": str(res.out_dir), "totals": res.report["totals"],
                       "selected_per_task": res.report["selected_per_task"]}))
     return 0

@@ -96,8 +96,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="GRPO training from a YAML config. Overrides (key.sub=value, any number, "
                     "before or after the flags; a later one wins) change the config's values: "
                     "mixed-r1 train --config C out_dir=X --overwrite steps=1")
-    p.add_argument("--config", required=True, help="YAML config (examples/*.yaml; every key in "
-                   "docs/config.md)")
+    p.add_argument("--config", required=True, help="YAML config (examples/*.yaml; every key, "
+                   "its default and meaning: mixed_r1/config.py's dataclasses)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
                       help="continue the run in out_dir from its newest complete checkpoint "

@@ -184,14 +184,17 @@ def _rank_key(seed: int, sid: str, p: float) -> tuple:
 
 
 def score_chunk(samples: Sequence[Sample], generator: Any, processor: Any, reward: Any,
-                cfg: SelectConfig, chunk: int) -> list[dict]:
-    """Sample ``k`` answers per prompt and score them; one record per sample."""
+                cfg: SelectConfig, chunk: int, template: Any = None) -> list[dict]:
+    """Sample ``k`` answers per prompt and score them; one record per sample. ``template``: the
+    :class:`~mixed_r1.data.prompts.PromptTemplate` (default: Mixed-R1's)."""
     from mixed_r1.rollout.base import Prompt, SamplingParams, mix_seed
 
-    from .prompts import build_messages, model_frame_sample
+    from .prompts import PromptTemplate, model_frame_sample
 
+    template = template or PromptTemplate()
     framed = [model_frame_sample(s, processor) for s in samples]
-    prompts = [Prompt(messages=build_messages(s), images=list(s.images), id=s.id) for s in framed]
+    prompts = [Prompt(messages=template.messages(s), images=list(s.images), id=s.id)
+               for s in framed]
     params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                             top_p=cfg.top_p, seed=mix_seed(cfg.seed, chunk))
     comps = generator.generate(prompts, cfg.k, params)
@@ -214,13 +217,15 @@ def score_chunk(samples: Sequence[Sample], generator: Any, processor: Any, rewar
 def select(candidates: Sequence[Sample], generator: Any, processor: Any, out_dir: str | Path,
            config: SelectConfig | None = None, reward: Any = None,
            max_chunks: int | None = None, progress: Callable[[str], None] | None = None,
-           load_report: dict | None = None) -> SelectResult:
+           load_report: dict | None = None, template: Any = None) -> SelectResult:
     """Run dedup → difficulty filter → balance; writes under ``out_dir``.
 
     Outputs: ``selected.jsonl`` (each sample's ``meta.pass_rate`` set), ``report.json``,
     ``pass_rates.png``, ``state/``. ``max_chunks`` stops after that many newly scored
     chunks (a controlled interruption); the result then has ``complete=False``.
     ``load_report`` (rows read/skipped while loading the pools) is copied into the report.
+    ``template``: how prompts are written (:class:`~mixed_r1.data.prompts.PromptTemplate`; the
+    policy's own when it was trained with one).
     """
     cfg = config or SelectConfig()
     out = Path(out_dir)
@@ -248,7 +253,7 @@ def select(candidates: Sequence[Sample], generator: Any, processor: Any, out_dir
         if max_chunks is not None and new >= max_chunks:
             return SelectResult([], {}, out, complete=False)
         chunk = unique[c * cfg.batch_size:(c + 1) * cfg.batch_size]
-        state.append_chunk(c, score_chunk(chunk, generator, processor, reward, cfg, c))
+        state.append_chunk(c, score_chunk(chunk, generator, processor, reward, cfg, c, template))
         new += 1
         if progress:
             progress(f"scored chunk {c + 1}/{n_chunks}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 from .schema import LETTERS, Sample, format_box
@@ -28,18 +29,21 @@ TASK_HINTS = {
 }
 
 
-def question_text(sample: Sample) -> str:
-    """The question, its options (``A. text`` lines) and the task's answer-format hint."""
+def question_text(sample: Sample, instruction: str = THINK_INSTRUCTION) -> str:
+    """The question, its options (``A. text`` lines), the task's answer-format hint and the
+    ``instruction`` (default :data:`THINK_INSTRUCTION`; ``""``: none)."""
     parts = [sample.question.strip()]
     if sample.options:
         parts.append("Options:\n" + "\n".join(f"{LETTERS[i]}. {o}"
                                               for i, o in enumerate(sample.options)))
     parts.append(TASK_HINTS[sample.task_type])
-    parts.append(THINK_INSTRUCTION)
+    if instruction:
+        parts.append(instruction)
     return "\n".join(parts)
 
 
-def build_messages(sample: Sample, system: str | None = None) -> list[dict]:
+def build_messages(sample: Sample, system: str | None = None,
+                   instruction: str = THINK_INSTRUCTION) -> list[dict]:
     """Chat messages for ``sample``: its own ``messages`` when given, else one user turn.
 
     The user turn holds one ``{"type": "image"}`` entry per image, then the text of
@@ -47,32 +51,92 @@ def build_messages(sample: Sample, system: str | None = None) -> list[dict]:
     chat template renders (a text-only LM's template, e.g. SmolLM2's, concatenates ``content``
     as a string; Qwen2.5-VL's renders a string and a one-text-part list alike). A sample's own
     messages get the instruction appended to the last user turn's text if it is not there yet.
+    ``system``: a system turn first (unless the messages have one); ``instruction``: the text
+    every question ends with (default :data:`THINK_INSTRUCTION`, ``""`` for none).
     """
     if sample.messages:
         msgs = copy.deepcopy(sample.messages)
         last = next((m for m in reversed(msgs) if m.get("role") == "user"), None)
-        if last is not None and THINK_INSTRUCTION not in str(last.get("content")):
+        if instruction and last is not None and instruction not in str(last.get("content")):
             if isinstance(last["content"], str):
-                last["content"] = last["content"].rstrip() + "\n" + THINK_INSTRUCTION
+                last["content"] = last["content"].rstrip() + "\n" + instruction
             else:
-                last["content"].append({"type": "text", "text": THINK_INSTRUCTION})
+                last["content"].append({"type": "text", "text": instruction})
     elif not sample.images:
-        msgs = [{"role": "user", "content": question_text(sample)}]
+        msgs = [{"role": "user", "content": question_text(sample, instruction)}]
     else:
         content: list[dict] = [{"type": "image"} for _ in sample.images]
-        content.append({"type": "text", "text": question_text(sample)})
+        content.append({"type": "text", "text": question_text(sample, instruction)})
         msgs = [{"role": "user", "content": content}]
     if system is not None and not (msgs and msgs[0].get("role") == "system"):
         msgs.insert(0, {"role": "system", "content": system})
     return msgs
 
 
-def render_prompt(sample: Sample, processor_or_tokenizer: Any, system: str | None = None) -> str:
+PROMPT_TEMPLATE_FILE = "prompt_template.json"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """How a run turns a sample into chat messages: an optional ``system_prompt`` (a system turn
+    before the user's) and the ``instruction`` every question ends with (default: Mixed-R1's
+    :data:`THINK_INSTRUCTION`, whose ``<think>``/``<answer>`` tags the format reward checks;
+    ``""``: none). Set in a config as ``data.system_prompt`` / ``data.instruction``; a run's
+    export saves it (:data:`PROMPT_TEMPLATE_FILE`) and ``mixed-r1 eval`` reads it back, so an
+    evaluation prompts as training did."""
+
+    system_prompt: str | None = None
+    instruction: str = THINK_INSTRUCTION
+
+    @classmethod
+    def from_config(cls, data_cfg: Any) -> PromptTemplate:
+        """From a :class:`~mixed_r1.config.DataConfig` (``instruction: null`` = the default)."""
+        instruction = getattr(data_cfg, "instruction", None)
+        return cls(getattr(data_cfg, "system_prompt", None),
+                   THINK_INSTRUCTION if instruction is None else instruction)
+
+    def messages(self, sample: Sample) -> list[dict]:
+        """:func:`build_messages` with this template."""
+        return build_messages(sample, self.system_prompt, self.instruction)
+
+    def save(self, model_dir: str | Path) -> Path:
+        """Write ``model_dir/prompt_template.json``; returns its path."""
+        import json
+
+        from mixed_r1.atomic import write_text_atomic
+
+        return write_text_atomic(Path(model_dir) / PROMPT_TEMPLATE_FILE, json.dumps(
+            {"system_prompt": self.system_prompt, "instruction": self.instruction}, indent=2))
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> PromptTemplate:
+        """The template saved in ``model_dir``, else the default one. A file that is not a JSON
+        object of strings raises :class:`~mixed_r1.data.schema.DataError` naming it."""
+        import json
+
+        from .schema import DataError
+
+        f = Path(model_dir) / PROMPT_TEMPLATE_FILE
+        if not f.is_file():
+            return cls()
+        try:
+            d = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"not a readable JSON file: {exc}", file=str(f)) from None
+        if (not isinstance(d, dict) or not isinstance(d.get("instruction", ""), str)
+                or not isinstance(d.get("system_prompt"), (str, type(None)))):
+            raise DataError("expected {\"system_prompt\": string or null, \"instruction\": "
+                            "string}", file=str(f))
+        return cls(d.get("system_prompt"), d.get("instruction", THINK_INSTRUCTION))
+
+
+def render_prompt(sample: Sample, processor_or_tokenizer: Any, system: str | None = None,
+                  instruction: str = THINK_INSTRUCTION) -> str:
     """The chat-template text (with the generation prompt) of ``sample``
     (:func:`mixed_r1.models.processor.chat_prompt` of :func:`build_messages`)."""
     from mixed_r1.models.processor import chat_prompt
 
-    return chat_prompt(processor_or_tokenizer, build_messages(sample, system))
+    return chat_prompt(processor_or_tokenizer, build_messages(sample, system, instruction))
 
 
 # ------------------------------------------------------------------------- boxes
@@ -345,7 +409,7 @@ def rows_tensor(values: Sequence[Sequence[float]], T: int):
     return out
 
 
-__all__ = ["THINK_INSTRUCTION", "Collator", "append_completions", "build_messages", "completion_rows",
+__all__ = ["PROMPT_TEMPLATE_FILE", "THINK_INSTRUCTION", "Collator", "PromptTemplate", "append_completions", "build_messages", "completion_rows",
            "encode_packed_rows", "encode_rows", "format_box", "pack_rows",
            "question_text", "render_prompt", "rescale_box", "resized_hw", "model_frame_sample",
            "rows_tensor"]
