@@ -251,3 +251,26 @@ def test_data_files_respect_the_umask(umask, tmp_path):
     for p in [out, *out.rglob("*"), tmp_path / "m.jsonl"]:
         want = (0o777 if p.is_dir() else 0o666) & ~umask
         assert oct(p.stat().st_mode & 0o777) == oct(want), p
+
+
+def test_library_progress_bars_are_off_in_a_log_only(monkeypatch):
+    """Off a terminal the CLI turns off the tqdm bars of transformers / the GGUF reader /
+    huggingface_hub (a log got 'Loading weights: 0%|...' carriage-return lines); on a terminal,
+    or when the user chose, it leaves them alone."""
+    import io
+
+    from mixed_r1.cli import quiet_progress_bars
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for var in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(var, raising=False)
+    assert quiet_progress_bars(Tty()) is False
+    assert "TQDM_DISABLE" not in __import__("os").environ
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")  # the user's choice stays
+    assert quiet_progress_bars(io.StringIO()) is True
+    import os
+
+    assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"

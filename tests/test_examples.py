@@ -79,7 +79,8 @@ def test_smollm2_example_on_vllm_at_its_size(tmp_path):
     cfg = load_config(ROOT / "examples" / "smollm2_text_cpu.yaml")
     assert (cfg.rollout.prompts_per_step, cfg.rollout.group_size) == (8, 8)
     data = tmp_path / "data"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VLLM_")}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("VLLM_", "TQDM_", "HF_HUB_DISABLE_PROGRESS"))}
     env.update(OMP_NUM_THREADS="2", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     cli = [sys.executable, "-m", "mixed_r1.cli"]
     subprocess.run(cli + ["data", "synth", "--text", "--out", str(data), "--per-task", "4"],
@@ -92,6 +93,7 @@ def test_smollm2_example_on_vllm_at_its_size(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "trained to step 1" in proc.stdout
     assert "grpo step 1/1: reward " in proc.stdout  # the per-step line of a non-terminal log
+    assert "\r" not in proc.stderr and "it/s]" not in proc.stderr  # no library's tqdm bar
     m, = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert m["response/length_mean"] > 0 and math.isfinite(m["reward/total"])
     n_completions = m["perf/gen_tokens"] / m["response/length_mean"]  # 8 x 8 sampled

@@ -179,7 +179,27 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def quiet_progress_bars(stream=None) -> bool:
+    """Off a terminal (``stream``, default stderr, is a log file or a pipe), turn off the tqdm
+    bars of the libraries a command calls (transformers' weight loading, the GGUF reader,
+    huggingface_hub) through the environment they read at import (``TQDM_DISABLE``,
+    ``HF_HUB_DISABLE_PROGRESS_BARS``), unless the user set those; a bar's carriage returns make
+    one unreadable line of a log. True when it did. Run progress itself is one line per step
+    (:class:`mixed_r1.metrics.MetricsLogger`)."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        terminal = stream.isatty()
+    except (AttributeError, ValueError):
+        terminal = False
+    if terminal:
+        return False
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
+    quiet_progress_bars()
     argv, debug = split_debug(list(sys.argv[1:] if argv is None else argv))
     args = parse_args(argv)
     return run_command(lambda: args.func(args), debug=debug or args.debug)
