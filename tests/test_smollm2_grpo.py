@@ -82,6 +82,9 @@ def test_smollm2_grpo_short_run(tmp_path, capsys):
         overrides=["steps=2", "rollout.group_size=4", "rollout.temperature=1.0", "optim.lr=1e-4",
                    "model.dtype=float32"])
     printed = capsys.readouterr().out.splitlines()
+    # one progress line per step, the demo's own (the example's progress: true adds none)
+    assert [x.split(":")[0] for x in printed if "step " in x and "/2" in x] == [
+        "[smollm2] step 1/2", "[smollm2] step 2/2"], printed
     trend, = [x for x in printed if x.startswith("[smollm2] training accuracy reward")]
     assert trend.startswith("[smollm2] training accuracy reward: mean ") and (
         "over 2 GRPO steps (4 prompts x 4 samples = 16 rollouts each)" in trend), trend

@@ -253,8 +253,8 @@ def run(out_dir: str | Path, *, config: str | Path = DEFAULT_CONFIG,
     if not eval_only:
         t = time.perf_counter()
         logger = _StepPrinter(MetricsLogger(out / "run", total_steps=cfg.steps,
-                                            tensorboard=cfg.tensorboard, progress=cfg.progress),
-                              cfg.steps)
+                                            tensorboard=cfg.tensorboard, progress=False),
+                              cfg.steps)  # its own line per step: no bar or second line
         try:
             history = trainer.train(logger)
         finally:
@@ -342,7 +342,7 @@ def run_text_demo(out_dir: str | Path = "runs/demo", *, quick: bool = False,
                  heldout_per_task=2 if quick else DEMO_HELDOUT_PER_TASK,
                  eval_max_new_tokens=8 if quick else 32,
                  overrides=(quick_overrides if quick else [f"steps={DEMO_STEPS}"])
-                 + ["progress=false"] + list(overrides))
+                 + list(overrides))
     plot = plot_run(out / "run")
     acc = report["changes"]["overall"]
     print(f"[demo] held-out accuracy: {acc['before']:.3f} -> {acc['after']:.3f} "
