@@ -98,7 +98,8 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output {out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output {out} already exists and is not empty")
+        raise FileExistsError(f"output {out} already exists and is not empty (pass --overwrite "
+                              "to replace it)")
 
 
 def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike, *, fsync: bool = False) -> Path:

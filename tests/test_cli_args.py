@@ -274,3 +274,24 @@ def test_library_progress_bars_are_off_in_a_log_only(monkeypatch):
     import os
 
     assert os.environ["TQDM_DISABLE"] == "1" and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"
+
+
+def test_convert_refuses_a_non_empty_out_and_overwrite_replaces_it(tmp_path):
+    """``convert hf-to-mcore`` (like mcore-to-hf and reshard) into a non-empty directory: one
+    line that names it and the flag, nothing changed; ``--overwrite`` replaces it."""
+    from mixed_r1.models.qwen25vl import build_tiny_qwen25vl
+
+    hf = tmp_path / "hf"
+    build_tiny_qwen25vl(seed=0).save_pretrained(str(hf), safe_serialization=True)
+    out = tmp_path / "mc"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    line = _one_error_line(run_cli("convert", "hf-to-mcore", "--hf", str(hf), "--out", str(out),
+                                   cwd=tmp_path))
+    assert line == (f"error: output {out} already exists and is not empty (pass --overwrite to "
+                    "replace it)")
+    assert [p.name for p in out.iterdir()] == ["mine.txt"]
+    res = run_cli("convert", "hf-to-mcore", "--hf", str(hf), "--out", str(out), "--overwrite",
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert (out / "manifest.json").is_file() and not (out / "mine.txt").exists()

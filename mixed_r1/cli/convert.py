@@ -4,7 +4,9 @@
     mixed-r1 convert mcore-to-hf --mcore DIR --out DIR [--max-shard-gb G]
     mixed-r1 convert reshard     --mcore DIR --out DIR --tp N --pp M [--pipeline-layers 10,9,9]
     mixed-r1 convert gguf-to-hf  --gguf FILE|smollm2 --out DIR [--dtype float32|bfloat16]
-                                 [--overwrite]
+
+Each refuses a non-empty ``--out`` unless ``--overwrite`` (the directory is replaced whole, once
+the new one is complete).
 
 ``--pipeline-layers`` gives the transformer layers of each pipeline stage (one integer per stage,
 summing to the model's layers); without it the layers split evenly over ``--pp``. megatron-core
@@ -65,19 +67,22 @@ def _with_layers(fn, args: argparse.Namespace, *a, **kw) -> int:
 def _hf_to_mcore(args: argparse.Namespace) -> int:
     from mixed_r1.models.convert import hf_to_mcore
 
-    return _with_layers(hf_to_mcore, args, args.hf, args.out, tp=args.tp, pp=args.pp)
+    return _with_layers(hf_to_mcore, args, args.hf, args.out, tp=args.tp, pp=args.pp,
+                        overwrite=args.overwrite)
 
 
 def _mcore_to_hf(args: argparse.Namespace) -> int:
     from mixed_r1.models.convert import mcore_to_hf
 
-    return _run(mcore_to_hf, args.mcore, args.out, max_shard_bytes=int(args.max_shard_gb * 1024 ** 3))
+    return _run(mcore_to_hf, args.mcore, args.out,
+                max_shard_bytes=int(args.max_shard_gb * 1024 ** 3), overwrite=args.overwrite)
 
 
 def _reshard(args: argparse.Namespace) -> int:
     from mixed_r1.models.convert import reshard
 
-    return _with_layers(reshard, args, args.mcore, args.out, tp=args.tp, pp=args.pp)
+    return _with_layers(reshard, args, args.mcore, args.out, tp=args.tp, pp=args.pp,
+                        overwrite=args.overwrite)
 
 
 def _gguf_to_hf(args: argparse.Namespace) -> int:
@@ -107,6 +112,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     a = sub.add_parser("hf-to-mcore", help="HF safetensors -> mcore shards at TP/PP")
     a.add_argument("--hf", required=True, help="HF model directory (config.json + *.safetensors)")
     a.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    a.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     _add_layout_args(a)
     a.set_defaults(func=_hf_to_mcore)
     b = sub.add_parser("mcore-to-hf", help="mcore shards -> HF safetensors")
@@ -115,10 +121,12 @@ def register(subparsers) -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="output HF directory (must not exist or be empty)")
     b.add_argument("--max-shard-gb", type=float, default=2.0,
                    help="max size of one HF safetensors file, GB (default: %(default)s)")
+    b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     b.set_defaults(func=_mcore_to_hf)
     c = sub.add_parser("reshard", help="mcore TP=a/PP=b -> mcore TP=c/PP=d without going through HF")
     c.add_argument("--mcore", required=True, help="mcore checkpoint directory to reshard")
     c.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    c.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     _add_layout_args(c)
     c.set_defaults(func=_reshard)
     g = sub.add_parser("gguf-to-hf", help="GGUF file -> HF model dir (dequantized safetensors, "

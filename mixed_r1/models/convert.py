@@ -312,7 +312,8 @@ def _canon_dtypes_from_hf(arch: LMArch, dtypes, shapes) -> dict[str, torch.dtype
 
 
 def hf_to_mcore(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, tp: int = 1, pp: int = 1,
-                pipeline_layers: Sequence[int] | None = None) -> dict[str, Any]:
+                pipeline_layers: Sequence[int] | None = None, *,
+                overwrite: bool = False) -> dict[str, Any]:
     """Convert an HF safetensors checkpoint to an mcore checkpoint at TP=``tp``, PP=``pp``;
     returns the manifest.
 
@@ -337,7 +338,7 @@ def hf_to_mcore(hf_dir: str | os.PathLike, out_dir: str | os.PathLike, tp: int =
     extra_lm_head = arch.tie_embeddings and arch.names.lm_head in idx.shapes
     if extra_lm_head:
         hf_names.append(arch.names.lm_head)
-    with atomic_dir(out_dir, fsync=True) as tmp:
+    with atomic_dir(out_dir, overwrite, fsync=True) as tmp:
         files = _write_mcore(arch, lambda u: M.hf_to_canonical(arch, u, get), canon_dtype, tmp, tp,
                              pp, layers)
         if vision:
@@ -366,7 +367,7 @@ def _parse_dtype(s: str) -> torch.dtype:
 
 
 def mcore_to_hf(mcore_dir: str | os.PathLike, out_dir: str | os.PathLike,
-                max_shard_bytes: int = 2 * 1024 ** 3) -> list[str]:
+                max_shard_bytes: int = 2 * 1024 ** 3, *, overwrite: bool = False) -> list[str]:
     """Convert an mcore checkpoint back to HF safetensors (+ its side files); returns the weight files."""
     mcore_dir = Path(mcore_dir)
     man = read_manifest(mcore_dir)
@@ -378,7 +379,7 @@ def mcore_to_hf(mcore_dir: str | os.PathLike, out_dir: str | os.PathLike,
     plan = _hf_plan(arch, dtypes, shapes, extra_lm_head)
     vision = [n for n in hf_t if arch.is_vl and n.startswith(arch.names.vision_prefix)]
     read_unit = _mcore_unit_reader(mcore_dir, man, arch)
-    with atomic_dir(out_dir, fsync=True) as tmp:
+    with atomic_dir(out_dir, overwrite, fsync=True) as tmp:
         fnames = _write_hf(arch, read_unit, plan, dtypes, shapes, vision,
                            lambda n: read_verified(mcore_dir, man, VISION_FILE, n), tmp, max_shard_bytes)
         for name in man["hf_side_files"]:
@@ -387,7 +388,8 @@ def mcore_to_hf(mcore_dir: str | os.PathLike, out_dir: str | os.PathLike,
 
 
 def reshard(mcore_dir: str | os.PathLike, out_dir: str | os.PathLike, tp: int, pp: int,
-            pipeline_layers: Sequence[int] | None = None) -> dict[str, Any]:
+            pipeline_layers: Sequence[int] | None = None, *,
+            overwrite: bool = False) -> dict[str, Any]:
     """Re-split an mcore checkpoint at TP=a/PP=b (any recorded split) into TP=``tp``/PP=``pp``
     directly (no HF round trip). ``pipeline_layers`` is the new per-stage split (None = even;
     rules as in :func:`hf_to_mcore`), independent of the source's split."""
@@ -406,7 +408,7 @@ def reshard(mcore_dir: str | os.PathLike, out_dir: str | os.PathLike, tp: int, p
                 raise CheckpointError(f"tensor {spec.name} is missing from {shard_file(0, stage)} in the manifest")
             canon_dtype[spec.name] = _parse_dtype(entry["dtype"])
     read_unit = _mcore_unit_reader(mcore_dir, man, arch)
-    with atomic_dir(out_dir, fsync=True) as tmp:
+    with atomic_dir(out_dir, overwrite, fsync=True) as tmp:
         files = _write_mcore(arch, read_unit, canon_dtype, tmp, tp, pp, layers)
         if VISION_FILE in man["files"]:
             names = list(man["files"][VISION_FILE])
