@@ -55,10 +55,15 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Training prompts: a JSONL/Parquet file of :class:`mixed_r1.data.Sample` rows."""
+    """Training prompts: :class:`mixed_r1.data.Sample` rows from a JSONL/Parquet file, a
+    ``datasets.save_to_disk`` directory or a directory of Parquet shards
+    (:func:`mixed_r1.data.io.load_samples`)."""
 
     train_file: str = ""
     eval_file: str | None = None
+    # sample field -> the data's column, e.g. {question: query, solution: label, images: image}
+    columns: dict[str, str] | None = None
+    task_type: str | None = None  # the task type of rows that have none
     shuffle: bool = True
     on_error: str = "raise"  # raise | skip (skipped rows are counted in the log)
     system_prompt: str | None = None  # a system turn before every prompt (None: none)
@@ -239,6 +244,27 @@ def parallel_dims(cfg: TrainConfig):
         raise ConfigError(f"config key '{key}': {exc}") from None
 
 
+_SAMPLE_FIELDS = ("id", "task_type", "question", "solution", "images", "options", "messages",
+                  "source", "meta")  # mixed_r1.data.io.SAMPLE_FIELDS (this module imports no data)
+
+
+def _validate_data_columns(cfg: TrainConfig) -> None:
+    """``data.columns`` maps sample fields to column names (strings); ``data.task_type`` is a
+    known task type."""
+    from mixed_r1.tasks import TASK_TYPES
+
+    for field_, col in (cfg.data.columns or {}).items():
+        if field_ not in _SAMPLE_FIELDS:
+            raise ConfigError(f"config key 'data.columns.{field_}': not a sample field (fields: "
+                              f"{', '.join(_SAMPLE_FIELDS)})")
+        if not isinstance(col, str) or not col:
+            raise ConfigError(f"config key 'data.columns.{field_}' must be a column name, got "
+                              f"{col!r}")
+    if cfg.data.task_type is not None and cfg.data.task_type not in TASK_TYPES:
+        raise ConfigError(f"config key 'data.task_type': {cfg.data.task_type!r} is not one of "
+                          f"{TASK_TYPES}")
+
+
 def validate(cfg: TrainConfig) -> TrainConfig:
     """Check value ranges and choices; raise one :class:`ConfigError` naming the key."""
     for key, choices in {**_CHOICES, **_registry_choices()}.items():
@@ -256,6 +282,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
                           "whole layers: use 'full'")
     if cfg.model.kind == "pretrained" and not cfg.model.path:
         raise ConfigError("config key 'model.path' is required when model.kind is 'pretrained'")
+    _validate_data_columns(cfg)
     if cfg.algo.rollout_is_cap <= 0:
         raise ConfigError(f"config key 'algo.rollout_is_cap' must be > 0, got {cfg.algo.rollout_is_cap}")
     if cfg.algo.beta < 0:

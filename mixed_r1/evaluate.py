@@ -147,8 +147,8 @@ def run_eval(model_dir: str | Path, data_file: str | Path, *, k: int = 1,
         raise ValueError(f"run_eval needs k >= 1, max_new_tokens >= 1, limit >= 0 and "
                          f"temperature >= 0 (got k={k}, max_new_tokens={max_new_tokens}, "
                          f"limit={limit}, temperature={temperature})")
-    if not Path(data_file).is_file():
-        raise FileNotFoundError(f"--data: no such file: {data_file}")
+    if not Path(data_file).exists():
+        raise FileNotFoundError(f"--data: no such file or directory: {data_file}")
     samples, _ = load_samples(data_file)
     if limit:
         samples = samples[:limit]

@@ -153,9 +153,10 @@ def load_train_samples(cfg: TrainConfig, processor: Any = None, key: str = "trai
     path = getattr(cfg.data, key)
     if not path:
         raise ConfigError(f"config key 'data.{key}' is not set")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"data.{key}: no such file: {path}")
-    samples, report = load_samples(path, on_error=cfg.data.on_error)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"data.{key}: no such file or directory: {path}")
+    samples, report = load_samples(path, on_error=cfg.data.on_error, columns=cfg.data.columns,
+                                   task_type=cfg.data.task_type)
     if report.n_skipped:
         log.warning("%s: skipped %d bad rows %s", path, report.n_skipped, dict(report.skipped))
     if processor is not None and not is_multimodal(processor):

@@ -176,7 +176,7 @@ def test_prompt_stream_resumes():
 
 def test_missing_data_file_is_clear(tmp_path):
     cfg = load_config(None, tiny_overrides(tmp_path / "nope.jsonl", tmp_path))
-    with pytest.raises(FileNotFoundError, match="data.train_file: no such file: .*nope.jsonl"):
+    with pytest.raises(FileNotFoundError, match="data.train_file: no such file or directory: .*nope.jsonl"):
         build_trainer(cfg, tmp_path)
 
 

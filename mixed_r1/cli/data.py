@@ -165,8 +165,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     load_report, pools = LoadReport(), []
     for path in args.pool:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"--pool: no such file: {path}")
+        if not Path(path).exists():
+            raise FileNotFoundError(f"--pool: no such file or directory: {path}")
         pools.append((path, load_samples(path, on_error=args.on_error, report=load_report)[0]))
     if load_report.n_skipped:
         print(f"skipped {load_report.n_skipped} bad rows: {dict(load_report.skipped)}",
