@@ -260,9 +260,10 @@ def _validate_data_columns(cfg: TrainConfig) -> None:
         if not isinstance(col, str) or not col:
             raise ConfigError(f"config key 'data.columns.{field_}' must be a column name, got "
                               f"{col!r}")
-    if cfg.data.task_type is not None and cfg.data.task_type not in TASK_TYPES:
+    known = TASK_TYPES + tuple(t for t in (cfg.reward.functions or {}) if t not in TASK_TYPES)
+    if cfg.data.task_type is not None and cfg.data.task_type not in known:
         raise ConfigError(f"config key 'data.task_type': {cfg.data.task_type!r} is not one of "
-                          f"{TASK_TYPES}")
+                          f"{known} (a new task type needs a reward: reward.functions)")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:

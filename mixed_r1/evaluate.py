@@ -65,7 +65,7 @@ def score_eval(comps: Sequence[Any], samples: Sequence[Any], processor: Any, rew
         per[task]["total"].append(scored.total[i])
         passed[c.prompt_index] |= scored.accuracy[i] >= pass_threshold
     tasks = {}
-    for task in [t for t in TASK_TYPES if t in per]:
+    for task in [t for t in TASK_TYPES if t in per] + sorted(set(per) - set(TASK_TYPES)):
         idx = [j for j, s in enumerate(samples) if s.task_type == task]
         vals = per[task]
         tasks[task] = {"n": len(idx),

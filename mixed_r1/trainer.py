@@ -156,7 +156,8 @@ def load_train_samples(cfg: TrainConfig, processor: Any = None, key: str = "trai
     if not Path(path).exists():
         raise FileNotFoundError(f"data.{key}: no such file or directory: {path}")
     samples, report = load_samples(path, on_error=cfg.data.on_error, columns=cfg.data.columns,
-                                   task_type=cfg.data.task_type)
+                                   task_type=cfg.data.task_type,
+                                   custom_tasks=tuple(cfg.reward.functions or {}))
     if report.n_skipped:
         log.warning("%s: skipped %d bad rows %s", path, report.n_skipped, dict(report.skipped))
     if processor is not None and not is_multimodal(processor):

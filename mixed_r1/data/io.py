@@ -311,15 +311,18 @@ def collect_rows(rows: Iterable[tuple[int, object]], to_samples: Callable[[int, 
 
 def load_samples(path: str | Path, *, on_error: str = "raise", check_images: bool = True,
                  report: LoadReport | None = None, columns: dict[str, str] | None = None,
-                 task_type: str | None = None) -> tuple[list[Sample], LoadReport]:
+                 task_type: str | None = None,
+                 custom_tasks: Iterable[str] = ()) -> tuple[list[Sample], LoadReport]:
     """Load and validate every row of ``path``: a ``.jsonl``/``.parquet`` file, a
     ``datasets.save_to_disk`` directory or a directory of Parquet shards, with ``columns``
     mapping and a default ``task_type`` (module docstring).
 
     ``on_error="raise"``: the first bad row raises one :class:`DataError` naming file and row
     (and the user's column where ``columns`` renamed it). ``on_error="skip"``: bad rows are
-    skipped and counted by reason in the returned report.
+    skipped and counted by reason in the returned report. ``custom_tasks``: task types user
+    reward functions score (``reward.functions``; :func:`~mixed_r1.data.schema.sample_from_dict`).
     """
+    custom_tasks = tuple(custom_tasks)
     bad = sorted(set(columns or {}) - set(SAMPLE_FIELDS))
     if bad:
         raise ValueError(f"columns: {', '.join(bad)} is not a sample field "
@@ -336,7 +339,7 @@ def load_samples(path: str | Path, *, on_error: str = "raise", check_images: boo
                              stem=src.stem if src.is_file() else src.name)
             try:
                 return [sample_from_dict(rec, base_dir=base, check_images=check_images,
-                                         file=str(src), row=row)]
+                                         file=str(src), row=row, custom_tasks=custom_tasks)]
             except DataError as exc:
                 if exc.key in shown:  # name the user's column, and what it was read as
                     raise DataError(f"{exc.detail} (read as the {exc.key})", file=exc.file,

@@ -36,7 +36,8 @@ def question_text(sample: Sample, instruction: str = THINK_INSTRUCTION) -> str:
     if sample.options:
         parts.append("Options:\n" + "\n".join(f"{LETTERS[i]}. {o}"
                                               for i, o in enumerate(sample.options)))
-    parts.append(TASK_HINTS[sample.task_type])
+    if TASK_HINTS.get(sample.task_type):  # a user's task type has no built-in hint
+        parts.append(TASK_HINTS[sample.task_type])
     if instruction:
         parts.append(instruction)
     return "\n".join(parts)

@@ -22,7 +22,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from mixed_r1.tasks import TASK_TYPES
 
@@ -156,14 +156,17 @@ def _mc_letter(solution: Any, options: list[str]) -> str:
 
 
 def sample_from_dict(d: dict, *, base_dir: str | Path | None = None, check_images: bool = True,
-                     file: str | None = None, row: int | None = None) -> Sample:
+                     file: str | None = None, row: int | None = None,
+                     custom_tasks: Collection[str] = ()) -> Sample:
     """Validate a raw record and build a :class:`Sample`; raises :class:`DataError`.
 
     Relative image paths are resolved against ``base_dir`` (see :func:`_resolve_image`). With
     ``check_images`` every image must exist and be decodable by PIL (header read), and a
     grounding box must lie in its first image's ``W x H`` pixels within :func:`box_tolerance`
     (:func:`check_box_in_image`; reason ``bad_box``). Without it the box is not checked
-    against any image.
+    against any image. ``custom_tasks``: task types a user reward function scores
+    (``reward.functions``): accepted besides the built-in ones, their solution kept as given (a
+    string, or a JSON list/object) for the function to judge.
     """
     def err(msg: str, key: str | None, reason: str) -> DataError:
         return DataError(msg, file=file, row=row, key=key, reason=reason)
@@ -174,9 +177,10 @@ def sample_from_dict(d: dict, *, base_dir: str | Path | None = None, check_image
         if d.get(key) is None:
             raise err("missing required field", key, "missing_field")
     task = str(d["task_type"])
-    if task not in TASK_TYPES:
-        raise err(f"unknown task type {task!r} (known: {', '.join(TASK_TYPES)})", "task_type",
-                  "unknown_task_type")
+    known = TASK_TYPES + tuple(t for t in custom_tasks if t not in TASK_TYPES)
+    if task not in known:
+        raise err(f"unknown task type {task!r} (known: {', '.join(known)}; a new task type "
+                  "needs a reward: reward.functions)", "task_type", "unknown_task_type")
     messages = d.get("messages")
     if isinstance(messages, str):
         try:
@@ -201,7 +205,10 @@ def sample_from_dict(d: dict, *, base_dir: str | Path | None = None, check_image
     if options is not None:
         options = [str(o) for o in options]
     solution = d["solution"]
-    if task == "grounding":
+    if task in custom_tasks:  # the user's function judges it
+        if not isinstance(solution, (list, dict)):
+            solution = str(solution)
+    elif task == "grounding":
         try:
             solution = parse_box(solution)
             if sizes:  # the box is in the first image's pixels (see the module docstring)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
@@ -35,11 +36,14 @@ def _worker_main(conn: Connection, score_fn: ScoreFn) -> None:
         if chunk is None:
             return
         for index, payload in chunk:
+            error = None
             try:
-                value = float(score_fn(payload))
-            except Exception:  # never reached for our rules; still never fatal
-                value = float("nan")
-            conn.send((index, value))
+                value = score_fn(payload)
+                if not isinstance(value, tuple):  # (score, components) of a custom function
+                    value = float(value)
+            except Exception:  # a user's function (our rules never raise); never fatal
+                value, error = float("nan"), traceback.format_exc()
+            conn.send((index, value, error))
 
 
 class _Worker:
@@ -80,10 +84,12 @@ class ScoringPool:
         for w in self._workers:  # started together, awaited together
             w.wait_ready()
         self.failures = 0  # samples scored 0 because a worker hung, died or raised
+        self._logged_error = False
 
-    def map(self, items: list[Item]) -> dict[int, float]:
-        """Scores for every item index; failed ones are 0.0 and counted in ``failures``."""
-        results: dict[int, float] = {}
+    def map(self, items: list[Item]) -> dict[int, Any]:
+        """Scores for every item index (a float, or the tuple a custom function's scorer
+        returns); failed ones are 0.0 and counted in ``failures``."""
+        results: dict[int, Any] = {}
         todo = deque(items[i:i + self.chunk_size] for i in range(0, len(items), self.chunk_size))
         while todo or any(w.pending for w in self._workers):
             for w in self._workers:
@@ -93,13 +99,17 @@ class ScoringPool:
             for conn in wait(list(busy), timeout=min(1.0, self.timeout_s)):
                 w = busy[conn]
                 try:
-                    index, value = conn.recv()
+                    index, value, error = conn.recv()
                 except (EOFError, OSError):
                     results[self._replace(w, "died")] = 0.0
                     continue
                 w.pending.popleft()
                 w.since = time.monotonic()
-                if value != value:  # NaN: the rule raised
+                if error is not None and not self._logged_error:  # the first traceback, once
+                    self._logged_error = True
+                    log.warning("reward for sample %d scored 0: the function raised (logged once; "
+                                "later failures are counted only):\n%s", index, error.rstrip())
+                if not isinstance(value, tuple) and value != value:  # NaN: the rule raised
                     self.failures += 1
                     value = 0.0
                 results[index] = value

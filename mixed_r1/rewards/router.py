@@ -16,6 +16,11 @@ open_ended         :func:`bmas_reward`
 Rule-based rewards run in worker processes with a time limit per sample when
 ``num_workers > 0`` (see :mod:`mixed_r1.rewards.pool`); open-ended samples are embedded in
 the calling process, batched, where the policy's embedding table lives.
+
+``reward.functions`` adds task types or replaces a built-in one's accuracy reward with a user
+function (:mod:`mixed_r1.rewards.custom`; always in the worker pool, at least one worker), and
+``reward.task_weights`` scales a task's whole total: ``total = w_task · (accuracy_weight ·
+accuracy + format_weight · format)``.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from mixed_r1.algo.registry import Registry
 from mixed_r1.rewards.bmas import MiniLMEmbedder, TokenEmbedder, bmas_batch
 from mixed_r1.rewards.chart import chart_reward
 from mixed_r1.rewards.config import RewardConfig
+from mixed_r1.rewards.custom import sample_dict
 from mixed_r1.rewards.format import format_reward
 from mixed_r1.rewards.iou import iou_reward, parse_solution_box
 from mixed_r1.rewards.matching import matching_reward
@@ -75,6 +81,9 @@ class RewardBatch:
         for task, stats in self.by_task().items():
             for key in ("total", "accuracy", "format"):
                 flat[f"{prefix}/{task}/{key}"] = stats[key]
+        for task, comps in self.extra.get("components", {}).items():  # custom functions' parts
+            for name, value in comps.items():
+                flat[f"{prefix}/{task}/{name}"] = value
         return flat
 
 
@@ -111,6 +120,18 @@ def _grounding(completion: str, solution: Any, options: Any, cfg: dict[str, Any]
     return iou_reward(completion, solution, threshold=cfg["iou_threshold"])
 
 
+def score_item(payload: tuple, cfg: dict[str, Any]) -> Any:
+    """What a reward worker computes for one item: a built-in rule's float
+    (:func:`score_rule`), or for ``("custom", ref, completion, sample)`` the user function's
+    ``(score, components)`` (:func:`mixed_r1.rewards.custom.score_custom`)."""
+    if payload[0] == "custom":
+        from mixed_r1.rewards.custom import score_custom
+
+        _, ref, completion, sample = payload
+        return score_custom(ref, completion, sample)
+    return score_rule(payload, cfg)
+
+
 def score_rule(payload: tuple[str, str, Any, Any], cfg: dict[str, Any]) -> float:
     """Accuracy reward of one non-open-ended sample: ``(task, completion, solution, options)``,
     by the task's rule in :data:`TASK_REWARDS` (ValueError for a task without one).
@@ -139,16 +160,30 @@ class MixedReward:
         self._minilm: TokenEmbedder | None = None
         self._pool: ScoringPool | None = None
         self._cfg = asdict(self.config)
+        self.functions = dict(self.config.functions or {})
+        self.task_types = self.config.task_types
+        if self.functions:  # every reference resolves now, not in a worker mid-run
+            from mixed_r1.rewards.custom import load_function
+
+            for task, ref in self.functions.items():
+                try:
+                    load_function(ref)
+                except ValueError as exc:
+                    raise ValueError(f"reward.functions.{task}: {exc}") from None
 
     # ------------------------------------------------------------------------ validation
     def _check(self, samples: Sequence[Any]) -> list[str]:
         tasks = []
         for i, sample in enumerate(samples):
             task = _field(sample, "task_type")
-            if task not in TASK_TYPES:
+            if task not in self.task_types:
                 sid = _field(sample, "id", "?")
                 raise ValueError(f"MixedReward: sample {i} (id={sid}) has unknown task type "
-                                 f"{task!r}; expected one of {', '.join(TASK_TYPES)}")
+                                 f"{task!r}; expected one of {', '.join(self.task_types)} (a new "
+                                 "task type needs a reward: reward.functions)")
+            if task in self.functions:  # the user's function judges its own solutions
+                tasks.append(task)
+                continue
             if task == "grounding":
                 try:
                     parse_solution_box(_field(sample, "solution"))
@@ -178,15 +213,24 @@ class MixedReward:
         tasks = self._check(samples)
         failures = 0
         accuracy = [0.0] * len(samples)
+        components: dict[str, dict[str, list[float]]] = {}
+        custom_items = [(i, ("custom", self.functions[tasks[i]], completions[i], sample_dict(s)))
+                        for i, s in enumerate(samples) if tasks[i] in self.functions]
         rule_items = [(i, (tasks[i], completions[i], _field(s, "solution"), _field(s, "options")))
-                      for i, s in enumerate(samples) if tasks[i] != "open_ended"]
-        if rule_items and self.config.num_workers > 0:
+                      for i, s in enumerate(samples)
+                      if tasks[i] != "open_ended" and tasks[i] not in self.functions]
+        pooled = custom_items + (rule_items if self.config.num_workers > 0 else [])
+        if pooled:
             pool = self._get_pool()
             before = pool.failures
-            for i, value in pool.map(rule_items).items():
-                accuracy[i] = value
+            for i, value in pool.map(pooled).items():
+                if isinstance(value, tuple):  # a custom function's (score, components)
+                    value, comps = value
+                    for name, v in comps.items():
+                        components.setdefault(tasks[i], {}).setdefault(name, []).append(v)
+                accuracy[i] = float(value)
             failures += pool.failures - before
-        else:
+        if self.config.num_workers == 0:  # built-in rules in process (they never hang)
             for i, payload in rule_items:
                 try:
                     value = score_rule(payload, self._cfg)
@@ -198,7 +242,8 @@ class MixedReward:
                     failures += 1
                     value = 0.0
                 accuracy[i] = value
-        open_idx = [i for i, t in enumerate(tasks) if t == "open_ended"]
+        open_idx = [i for i, t in enumerate(tasks)
+                    if t == "open_ended" and t not in self.functions]
         if open_idx:
             try:
                 scores = bmas_batch([completions[i] for i in open_idx],
@@ -214,13 +259,18 @@ class MixedReward:
         fmt = [format_reward(c, require_answer=self.config.format_requires_answer)
                for c in completions]
         cfg = self.config
-        total = [cfg.accuracy_weight * a + cfg.format_weight * f for a, f in zip(accuracy, fmt)]
+        weights = cfg.task_weights or {}
+        total = [weights.get(t, 1.0) * (cfg.accuracy_weight * a + cfg.format_weight * f)
+                 for a, f, t in zip(accuracy, fmt, tasks)]
+        extra = {"components": {t: {n: sum(v) / len(v) for n, v in c.items()}
+                                for t, c in components.items()}} if components else {}
         return RewardBatch(total=total, accuracy=accuracy, format=fmt, task_types=tasks,
-                           failures=failures)
+                           failures=failures, extra=extra)
 
     def _get_pool(self) -> ScoringPool:
         if self._pool is None:
-            self._pool = ScoringPool(partial(score_rule, cfg=self._cfg), self.config.num_workers,
+            self._pool = ScoringPool(partial(score_item, cfg=self._cfg),
+                                     max(1, self.config.num_workers),
                                      timeout_s=self.config.sample_timeout_s)
             atexit.register(self.close)
         return self._pool
