@@ -160,6 +160,30 @@ class ParallelConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Experiment trackers fed the same per-step metrics as ``metrics.jsonl`` (TensorBoard: the
+    top-level ``tensorboard`` key). ``wandb: true`` logs to Weights & Biases (an optional package:
+    ``pip install 'mixed-r1[wandb]'``; a run that asks for it without it fails before building
+    anything): project ``wandb_project``, name ``wandb_run_name`` (None: the run directory's
+    name), ``wandb_mode`` ``offline`` (files only, no network; ``wandb sync`` uploads them),
+    ``online`` or ``disabled`` (nothing logged, wandb not needed); ``wandb_dir``: where wandb
+    writes its ``wandb/`` folder (None: the run directory). Only the main rank logs."""
+
+    wandb: bool = False
+    wandb_project: str = "mixed-r1"
+    wandb_entity: str | None = None  # None: the logged-in user's default entity
+    wandb_run_name: str | None = None
+    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        modes = ("offline", "online", "disabled")
+        if self.wandb_mode not in modes:
+            raise ConfigError(f"config key 'logging.wandb_mode': {self.wandb_mode!r} is not one "
+                              f"of {modes}")
+
+
+@dataclass
 class TrainConfig:
     """Everything one ``mixed-r1 train`` run needs."""
 
@@ -184,6 +208,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def to_dict(self) -> dict:
         return asdict(self)

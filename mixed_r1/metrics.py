@@ -1,12 +1,16 @@
 """Run logging: one JSON line per step (``metrics.jsonl``), TensorBoard scalars when the
-``tensorboard`` package is importable, progress (``progress: true``: a tqdm bar when stderr is a
-terminal, else one plain line per step on stdout, :func:`step_line`, so a log file gets no
-carriage-return bars), and :func:`plot_run` for PNG curves (:func:`plot_figure` gives the
+``tensorboard`` package is importable, Weights & Biases when the config's ``logging.wandb`` asks
+(:class:`WandbSink`; wandb is optional and imported only then), all fed the same row by
+:meth:`MetricsLogger.log`, progress (``progress: true``: a tqdm bar when stderr is a terminal,
+else one plain line per step on stdout, :func:`step_line`, so a log file gets no carriage-return
+bars), and :func:`plot_run` for PNG curves (:func:`plot_figure` gives the
 matplotlib figure)."""
 from __future__ import annotations
 
 import json
 import math
+import secrets
+import string
 import sys
 import time
 from pathlib import Path
@@ -15,6 +19,8 @@ from typing import Any
 from mixed_r1.atomic import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
+WANDB_ID_FILE = "wandb_run_id"  # the run's W&B id, so that --resume continues the same W&B run
+WANDB_INSTALL = "pip install wandb"
 
 
 def _clean(v: Any) -> Any:
@@ -82,13 +88,87 @@ def step_line(step: int, total: int | None, metrics: dict[str, Any],
     return " ".join(parts)
 
 
+def wandb_wanted(logging_cfg: Any) -> bool:
+    """Whether a config's ``logging`` section asks for a W&B run (``wandb: true`` and a mode other
+    than ``disabled``)."""
+    return bool(logging_cfg is not None and logging_cfg.wandb
+                and logging_cfg.wandb_mode != "disabled")
+
+
+def import_wandb() -> Any:
+    """The ``wandb`` module, imported now (never at package import); a missing package raises one
+    :class:`~mixed_r1.config.ConfigError` line naming ``logging.wandb`` and the pip command."""
+    from mixed_r1.config import ConfigError
+
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("config key 'logging.wandb: true' needs the wandb package, which is not "
+                          f"installed: {WANDB_INSTALL} (or set logging.wandb=false)") from None
+    return wandb
+
+
+def check_loggers(cfg: Any) -> None:
+    """Fail before anything is built when the config asks for a logger that cannot run (a
+    ``logging.wandb`` run without the wandb package): :func:`import_wandb`'s ConfigError."""
+    if wandb_wanted(getattr(cfg, "logging", None)):
+        import_wandb()
+
+
+def wandb_run_id(run_dir: str | Path) -> str:
+    """The W&B run id of ``run_dir``: read from ``<run_dir>/wandb_run_id``, or made (8 lowercase
+    letters and digits, W&B's own form) and written there atomically on the first call, so a
+    resumed run logs to the same W&B run."""
+    path = Path(run_dir) / WANDB_ID_FILE
+    if path.is_file():
+        run_id = path.read_text().strip()
+        if run_id:
+            return run_id
+    alphabet = string.ascii_lowercase + string.digits
+    run_id = "".join(secrets.choice(alphabet) for _ in range(8))
+    write_text_atomic(path, run_id + "\n")
+    return run_id
+
+
+class WandbSink:
+    """One W&B run for the training run in ``run_dir``: ``wandb.init`` with the config's
+    ``logging`` keys, the resolved training config as ``wandb.config``, the id of
+    :func:`wandb_run_id` and ``resume="allow"`` (a resumed run continues the same W&B run);
+    ``log(step, row)`` logs the row at W&B step = GRPO step; ``close(exit_code)`` finishes the run
+    (non-zero: marked failed)."""
+
+    def __init__(self, run_dir: str | Path, logging_cfg: Any, config: dict | None = None) -> None:
+        wandb = import_wandb()
+        run_dir = Path(run_dir)
+        root = Path(logging_cfg.wandb_dir) if logging_cfg.wandb_dir else run_dir
+        root.mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=logging_cfg.wandb_project, entity=logging_cfg.wandb_entity,
+            name=logging_cfg.wandb_run_name or run_dir.resolve().name, id=wandb_run_id(run_dir),
+            resume="allow", mode=logging_cfg.wandb_mode, dir=str(root), config=config or {},
+            reinit="create_new")  # its own run even when the caller has one open
+
+    def log(self, step: int, row: dict[str, Any]) -> None:
+        self.run.log({k: v for k, v in row.items() if k != "step" and v is not None}, step=step)
+
+    def close(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)
+
+
 class MetricsLogger:
-    """``log(step, metrics)`` → JSONL line (+ TensorBoard, + progress bar postfix)."""
+    """``log(step, metrics)`` is the one place every step's metrics go: one row, fanned out to the
+    sinks (the JSONL line, TensorBoard, W&B), then the progress bar postfix or line.
+
+    ``wandb``: the config's ``logging`` section (:class:`~mixed_r1.config.LoggingConfig`); when it
+    asks for W&B, a :class:`WandbSink` with ``config`` (the resolved training config) is opened.
+    Create it on the main rank only (:func:`mixed_r1.trainer.run_training` does)."""
 
     def __init__(self, run_dir: str | Path, *, total_steps: int | None = None,
-                 initial_step: int = 0, tensorboard: bool = True, progress: bool = True) -> None:
+                 initial_step: int = 0, tensorboard: bool = True, progress: bool = True,
+                 wandb: Any = None, config: dict | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._wandb = WandbSink(self.run_dir, wandb, config) if wandb_wanted(wandb) else None
         self._fh = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
         self._tb = None
         if tensorboard:
@@ -119,6 +199,8 @@ class MetricsLogger:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
                     self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log(step, row)
         if self._bar is not None:
             self._bar.update(max(0, step - self._bar.n))
             self._bar.set_postfix(reward=f"{metrics.get('reward/total', float('nan')):.3f}",
@@ -135,12 +217,18 @@ class MetricsLogger:
         else:
             print(text)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
+        """Close every sink; ``exit_code`` non-zero (training raised) marks the W&B run failed.
+        Idempotent."""
+        if self._fh.closed:
+            return
         self._fh.close()
         if self._tb is not None:
             self._tb.close()
         if self._bar is not None:
             self._bar.close()
+        if self._wandb is not None:
+            self._wandb.close(exit_code)
 
 
 TASK_ACCURACY_KEYS = tuple(f"reward/{t}/accuracy" for t in (
@@ -221,5 +309,6 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return path
 
 
-__all__ = ["METRICS_FILE", "PLOT_PANELS", "MetricsLogger", "plot_figure", "plot_run",
-           "read_metrics", "truncate_metrics"]
+__all__ = ["METRICS_FILE", "PLOT_PANELS", "WANDB_ID_FILE", "MetricsLogger", "WandbSink",
+           "check_loggers", "import_wandb", "plot_figure", "plot_run", "read_metrics",
+           "truncate_metrics", "wandb_run_id", "wandb_wanted"]

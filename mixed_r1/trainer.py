@@ -910,8 +910,9 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
     build wrote there removed). SIGINT/SIGTERM end training after the current step with a checkpoint and raise
     :class:`~mixed_r1.checkpoint.TrainingInterrupted` (no export)."""
     from mixed_r1.checkpoint import staged_run_dir
-    from mixed_r1.metrics import MetricsLogger, truncate_metrics
+    from mixed_r1.metrics import MetricsLogger, check_loggers, truncate_metrics
 
+    check_loggers(cfg)  # every rank, before anything is built: logging.wandb without wandb
     with staged_run_dir(run_dir or cfg.out_dir, resume=resume, overwrite=overwrite) as run:
         trainer = build_trainer(cfg, run, model)
     if trainer.is_main:
@@ -925,14 +926,20 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
         else:
             truncate_metrics(run, 0)
     logger = None
-    if trainer.is_main:
+    if trainer.is_main:  # the one logger of a run (JSONL, TensorBoard, W&B): rank 0 only
         logger = MetricsLogger(run, total_steps=cfg.steps, initial_step=start,
-                               tensorboard=cfg.tensorboard, progress=cfg.progress)
+                               tensorboard=cfg.tensorboard, progress=cfg.progress,
+                               wandb=cfg.logging, config=cfg.to_dict())
+    exit_code = 1  # an exception (SIGINT/SIGTERM: 128 + signal) marks the W&B run failed
     try:
         trainer.train(logger)
+        exit_code = 0
+    except KeyboardInterrupt as exc:  # TrainingInterrupted, or a second signal
+        exit_code = getattr(exc, "exit_code", 130)
+        raise
     finally:
         if logger is not None:
-            logger.close()
+            logger.close(exit_code)
     trainer.export_model()
     return trainer
 
