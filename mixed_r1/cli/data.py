@@ -177,7 +177,8 @@ def cmd_select(args: argparse.Namespace) -> int:
                        closed_band=args.closed_band, pass_threshold=args.pass_threshold,
                        targets=targets or None, batch_size=args.batch_size, seed=args.seed,
                        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                       top_p=args.top_p, dedup=not args.no_dedup)
+                       top_p=args.top_p, dedup=not args.no_dedup,
+                       conflicts="keep" if args.keep_conflicts else "drop")
     processor = _policy_processor(args)
     if processor is not None and not is_multimodal(processor):
         samples = _text_only_pools(args, pools)
@@ -212,8 +213,10 @@ the input file's directory):
 bad rows: --on-error raise (default) stops at the first, naming file and row; skip counts them
 and prints each on stderr."""
 
-_SELECT_RULES = """steps (mixed_r1.data.engine): dedup (task type + normalised question + image
-dHash), difficulty filter (the policy samples K answers per prompt; an answer passes when its
+_SELECT_RULES = """steps (mixed_r1.data.engine): dedup (same task, normalised question,
+colour-matched images and answer; the same question and image with different answers is a label
+conflict: dropped, or one per answer with --keep-conflicts, and listed in the report), difficulty
+filter (the policy samples K answers per prompt; an answer passes when its
 accuracy reward >= --pass-threshold; a prompt is kept when LO < pass rate < HI, or
 LO <= rate <= HI with --closed-band), balance (per task at most --target/--per-task prompts,
 pass rates nearest 0.5 first). Scores are saved per chunk under OUT/state: rerunning the same
@@ -312,6 +315,9 @@ def register(subparsers) -> None:
                    help="nucleus sampling mass (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--no-dedup", action="store_true", help="skip the dedup step")
+    p.add_argument("--keep-conflicts", action="store_true",
+                   help="keep one sample per answer of a label conflict (default: drop them all; "
+                        "either way they are listed in report.json)")
     p.add_argument("--on-error", choices=("raise", "skip"), default="raise",
                    help="a bad pool row (or an image sample for a text LM): stop naming it, or "
                         "skip and count it (default: %(default)s)")

@@ -1,9 +1,26 @@
 """The data engine: build a Mixed-45K-style mix from candidate pools.
 
-1. **Dedup**: a candidate whose key ``(task type, normalised question, dHash of each image)``
-   was seen earlier in the pool order is dropped (normalised: lower case, punctuation removed,
-   whitespace collapsed; dHash: 64-bit difference hash of the 9x8 grey thumbnail, so
-   re-encoded or lightly resized copies collide).
+1. **Dedup**: two candidates are *near duplicates* when they have the same task type, the same
+   normalised question (lower case, punctuation removed, whitespace collapsed), the same number
+   of images, and every image is the same to a colour-aware comparison: each image is reduced to
+   a 16x16 Lanczos thumbnail in CIELAB and two images match when no thumbnail cell differs by
+   more than ``MAX_DELTA_E`` = 16 (CIE76 ΔE; see :func:`color_thumbnail`). This is the downscale
+   step of Krawetz's average/difference hashes kept in colour instead of reduced to grey
+   gradient bits, so re-encoded or lightly resized copies match while a shape recoloured red ->
+   blue does not (text-only samples: the same question is the same prompt). Near duplicates are
+   *duplicates* only when their answers agree (:func:`answers_agree`): yes/no, chart and
+   open-ended answers compare as normalised text or as equal numbers; multiple choice compares
+   the chosen option's text (not its letter); math compares the gold with spaces and ``$``
+   removed, or as equal numbers (``0.5`` = ``1/2``); grounding boxes agree when, rescaled to the
+   first image's pixels, every coordinate is within :func:`~mixed_r1.data.schema.box_tolerance`
+   (``max(2 px, 1 %)`` of the side). Of each set of duplicates the first in pool order is kept.
+   Near duplicates whose answers disagree are *label conflicts* (the same question on the same
+   image with two golds, at least one of them wrong), except for open-ended samples, where
+   different reference answers (COCO's five captions of one image) are distinct samples.
+   ``conflicts="drop"`` (the default) keeps none of a conflicting group, so the mix trains on
+   clean labels; ``conflicts="keep"`` keeps the first sample of each answer. Either way every
+   conflict is listed in ``report.json`` (``label_conflicts``) and announced through
+   ``progress``.
 2. **Difficulty filter**: the policy samples ``k`` answers per prompt through a rollout
    :class:`~mixed_r1.rollout.base.Generator`; MixedReward scores them; an answer passes when
    its accuracy reward is ``>= pass_threshold``. ``pass_rate = passes / k``. A prompt is kept
@@ -32,9 +49,10 @@ from typing import Any, Callable, Sequence
 from mixed_r1.atomic import atomic_path
 
 from .io import write_samples
-from .schema import TASK_TYPES, Sample
+from .schema import BOX_TOLERANCE_PX, LETTERS, TASK_TYPES, Sample, box_tolerance
 
-STATE_VERSION = 1
+CONFLICT_POLICIES = ("drop", "keep")
+STATE_VERSION = 2  # 2: colour-aware, answer-aware dedup with label conflicts
 
 
 @dataclass
@@ -52,8 +70,12 @@ class SelectConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     dedup: bool = True
+    conflicts: str = "drop"  # label conflicts: "drop" (keep none) or "keep" (one per answer)
 
     def __post_init__(self) -> None:
+        if self.conflicts not in CONFLICT_POLICIES:
+            raise ValueError(f"conflicts must be one of {CONFLICT_POLICIES}, "
+                             f"got {self.conflicts!r}")
         lo, hi = self.pass_band
         if lo > hi:
             raise ValueError(f"pass_band lower bound {lo} exceeds upper bound {hi}")
@@ -78,7 +100,9 @@ def normalize_question(text: str) -> str:
 
 
 def dhash(path: str, size: int = 8) -> str:
-    """64-bit difference hash (hex) of an image: sign of horizontal gradients on a 9x8 grey."""
+    """64-bit difference hash (hex) of an image: sign of horizontal gradients on a 9x8 grey
+    (Krawetz, "Kind of Like That", 2013). The engine's dedup key before STATE_VERSION 2; it
+    is blind to colour, so kept only for comparison (``tools/dedup_check.py``)."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -91,23 +115,243 @@ def dhash(path: str, size: int = 8) -> str:
     return f"{bits:016x}"
 
 
-def dedup_key(sample: Sample) -> tuple:
-    return (sample.task_type, normalize_question(sample.question),
-            tuple(dhash(p) for p in sample.images))
+THUMB_SIZE = 16
+"""Side of the colour thumbnail the dedup compares (:func:`color_thumbnail`)."""
+MAX_DELTA_E = 16.0
+"""Two images match when no thumbnail cell differs by more than this CIE76 ΔE (a difference
+plainly visible side by side; about 2.3 is just noticeable). Chosen on easy-vqa's 64x64 images
+(``tools/dedup_check.py``), a hard case where a cell is only 4x4 pixels: resizing moves a cell
+by < 4 and JPEG re-encoding at quality 95 by < 16 (at quality 85-90 about 99 % of copies still
+match, at 75 about 96 %), while the closest two of 1,000 distinct images (a grey circle and a
+grey square in one place) differ by 18. It errs towards keeping a heavily re-compressed copy
+rather than merging distinct images or inventing label conflicts."""
+
+_D65 = (0.95047, 1.0, 1.08883)
+_SRGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375),
+                (0.2126729, 0.7151522, 0.0721750),
+                (0.0193339, 0.1191920, 0.9503041))
 
 
-def deduplicate(samples: Sequence[Sample]) -> tuple[list[Sample], list[tuple[Sample, str]]]:
-    """Keep the first sample of every dedup key; returns (kept, [(dropped, id of kept)])."""
-    seen: dict[tuple, str] = {}
-    kept, dropped = [], []
-    for s in samples:
-        key = dedup_key(s)
-        if key in seen:
-            dropped.append((s, seen[key]))
+def _srgb_to_lab(rgb):
+    """CIELAB (D65) of 8-bit sRGB values, an ``(..., 3)`` array (IEC 61966-2-1 and CIE 15)."""
+    import numpy as np
+
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = c @ np.asarray(_SRGB_TO_XYZ).T / np.asarray(_D65)
+    eps = (6 / 29) ** 3
+    f = np.where(xyz > eps, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]),
+                     200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def color_thumbnail(path: str, size: int = THUMB_SIZE):
+    """``(thumbnail, (W, H))``: the image as a ``size x size`` Lanczos thumbnail in CIELAB, a
+    ``(size * size, 3)`` float array, and its pixel size. Transparency is composited on white."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        wh = im.size
+        im.draft("RGB", (size * 8, size * 8))  # JPEG: decode at a reduced scale (fast, >= 8x)
+        if "A" in im.getbands() or "transparency" in im.info:
+            rgba = im.convert("RGBA")
+            im2 = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)),
+                                        rgba).convert("RGB")
         else:
-            seen[key] = s.id
-            kept.append(s)
-    return kept, dropped
+            im2 = im.convert("RGB")
+        th = im2.resize((size, size), Image.Resampling.LANCZOS)
+    return _srgb_to_lab(np.asarray(th, dtype=np.float64).reshape(-1, 3)), wh
+
+
+def _number(text: str):
+    from fractions import Fraction
+
+    try:
+        return Fraction(text.strip())
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def answer_key(sample: Sample) -> Any:
+    """The answer the dedup compares (see :func:`answers_agree`)."""
+    sol = sample.solution
+    if sample.task_type == "grounding":
+        return tuple(float(v) for v in sol)
+    if sample.task_type == "multiple_choice" and sample.options:
+        s = str(sol).strip().upper()
+        if len(s) == 1 and s in LETTERS[:len(sample.options)]:
+            sol = sample.options[LETTERS.index(s)]  # the chosen option's text
+    text = str(sol)
+    if sample.task_type == "math":
+        text = text.replace("$", "").replace(" ", "")
+    num = _number(text)
+    if num is not None:
+        return ("number", num)
+    return ("text", text if sample.task_type == "math" else normalize_question(text))
+
+
+def answers_agree(a: Sample, b: Sample, size_a: tuple[int, int] | None = None,
+                  size_b: tuple[int, int] | None = None) -> bool:
+    """Whether two samples of one task type have the same answer: grounding boxes within
+    :func:`~mixed_r1.data.schema.box_tolerance` per coordinate after rescaling ``b``'s box from
+    its first image's ``size_b`` to ``a``'s ``size_a``; every other task by :func:`answer_key`."""
+    ka, kb = answer_key(a), answer_key(b)
+    if a.task_type != "grounding":
+        return ka == kb
+    wa, ha = size_a or (0, 0)
+    sx = wa / size_b[0] if size_a and size_b else 1.0
+    sy = ha / size_b[1] if size_a and size_b else 1.0
+    tx = box_tolerance(wa) if size_a else BOX_TOLERANCE_PX
+    ty = box_tolerance(ha) if size_a else BOX_TOLERANCE_PX
+    x1, y1, x2, y2 = kb
+    return all(abs(u - v) <= t for u, v, t in
+               zip(ka, (x1 * sx, y1 * sy, x2 * sx, y2 * sy), (tx, ty, tx, ty)))
+
+
+@dataclass
+class LabelConflict:
+    """Near duplicates (same task, question and images) whose answers disagree: ``ids`` holds
+    the first sample of each answer (pool order), ``answers`` their answers, ``members`` every
+    sample of the group (their same-answer duplicates included)."""
+
+    ids: list[str]
+    answers: list[str]
+    members: list[str]
+
+    def to_dict(self) -> dict:
+        return {"ids": self.ids, "answers": self.answers, "members": self.members}
+
+
+@dataclass
+class DedupResult:
+    """``kept`` (pool order); ``duplicates``: ``(dropped, id of the kept sample with the same
+    answer)``; ``conflicts``: every label conflict; ``conflict_dropped``: the samples dropped
+    because of one (``conflicts="drop"``; none with ``"keep"``)."""
+
+    kept: list[Sample]
+    duplicates: list[tuple[Sample, str]]
+    conflicts: list[LabelConflict]
+    conflict_dropped: list[Sample]
+
+
+class _Group:
+    """Near duplicates: the anchor's images, then one representative per distinct answer."""
+
+    def __init__(self, sample: Sample, size) -> None:
+        self.reps: list[tuple[Sample, Any]] = [(sample, size)]
+        self.members: list[Sample] = [sample]
+
+
+class _Bucket:
+    """The groups of one (task, question, number of images), with their first samples'
+    thumbnails and mean colours in growing arrays."""
+
+    def __init__(self) -> None:
+        self.groups: list[_Group] = []
+        self.cells = None  # (capacity, images, cells, 3)
+        self.means = None  # (capacity, images, 3)
+
+    def find(self, cells) -> _Group | None:
+        """The first group whose first sample's images all match ``cells`` (None: text only,
+        where the question is the whole prompt, so the first group)."""
+        import numpy as np
+
+        n = len(self.groups)
+        if not n or cells is None:
+            return self.groups[0] if n else None
+        # mean colours first: |difference of means| <= the largest cell difference, so a group
+        # whose mean colour is further than MAX_DELTA_E away cannot match
+        lim = MAX_DELTA_E ** 2  # squared distances throughout
+        dm = ((self.means[:n] - cells.mean(axis=1)) ** 2).sum(-1).max(-1)
+        near = np.nonzero(dm <= lim)[0]
+        for lo in range(0, len(near), 256):  # in pool order; stop at the first match
+            idx = near[lo:lo + 256]
+            de = ((self.cells[idx] - cells) ** 2).sum(-1).max(axis=(1, 2))
+            hit = np.nonzero(de <= lim)[0]
+            if len(hit):
+                return self.groups[int(idx[hit[0]])]
+        return None
+
+    def add(self, group: _Group, cells) -> None:
+        import numpy as np
+
+        n = len(self.groups)
+        self.groups.append(group)
+        if cells is None:
+            return
+        if self.cells is None or n == len(self.cells):
+            cap = max(8, 2 * n)
+            grown = np.empty((cap, *cells.shape))
+            means = np.empty((cap, cells.shape[0], 3))
+            if n:
+                grown[:n], means[:n] = self.cells[:n], self.means[:n]
+            self.cells, self.means = grown, means
+        self.cells[n] = cells
+        self.means[n] = cells.mean(axis=1)
+
+
+def _answer_text(s: Sample) -> str:
+    if s.task_type == "grounding":
+        return s.solution_text()
+    if s.task_type == "multiple_choice" and s.options:
+        k = answer_key(s)
+        return f"{s.solution} ({k[1]})"
+    return str(s.solution)
+
+
+def deduplicate(samples: Sequence[Sample], conflicts: str = "drop") -> DedupResult:
+    """Apply the module docstring's dedup rule in pool order (deterministic): a sample joins the
+    first earlier group whose first sample it near-duplicates, then the first of that group's
+    answers it agrees with (a duplicate, dropped) or adds a new answer (a label conflict)."""
+    import numpy as np
+
+    if conflicts not in CONFLICT_POLICIES:
+        raise ValueError(f"conflicts must be one of {CONFLICT_POLICIES}, got {conflicts!r}")
+    if len({s.id for s in samples}) != len(samples):
+        raise ValueError("deduplicate: sample ids must be unique")
+    thumbs: dict[str, tuple] = {}
+
+    def thumb(path: str):
+        if path not in thumbs:
+            thumbs[path] = color_thumbnail(path)
+        return thumbs[path]
+
+    buckets: dict[tuple, _Bucket] = {}  # per (task, normalised question, number of images)
+    groups: list[_Group] = []
+    kept_ids: set[str] = set()
+    duplicates: list[tuple[Sample, str]] = []
+    for s in samples:
+        fp = [thumb(p) for p in s.images]
+        size = fp[0][1] if fp else None
+        bucket = buckets.setdefault(
+            (s.task_type, normalize_question(s.question), len(s.images)), _Bucket())
+        cells = np.stack([t for t, _ in fp]) if fp else None  # (images, cells, 3)
+        group = bucket.find(cells)
+        if group is None:
+            group = _Group(s, size)
+            bucket.add(group, cells)
+            groups.append(group)
+            kept_ids.add(s.id)
+            continue
+        group.members.append(s)
+        rep = next((r for r, rsize in group.reps if answers_agree(r, s, rsize, size)), None)
+        if rep is not None:
+            duplicates.append((s, rep.id))
+        else:
+            group.reps.append((s, size))
+            kept_ids.add(s.id)
+    found, dropped_ids = [], set()
+    for g in groups:
+        if len(g.reps) > 1 and g.reps[0][0].task_type != "open_ended":
+            found.append(LabelConflict([r.id for r, _ in g.reps],
+                                       [_answer_text(r) for r, _ in g.reps],
+                                       [m.id for m in g.members]))
+            if conflicts == "drop":
+                dropped_ids.update(r.id for r, _ in g.reps)
+    kept = [s for s in samples if s.id in kept_ids and s.id not in dropped_ids]
+    conflict_dropped = [s for s in samples if s.id in dropped_ids]
+    return DedupResult(kept, duplicates, found, conflict_dropped)
 
 
 # --------------------------------------------------------------------------- state
@@ -124,6 +368,11 @@ class ScoreState:
             if old != fingerprint:
                 diff = sorted(k for k in set(old) | set(fingerprint)
                               if old.get(k) != fingerprint.get(k))
+                if old.get("version") != fingerprint.get("version"):
+                    raise ValueError(f"{fp_path}: the saved selection state is version "
+                                     f"{old.get('version')}, this engine writes version "
+                                     f"{fingerprint.get('version')} (its dedup rule changed); "
+                                     "use a new --out or delete the state directory")
                 raise ValueError(f"{fp_path}: the saved selection state was made with different "
                                  f"inputs or settings ({', '.join(diff)}); use a new --out or "
                                  "delete the state directory")
@@ -234,9 +483,14 @@ def select(candidates: Sequence[Sample], generator: Any, processor: Any, out_dir
     dup_ids = [i for i, c in Counter(ids).items() if c > 1]
     if dup_ids:
         raise ValueError(f"candidate ids must be unique; repeated: {dup_ids[:5]}")
-    unique, dropped = deduplicate(candidates) if cfg.dedup else (list(candidates), [])
+    dd = (deduplicate(candidates, cfg.conflicts) if cfg.dedup
+          else DedupResult(list(candidates), [], [], []))
+    unique = dd.kept
+    if progress and cfg.dedup:
+        progress(_dedup_message(dd, cfg.conflicts))
     fp = {"version": STATE_VERSION, "ids": hashlib.sha1("\n".join(s.id for s in unique)
                                                         .encode()).hexdigest(),
+          "dedup": cfg.dedup, "conflicts": cfg.conflicts,
           "k": cfg.k, "seed": cfg.seed, "batch_size": cfg.batch_size,
           "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
           "top_p": cfg.top_p, "pass_threshold": cfg.pass_threshold}
@@ -258,11 +512,25 @@ def select(candidates: Sequence[Sample], generator: Any, processor: Any, out_dir
         if progress:
             progress(f"scored chunk {c + 1}/{n_chunks}")
     pass_rates = {s.id: state.scores[s.id]["pass_rate"] for s in unique}
-    return _finish(candidates, unique, dropped, pass_rates, cfg, out, load_report)
+    return _finish(candidates, dd, pass_rates, cfg, out, load_report)
 
 
-def _finish(candidates, unique, dropped, pass_rates, cfg: SelectConfig, out: Path,
+def _dedup_message(dd: DedupResult, policy: str) -> str:
+    msg = f"dedup: {len(dd.duplicates)} duplicates dropped"
+    if not dd.conflicts:
+        return msg + ", no label conflicts"
+    n = sum(len(c.ids) for c in dd.conflicts)
+    act = (f"dropped all {len(dd.conflict_dropped)}" if policy == "drop"
+           else "kept one per answer")
+    eg = "; ".join(" vs ".join(f"{i} ({a})" for i, a in zip(c.ids, c.answers))
+                   for c in dd.conflicts[:3])
+    return (f"{msg}; {len(dd.conflicts)} label conflicts (same question and image, different "
+            f"answers) over {n} samples, {act}, listed in report.json: {eg}")
+
+
+def _finish(candidates, dd: DedupResult, pass_rates, cfg: SelectConfig, out: Path,
             load_report: dict | None = None) -> SelectResult:
+    unique, dropped = dd.kept, dd.duplicates
     in_band = [s for s in unique if cfg.in_band(pass_rates[s.id])]
     by_task: dict[str, list[Sample]] = defaultdict(list)
     for s in in_band:
@@ -284,7 +552,8 @@ def _finish(candidates, unique, dropped, pass_rates, cfg: SelectConfig, out: Pat
     lo, hi = cfg.pass_band
     below = {s.id for s in unique if not cfg.in_band(pass_rates[s.id]) and pass_rates[s.id] <= lo}
     stage_sets = {
-        "candidates": candidates, "duplicates": [d for d, _ in dropped], "scored": unique,
+        "candidates": candidates, "duplicates": [d for d, _ in dropped],
+        "label_conflicts": dd.conflict_dropped, "scored": unique,
         "below_band": [s for s in unique if s.id in below],
         "above_band": [s for s in unique if not cfg.in_band(pass_rates[s.id]) and s.id not in below],
         "in_band": in_band, "over_target": over, "selected": selected,
@@ -306,6 +575,11 @@ def _finish(candidates, unique, dropped, pass_rates, cfg: SelectConfig, out: Pat
               "selected_per_task": {t: sum(s.task_type == t for s in selected)
                                     for t in TASK_TYPES},
               "duplicates": [{"id": d.id, "duplicate_of": keep} for d, keep in dropped],
+              "label_conflicts": {
+                  "policy": cfg.conflicts, "groups": len(dd.conflicts),
+                  "samples": sum(len(c.members) for c in dd.conflicts),
+                  "dropped": len(dd.conflict_dropped),
+                  "conflicts": [c.to_dict() for c in dd.conflicts]},
               "load": load_report or {}}
     with atomic_path(out / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
