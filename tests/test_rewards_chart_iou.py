@@ -70,6 +70,58 @@ def test_untagged_chart_and_grounding_read_the_last_answer():
     assert iou_reward(T.format("…", "[10, 20, 110, 220] or [500, 500, 600, 600]"), GT) == 1.0
 
 
+# ------------------------------------------------------------------ numbers in other locales
+# (issue 32) A decimal comma is a decimal point; thousands separators group in threes (commas,
+# points before a decimal comma, spaces); an ambiguous run of digits and separators is no number.
+@pytest.mark.parametrize("answer,right,wrong", [
+    ("3,5", "3.5", "5"), ("3,5", "3.5", "35"), ("0,75", "0.75", "75"), ("12,5 %", "12.5%", "5"),
+    ("−3,5", "-3.5", "5"), ("€3,50", "3.5", "50"), ("The bar reads 3,5.", "3.5", "5"),
+    ("1.234,5", "1234.5", "5"), ("1.234.567", "1234567", "567"),
+    ("1 234,5", "1234.5", "234.5"), ("It is 1 234,5 tonnes", "1234.5", "5"),
+    ("1\u202f234,5", "1234.5", "5"), ("1\u00a0234", "1234", "234"), ("1 234", "1234", "234"),
+    ("12,34,567", "1234567", "567"),                                   # Indian lakh grouping
+    ("It rose from 2,5 to 3,5", "3.5", "5"),
+])
+def test_chart_reads_locale_numbers(answer, right, wrong):
+    for completion in (T.format("...", answer), answer):
+        assert chart_reward(completion, right) == 1.0
+        assert chart_reward(completion, wrong) == 0.0
+
+
+@pytest.mark.parametrize("answer,value", [
+    # thousands separators keep their reading (regression guards)
+    ("1,234", "1234"), ("1,234.5", "1234.5"), ("12,345,678", "12345678"), ("$1,500", "1500"),
+    ("The value is 1,234", "1234"), ("1.234", "1.234"),
+])
+def test_chart_thousands_separators_are_still_thousands(answer, value):
+    assert chart_reward(T.format("...", answer), value) == 1.0
+
+
+@pytest.mark.parametrize("answer", ["1,234,5", "1.234.5", "10,20,30", "The value is 1,234,5"])
+def test_chart_an_ambiguous_number_is_no_number(answer):
+    for gold in ("5", "1234.5", "1234", "30", "20", "1.234", "234.5"):
+        assert chart_reward(T.format("...", answer), gold) == 0.0, gold
+
+
+def test_chart_solution_with_a_decimal_comma_is_a_number():
+    assert chart_reward(T.format("...", "3.5"), "3,5") == 1.0
+    assert chart_reward(T.format("...", "3.6"), "3,5") == 1.0          # within 5 %
+    assert chart_reward(T.format("...", "5"), "3,5") == 0.0
+
+
+@pytest.mark.parametrize("answer", [
+    "1 " * 50000, "1,2" * 30000, "1 234 " * 15000 + "567,5", "\x00\ud800٣,٥" * 1000,
+    "approximately " * 5000 + "5", "$ " * 50000, "9" * 100000 + ",5",
+])
+def test_chart_is_total_and_fast_on_hostile_numbers(answer):
+    import time
+
+    start = time.perf_counter()
+    for completion in (answer, T.format("", answer)):
+        assert chart_reward(completion, "5") in (0.0, 1.0)
+    assert time.perf_counter() - start < 5.0
+
+
 def numpy_iou(a, b):
     """Independent reference: IoU by rasterizing nothing, just numpy max/min in float64."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)

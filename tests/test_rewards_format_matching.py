@@ -159,3 +159,91 @@ def test_empty_answer_earns_format_only_when_allowed():
     s = Sample(id="a", task_type="yes_no", question="q?", solution="yes")
     assert MixedReward()([empty], [s]).format == [1.0]
     assert MixedReward(RewardConfig(format_requires_answer=True))([empty], [s]).format == [0.0]
+
+
+# ------------------------------------------------------------------ hedges (issue 32)
+# README: "naming two letters is a hedge and scores 0 ... wherever they stand". Each answer below
+# offers two options after a commitment phrase; it must score 0 whichever of them is right.
+HEDGES_AFTER_A_COMMITMENT = [
+    "The answer is B or C", "The answer is B or C.", "The answer is B/C", "The answer is B / C",
+    "Answer: B, C", "Answer: B,C", "The answer is B and C", "The answer is B & C",
+    "The answer is B and/or C", "Answer: (B) or C", "The answer is B, or possibly C",
+    "Answer: B or maybe C", "The correct option is B or C",
+    "The answer is B (triangle) or C (square)", "The answer is B, C or D",
+]
+# spellings that already scored 0 (regression guards)
+HEDGES_ALREADY_CAUGHT = ["The answer is either B or C", "The answer is (B) or (C)",
+                         "Answer: B or maybe option C", "The answer is either B, or C",
+                         "Option B and/or option C", "B or C", "B/C", "(A) and (B)"]
+
+
+@pytest.mark.parametrize("answer", HEDGES_AFTER_A_COMMITMENT + HEDGES_ALREADY_CAUGHT)
+def test_two_options_after_a_commitment_are_a_hedge(answer):
+    for solution in ("B", "C"):
+        assert matching_reward(T.format("...", answer), solution, OPTS) == 0.0, solution
+        assert matching_reward(answer, solution, OPTS) == 0.0, solution      # without a tag
+
+
+@pytest.mark.parametrize("answer,solution", [
+    # not hedges: an explanation after a committed answer, option text with "and", an article,
+    # the same letter twice, a letter that starts its own clause (regression guards)
+    ("The answer is B. A is wrong because it is round.", "B"),
+    ("The answer is B, and C is a square.", "B"),
+    ("The answer is B, and A is a circle", "B"),
+    ("The answer is B, not C", "B"),
+    ("The answer is B; C is wrong", "B"),
+    ("Answer: B since C is a square", "B"),
+    ("The answer is B, a triangle", "B"),
+    ("The answer is B, I think", "B"),
+    ("Between B and C, the answer is B", "B"),
+    ("B. triangle and square differ, so B", "B"),
+    ("The answer is B or B", "B"),
+    ("a triangle, so B", "B"),
+])
+def test_a_committed_option_with_an_explanation_keeps_its_credit(answer, solution):
+    assert matching_reward(T.format("...", answer), solution, OPTS) == 1.0
+    assert matching_reward(answer, solution, OPTS) == 1.0
+
+
+AND_OPTIONS = ["salt and pepper", "bread and butter", "A and B", "none of these"]
+
+
+@pytest.mark.parametrize("answer", ["C", "C: A and B", "The answer is C. A and B", "A and B"])
+def test_option_text_that_names_letters_is_that_option(answer):
+    assert matching_reward(T.format("...", answer), "C", AND_OPTIONS) == 1.0
+    assert matching_reward(answer, "C", AND_OPTIONS) == 1.0
+
+
+@pytest.mark.parametrize("answer", [
+    "yes or no", "Yes or no.", "yes/no", "No/Yes", "Yes, or no", "either yes or no",
+    "yes and/or no", "yes or maybe no", "no or yes", "Yes and no.", "yes, no", "yes & no",
+    "Yes and no, it depends", "Ｙｅｓ ｏｒ ｎｏ",
+])
+def test_yes_and_no_offered_together_are_a_hedge(answer):
+    for solution in ("yes", "no"):
+        assert matching_reward(T.format("...", answer), solution) == 0.0, solution
+        assert matching_reward(answer, solution) == 0.0, solution
+
+
+@pytest.mark.parametrize("completion,solution", [
+    # not hedges (regression guards): "no" as a determiner, the same word twice, a corrected
+    # answer, a question restated before the untagged answer
+    (T.format("...", "Yes, no doubt"), "yes"), (T.format("...", "Yes, and no other shape"), "yes"),
+    (T.format("...", "No, no."), "no"), ("Yes. Wait, no.", "no"),
+    ("Is it yes or no? Looking closer, yes.", "yes"),
+])
+def test_a_single_yes_no_answer_is_not_a_hedge(completion, solution):
+    assert matching_reward(completion, solution) == 1.0
+
+
+def test_matching_is_fast_and_total_on_hostile_text():
+    import time
+
+    hostile = ["answer" + " " * 1000 + "x", "The answer is " + "B or " * 20000,
+               "(B) or " * 14000, "yes or no " * 10000, "\x00\ud800" * 1000, "B" + " " * 100000]
+    start = time.perf_counter()
+    for text in hostile:
+        for completion in (text, T.format("", text)):
+            assert matching_reward(completion, "B", OPTS) in (0.0, 1.0)
+            assert matching_reward(completion, "yes") in (0.0, 1.0)
+    assert time.perf_counter() - start < 5.0

@@ -61,7 +61,7 @@ def test_math_answer_is_the_whole_expression(answer, gold, expected):
     ("We get $x = 1$, so the answer is $\\frac{3}{4}$", "\\frac{3}{4}"),
     ("<think>try 2, then 5</think>\n3/4", "3/4"),
     ("Is it 2? Looking closer it is 7.", "7"),
-    ("<think>Is it 2? No.</think> So 1,234 apples.", "1,234"),
+    ("<think>Is it 2? No.</think> So 1,234 apples.", "1234"),  # a number, in plain form
     ("no number here", None),
     ("", None),
 ])
@@ -144,6 +144,90 @@ def test_an_input_that_really_hangs_math_verify_scores_0_and_is_counted():
     assert verifier.timeouts == before + 1
     # the killed child is replaced on the next check, which answers normally
     assert math_reward("<answer>2^{10}</answer>", "1024", timeout_s=3.0) == 1.0
+
+
+# ------------------------------------------------------------------ several values (issue 32)
+# Offering several values scores 0 against one of them whatever joins them, as `2 \text{ or } 3`
+# already does; the same answer is right against a gold that is that set of values.
+OR_SPELLINGS = [
+    r"2 \lor 3", r"2 \vee 3", "2 ∨ 3", r"2 \mathrm{or} 3", r"2 \textrm{or} 3",
+    r"2 \,\text{or}\, 3", r"2 \operatorname{or} 3", r"2 \textbf{ or } 3", r"2 \mbox{ or } 3",
+    r"2 ,\text{or}, 3", r"x=2 \lor x=3", r"x = 2 \vee x = 3", r"\boxed{2 \lor 3}", r"$2 \vee 3$",
+    r"3 \lor 2", r"2 \land 3", r"2 \wedge 3",
+]
+
+
+@pytest.mark.parametrize("answer", OR_SPELLINGS)
+def test_values_joined_by_or_in_any_spelling_are_all_offered(answer):
+    completion = f"<think>…</think><answer>{answer}</answer>"
+    assert math_reward(completion, "2") == 0.0
+    assert math_reward(completion, "3") == 0.0
+    assert math_reward(completion, "2, 3") == 1.0        # a gold that is the set of both values
+
+
+@pytest.mark.parametrize("answer", [
+    # spellings math-verify already read as the set (regression guards)
+    r"2 \text{ or } 3", r"2 \quad\text{or}\quad 3", "2 or 3", r"x=2 \text{ or } x=3",
+    r"2 \text{or} 3", r"2\ \text{or}\ 3",
+])
+def test_text_or_spellings_stay_a_set(answer):
+    completion = f"<answer>{answer}</answer>"
+    assert [math_reward(completion, g) for g in ("2", "3", "2, 3")] == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("gold", [r"2 \lor 3", r"x = 2 \vee x = 3", r"x=2 \lor x=3"])
+def test_a_gold_written_with_or_is_the_set_of_its_values(gold):
+    assert gold_error(gold) is None
+    assert math_reward("<answer>3</answer>", gold) == 0.0
+    assert math_reward("<answer>2, 3</answer>", gold) == 1.0
+    assert math_reward(r"<answer>x = 3 \text{ or } x = 2</answer>", gold) == 1.0
+
+
+@pytest.mark.parametrize("gold", ["2, 3", r"\{2, 3\}", r"x = 2 \text{ or } x = 3"])
+def test_a_set_gold_accepts_the_set_in_any_spelling(gold):
+    for answer in (r"x=2 \lor x=3", r"3 \vee 2", "2 ∨ 3", r"2 \,\text{or}\, 3"):
+        assert math_reward(f"<answer>{answer}</answer>", gold) == 1.0, answer
+
+
+@pytest.mark.parametrize("completion", [
+    "<answer>x = 2 or x = 3</answer>", r"<answer>x = 2 \lor x = 3</answer>",
+    r"<answer>\boxed{2 \vee 3}</answer>", "<answer>2, 3</answer>", "<answer>2 and 3</answer>",
+    r"The roots are $x=2$ or $x=3$, so \boxed{2 \text{ or } 3}", "It is either 2 or 3.",
+])
+def test_the_stated_number_is_not_the_last_of_several_values(completion):
+    assert math_reward(completion, "3", numeric_answer=True) == 0.0
+    assert math_reward(completion, "3") == 0.0
+
+
+@pytest.mark.parametrize("completion,right,wrong", [
+    # the last number stated reads numbers as the chart reward does: a decimal comma is a decimal
+    # point, a thousands separator is dropped, an ambiguous run is no number
+    ("<answer>3,5</answer>", "3.5", "5"), ("The result is 3,5 litres.", "3.5", "5"),
+    ("<answer>x = 1.234,5</answer>", "1234.5", "5"), ("<answer>−0,25</answer>", "-0.25", "25"),
+    ("So 1 234,5 in total.", "1234.5", "234.5"), ("<answer>12,34,567</answer>", "1234567", "567"),
+])
+def test_the_stated_number_reads_locale_decimals(completion, right, wrong):
+    assert math_reward(completion, right, numeric_answer=True) == 1.0
+    assert math_reward(completion, wrong, numeric_answer=True) == 0.0
+
+
+def test_an_ambiguous_stated_number_is_no_number():
+    for completion in ("<answer>1,234,5</answer>", "Therefore it is 1,234,5."):
+        for gold in ("5", "1234.5", "1234"):
+            assert math_reward(completion, gold, numeric_answer=True) == 0.0, (completion, gold)
+    assert final_math_answer("Therefore it is 1,234,5.") is None
+
+
+@pytest.mark.parametrize("text", [
+    "or" * 50000, r"\lor" * 20000, r"\quad" * 20000 + r"\lor 3", " " * 100000 + "or",
+    "1,2" * 30000, "1 234 " * 15000 + "567,5", "\x00\ud800∨" * 1000, r"\text{" * 30000,
+])
+def test_stated_number_and_alternatives_are_total_on_hostile_text(text):
+    start = time.perf_counter()
+    for completion in (text, f"<answer>{text}</answer>"):
+        for numeric in (True, False):
+            assert isinstance(final_math_answer(completion, numeric=numeric), (str, type(None)))
+    assert time.perf_counter() - start < 5.0
 
 
 class CharTokenizer:

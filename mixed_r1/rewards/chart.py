@@ -1,12 +1,30 @@
 """Chart reward: ChartQA's relaxed accuracy, 0 or 1.
 
-A numeric solution is matched by the number the answer states (see
-:func:`~mixed_r1.rewards.parsing.parse_number`: the whole answer when it is one number, else its
-last number — with or without an answer tag, the last number stated is the committed one;
-thousands separators, currency, a percent sign or a short unit allowed) within ``tolerance``
-relative error (exact when the solution is 0). A percent sign may be read either way: ``12%``
-matches ``12`` and ``0.12``. Any other solution is a case-insensitive exact match after trimming
-whitespace and a final period.
+The rule is ChartQA's relaxed accuracy (Masry et al., "ChartQA: A Benchmark for Question Answering
+about Charts with Visual and Logical Reasoning", Findings of ACL 2022, which takes it from Methani
+et al., PlotQA, 2020): a numeric solution is matched by the number the answer states within
+``tolerance`` (5 %) relative error (exact when the solution is 0); any other solution is a
+case-insensitive exact match after trimming whitespace and a final period.
+
+The number the answer states (:func:`~mixed_r1.rewards.parsing.parse_number`): the whole answer
+when it is one number, else its last number — with or without an answer tag, the last number
+stated is the committed one; currency, a percent sign or a short unit allowed. A percent sign may
+be read either way: ``12%`` matches ``12`` and ``0.12``.
+
+How digits and separators read (:func:`~mixed_r1.rewards.parsing.number_text`; the same rule
+reads solutions, and the math reward's stated numbers):
+
+* a point is a decimal point and commas group thousands in threes: ``1,234`` is 1234, ``1,234.5``
+  is 1234.5, ``12,345,678``, also Indian lakh grouping ``12,34,567``;
+* a comma that cannot group thousands is a decimal comma: ``3,5`` is 3.5 (not 5, not 35),
+  ``0,125`` is 0.125; with points grouping thousands: ``1.234,5`` is 1234.5, ``1.234.567``;
+* spaces group thousands (``1 234,5``, ``1 234.5``; a no-break, narrow no-break or thin space
+  anywhere, a plain space with a decimal part or where the whole answer is the number,
+  ``1 234``);
+* ``1,234`` (1234) and ``1.234`` (1.234) keep their English reading;
+* anything else made of digits and separators (``1,234,5``, ``1.234.5``, ``10,20,30``) is no
+  number, and an answer whose number it is scores 0 against a numeric solution: it is never read
+  as some of its digits.
 """
 from __future__ import annotations
 

@@ -15,9 +15,18 @@
   bare ``%`` goes like ``\\%`` (it would start a LaTeX comment) and a thin-space thousands
   separator ``1\\,000`` becomes ``1000`` (math-verify reads it as a product, 0).
 * :func:`is_bare_expression` — whether a line is an expression rather than prose.
+* :func:`join_alternatives` — values joined by a logical or/and in any spelling (``\\lor``,
+  ``\\vee``, ``∨``, ``\\land``, ``\\wedge``, ``∧``, ``or``/``and`` inside ``\\text{}``,
+  ``\\mathrm{}``, ``\\textrm{}``, ``\\operatorname{}``…, a bare ``or``, with any spacing commands
+  around: ``2 \\quad\\text{or}\\quad 3``, ``2 \\,\\text{or}\\, 3``) rewritten as the list ``2 , 3``.
+  math-verify already reads ``2 \\text{ or } 3`` as the set {2, 3} (it rewrites ``and``/``or`` and
+  ``\\text{ or }`` as commas) but reads ``2 \\lor 3`` as 3 and ``2 \\,\\text{or}\\, 3`` as neither;
+  after this every spelling is the set, so offering several values scores 0 against one value
+  and 1 against a gold that is that set (``2, 3``, ``x = 2 \\text{ or } x = 3``).
 
-:func:`last_boxed`, :func:`last_math_span` and :func:`is_bare_expression` read model output: they
-are linear in their input and never raise. The normaliser is for golds (data) and never raises.
+:func:`last_boxed`, :func:`last_math_span`, :func:`is_bare_expression` and
+:func:`join_alternatives` read model output: they are linear in their input and never raise. The
+normaliser is for golds (data) and never raises.
 """
 from __future__ import annotations
 
@@ -190,3 +199,44 @@ def is_bare_expression(text: str) -> bool:
     opposed to prose (``we get 3 then 5``)."""
     t = _TEXT_GROUP_RE.sub("", text)
     return bool(t.strip()) and _WORD_RE.search(t) is None
+
+
+# ------------------------------------------------------------------ alternatives: "2 \lor 3"
+_TEXT_CMD = (r"\\(?:text(?:rm|normal|it|bf|sf|tt|up)?|math(?:rm|it|bf|sf|tt|normal)|[mh]box"
+             r"|operatorname)")
+_INNER_SPACE = r"(?:\s|\\[,;:! >]|\\q?quad(?![A-Za-z])|~)*"
+_JOINER_RE = re.compile(
+    r"\\(?:lor|vee|land|wedge)(?![A-Za-z])|[∨∧]"
+    rf"|{_TEXT_CMD}\s*\{{{_INNER_SPACE}(?:or|and){_INNER_SPACE}\}}"
+    r"|(?<![A-Za-z\\])or(?![A-Za-z])"
+)
+# spacing (and commas) around a joiner: whitespace, \, \; \: \! \  \quad \qquad ~ ,
+_SPACING_TOKENS = ("\\qquad", "\\quad", "\\,", "\\;", "\\:", "\\!", "\\ ", "\\>", "~", ",")
+_LEADING_SPACING_RE = re.compile(r"(?:\s|\\[,;:! >]|\\q?quad(?![A-Za-z])|~|,)*+")
+
+
+def _strip_trailing_spacing(text: str) -> str:
+    end = len(text)
+    while end:
+        token = next((t for t in _SPACING_TOKENS if text.endswith(t, 0, end)), None)
+        if token:
+            end -= len(token)
+        elif text[end - 1].isspace():
+            while end and text[end - 1].isspace():
+                end -= 1
+        else:
+            break
+    return text[:end]
+
+
+def join_alternatives(text: str) -> str:
+    """``text`` with every logical or/and joiner, and the spacing around it, replaced by `` , ``
+    (module doc): ``x=2 \\lor x=3`` → ``x=2 , x=3``. Text without a joiner is returned as is."""
+    parts = _JOINER_RE.split(text)
+    if len(parts) == 1:
+        return text
+    out = [_strip_trailing_spacing(parts[0])]
+    for part in parts[1:]:
+        part = part[_LEADING_SPACING_RE.match(part).end():]
+        out.append(_strip_trailing_spacing(part))
+    return " , ".join(out)

@@ -9,6 +9,20 @@ a bare expression, else the last number stated. That expression reaches math-ver
 ``$…$``, so ``2^{10}`` is read as 1024 and ``1 - \\sqrt{2}`` as itself (bare text would let
 math-verify's plain-number extraction read only the leading ``2`` or ``1``).
 
+Several values: an answer that offers several values scores 0 against a gold that is one value,
+whatever joins them. Values joined by a logical or/and in any spelling (``2 \\lor 3``,
+``2 \\vee 3``, ``2 ∨ 3``, ``2 \\text{ or } 3``, ``2 \\mathrm{or} 3``,
+``2 \\quad\\text{or}\\quad 3``, ``2 \\,\\text{or}\\, 3``, ``x=2 \\text{ or } x=3``, ``2 or 3``) are
+the list ``2 , 3`` (:func:`~mixed_r1.rewards.latex.join_alternatives`), which math-verify reads
+as the set {2, 3}; the same is done to golds. So an answer listing the gold's set, in any order and spelling, is right
+when the gold is a set of values (``2, 3``, ``\\{2, 3\\}``, ``x = 2 \\text{ or } x = 3``) and
+wrong when it is one of them. "The last number stated" (the untagged fallback and
+``numeric_answer``, :func:`stated_number`) is no number when it is the last of several values
+offered together (``2 or 3``, ``2, 3``, ``2 and 3``, ``x = 2 \\lor x = 3``), and is read by the
+chart reward's locale rule (:func:`~mixed_r1.rewards.parsing.number_text`: ``3,5`` is 3.5,
+``1,234`` is 1234, ``1,234,5`` is no number); inside an expression a comma stays a list
+separator (``\\boxed{3,5}`` is the set {3, 5}).
+
 math-verify's own timeout uses ``signal.alarm``, which only works in a process's main
 thread. Here every check runs in a small persistent child process per calling process
 (:class:`MathVerifier`); a check that exceeds its limit kills the child (it is restarted on
@@ -31,42 +45,70 @@ import threading
 import time
 from pathlib import Path
 
-from mixed_r1.rewards.latex import is_bare_expression, last_boxed, last_math_span
-from mixed_r1.rewards.parsing import _NUM, answer_span, strip_tags
+from mixed_r1.rewards.latex import is_bare_expression, join_alternatives, last_boxed, last_math_span
+from mixed_r1.rewards.parsing import _NUM, answer_span, last_number, number_text, strip_tags
 
 log = logging.getLogger(__name__)
 _WORKER = Path(__file__).with_name("_math_worker.py")
 _STARTUP_TIMEOUT_S = 60.0
 GOLD_TIMEOUT_S = 10.0  # limit for checking that math-verify parses one gold (data validation)
 
-# the last number of prose, with an optional "/ n" (3/4 stays a fraction)
-_LAST_NUMBER_RE = re.compile(rf"(?<![\w.])(?:{_NUM})(?:\s*/\s*\d+)?(?![\d])")
+# "n / " right before the last number: it is a fraction's denominator (3/4 stays a fraction)
+_NUMERATOR_BEFORE_RE = re.compile(rf"(?<![\w.])(?P<num>{_NUM})\s*/\s*$")
+# the last number is the second of several values: "2 , 3", "x = 2 , x = 3" (after
+# join_alternatives), "2 and 3", "2; 3"
+_ALTERNATIVE_BEFORE_RE = re.compile(r"[\d})\]]\s*(?:,|;|\band\b)\s*(?:[A-Za-z]\w*\s*=\s*)?$")
 _DOLLARS_RE = re.compile(r"\\?\$")
-_PLAIN_NUMBER_RE = re.compile(rf"^\s*(?:{_NUM})\s*$")  # a gold that is one plain number
+# a gold that is one plain number (English notation: "1,234" is 1234, "3,5" is the set {3, 5})
+_PLAIN_NUMBER_RE = re.compile(r"^\s*[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?\s*$"
+                              r"|^\s*[-+−]?\.\d+\s*$")
 
 
 def wrap_gold(solution: str) -> str:
-    """Gold answers go to math-verify inside ``$…$`` unless already delimited or boxed."""
-    solution = solution.strip()
+    """Gold answers go to math-verify inside ``$…$`` unless already delimited or boxed; values
+    joined by a logical or/and in any spelling are a list of values (:func:`join_alternatives`)."""
+    solution = join_alternatives(solution.strip())
     if "$" in solution or "\\boxed" in solution or "\\(" in solution or "\\[" in solution:
         return solution
     return f"${solution}$"
 
 
+def stated_number(text: str) -> str | None:
+    """The last number ``text`` states, in plain form (``1,234`` → ``1234``, ``3,5`` → ``3.5``;
+    :func:`~mixed_r1.rewards.parsing.number_text`'s rule), with a ``/ n`` before it kept as a
+    fraction (``3/4``). ``None`` when there is none, when it is not a number by that rule, or when
+    it is the last of several values offered together (``2 or 3``, ``x = 2 \\lor x = 3``,
+    ``2, 3``, ``2 and 3``: :func:`~mixed_r1.rewards.latex.join_alternatives`)."""
+    text = join_alternatives(text)
+    span = last_number(text)
+    if span is None:
+        return None
+    start, end = span
+    value = number_text(text[start:end])
+    if value is None:
+        return None
+    before = _NUMERATOR_BEFORE_RE.search(text, max(0, start - 200), start)
+    if before is not None and value.isdecimal():
+        numerator = number_text(before["num"])
+        if numerator is None:
+            return None
+        value, start = f"{numerator}/{value}", before.start()
+    if _ALTERNATIVE_BEFORE_RE.search(text, max(0, start - 200), start):
+        return None
+    return value
+
+
 def final_math_answer(completion: object, *, numeric: bool = False) -> str | None:
     """The expression ``completion`` commits to (rule in the module doc), or ``None``.
-    ``numeric``: the last number stated instead (GSM8K's rule), in the last box if there is one,
-    else in the answer (the tag's content, or the whole completion), thousands separators
-    dropped; an unevaluated expression such as ``97 + 87`` then states ``87``."""
+    ``numeric``: the last number stated instead (GSM8K's rule, :func:`stated_number`), in the
+    last box if there is one, else in the answer (the tag's content, or the whole completion);
+    an unevaluated expression such as ``97 + 87`` then states ``87``."""
     text, tagged = answer_span(completion)
     if not text:
         return None
     if numeric:
         box = last_boxed(text)
-        last = None
-        for last in _LAST_NUMBER_RE.finditer(strip_tags(box if box is not None else text)):
-            pass
-        return None if last is None else last.group(0).replace("−", "-").replace(",", "")
+        return stated_number(strip_tags(box if box is not None else text))
     expr = last_boxed(text)
     if expr is None:
         expr = last_math_span(text)
@@ -76,17 +118,11 @@ def final_math_answer(completion: object, *, numeric: bool = False) -> str | Non
         else:
             lines = [ln.strip() for ln in strip_tags(text).splitlines() if ln.strip()]
             line = lines[-1].rstrip(".").strip() if lines else ""
-            if is_bare_expression(line):
-                expr = line
-            else:
-                last = None
-                for last in _LAST_NUMBER_RE.finditer(text):
-                    pass
-                expr = last.group(0).replace("−", "-") if last is not None else None
+            expr = line if is_bare_expression(line) else stated_number(text)
     if expr is None:
         return None
     expr = _DOLLARS_RE.sub("", expr).strip()  # stray or escaped dollars are not delimiters here
-    return expr or None
+    return join_alternatives(expr) or None
 
 
 class MathVerifier:
@@ -200,9 +236,11 @@ def math_score(completion: str, solution: str, timeout_s: float = 5.0,
     answer = final_math_answer(completion, numeric=numeric)
     if answer is None:
         return 0.0
-    if "".join(answer.split()).lower() == "".join(solution.split()).lower():
+    gold = wrap_gold(solution)
+    if "".join(answer.split()).lower() in ("".join(solution.split()).lower(),
+                                           "".join(gold.strip("$").split()).lower()):
         return 1.0
-    ok = get_verifier(timeout_s).verify(wrap_gold(solution), f"${answer}$")
+    ok = get_verifier(timeout_s).verify(gold, f"${answer}$")
     return None if ok is None else (1.0 if ok else 0.0)
 
 

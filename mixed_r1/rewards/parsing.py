@@ -67,23 +67,79 @@ def normalize_text(text: str) -> str:
 
 
 # ---------------------------------------------------------------------------------- numbers
-# A number as people and charts write it: sign, thousands separators, decimals, exponent.
-_NUM = r"[-+−]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?|[-+−]?\.\d+"
-NUMBER_RE = re.compile(rf"(?<![\w.])(?:{_NUM})(?![\d])")
+# A number token is a maximal run of digits and separators that ends in a digit, so "3,5" is one
+# token (never "3" then "5"); number_text decides how it reads, or that it reads as no number.
+_SPACES = "\u00a0\u202f\u2009"  # no-break, narrow no-break and thin space: thousands only
+_NUM = rf"[-+−]?\d(?:[\d,.{_SPACES}]*\d)?(?:[eE][-+]?\d+)?|[-+−]?\.\d+"
+# plus plain-space thousands (``1 234``, ``1 234,5``): where the whole answer is the number
+_WHOLE_NUM = rf"[-+−]?\d{{1,3}}(?: \d{{3}})++(?:[.,]\d+)?(?:[eE][-+]?\d+)?|{_NUM}"
+NUMBER_RE = re.compile(rf"(?<![\w.])(?:{_NUM})")
+_DECIMAL_TOKEN_RE = re.compile(r"\d{3}[.,]\d+(?:[eE][-+]?\d+)?")
 _CURRENCY = "$€£¥₹"
 # the whole text is one number with an optional currency before and a percent/unit after
 _WHOLE_NUMBER_RE = re.compile(
-    rf"^\s*(?:approximately|about|around|~|≈)?\s*[{_CURRENCY}]?\s*(?P<num>{_NUM})\s*"
-    rf"(?P<pct>%|percent\b)?\s*(?P<unit>[^\d\s][^\d]{{0,20}})?\s*$",
+    rf"^\s*+(?:(?:approximately|about|around|~|≈)\s*+)?(?:[{_CURRENCY}]\s*+)?(?P<num>{_WHOLE_NUM})"
+    rf"\s*(?P<pct>%|percent\b)?\s*(?P<unit>[^\d\s][^\d]{{0,20}})?\s*$",
     re.IGNORECASE,
 )
+_EXPONENT_RE = re.compile(r"[eE][-+]?\d+$")
+# (pattern of the unsigned mantissa, its thousands separator, its decimal mark)
+_NUMBER_FORMS = [
+    (re.compile(r"\d+(?:\.\d+)?|\.\d+"), "", "."),                        # 1234.5, .5
+    (re.compile(r"[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?"), ",", "."),           # 1,234 / 1,234.5
+    (re.compile(r"[1-9]\d?(?:,\d{2})+,\d{3}(?:\.\d+)?"), ",", "."),         # 12,34,567 (lakh)
+    (re.compile(r"\d+,\d+"), "", ","),                                     # 3,5 / 0,125
+    (re.compile(r"[1-9]\d{0,2}(?:\.\d{3})+,\d+"), ".", ","),                # 1.234,5
+    (re.compile(r"[1-9]\d{0,2}(?:\.\d{3}){2,}"), ".", ""),                   # 1.234.567
+] + [
+    (re.compile(rf"[1-9]\d{{0,2}}(?:{sp}\d{{3}})+(?:{dec}\d+)?"), sp, dec)     # 1 234,5 / 1 234.5
+    for sp in (" ", *_SPACES) for dec in (",", ".")
+]
+
+
+def number_text(token: str) -> str | None:
+    """A number token in plain form (``-1234.5``: no separators, ``.`` as the decimal mark), or
+    ``None`` when it is not a number this rule reads unambiguously.
+
+    The rule (for every reward that reads a number from a completion):
+
+    * a point is a decimal point and commas group thousands in threes: ``1234.5``, ``1,234``,
+      ``1,234.5``, ``12,345,678``, also Indian lakh grouping ``12,34,567``; ``1,234`` is 1234
+      and ``1.234`` is 1.234 (the English reading of these two ambiguous forms);
+    * a comma that cannot group thousands is a decimal comma: ``3,5`` is 3.5, ``0,125`` is
+      0.125, ``1234,5`` is 1234.5; with points grouping thousands: ``1.234,5``, ``1.234.567``;
+    * spaces group thousands: no-break, narrow no-break or thin space anywhere (``1 234,5``), a
+      plain space with a decimal part (``1 234,5``, ``1 234.5``) or where the whole answer is the
+      number (``1 234``), with either decimal mark;
+    * anything else made of digits and separators (``1,234,5``, ``1.234.5``, ``1,23.4``,
+      ``10,20,30``) is no number: an answer whose number it is states no number (scored 0), it is
+      never read as some of its digits.
+    """
+    token = token.strip().replace("−", "-")
+    sign = ""
+    if token[:1] in "+-":
+        sign, token = ("-" if token[0] == "-" else ""), token[1:]
+    exp = _EXPONENT_RE.search(token)
+    exponent = exp.group(0) if exp else ""
+    mantissa = token[:exp.start()] if exp else token
+    for pattern, thousands, decimal in _NUMBER_FORMS:
+        if pattern.fullmatch(mantissa):
+            if thousands:
+                mantissa = mantissa.replace(thousands, "")
+            if decimal == ",":
+                mantissa = mantissa.replace(",", ".")
+            return sign + mantissa + exponent
+    return None
 
 
 def to_float(token: str) -> float | None:
-    """Parse one number token (``1,234.5``, ``−3``, ``1e3``); ``None`` if not a finite number."""
-    token = token.replace(",", "").replace("−", "-")
+    """Parse one number token by :func:`number_text`'s rule (``1,234.5``, ``3,5``, ``−3``,
+    ``1e3``); ``None`` if it is not a number by that rule or not finite."""
+    text = number_text(token)
+    if text is None:
+        return None
     try:
-        value = float(token)
+        value = float(text)
     except (ValueError, OverflowError):
         return None
     return value if math.isfinite(value) else None
@@ -99,24 +155,67 @@ def parse_whole_number(text: str) -> tuple[float, bool] | None:
     return None if value is None else (value, bool(match["pct"]))
 
 
-def parse_number(text: str) -> tuple[float, bool] | None:
-    """The number ``text`` states, and whether it carries a percent sign.
+def _space_groups_start(text: str, start: int) -> int | None:
+    """Where the plain-space thousand groups right before ``text[start:]`` begin (``1 234 ``
+    before ``567,5``; ``start`` itself when there are none), or ``None`` when the digits and
+    spaces there are no clean grouping (``1234 567,5``, ``12 34 567,5``)."""
+    i = start
+    while i >= 2 and text[i - 1] == " " and text[i - 2].isdecimal():
+        d = i - 1
+        while d > 0 and text[d - 1].isdecimal() and i - 1 - d < 4:
+            d -= 1
+        digits = i - 1 - d
+        if digits > 3:
+            return None
+        i = d
+        if digits < 3:  # a leading group of one or two digits ends the grouping
+            break
+    if i == start:
+        return start
+    prev = text[i - 1] if i > 0 else ""
+    if prev and (prev.isalnum() or prev in "_.," or (prev == " " and text[i - 2].isdecimal())):
+        return None
+    if prev and prev in "-+−" and not (i >= 2 and (text[i - 2].isalnum() or text[i - 2] == "_")):
+        i -= 1
+    return i
 
-    The whole text when it is one number (see :func:`parse_whole_number`), else the last
-    number in the text. ``None`` if it has no finite number.
-    """
-    text = as_text(text)
-    if _WHOLE_NUMBER_RE.match(text):
-        return parse_whole_number(text)
+
+def last_number(text: str) -> tuple[int, int] | None:
+    """``(start, end)`` of the last number token in ``text`` (:data:`NUMBER_RE`; a token with a
+    decimal part takes the plain-space thousand groups right before it, ``1 234,5``), or
+    ``None`` when there is none or the digits before it are no clean grouping. Read it with
+    :func:`number_text`, which may still reject it."""
     last = None
     for last in NUMBER_RE.finditer(text):
         pass
     if last is None:
         return None
-    value = to_float(last.group(0))
+    start, end = last.span()
+    if _DECIMAL_TOKEN_RE.fullmatch(text, start, end):
+        begin = _space_groups_start(text, start)
+        if begin is None:
+            return None
+        start = begin
+    return start, end
+
+
+def parse_number(text: str) -> tuple[float, bool] | None:
+    """The number ``text`` states, and whether it carries a percent sign.
+
+    The whole text when it is one number (see :func:`parse_whole_number`), else the last
+    number in the text (:func:`last_number`). Numbers read by :func:`number_text`'s rule.
+    ``None`` if it has no finite number, or the number it states is not one by that rule.
+    """
+    text = as_text(text)
+    if _WHOLE_NUMBER_RE.match(text):
+        return parse_whole_number(text)
+    span = last_number(text)
+    if span is None:
+        return None
+    value = to_float(text[span[0]:span[1]])
     if value is None:
         return None
-    tail = text[last.end():last.end() + 9].lstrip().lower()
+    tail = text[span[1]:span[1] + 9].lstrip().lower()
     return value, tail.startswith("%") or tail.startswith("percent")
 
 
