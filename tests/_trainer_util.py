@@ -98,3 +98,17 @@ def smollm2_tiny_llama(hidden: int, kv_heads: int, max_positions: int):
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id)
     return LlamaForCausalLM(cfg).float(), tok
+
+
+def tiny_text_lm_dir(root: Path, hidden: int = 64, kv_heads: int = 1) -> Path:
+    """An HF directory of :func:`smollm2_tiny_llama` (SmolLM2's tokenizer and chat template, its
+    eos in generation_config.json): a Llama checkpoint as a user has one, in seconds."""
+    from transformers import GenerationConfig
+
+    d = Path(root)
+    model, tok = smollm2_tiny_llama(hidden=hidden, kv_heads=kv_heads, max_positions=512)
+    model.save_pretrained(d)
+    tok.save_pretrained(d)
+    GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=[tok.eos_token_id],
+                     pad_token_id=tok.pad_token_id).save_pretrained(d)
+    return d

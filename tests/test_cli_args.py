@@ -156,12 +156,13 @@ def test_demo_quick_has_its_own_directory_and_a_demo_refuses_results(tmp_path):
 # ------------------------------------------------------------- item 4: data select text LM
 @pytest.mark.slow
 def test_data_select_with_a_text_lm(tmp_path):
-    """SmolLM2-135M (a Llama checkpoint) as ``--policy``: a text pool is scored and selected;
-    an image pool is refused in one line naming the file and the first image sample, before the
-    weights load."""
-    from _cache import smollm2_hf
+    """A Llama checkpoint with SmolLM2's tokenizer and chat template as ``--policy`` (the issue's
+    case: a Qwen2.5-VL load report, then IndexError): a text pool is scored and selected; an image
+    pool is refused in one line naming the file and the first image sample, before the weights
+    load. (Small random weights: what is under test is the path, as with SmolLM2-135M itself.)"""
+    from _trainer_util import tiny_text_lm_dir
 
-    model = smollm2_hf()
+    model = tiny_text_lm_dir(tmp_path / "llama")
     text = tmp_path / "text"
     assert run_cli("data", "synth", "--text", "--out", str(text), "--per-task", "1",
                    cwd=tmp_path).returncode == 0

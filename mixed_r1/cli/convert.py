@@ -4,6 +4,7 @@
     mixed-r1 convert mcore-to-hf --mcore DIR --out DIR [--max-shard-gb G]
     mixed-r1 convert reshard     --mcore DIR --out DIR --tp N --pp M [--pipeline-layers 10,9,9]
     mixed-r1 convert gguf-to-hf  --gguf FILE|smollm2 --out DIR [--dtype float32|bfloat16]
+    mixed-r1 convert lm-to-qwen25vl --lm DIR --out DIR [--vision-hidden N --vision-depth N]
 
 Each refuses a non-empty ``--out`` unless ``--overwrite`` (the directory is replaced whole, once
 the new one is complete).
@@ -91,6 +92,14 @@ def _gguf_to_hf(args: argparse.Namespace) -> int:
     return _run(gguf_to_hf, args.gguf, args.out, dtype=args.dtype, overwrite=args.overwrite)
 
 
+def _lm_to_qwen25vl(args: argparse.Namespace) -> int:
+    from mixed_r1.models.qwen25vl.assemble import assemble_qwen25vl
+
+    return _run(assemble_qwen25vl, args.lm, args.out, vision_hidden=args.vision_hidden,
+                vision_depth=args.vision_depth, vision_heads=args.vision_heads, seed=args.seed,
+                overwrite=args.overwrite)
+
+
 def _add_layout_args(p: argparse.ArgumentParser) -> None:
     """The target layout of a conversion: --tp, --pp, --pipeline-layers."""
     from mixed_r1.cli import int_at_least
@@ -138,4 +147,26 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="dtype of the saved (dequantized) weights (default: %(default)s)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     g.set_defaults(func=_gguf_to_hf)
+    from mixed_r1.cli import int_at_least
+
+    v = sub.add_parser("lm-to-qwen25vl", help="a Qwen2.5-VL-architecture HF dir from a text LM "
+                       "and a fresh vision tower",
+                       description="Assemble a Qwen2.5-VL-architecture policy whose decoder is a "
+                       "local Llama/Qwen2-family LM (e.g. SmolLM2 from gguf-to-hf): the LM's "
+                       "weights, Qwen2.5-VL's vision tokens added to its tokenizer (mean-initialised "
+                       "rows), its chat template in Qwen2.5-VL's form, and a random vision tower "
+                       "of the given size to be trained. On text the result computes the LM's "
+                       "logits (mixed_r1/models/qwen25vl/assemble.py).")
+    v.add_argument("--lm", required=True, help="the text LM's HF directory")
+    v.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
+    v.add_argument("--vision-hidden", type=int_at_least(2), default=128,
+                   help="vision tower width (default: %(default)s)")
+    v.add_argument("--vision-depth", type=int_at_least(1), default=4,
+                   help="vision tower blocks (default: %(default)s)")
+    v.add_argument("--vision-heads", type=int_at_least(1), default=4,
+                   help="vision attention heads (default: %(default)s)")
+    v.add_argument("--seed", type=int, default=0,
+                   help="seed of the vision tower's initialisation (default: %(default)s)")
+    v.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    v.set_defaults(func=_lm_to_qwen25vl)
     return p

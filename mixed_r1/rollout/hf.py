@@ -102,7 +102,7 @@ class HFGenerator:
     an A/B (``tools/bench_rollout.py --groups``)."""
 
     def __init__(self, model: Any, processor: Any, *, batch_size: int = 16,
-                 suppress_token_ids: Iterable[int] = DEFAULT_SUPPRESS,
+                 suppress_token_ids: Iterable[int] | None = None,
                  eos_token_ids: Iterable[int] | None = None,
                  share_prompt_prefill: bool = True, grouped_kv_attention: bool = True) -> None:
         self.model = model.eval()
@@ -113,6 +113,10 @@ class HFGenerator:
         self.batch_size = batch_size
         vocab = model.get_output_embeddings().weight.shape[0] \
             if model.get_output_embeddings() is not None else None
+        if suppress_token_ids is None:  # the model's own vision tokens (none for a text LM)
+            from mixed_r1.models.qwen25vl.processor import vision_token_ids
+
+            suppress_token_ids = vision_token_ids(model.config, self.tokenizer) or DEFAULT_SUPPRESS
         # vision special tokens exist only in Qwen vocabularies: suppress the ids the model has
         self.suppress = [int(t) for t in suppress_token_ids if vocab is None or 0 <= int(t) < vocab]
         if eos_token_ids is None:

@@ -167,7 +167,7 @@ class VLLMGenerator:
                  max_num_seqs: int = 256, seed: int = 0, bucket_bytes: int = 256 << 20,
                  enable_sleep_mode: bool | None = None, tokenizer: Any = None,
                  image_budget: tuple[int, int] | None = None,
-                 suppress_token_ids: Iterable[int] = VISION_TOKEN_IDS,
+                 suppress_token_ids: Iterable[int] | None = None,
                  **extra_engine_kwargs: Any) -> None:
         self.model_dir = str(model_dir)
         check_servable(model_dir)
@@ -198,6 +198,11 @@ class VLLMGenerator:
             atexit.register(_unlink_segments, set(self._shm))
         self.tokenizer = tokenizer or self.llm.get_tokenizer()
         vocab = self.llm.llm_engine.model_config.get_vocab_size()
+        if suppress_token_ids is None:  # the model's own vision tokens (none for a text LM)
+            from mixed_r1.models.qwen25vl.processor import vision_token_ids
+
+            cfg = json.loads((Path(model_dir) / "config.json").read_text())
+            suppress_token_ids = vision_token_ids(cfg, self.tokenizer) or VISION_TOKEN_IDS
         self.suppress = {int(t): -1e9 for t in suppress_token_ids if 0 <= int(t) < vocab}
         self.weight_updates = 0
         # data-parallel engines (replicas under the external launcher) step together: every

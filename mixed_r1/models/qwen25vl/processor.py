@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 QWEN25_PATTERN = (
@@ -56,6 +57,32 @@ QWEN25VL_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+def vision_token_ids(config: Any, tokenizer: Any = None) -> tuple[int, ...]:
+    """The vision special tokens a completion must never contain, as the model names them: its
+    config's ``vision_start``/``vision_end``/``image``/``video`` token ids (top level or under
+    ``text_config``; a dict or a config object) and, when ``tokenizer`` knows it,
+    ``<|vision_pad|>``. A released Qwen2.5-VL gives :data:`VISION_TOKEN_IDS`; a model with its own
+    vocabulary (an assembled one, :mod:`mixed_r1.models.qwen25vl.assemble`) its own ids; a text LM
+    none."""
+    def get(key: str) -> Any:
+        for c in (config, getattr(config, "text_config", None) if not isinstance(config, dict)
+                  else config.get("text_config")):
+            if c is None:
+                continue
+            v = c.get(key) if isinstance(c, dict) else getattr(c, key, None)
+            if v is not None:
+                return v
+        return None
+
+    ids = {get(k) for k in ("vision_start_token_id", "vision_end_token_id", "image_token_id",
+                            "video_token_id")} - {None}
+    if ids and tokenizer is not None:
+        pad = tokenizer.convert_tokens_to_ids("<|vision_pad|>")
+        if isinstance(pad, int) and pad != getattr(tokenizer, "unk_token_id", None):
+            ids.add(pad)
+    return tuple(sorted(int(i) for i in ids))
+
 
 DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 28 * 28 * 1280
