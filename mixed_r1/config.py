@@ -269,23 +269,19 @@ def parallel_dims(cfg: TrainConfig):
         raise ConfigError(f"config key '{key}': {exc}") from None
 
 
-_SAMPLE_FIELDS = ("id", "task_type", "question", "solution", "images", "options", "messages",
-                  "source", "meta")  # mixed_r1.data.io.SAMPLE_FIELDS (this module imports no data)
-
-
 def _validate_data_columns(cfg: TrainConfig) -> None:
     """``data.columns`` maps sample fields to column names (strings); ``data.task_type`` is a
     known task type."""
-    from mixed_r1.tasks import TASK_TYPES
+    from mixed_r1.tasks import SAMPLE_FIELDS
 
     for field_, col in (cfg.data.columns or {}).items():
-        if field_ not in _SAMPLE_FIELDS:
+        if field_ not in SAMPLE_FIELDS:
             raise ConfigError(f"config key 'data.columns.{field_}': not a sample field (fields: "
-                              f"{', '.join(_SAMPLE_FIELDS)})")
+                              f"{', '.join(SAMPLE_FIELDS)})")
         if not isinstance(col, str) or not col:
             raise ConfigError(f"config key 'data.columns.{field_}' must be a column name, got "
                               f"{col!r}")
-    known = TASK_TYPES + tuple(t for t in (cfg.reward.functions or {}) if t not in TASK_TYPES)
+    known = cfg.reward.task_types  # the built-in ones and those reward.functions adds
     if cfg.data.task_type is not None and cfg.data.task_type not in known:
         raise ConfigError(f"config key 'data.task_type': {cfg.data.task_type!r} is not one of "
                           f"{known} (a new task type needs a reward: reward.functions)")

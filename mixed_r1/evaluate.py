@@ -100,23 +100,31 @@ def format_table(report: dict, title: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def load_eval_model(model_dir: str | Path):
-    """(model, processor) from an HF model directory (e.g. one written by
-    ``GRPOTrainer.export_model``): the directory's own tokenizer / processor. Raises
-    FileNotFoundError without ``config.json`` and :class:`~mixed_r1.checkpoint.CheckpointError`
-    naming a ``*.safetensors`` file that is truncated or unreadable, before loading anything; the
-    processor (whose errors name its file) loads before the weights."""
-    from mixed_r1.engine import load_pretrained_model
+def load_eval_processor(model_dir: str | Path, *, flag: str = "--model",
+                        max_pixels: int | None = None) -> Any:
+    """The processor (Qwen2.5-VL) or tokenizer (a text LM) of an HF model directory, after its
+    files are checked and before any weight loads: FileNotFoundError (naming ``flag``) without
+    ``config.json``, :class:`~mixed_r1.checkpoint.CheckpointError` naming a ``*.safetensors``
+    file that is truncated or unreadable; the processor's own errors name its file."""
     from mixed_r1.models.processor import load_processor
     from mixed_r1.models.safetensors_io import check_safetensors_file
 
     p = Path(model_dir)
     if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"--model {p}: not a model directory (no config.json)")
+        raise FileNotFoundError(f"{flag} {p}: not a model directory (no config.json)")
     for f in sorted(p.glob("*.safetensors")):
         check_safetensors_file(f)
-    processor = load_processor(p)
-    return load_pretrained_model(p).eval(), processor
+    return load_processor(p, max_pixels=max_pixels)
+
+
+def load_eval_model(model_dir: str | Path):
+    """(model, processor) from an HF model directory (e.g. one written by
+    ``GRPOTrainer.export_model``): the directory's own tokenizer / processor
+    (:func:`load_eval_processor`, checked before anything loads), then the weights."""
+    from mixed_r1.engine import load_pretrained_model
+
+    processor = load_eval_processor(model_dir)
+    return load_pretrained_model(Path(model_dir)).eval(), processor
 
 
 def eval_embedder(model_dir: str | Path, model: Any, processor: Any) -> Any:
@@ -169,4 +177,5 @@ def run_eval(model_dir: str | Path, data_file: str | Path, *, k: int = 1,
     return report
 
 
-__all__ = ["evaluate_generator", "format_table", "load_eval_model", "run_eval"]
+__all__ = ["evaluate_generator", "format_table", "load_eval_model", "load_eval_processor",
+           "run_eval"]

@@ -5,3 +5,7 @@ loading the rewards (and torch).
 """
 
 TASK_TYPES = ("yes_no", "multiple_choice", "chart", "math", "grounding", "open_ended")
+
+# the fields of a sample (mixed_r1.data.schema.Sample), the names data.columns maps onto
+SAMPLE_FIELDS = ("id", "task_type", "question", "solution", "images", "options", "messages",
+                 "source", "meta")

@@ -241,7 +241,7 @@ def test_wheel_set_is_under_the_carry_limit(tmp_path):
     if proc.returncode != 0 and re.search(r"(?i)connection (error|refused|reset)|network is "
                                           r"unreachable|temporary failure in name resolution",
                                           proc.stderr):
-        pytest.skip(f"PyPI not reachable: {proc.stderr.strip().splitlines()[-1]}")
+        pytest.skip(reason=f"PyPI not reachable: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = sorted(whl.glob("*.whl"))
     assert {_norm(f.name.split("-")[0]) for f in files} == set(wheel_list())

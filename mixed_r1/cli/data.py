@@ -94,30 +94,24 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def _load_policy(args: argparse.Namespace, processor=None):
     """(model, processor) of ``--policy``: the tiny random Qwen2.5-VL, or a local HF model
-    directory with its own processor (Qwen2.5-VL) or tokenizer (a text LM)."""
+    directory's weights with ``processor``, its own (:func:`_policy_processor`)."""
     if args.policy == "tiny":
         from mixed_r1.models.qwen25vl import build_qwen25vl_processor, build_tiny_qwen25vl
 
         return (build_tiny_qwen25vl(seed=args.seed),
                 build_qwen25vl_processor(min_pixels=args.min_pixels, max_pixels=args.max_pixels))
     from mixed_r1.engine import load_pretrained_model
-    from mixed_r1.models.safetensors_io import check_safetensors_file
 
-    for f in sorted(Path(args.policy).glob("*.safetensors")):
-        check_safetensors_file(f)
     return load_pretrained_model(args.policy).eval(), processor
 
 
 def _policy_processor(args: argparse.Namespace):
-    """``--policy``'s processor, loaded (cheaply) before its weights: None for 'tiny'."""
+    """``--policy``'s processor, its files checked, before its weights load: None for 'tiny'."""
     if args.policy == "tiny":
         return None
-    from mixed_r1.models.processor import load_processor
+    from mixed_r1.evaluate import load_eval_processor
 
-    p = Path(args.policy)
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"--policy {p}: not a model directory (no config.json)")
-    return load_processor(p, max_pixels=args.max_pixels)
+    return load_eval_processor(args.policy, flag="--policy", max_pixels=args.max_pixels)
 
 
 def _text_only_pools(args: argparse.Namespace, pools: list[tuple[str, list]]) -> list:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from mixed_r1.atomic import atomic_path
+from mixed_r1.tasks import SAMPLE_FIELDS
 
 from .schema import DataError, Sample, format_box, sample_from_dict
 
@@ -125,8 +126,6 @@ def write_samples(samples: Iterable[Sample], path: str | Path) -> Path:
     return path
 
 
-SAMPLE_FIELDS = ("id", "task_type", "question", "solution", "images", "options", "messages",
-                 "source", "meta")
 
 
 def image_cache_dir() -> Path:
