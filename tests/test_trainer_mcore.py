@@ -16,6 +16,11 @@ weights: ||w_tp2 - w_tp1|| / ||w_tp1 - w_init|| = 8e-5):
 DP=2 (TP=1, PP=1; the 8 rows of a step are 2 micro-batches of 4, one per replica) is held to the same
 tolerances against TP=1 (measured: loss 5e-8 / 7e-7 relative at steps 1 / 2, grad norm <= 4e-8,
 weights 8e-7); the update's log-probs gathered over the replicas equal the old log-probs (< 1e-5).
+
+The TP=2 run also trains an assembled Qwen2.5-VL directory (``mixed-r1 convert lm-to-qwen25vl`` of
+a small Llama in SmolLM2's vocabulary) for one step as ``model.kind=pretrained``; its first update
+is recomputed here on the HF backend (measured: gradients within 9e-7 relative, language model,
+vision tower and merger alike).
 """
 from __future__ import annotations
 
@@ -62,16 +67,30 @@ def _run(out: Path, data: Path, backend: str, tp: int, *extra: str, dp: int = 1,
 
     result = json.loads((out / "result.json").read_text())
     result["weights"] = load_file(str(out / "weights.safetensors"))
+    result["dir"] = out
     return result
+
+
+def _image_rows(data: Path) -> Path:
+    """The rows of ``data`` that have images, beside it (their image paths are relative to it)."""
+    rows = [line for line in data.read_text().splitlines() if json.loads(line)["images"]]
+    out = data.with_name("with_images.jsonl")
+    out.write_text("\n".join(rows) + "\n")
+    return out
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    from _trainer_util import assembled_vl_dir
+
     root = tmp_path_factory.mktemp("mcore")
     data = make_data(root / "data")
-    return {"tp2": _run(root / "tp2", data, "mcore", 2, "resume"),
+    _, vl = assembled_vl_dir(root / "assembled")
+    return {"tp2": _run(root / "tp2", data, "mcore", 2, "resume", "sft", f"assembled={vl}",
+                        f"vl_data={_image_rows(data)}"),
+            "assembled": vl,
             "tp1": _run(root / "tp1", data, "mcore", 1),
-            "hf": _run(root / "hf", data, "hf", 1, platform="cuda-shaped"),
+            "hf": _run(root / "hf", data, "hf", 1, "sft", platform="cuda-shaped"),
             "init": root / "tp1" / "run" / "init_model", "data": data}
 
 
@@ -204,6 +223,28 @@ def test_mcore_tp2_sharded_checkpoint_resumes_exactly(runs):
     assert r["resume_exact"]  # weights (via the stream) and AdamW state equal after resume
 
 
+@pytest.mark.multirank
+@pytest.mark.slow
+def test_mcore_tp2_sft_step_matches_hf_with_a_frozen_vision_tower(runs):
+    """``mixed-r1 sft``'s step (tests/sft_checks.py: the stream's first 4 rows in 2
+    micro-batches, ``model.freeze_vision_tower``) at TP=2 on 2 gloo ranks has the HF backend's
+    NLL (1e-5 relative), token accuracy and gradient norm (1e-4); on both backends the vision
+    tower streams out bit-identical after the step while the language model and merger changed,
+    the optimizer holds only trainable parameters (no fp32 master, moment or gradient buffer of
+    a frozen one) and the trainable-only export leaves the tower out."""
+    tp2, hf = runs["tp2"]["sft"], runs["hf"]["sft"]
+    for res in (tp2, hf):
+        assert res["checks"] == dict.fromkeys(res["checks"], True), res["checks"]
+        assert res["metrics"]["update/skipped"] == 0
+    assert tp2["frozen_counts"]["vision_tower"] > 0 and tp2["frozen_counts"]["language_model"] == 0
+    got, ref = tp2["metrics"], hf["metrics"]
+    assert got["tokens"] == ref["tokens"] > 0
+    assert got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    assert got["token_acc"] == pytest.approx(ref["token_acc"], abs=1e-6)
+    assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4)
+    assert got["update/rel_change"] == pytest.approx(ref["update/rel_change"], rel=1e-3)
+
+
 def test_pack_microbatch_left_aligns_rows():
     """Left-padded prompt + right-padded completion → left-aligned rows; the gather index points
     at the logits that score each completion token."""
@@ -253,3 +294,73 @@ def test_pack_thd_microbatch_cuts_rows_at_position_zero():
     assert pack_thd_microbatch(b, 0)["packed_seq_params"].cu_seqlens_q.tolist() == [0, 4, 8]
     with pytest.raises(ValueError, match="seq_len 7 is below the pack's 8 tokens"):
         pack_thd_microbatch(b, 0, seq_len=7)
+
+
+@pytest.mark.multirank
+@pytest.mark.slow
+def test_mcore_tp2_assembled_policy_matches_hf_backend(runs):
+    """An assembled Qwen2.5-VL directory (``mixed-r1 convert lm-to-qwen25vl`` of a Llama: zero
+    q/k/v biases, tied embeddings, vocab 49,157 padded for TP, a fresh vision tower) as
+    ``model.kind=pretrained`` on the mcore trainer at TP=2 (2 gloo ranks): the first update of its
+    first GRPO step, on micro-batches whose rows all carry an image, has the HF backend's
+    (``HFEngine``, the same micro-batches and loss) per-micro-batch losses (1e-4 relative),
+    log-probs (1e-5) and gradients of every parameter, language model, vision tower and merger
+    (1e-4 relative to each tensor's largest |g|, test_parallel_multimodal's bound); the step's
+    gradient norm is the HF one's, and its update the HF backend's (the 1e-3 weight bound above)."""
+    from safetensors.torch import load_file
+
+    from mixed_r1.engine import HFEngine, LossConfig, PolicyBatch, load_pretrained_model, run_update
+
+    out = runs["tp2"]["dir"]
+    res = runs["tp2"]["assembled"]
+    batch = load_file(str(out / "assembled_batch.safetensors"))
+    mbs = []
+    for i in range(res["n"]):
+        f = {k[len(f"mb{i}/"):]: v for k, v in batch.items() if k.startswith(f"mb{i}/")}
+        inputs = {k[len("inputs."):]: v for k, v in f.items() if k.startswith("inputs.")}
+        assert inputs["pixel_values"].shape[0] > 0 and inputs["image_grid_thw"].shape[0] > 0
+        mbs.append(PolicyBatch(inputs=inputs, targets=f["targets"], mask=f["mask"],
+                               advantages=f["advantages"], old_logprobs=f.get("old_logprobs"),
+                               ref_logprobs=f.get("ref_logprobs"),
+                               rollout_logprobs=f.get("rollout_logprobs"), scale=res["scale"][i],
+                               num_items=res["num_items"][i]))
+    o = res["optim"]
+    model = load_pretrained_model(runs["assembled"])
+    hf = HFEngine(model, lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"],
+                  weight_decay=o["weight_decay"])
+    init = {n: p.detach().clone() for n, p in model.named_parameters()}
+    seen: dict = {}  # the HF update's per-micro-batch results and its unclipped gradients
+    forward_backward, step = hf.forward_backward, hf.step
+    hf.forward_backward = lambda mbs, fn: seen.setdefault("res", forward_backward(mbs, fn))
+
+    def grabbing_step(lr, scale):
+        seen["grads"] = {n: p.grad.clone() for n, p in model.named_parameters()}
+        step(lr, scale)
+
+    hf.step = grabbing_step
+    m = res["metrics"]
+    assert (m["update/count"], m["update/skipped"]) == (1, 0)
+    upd = run_update(hf, mbs, LossConfig(**res["loss_cfg"]), m["lr"], grad_clip=o["grad_clip"])
+    ref = sorted(seen["res"], key=lambda r: r.index)
+    assert len(ref) == len(mbs) == 2
+    assert [r.loss.item() for r in ref] == pytest.approx(res["loss"], rel=1e-4, abs=1e-7)
+    for r in ref:
+        got = batch[f"mb{r.index}/result.logprobs"]
+        assert torch.allclose(got, r.logprobs, atol=1e-5, rtol=1e-5), r.index
+    grads = load_file(str(out / "assembled_grads.safetensors"))
+    assert sorted(grads) == sorted(init)
+    worst: dict[str, float] = {}
+    for name, g in seen["grads"].items():
+        assert g.abs().max() > 0, name  # every parameter learns: the image reaches the tower
+        err = float((grads[name].double() - g.double()).abs().max() / g.double().abs().max())
+        part = "merger" if ".merger." in name else "vision" if ".visual." in name else "lm"
+        worst[part] = max(worst.get(part, 0.0), err)
+        assert err < 1e-4, (name, err)
+    assert set(worst) == {"lm", "vision", "merger"}
+    print("assembled TP=2 vs HF, max relative gradient errors:", worst)
+    assert upd["grad_norm"] == pytest.approx(m["grad_norm"], rel=1e-4)
+    assert upd["loss"] == pytest.approx(m["loss"], rel=1e-4, abs=1e-7)
+    after = {n: p.detach() for n, p in model.named_parameters()}
+    streamed = load_file(str(out / "assembled_weights.safetensors"))
+    assert sorted(streamed) == sorted(after)
+    assert _update_rel_diff(streamed, after, init) < 1e-3
