@@ -108,3 +108,22 @@ def test_cli_synth(tmp_path: Path) -> None:
                  "--format", "parquet"]) == 0
     samples, _ = load_samples(tmp_path / "synth.parquet")
     assert sum(s.task_type == "chart" for s in samples) == 3 and len(samples) == 13
+
+
+def test_easy_vqa_test_split_shares_no_image_with_the_train_split(tmp_path: Path,
+                                                                  small_set) -> None:
+    """A held-out set drawn from easy-vqa's test split (1,000 other images) shares no image with
+    a training set from its train split: compared by pixel content, not by file name."""
+    sizes = {"yes_no": 40, "multiple_choice": 40}
+    held, _ = load_samples(synthesize(tmp_path / "held",
+                                      SynthConfig(seed=0, sizes=sizes, easy_vqa_split="test")))
+    assert {s.source for s in held} == {"synth/easy_vqa/test"}
+
+    def pixels(path: str) -> str:
+        return hashlib.sha256(np.asarray(Image.open(path).convert("RGB")).tobytes()).hexdigest()
+
+    train_images = {pixels(s.images[0]) for s in small_set if s.task_type in sizes}
+    assert len(train_images) > 20
+    assert not train_images & {pixels(s.images[0]) for s in held}
+    with pytest.raises(ValueError, match="easy_vqa_split"):
+        synthesize(tmp_path / "bad", SynthConfig(sizes=sizes, easy_vqa_split="dev"))

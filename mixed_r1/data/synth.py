@@ -43,6 +43,9 @@ class SynthConfig:
     seed: int = 0
     sizes: dict = field(default_factory=lambda: {t: 200 for t in TASK_TYPES})
     fmt: str = "jsonl"  # jsonl | parquet
+    # easy-vqa's split for yes_no / multiple_choice: "train" (4,000 images) or "test" (1,000
+    # other images: a held-out set that shares no image with a "train" set)
+    easy_vqa_split: str = "train"
 
 
 def _save_png(img, path: Path) -> None:
@@ -60,11 +63,15 @@ def _font(size: int):
 
 
 # ---------------------------------------------------------------- easy-vqa: yes/no and MCQ
-def _easy_vqa_items(rng: random.Random, want_yes_no: bool, n: int):
+def _easy_vqa_items(rng: random.Random, want_yes_no: bool, n: int, split: str = "train"):
     import easy_vqa
 
-    texts, answers, image_ids = easy_vqa.get_train_questions()
-    paths = easy_vqa.get_train_image_paths()
+    if split == "train":
+        texts, answers, image_ids = easy_vqa.get_train_questions()
+        paths = easy_vqa.get_train_image_paths()
+    else:
+        texts, answers, image_ids = easy_vqa.get_test_questions()
+        paths = easy_vqa.get_test_image_paths()
     idx = [i for i, a in enumerate(answers) if (a in ("yes", "no")) == want_yes_no]
     rng.shuffle(idx)
     if n > len(idx):
@@ -72,8 +79,13 @@ def _easy_vqa_items(rng: random.Random, want_yes_no: bool, n: int):
     return [(texts[i], answers[i], image_ids[i], paths[image_ids[i]]) for i in idx[:n]]
 
 
-def _copy_evqa_image(src: str, image_id: int, out: Path) -> str:
-    rel = f"images/evqa_{image_id}.png"
+def _evqa_source(split: str) -> str:
+    return "synth/easy_vqa" if split == "train" else f"synth/easy_vqa/{split}"
+
+
+def _copy_evqa_image(src: str, image_id: int, out: Path, split: str = "train") -> str:
+    rel = f"images/evqa_{image_id}.png" if split == "train" else \
+        f"images/evqa_{split}_{image_id}.png"
     dst = out / rel
     if not dst.exists():
         with atomic_path(dst) as tmp:
@@ -81,31 +93,33 @@ def _copy_evqa_image(src: str, image_id: int, out: Path) -> str:
     return rel
 
 
-def synth_yes_no(n: int, rng: random.Random, out: Path) -> list[Sample]:
+def synth_yes_no(n: int, rng: random.Random, out: Path, split: str = "train") -> list[Sample]:
     out_samples = []
-    for i, (q, a, iid, src) in enumerate(_easy_vqa_items(rng, True, n)):
-        rel = _copy_evqa_image(src, iid, out)
+    for i, (q, a, iid, src) in enumerate(_easy_vqa_items(rng, True, n, split)):
+        rel = _copy_evqa_image(src, iid, out, split)
         q = q[0].upper() + q[1:]
         out_samples.append(Sample(id=f"yes_no-{i:05d}", task_type="yes_no", question=q,
-                                  solution=a, images=[str(out / rel)], source="synth/easy_vqa",
+                                  solution=a, images=[str(out / rel)],
+                                  source=_evqa_source(split),
                                   meta={"image_id": iid}))
     return out_samples
 
 
-def synth_multiple_choice(n: int, rng: random.Random, out: Path) -> list[Sample]:
+def synth_multiple_choice(n: int, rng: random.Random, out: Path,
+                          split: str = "train") -> list[Sample]:
     out_samples = []
-    for i, (q, a, iid, src) in enumerate(_easy_vqa_items(rng, False, n)):
+    for i, (q, a, iid, src) in enumerate(_easy_vqa_items(rng, False, n, split)):
         group = SHAPE_WORDS if a in SHAPE_WORDS else COLOR_WORDS
         distract = [w for w in group if w != a]
         rng.shuffle(distract)
         options = [a] + distract[: min(3, len(distract))]
         rng.shuffle(options)
         letter = LETTERS[options.index(a)]
-        rel = _copy_evqa_image(src, iid, out)
+        rel = _copy_evqa_image(src, iid, out, split)
         q = q[0].upper() + q[1:]
         out_samples.append(Sample(id=f"multiple_choice-{i:05d}", task_type="multiple_choice",
                                   question=q, solution=letter, options=options,
-                                  images=[str(out / rel)], source="synth/easy_vqa",
+                                  images=[str(out / rel)], source=_evqa_source(split),
                                   meta={"image_id": iid, "answer_text": a}))
     return out_samples
 
@@ -396,6 +410,8 @@ def synthesize(out_dir: str | Path, config: SynthConfig | None = None, *,
         raise ValueError(f"unknown task types in sizes: {sorted(unknown)}")
     if cfg.fmt not in ("jsonl", "parquet"):
         raise ValueError(f"fmt must be jsonl or parquet, got {cfg.fmt!r}")
+    if cfg.easy_vqa_split not in ("train", "test"):
+        raise ValueError(f"easy_vqa_split must be train or test, got {cfg.easy_vqa_split!r}")
     for task in TASK_TYPES:
         if int(cfg.sizes.get(task, 0)) < 0:
             raise ValueError(f"size for {task} must be >= 0, got {cfg.sizes[task]}")
@@ -409,11 +425,15 @@ def synthesize(out_dir: str | Path, config: SynthConfig | None = None, *,
         for task in TASK_TYPES:
             n = int(cfg.sizes.get(task, 0))
             if n:
-                samples.extend(_BUILDERS[task](n, random.Random(f"{cfg.seed}-{task}"), tmp))
+                rng = random.Random(f"{cfg.seed}-{task}")
+                samples.extend(_BUILDERS[task](n, rng, tmp, cfg.easy_vqa_split)
+                               if task in ("yes_no", "multiple_choice")
+                               else _BUILDERS[task](n, rng, tmp))
         path = write_samples(samples, tmp / f"synth.{cfg.fmt}")
         counts = {t: sum(s.task_type == t for s in samples) for t in TASK_TYPES}
         with atomic_path(tmp / "manifest.json") as f:
-            f.write_text(json.dumps({"seed": cfg.seed, "counts": counts, "file": path.name},
+            f.write_text(json.dumps({"seed": cfg.seed, "counts": counts, "file": path.name,
+                                     "easy_vqa_split": cfg.easy_vqa_split},
                                     indent=2, sort_keys=True))
     return out / path.name
 
