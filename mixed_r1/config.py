@@ -46,6 +46,16 @@ class ModelConfig:
     # HF backend: log-probs through the LM head chunk by chunk (linear_token_logprobs), never
     # materializing the [B, T, V] logits (~0.07x their memory, slower where they would fit)
     chunked_lm_head: bool = False
+    # frozen parts of the policy (:func:`mixed_r1.models.freeze.apply_freeze`): requires_grad off
+    # before the engine builds its optimizer, so they get no gradient, no fp32 master and no Adam
+    # state, stay bit-identical, and are not re-sent to an HF generator after the first sync. The
+    # vision tower = patch embedding + vision blocks; the merger = the MLP that projects merged
+    # patches into the LM (LLaVA's projector); the language model = embeddings, decoder, final
+    # norm and LM head (a tied head is the embedding table). A vision freeze on a text-only LM is
+    # a ConfigError (it has no vision tower), as is freezing every part.
+    freeze_vision_tower: bool = False
+    freeze_merger: bool = False
+    freeze_language_model: bool = False
 
     @property
     def recompute_mode(self) -> str:
@@ -160,6 +170,28 @@ class ParallelConfig:
 
 
 @dataclass
+class SFTConfig:
+    """``mixed-r1 sft`` (:mod:`mixed_r1.sft`): supervised steps on the same engines, run directory,
+    checkpoints and metrics as GRPO; ``steps``, ``optim`` (lr, warmup, schedule, clipping) and
+    ``data`` are the run's own keys.
+
+    One step takes ``batch_size`` rows from ``data.train_file`` (the seeded prompt stream), in
+    micro-batches of ``micro_batch_size`` rows (gradient accumulation; exact: the loss is the
+    token mean over the whole step). The completion each row is trained on:
+    ``target: r1`` is ``<think>{think}</think><answer>{solution}</answer>`` (the Mixed-R1 format
+    the rewards read), ``solution`` the solution text alone (e.g. captions, LLaVA's stage 1);
+    ``max_answer_words`` > 0 cuts the solution to its first N words (0: whole). ``eval_every`` >
+    0: the held-out NLL on ``data.eval_file`` every N steps (at most ``eval_samples`` rows)."""
+
+    batch_size: int = 8
+    micro_batch_size: int = 8
+    target: str = "r1"  # r1 | solution
+    think: str = "Look at the image."
+    max_answer_words: int = 0
+    eval_every: int = 0
+
+
+@dataclass
 class LoggingConfig:
     """Experiment trackers fed the same per-step metrics as ``metrics.jsonl`` (TensorBoard: the
     top-level ``tensorboard`` key). ``wandb: true`` logs to Weights & Biases (an optional package:
@@ -185,7 +217,7 @@ class LoggingConfig:
 
 @dataclass
 class TrainConfig:
-    """Everything one ``mixed-r1 train`` run needs."""
+    """Everything one ``mixed-r1 train`` (or ``mixed-r1 sft``: its ``sft`` section) run needs."""
 
     seed: int = 0
     steps: int = 10
@@ -209,6 +241,7 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)  # mixed-r1 sft only
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -224,11 +257,12 @@ _CHOICES = {
     "algo.rollout_is": ("none", "token_tis"),
     "optim.schedule": ("constant", "cosine"),
     "parallel.backend": ("hf", "mcore"),
+    "sft.target": ("r1", "solution"),
 }
 _POSITIVE = ("steps", "rollout.prompts_per_step", "rollout.group_size", "rollout.max_new_tokens",
              "rollout.batch_size", "algo.ppo_epochs", "algo.mini_batches", "algo.micro_batch_size",
              "parallel.tensor_parallel", "parallel.pipeline_parallel", "parallel.data_parallel",
-             "keep_last", "log_every")
+             "keep_last", "log_every", "sft.batch_size", "sft.micro_batch_size")
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -285,6 +319,23 @@ def _validate_data_columns(cfg: TrainConfig) -> None:
     if cfg.data.task_type is not None and cfg.data.task_type not in known:
         raise ConfigError(f"config key 'data.task_type': {cfg.data.task_type!r} is not one of "
                           f"{known} (a new task type needs a reward: reward.functions)")
+
+
+FREEZE_KEYS = ("freeze_vision_tower", "freeze_merger", "freeze_language_model")
+
+
+def _validate_freeze(cfg: TrainConfig) -> None:
+    """Freezing every part leaves nothing to train; a frozen language model on megatron needs one
+    pipeline stage (the stages past the first hold only language-model layers)."""
+    m, p = cfg.model, cfg.parallel
+    if all(getattr(m, k) for k in FREEZE_KEYS):
+        raise ConfigError("config keys 'model.freeze_vision_tower', 'model.freeze_merger' and "
+                          "'model.freeze_language_model' are all true: nothing would train")
+    if m.freeze_language_model and p.backend == "mcore" and p.pipeline_parallel > 1:
+        raise ConfigError("config key 'model.freeze_language_model' with "
+                          f"parallel.pipeline_parallel={p.pipeline_parallel}: the pipeline stages "
+                          "past the first hold only language-model layers, so they would have "
+                          "nothing to train; use pipeline_parallel: 1")
 
 
 def validate(cfg: TrainConfig) -> TrainConfig:
@@ -350,12 +401,15 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     if p.backend == "hf" and (p.distributed_optimizer or p.pipeline_layers):
         raise ConfigError("config keys 'parallel.distributed_optimizer' / 'parallel.pipeline_layers' "
                           "need parallel.backend: mcore")
-    for key in ("save_every", "eval_every", "eval_samples"):
+    for key in ("save_every", "eval_every", "eval_samples", "sft.max_answer_words",
+                "sft.eval_every"):
         if _get(cfg, key) < 0:
             raise ConfigError(f"config key '{key}' must be >= 0, got {_get(cfg, key)}")
-    if cfg.eval_every and not cfg.data.eval_file:
-        raise ConfigError(f"config key 'eval_every'={cfg.eval_every} needs 'data.eval_file' "
-                          "(the held-out set evaluated every eval_every steps)")
+    for key in ("eval_every", "sft.eval_every"):
+        if _get(cfg, key) and not cfg.data.eval_file:
+            raise ConfigError(f"config key '{key}'={_get(cfg, key)} needs 'data.eval_file' "
+                              "(the held-out set evaluated every eval_every steps)")
+    _validate_freeze(cfg)
     r = cfg.rollout
     if not 0 < r.top_p <= 1:
         raise ConfigError(f"config key 'rollout.top_p' must be in (0, 1], got {r.top_p}")
@@ -389,6 +443,7 @@ def validate_model_layout(cfg: TrainConfig, hf_config: dict[str, Any], origin: s
     p, r = cfg.parallel, cfg.rollout
     mcore = p.backend == "mcore"
     tp, pp = (p.tensor_parallel, p.pipeline_parallel) if mcore else (1, 1)
+    _check_freeze_fits(cfg, hf_config, origin)
     try:
         arch = arch_from_hf_config(hf_config)
     except UnsupportedConfigError as exc:
@@ -411,6 +466,23 @@ def validate_model_layout(cfg: TrainConfig, hf_config: dict[str, Any], origin: s
         raise ConfigError(f"{origin}: rollout.max_prompt_length + rollout.max_new_tokens = {seq} "
                           f"exceeds the model's max_position_embeddings "
                           f"{arch.max_position_embeddings}")
+
+
+def _check_freeze_fits(cfg: TrainConfig, hf_config: dict[str, Any], origin: str) -> None:
+    """A vision freeze needs a vision tower: on a text-only LM (no ``vision_config``) it is a
+    ConfigError rather than a silent no-op, and so is freezing a text LM's language model (all
+    it has)."""
+    m = cfg.model
+    if hf_config.get("vision_config") is not None:
+        return
+    name = m.path or m.kind
+    for key in ("freeze_vision_tower", "freeze_merger"):
+        if getattr(m, key):
+            raise ConfigError(f"{origin}: config key 'model.{key}': {name} is a text-only LM "
+                              "(no vision tower or merger); drop the key")
+    if m.freeze_language_model:
+        raise ConfigError(f"{origin}: config key 'model.freeze_language_model': {name} is a "
+                          "text-only LM, so freezing its language model leaves nothing to train")
 
 
 # ------------------------------------------------------------------------------- building
@@ -589,6 +661,7 @@ def dump_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-__all__ = ["AlgoConfig", "ConfigError", "DataConfig", "ModelConfig", "OptimConfig",
-           "ParallelConfig", "RolloutConfig", "TrainConfig", "apply_overrides", "parallel_dims",
+__all__ = ["FREEZE_KEYS", "AlgoConfig", "ConfigError", "DataConfig", "ModelConfig", "OptimConfig",
+           "ParallelConfig", "RolloutConfig", "SFTConfig", "TrainConfig", "apply_overrides",
+           "parallel_dims",
            "config_from_dict", "dump_yaml", "from_dict", "load_config", "validate"]

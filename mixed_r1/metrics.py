@@ -61,20 +61,26 @@ def _on_terminal() -> bool:
 
 
 def step_line(step: int, total: int | None, metrics: dict[str, Any],
-              seconds: float | None = None) -> str:
+              seconds: float | None = None, stage: str = "grpo") -> str:
     """One plain progress line for a log file, e.g. ``grpo step 3/20: reward 0.412 (accuracy
-    0.281, format 0.950) kl 0.0012 len 45.2 tokens 17.1 s 412 tok/s``; a value the step did not
-    log is left out. ``seconds``: wall time since the previous line (else ``time/step``)."""
+    0.281, format 0.950) kl 0.0012 len 45.2 tokens 17.1 s 412 tok/s`` or, for ``stage="sft"``,
+    ``sft step 3/20: nll 2.114 acc 0.532 eval nll 2.301 1.2 s 830 tok/s``; a value the step did
+    not log is left out. ``seconds``: wall time since the previous line (else ``time/step``)."""
     def num(key: str, fmt: str) -> str | None:
         v = metrics.get(key)
         return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
-    parts = [f"grpo step {step}/{total}:" if total else f"grpo step {step}:"]
+    parts = [f"{stage} step {step}/{total}:" if total else f"{stage} step {step}:"]
     total_r, acc, fmt = (num(k, ".3f") for k in ("reward/total", "reward/accuracy",
                                                    "reward/format"))
     if total_r is not None:
         inner = ", ".join(x for x in (acc and f"accuracy {acc}", fmt and f"format {fmt}") if x)
         parts.append(f"reward {total_r}" + (f" ({inner})" if inner else ""))
+    if stage == "sft":
+        for key, label in (("loss", "nll"), ("token_acc", "acc"), ("eval/nll", "eval nll")):
+            v = num(key, ".3f")
+            if v is not None:
+                parts.append(f"{label} {v}")
     for key, label, f in (("kl_mean", "kl", ".4f"), ("response/length_mean", "len", ".1f")):
         v = num(key, f)
         if v is not None:
@@ -165,8 +171,9 @@ class MetricsLogger:
 
     def __init__(self, run_dir: str | Path, *, total_steps: int | None = None,
                  initial_step: int = 0, tensorboard: bool = True, progress: bool = True,
-                 wandb: Any = None, config: dict | None = None) -> None:
+                 wandb: Any = None, config: dict | None = None, stage: str = "grpo") -> None:
         self.run_dir = Path(run_dir)
+        self.stage = stage  # the progress bar's and lines' name: grpo | sft
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._wandb = WandbSink(self.run_dir, wandb, config) if wandb_wanted(wandb) else None
         self._fh = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
@@ -185,7 +192,7 @@ class MetricsLogger:
         if progress and _on_terminal():
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=initial_step, desc="grpo",
+            self._bar = tqdm(total=total_steps, initial=initial_step, desc=stage,
                              dynamic_ncols=True)
         elif progress:  # a log file or a pipe: one plain line per step, no carriage returns
             self._lines = True
@@ -203,11 +210,17 @@ class MetricsLogger:
             self._wandb.log(step, row)
         if self._bar is not None:
             self._bar.update(max(0, step - self._bar.n))
-            self._bar.set_postfix(reward=f"{metrics.get('reward/total', float('nan')):.3f}",
-                                  tok_s=f"{metrics.get('perf/tokens_per_s', 0.0):.0f}")
+            if self.stage == "sft":
+                self._bar.set_postfix(nll=f"{metrics.get('loss', float('nan')):.3f}",
+                                      acc=f"{metrics.get('token_acc', float('nan')):.3f}",
+                                      tok_s=f"{metrics.get('perf/tokens_per_s', 0.0):.0f}")
+            else:
+                self._bar.set_postfix(reward=f"{metrics.get('reward/total', float('nan')):.3f}",
+                                      tok_s=f"{metrics.get('perf/tokens_per_s', 0.0):.0f}")
         elif self._lines:
             now = time.perf_counter()
-            print(step_line(step, self.total_steps, metrics, now - self._last), flush=True)
+            print(step_line(step, self.total_steps, metrics, now - self._last, self.stage),
+                  flush=True)
             self._last = now
 
     def write(self, text: str) -> None:
@@ -253,6 +266,17 @@ PLOT_PANELS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
      (("rollout/logprob_abs_diff", "|Δ log p|"),)),
     ("Gradient norm (before clipping)", "global L2 norm", (("grad_norm", "grad_norm"),)),
 )
+# a supervised run's panels (mixed-r1 sft: rows with SFT_KEYS)
+SFT_PLOT_PANELS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    ("Supervised NLL (answer tokens)", "mean NLL per answer token (nats)",
+     (("loss", "train (before the step)"), ("eval/nll", "held-out"))),
+    ("Token accuracy (argmax = target)", "fraction of answer tokens (0–1)",
+     (("token_acc", "token_acc"),)),
+    ("Gradient norm (before clipping)", "global L2 norm", (("grad_norm", "grad_norm"),)),
+    ("Learning rate", "lr", (("lr", "lr"),)),
+    ("Training throughput", "answer tokens / s", (("perf/tokens_per_s", "tokens/s"),)),
+)
+SFT_KEYS = ("token_acc",)
 # one style per line of a panel: colour, line style and marker all differ, so lines that
 # coincide (two tasks at the same accuracy, format at 0) stay visible; the total reward has a
 # panel of its own (it equals the accuracy whenever the format reward is 0)
@@ -263,16 +287,18 @@ _STYLES = (("C0", "-", "o"), ("C1", "--", "s"), ("C2", ":", "^"), ("C3", "-.", "
 def plot_figure(rows: list[dict]) -> Any:
     """The training curves of ``rows`` (:func:`read_metrics`) as a matplotlib ``Figure``, not
     saved: one panel per :data:`PLOT_PANELS` entry with a logged key, 3 a row, each with its own
-    title and y-axis label (units), x = GRPO step (integer ticks). Each line's ``gid`` is its
+    title and y-axis label (units), x = GRPO step (integer ticks); a supervised run's rows (with
+    :data:`SFT_KEYS`) get :data:`SFT_PLOT_PANELS` and x = SFT step. Each line's ``gid`` is its
     metric key. Raises ValueError when ``rows`` is empty."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     if not rows:
         raise ValueError("no metrics rows to plot")
+    sft = any(r.get(k) is not None for r in rows for k in SFT_KEYS)
     panels = [(title, ylabel, [(k, lab) for k, lab in keys if any(r.get(k) is not None
                                                                  for r in rows)])
-              for title, ylabel, keys in PLOT_PANELS]
+              for title, ylabel, keys in (SFT_PLOT_PANELS if sft else PLOT_PANELS)]
     panels = [p for p in panels if p[2]]
     cols = 3
     nrows = max(1, math.ceil(len(panels) / cols))
@@ -286,7 +312,7 @@ def plot_figure(rows: list[dict]) -> Any:
                     marker=marker if n < 40 else None, markersize=4, fillstyle="none",
                     linewidth=1.5)
         ax.set_title(title, fontsize=9)
-        ax.set_xlabel("GRPO step")
+        ax.set_xlabel("SFT step" if sft else "GRPO step")
         ax.set_ylabel(ylabel, fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         if len(keys) > 1:
@@ -309,6 +335,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return path
 
 
-__all__ = ["METRICS_FILE", "PLOT_PANELS", "WANDB_ID_FILE", "MetricsLogger", "WandbSink",
-           "check_loggers", "import_wandb", "plot_figure", "plot_run", "read_metrics",
-           "truncate_metrics", "wandb_run_id", "wandb_wanted"]
+__all__ = ["METRICS_FILE", "PLOT_PANELS", "SFT_KEYS", "SFT_PLOT_PANELS", "WANDB_ID_FILE",
+           "MetricsLogger", "WandbSink", "check_loggers", "import_wandb", "plot_figure",
+           "plot_run", "read_metrics", "step_line", "truncate_metrics", "wandb_run_id",
+           "wandb_wanted"]

@@ -13,10 +13,15 @@ One step (``GRPOTrainer.step``):
 6. policy updates: each mini-batch is one optimizer step accumulated over micro-batches, driven by
    :func:`mixed_r1.engine.run_update` on the policy's engine (HF or megatron-core; bf16 weights
    train against fp32 masters); a non-finite loss or gradient skips the update (counted);
-7. weight sync ``generator.update_weights(policy.export_hf_weights())``; ``generator.wake_up()``.
+7. weight sync ``generator.update_weights(policy.export_hf_weights())``; ``generator.wake_up()``
+   (with frozen parts, ``model.freeze_*``, and a generator that keeps its weights, the trainable
+   ones only: :attr:`GRPOTrainer.partial_sync`).
 
 Checkpoints (:mod:`mixed_r1.checkpoint`) hold the weights, optimizer, every RNG state and the
-prompt-stream position, so ``--resume`` continues exactly where the run stopped.
+prompt-stream position, so ``--resume`` continues exactly where the run stopped. What is not
+GRPO's — the engine's building (:func:`build_policy`, with the frozen parts), the stream,
+schedule, checkpoints, export and the loop (:class:`TrainerBase`), the run driver
+(:func:`run_stage`) — is shared with the supervised stage, :mod:`mixed_r1.sft`.
 
 ``parallel.backend: mcore`` (launched with ``torchrun``, world = TP·PP·DP) trains a megatron-core
 policy (:class:`mixed_r1.engine.megatron.MegatronEngine`). Every rank runs the same loop on identical
@@ -205,35 +210,49 @@ class Rollouts:
     times: dict[str, float] = field(default_factory=dict)  # seconds: generate, reward
 
 
-class GRPOTrainer:
-    """Owns the policy, generator, reward and prompt stream; ``train()`` runs ``cfg.steps``."""
+class TrainerBase:
+    """What the GRPO trainer and the supervised stage (:mod:`mixed_r1.sft`) share: one policy
+    engine (:class:`~mixed_r1.engine.base.TrainEngine`), the seeded prompt stream over the training
+    rows, the learning-rate schedule, checkpoints (:meth:`save`, :meth:`resume`: weights,
+    optimizer, RNG states, stream position, counters), the final export (:meth:`export_model`) and
+    the loop (:meth:`train`: logging, ``save_every``, periodic evaluation, SIGINT/SIGTERM).
 
-    def __init__(self, cfg: TrainConfig, policy: TrainEngine, generator: Any, processor: Any,
-                 reward: Any, train_samples: Sequence[Any], ref_policy: TrainEngine | None = None,
-                 run_dir: str | Path | None = None) -> None:
-        self.cfg, self.policy, self.generator = cfg, policy, generator
-        self.is_main = is_main_rank()  # writes metrics, logs, exports; scores the rollouts
-        self.processor, self.reward, self.ref = processor, reward, ref_policy
+    A subclass defines :meth:`step` (one optimizer step, its metrics), :meth:`evaluate` (metrics
+    of the held-out set, {} on ranks that do not report) and :attr:`eval_every`; it may add
+    ``counters`` (checkpointed) and :meth:`_after_resume`."""
+
+    #: the stage's name in progress lines ("grpo step 3/10: ...")
+    stage = "grpo"
+
+    def __init__(self, cfg: TrainConfig, policy: TrainEngine, processor: Any,
+                 train_samples: Sequence[Any], run_dir: str | Path | None = None) -> None:
         from mixed_r1.data.prompts import PromptTemplate
 
+        self.cfg, self.policy, self.processor = cfg, policy, processor
+        self.is_main = is_main_rank()  # writes metrics, logs, exports
         self.template = PromptTemplate.from_config(cfg.data)  # data.system_prompt/instruction
         self.tokenizer = getattr(processor, "tokenizer", processor)
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else 0)
         self.run_dir = Path(run_dir or cfg.out_dir)
         self.stream = PromptStream(train_samples, cfg.seed, cfg.data.shuffle)
-        self.eval_set = load_eval_samples(cfg, processor)  # [] without data.eval_file
         self.step_count = 0
-        self.counters = {"nonfinite_skips": 0, "dropped_groups": 0, "empty_steps": 0,
-                         "reward_failures": 0}
-        self.loss_cfg = LossConfig(beta=cfg.algo.beta, eps_low=cfg.algo.eps_low,
-                                   eps_high=cfg.algo.eps_high,
-                                   temperature=cfg.rollout.temperature,
-                                   loss_type=cfg.algo.loss_type,
-                                   importance_level=cfg.algo.importance_level,
-                                   max_completion_length=cfg.rollout.max_new_tokens,
-                                   rollout_is_cap=cfg.algo.rollout_is_cap
-                                   if cfg.algo.rollout_is == "token_tis" else None)
+        self.counters: dict[str, int] = {}
+        self.history: list[dict] = []  # the metrics of run_stage's train() call
+
+    @property
+    def eval_every(self) -> int:
+        """Steps between periodic evaluations (0: never)."""
+        return self.cfg.eval_every
+
+    def step(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def evaluate(self) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _after_resume(self) -> None:
+        """Called once a checkpoint is restored (GRPO: the generator gets the restored weights)."""
 
     # ------------------------------------------------------------------ schedule
     def lr_at(self, step: int) -> float:
@@ -246,6 +265,263 @@ class GRPOTrainer:
             frac = min(1.0, (step - o.warmup_steps) / span)
             return o.lr * 0.5 * (1 + math.cos(math.pi * frac))
         return o.lr
+
+
+    # ------------------------------------------------------------------ checkpoints
+    def trainer_state(self) -> dict:
+        return {"data": self.stream.state_dict(), "counters": dict(self.counters),
+                "optimizer_saved": bool(self.cfg.save_optimizer)}
+
+    def save(self) -> Path:
+        """Write the checkpoint of ``step_count`` (collective for a sharded policy); without
+        ``save_optimizer`` it holds no optimizer state (and cannot resume, :meth:`resume`)."""
+        from mixed_r1.checkpoint import save_checkpoint, save_sharded_checkpoint
+
+        state = self.policy.state_dict_for_checkpoint()
+        if not self.cfg.save_optimizer:
+            state = {**state, "optimizer": None}
+        shard = getattr(self.policy, "checkpoint_shard", None)
+        if shard is not None:  # every rank writes its own shard
+            return save_sharded_checkpoint(
+                self.run_dir / "checkpoints", self.step_count, shard,
+                state, self.trainer_state(), dump_yaml(self.cfg),
+                keep_last=self.cfg.keep_last, write_shard=self.policy.writes_checkpoint_shard,
+                optimizer_shard=self.policy.optimizer_shard,
+                write_optimizer=(self.policy.writes_optimizer_shard if self.cfg.save_optimizer
+                                 else False))
+        return save_checkpoint(self.run_dir / "checkpoints", self.step_count, state,
+                               self.trainer_state(), dump_yaml(self.cfg),
+                               keep_last=self.cfg.keep_last)
+
+    def _refuse_checkpoints_without_optimizer(self, path: Path | None) -> None:
+        """CheckpointError when the checkpoint a resume would read (``path``, else the newest
+        under ``<run>/checkpoints``) was written with ``save_optimizer: false``: it has no
+        optimizer state to continue exactly, and its missing file is not damage to fall back
+        from."""
+        import json
+
+        from mixed_r1.checkpoint import CheckpointError, list_checkpoints
+
+        cands = [Path(path)] if path is not None else list_checkpoints(self.run_dir / "checkpoints")
+        if not cands:
+            return
+        f = cands[-1] / "trainer_state.json"
+        try:
+            saved = json.loads(f.read_text()).get("optimizer_saved", True)
+        except (OSError, ValueError, AttributeError):
+            return  # unreadable: the manifest check names it
+        if saved is False:
+            raise CheckpointError(
+                f"{cands[-1]}: written with save_optimizer: false (no optimizer state), so it "
+                "cannot resume the run; start a new run from its weights (export them, or set "
+                "model.path to the run's exported model)")
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """Restore a checkpoint; returns its step (0: nothing to resume) and sets
+        ``resumed_from`` (the checkpoint's path, or None).
+
+        Without ``path``: the newest *complete* checkpoint under ``<run>/checkpoints``. The files
+        this rank reads (its model and optimizer shards, RNG states, trainer state, config) are
+        checked against the checkpoint's manifest of sizes and sha256s on every rank
+        (:func:`mixed_r1.checkpoint.newest_complete_checkpoint`, a collective decision); a damaged
+        newer checkpoint is logged as a warning naming its bad file, moved aside to
+        ``step_<step>.damaged``, and the next older one is used. Checkpoints that all fail raise
+        :class:`~mixed_r1.checkpoint.CheckpointError`. With ``path``: that checkpoint, verified
+        the same way (a bad file raises, no fallback). The optimizer file is required whenever the
+        policy has an optimizer: a missing one is damage, never a fresh optimizer. Weights that do
+        not fit the model raise :class:`~mixed_r1.engine.ModelMismatchError`."""
+        from mixed_r1.checkpoint import (
+            checkpoint_files,
+            load_checkpoint,
+            newest_complete_checkpoint,
+            restore_rng,
+            verify_on_every_rank,
+        )
+        from mixed_r1.metrics import truncate_metrics
+
+        shard = getattr(self.policy, "checkpoint_shard", None)
+        opt_shard = getattr(self.policy, "optimizer_shard", None)
+        need_opt = getattr(self.policy, "optimizer", None) is not None
+        names = checkpoint_files(shard, opt_shard, optimizer=need_opt)
+        if need_opt:
+            self._refuse_checkpoints_without_optimizer(path)
+        if path is not None:
+            ck_path: Path | None = Path(path)
+            verify_on_every_rank(ck_path, names)
+        else:
+            ck_path, problems = newest_complete_checkpoint(self.run_dir / "checkpoints", names)
+            if self.is_main:
+                for problem in problems:
+                    log.warning("damaged checkpoint %s; moved aside (.damaged), resuming from %s "
+                                "instead", problem, ck_path.name if ck_path else "step 0")
+        self.resumed_from = ck_path
+        if ck_path is None:
+            if self.is_main:  # rows of a run that stopped before its first checkpoint
+                truncate_metrics(self.run_dir, 0)
+            return 0
+        ck = load_checkpoint(ck_path, shard=shard, optimizer_shard=opt_shard, optimizer=need_opt,
+                             verify=False)
+        self.policy.load(ck.model, ck.optimizer, source=str(ck_path / names[0]))
+        self.stream.load_state_dict(ck.state["data"])
+        self.counters.update(ck.state.get("counters", {}))
+        self.step_count = int(ck.state["step"])
+        restore_rng(ck.rng)
+        self._after_resume()
+        if self.is_main:
+            truncate_metrics(self.run_dir, self.step_count)
+        return self.step_count
+
+    def export_model(self, out: str | Path | None = None) -> Path:
+        """Save the policy as a complete HF directory, atomically: weights, config, generation
+        config, the tokenizer and chat template, for Qwen2.5-VL the image/video/processor configs
+        (:func:`mixed_r1.models.processor.save_processor`), and the run's BMAS embedding snapshot
+        (``bmas_embeddings.safetensors``, read by ``mixed-r1 eval``; a run without a reward, SFT,
+        has none: ``mixed-r1 eval`` then uses the model's own table)."""
+        import os
+        import shutil
+
+        from mixed_r1.models.processor import save_processor
+
+        final = Path(out) if out is not None else self.run_dir / "model"
+        tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.policy.save_pretrained(tmp)  # collective for a sharded policy; rank 0 writes
+        if not self.is_main:
+            return final
+        save_processor(self.processor, tmp)
+        self.template.save(tmp)  # mixed-r1 eval prompts as training did
+        embedder = getattr(getattr(self, "reward", None), "embedder", None)
+        if embedder is not None and hasattr(embedder, "weight"):
+            from safetensors.torch import save_file
+
+            save_file({"weight": embedder.weight.contiguous()}, str(tmp / BMAS_FILE))
+        return replace_dir(tmp, final)
+
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, logger: Any = None) -> list[dict]:
+        """Run until ``cfg.steps``; log every step, checkpoint every ``save_every`` and at the end.
+
+        SIGINT and SIGTERM (handlers installed for the call, from the main thread; the previous
+        ones are restored on return) stop training cleanly: the step in progress finishes (a
+        signal between steps starts no new one), a checkpoint of the last finished step is written
+        (unless that step was just saved), and :class:`~mixed_r1.checkpoint.TrainingInterrupted`
+        is raised (exit status 128 + signal: 130, 143). A second identical signal aborts at once
+        (KeyboardInterrupt, no checkpoint). Every rank of a multi-rank run checks the flag before
+        each step in one MAX all-reduce on the policy's device, so all ranks stop after the same
+        step and write the checkpoint together."""
+        import signal
+        import sys
+        import threading
+
+        import torch.distributed as dist
+
+        from mixed_r1.checkpoint import TrainingInterrupted
+
+        caught: list[int] = []
+        doing = ["between"]  # what the loop is doing: "step", "eval", "save" or "between"
+
+        def on_signal(signum, frame) -> None:
+            if signum in caught:  # the same signal again: stop now, without a checkpoint
+                raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+            caught.append(signum)
+            if self.is_main:  # what will happen, said as the loop will do it
+                done = self.step_count
+                what = {"step": f"finishing step {done + 1}, then writing its checkpoint",
+                        "eval": f"finishing the evaluation after step {done}, then writing "
+                                f"the checkpoint of step {done}",
+                        "save": f"finishing the checkpoint of step {done}, then stopping"}.get(
+                    doing[0], f"stopping after step {done} with its checkpoint")
+                sys.stderr.write(f"\n{signal.Signals(signum).name}: {what} (send it again to "
+                                 "stop at once)\n")
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, on_signal)
+        multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+        def agreed_signal() -> int:  # collective: the same answer on every rank
+            flag = caught[0] if caught else 0
+            if multi:
+                t = torch.tensor([float(flag)], device=self.policy.device)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                flag = int(t.item())
+            return flag
+
+        history = []
+        saved = getattr(self, "resumed_from", None)  # the checkpoint of step_count, if any
+        saved_step = self.step_count if saved is not None else None
+        try:
+            signum = 0
+            while self.step_count < self.cfg.steps:
+                signum = agreed_signal()
+                if signum:
+                    break
+                doing[0] = "step"
+                metrics = self.step()
+                if self.eval_every and self.step_count % self.eval_every == 0:
+                    doing[0] = "eval"
+                    metrics.update(self.evaluate())
+                doing[0] = "between"
+                history.append(metrics)
+                if logger is not None and (self.step_count % self.cfg.log_every == 0
+                                           or "eval/n" in metrics):
+                    logger.log(self.step_count, metrics)
+                if self.cfg.save_every and self.step_count % self.cfg.save_every == 0:
+                    doing[0] = "save"
+                    saved, saved_step = self.save(), self.step_count
+                    doing[0] = "between"
+            signum = signum or agreed_signal()
+            if saved_step != self.step_count:
+                doing[0] = "save"
+                saved, saved_step = self.save(), self.step_count
+            if signum:
+                raise TrainingInterrupted(signum, self.step_count, saved)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return history
+
+
+
+class GRPOTrainer(TrainerBase):
+    """Owns the policy, generator, reward and prompt stream; ``train()`` runs ``cfg.steps``."""
+
+    def __init__(self, cfg: TrainConfig, policy: TrainEngine, generator: Any, processor: Any,
+                 reward: Any, train_samples: Sequence[Any], ref_policy: TrainEngine | None = None,
+                 run_dir: str | Path | None = None) -> None:
+        from mixed_r1.models.freeze import PARTS
+        from mixed_r1.rollout.backends import accepts_partial_updates
+
+        super().__init__(cfg, policy, processor, train_samples, run_dir)
+        self.generator, self.reward, self.ref = generator, reward, ref_policy
+        self.eval_set = load_eval_samples(cfg, processor)  # [] without data.eval_file
+        self.counters = {"nonfinite_skips": 0, "dropped_groups": 0, "empty_steps": 0,
+                         "reward_failures": 0}
+        self.loss_cfg = LossConfig(beta=cfg.algo.beta, eps_low=cfg.algo.eps_low,
+                                   eps_high=cfg.algo.eps_high,
+                                   temperature=cfg.rollout.temperature,
+                                   loss_type=cfg.algo.loss_type,
+                                   importance_level=cfg.algo.importance_level,
+                                   max_completion_length=cfg.rollout.max_new_tokens,
+                                   rollout_is_cap=cfg.algo.rollout_is_cap
+                                   if cfg.algo.rollout_is == "token_tis" else None)
+        # frozen parts (model.freeze_*) are not re-sent after the generator's first full copy,
+        # where the rollout backend keeps its weights between updates (HF; vLLM gets them all)
+        self.partial_sync = (any(getattr(cfg.model, f"freeze_{k}") for k in PARTS)
+                             and accepts_partial_updates(cfg.rollout.backend))
+
+    def _after_resume(self) -> None:
+        self.generator.update_weights(self.policy.export_hf_weights())  # every weight
+
+    def export_weights(self):
+        """The policy's weights for the step's sync: the trainable ones only with
+        :attr:`partial_sync`, else all."""
+        if self.partial_sync:
+            return self.policy.export_hf_weights(trainable_only=True)
+        return self.policy.export_hf_weights()
 
     # ------------------------------------------------------------------ phases
     def rollout(self, step: int) -> Rollouts:
@@ -440,7 +716,7 @@ class GRPOTrainer:
                             if self.cfg.algo.dynamic_sampling else "no completion had a token")
 
         t3 = time.perf_counter()
-        sync_weights(self.policy.export_hf_weights(), self.generator)
+        sync_weights(self.export_weights(), self.generator, partial=self.partial_sync)
         t["sync"] = time.perf_counter() - t3
         t["step"] = time.perf_counter() - t0
 
@@ -507,135 +783,6 @@ class GRPOTrainer:
                                          / max(t["update"], 1e-9))
         return m
 
-    # ------------------------------------------------------------------ checkpoints
-    def trainer_state(self) -> dict:
-        return {"data": self.stream.state_dict(), "counters": dict(self.counters),
-                "optimizer_saved": bool(self.cfg.save_optimizer)}
-
-    def save(self) -> Path:
-        """Write the checkpoint of ``step_count`` (collective for a sharded policy); without
-        ``save_optimizer`` it holds no optimizer state (and cannot resume, :meth:`resume`)."""
-        from mixed_r1.checkpoint import save_checkpoint, save_sharded_checkpoint
-
-        state = self.policy.state_dict_for_checkpoint()
-        if not self.cfg.save_optimizer:
-            state = {**state, "optimizer": None}
-        shard = getattr(self.policy, "checkpoint_shard", None)
-        if shard is not None:  # every rank writes its own shard
-            return save_sharded_checkpoint(
-                self.run_dir / "checkpoints", self.step_count, shard,
-                state, self.trainer_state(), dump_yaml(self.cfg),
-                keep_last=self.cfg.keep_last, write_shard=self.policy.writes_checkpoint_shard,
-                optimizer_shard=self.policy.optimizer_shard,
-                write_optimizer=(self.policy.writes_optimizer_shard if self.cfg.save_optimizer
-                                 else False))
-        return save_checkpoint(self.run_dir / "checkpoints", self.step_count, state,
-                               self.trainer_state(), dump_yaml(self.cfg),
-                               keep_last=self.cfg.keep_last)
-
-    def _refuse_checkpoints_without_optimizer(self, path: Path | None) -> None:
-        """CheckpointError when the checkpoint a resume would read (``path``, else the newest
-        under ``<run>/checkpoints``) was written with ``save_optimizer: false``: it has no
-        optimizer state to continue exactly, and its missing file is not damage to fall back
-        from."""
-        import json
-
-        from mixed_r1.checkpoint import CheckpointError, list_checkpoints
-
-        cands = [Path(path)] if path is not None else list_checkpoints(self.run_dir / "checkpoints")
-        if not cands:
-            return
-        f = cands[-1] / "trainer_state.json"
-        try:
-            saved = json.loads(f.read_text()).get("optimizer_saved", True)
-        except (OSError, ValueError, AttributeError):
-            return  # unreadable: the manifest check names it
-        if saved is False:
-            raise CheckpointError(
-                f"{cands[-1]}: written with save_optimizer: false (no optimizer state), so it "
-                "cannot resume the run; start a new run from its weights (export them, or set "
-                "model.path to the run's exported model)")
-
-    def resume(self, path: str | Path | None = None) -> int:
-        """Restore a checkpoint; returns its step (0: nothing to resume) and sets
-        ``resumed_from`` (the checkpoint's path, or None).
-
-        Without ``path``: the newest *complete* checkpoint under ``<run>/checkpoints``. The files
-        this rank reads (its model and optimizer shards, RNG states, trainer state, config) are
-        checked against the checkpoint's manifest of sizes and sha256s on every rank
-        (:func:`mixed_r1.checkpoint.newest_complete_checkpoint`, a collective decision); a damaged
-        newer checkpoint is logged as a warning naming its bad file, moved aside to
-        ``step_<step>.damaged``, and the next older one is used. Checkpoints that all fail raise
-        :class:`~mixed_r1.checkpoint.CheckpointError`. With ``path``: that checkpoint, verified
-        the same way (a bad file raises, no fallback). The optimizer file is required whenever the
-        policy has an optimizer: a missing one is damage, never a fresh optimizer. Weights that do
-        not fit the model raise :class:`~mixed_r1.engine.ModelMismatchError`."""
-        from mixed_r1.checkpoint import (
-            checkpoint_files,
-            load_checkpoint,
-            newest_complete_checkpoint,
-            restore_rng,
-            verify_on_every_rank,
-        )
-        from mixed_r1.metrics import truncate_metrics
-
-        shard = getattr(self.policy, "checkpoint_shard", None)
-        opt_shard = getattr(self.policy, "optimizer_shard", None)
-        need_opt = getattr(self.policy, "optimizer", None) is not None
-        names = checkpoint_files(shard, opt_shard, optimizer=need_opt)
-        if need_opt:
-            self._refuse_checkpoints_without_optimizer(path)
-        if path is not None:
-            ck_path: Path | None = Path(path)
-            verify_on_every_rank(ck_path, names)
-        else:
-            ck_path, problems = newest_complete_checkpoint(self.run_dir / "checkpoints", names)
-            if self.is_main:
-                for problem in problems:
-                    log.warning("damaged checkpoint %s; moved aside (.damaged), resuming from %s "
-                                "instead", problem, ck_path.name if ck_path else "step 0")
-        self.resumed_from = ck_path
-        if ck_path is None:
-            if self.is_main:  # rows of a run that stopped before its first checkpoint
-                truncate_metrics(self.run_dir, 0)
-            return 0
-        ck = load_checkpoint(ck_path, shard=shard, optimizer_shard=opt_shard, optimizer=need_opt,
-                             verify=False)
-        self.policy.load(ck.model, ck.optimizer, source=str(ck_path / names[0]))
-        self.stream.load_state_dict(ck.state["data"])
-        self.counters.update(ck.state.get("counters", {}))
-        self.step_count = int(ck.state["step"])
-        restore_rng(ck.rng)
-        self.generator.update_weights(self.policy.export_hf_weights())
-        if self.is_main:
-            truncate_metrics(self.run_dir, self.step_count)
-        return self.step_count
-
-    def export_model(self, out: str | Path | None = None) -> Path:
-        """Save the policy as a complete HF directory, atomically: weights, config, generation
-        config, the tokenizer and chat template, for Qwen2.5-VL the image/video/processor configs
-        (:func:`mixed_r1.models.processor.save_processor`), and the run's BMAS embedding snapshot
-        (``bmas_embeddings.safetensors``, read by ``mixed-r1 eval``)."""
-        import os
-        import shutil
-
-        from mixed_r1.models.processor import save_processor
-
-        final = Path(out) if out is not None else self.run_dir / "model"
-        tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-        if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-        self.policy.save_pretrained(tmp)  # collective for a sharded policy; rank 0 writes
-        if not self.is_main:
-            return final
-        save_processor(self.processor, tmp)
-        self.template.save(tmp)  # mixed-r1 eval prompts as training did
-        embedder = getattr(self.reward, "embedder", None)
-        if embedder is not None and hasattr(embedder, "weight"):
-            from safetensors.torch import save_file
-
-            save_file({"weight": embedder.weight.contiguous()}, str(tmp / BMAS_FILE))
-        return replace_dir(tmp, final)
 
     # ------------------------------------------------------------------ periodic eval
     def evaluate(self) -> dict[str, float]:
@@ -665,103 +812,44 @@ class GRPOTrainer:
         out["time/eval"] = time.perf_counter() - t0
         return out
 
-    # ------------------------------------------------------------------ the loop
-    def train(self, logger: Any = None) -> list[dict]:
-        """Run until ``cfg.steps``; log every step, checkpoint every ``save_every`` and at the end.
-
-        SIGINT and SIGTERM (handlers installed for the call, from the main thread; the previous
-        ones are restored on return) stop training cleanly: the step in progress finishes (a
-        signal between steps starts no new one), a checkpoint of the last finished step is written
-        (unless that step was just saved), and :class:`~mixed_r1.checkpoint.TrainingInterrupted`
-        is raised (exit status 128 + signal: 130, 143). A second identical signal aborts at once
-        (KeyboardInterrupt, no checkpoint). Every rank of a multi-rank run checks the flag before
-        each step in one MAX all-reduce on the policy's device, so all ranks stop after the same
-        step and write the checkpoint together."""
-        import signal
-        import sys
-        import threading
-
-        import torch.distributed as dist
-
-        from mixed_r1.checkpoint import TrainingInterrupted
-
-        caught: list[int] = []
-        doing = ["between"]  # what the loop is doing: "step", "eval", "save" or "between"
-
-        def on_signal(signum, frame) -> None:
-            if signum in caught:  # the same signal again: stop now, without a checkpoint
-                raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
-            caught.append(signum)
-            if self.is_main:  # what will happen, said as the loop will do it
-                done = self.step_count
-                what = {"step": f"finishing step {done + 1}, then writing its checkpoint",
-                        "eval": f"finishing the evaluation after step {done}, then writing "
-                                f"the checkpoint of step {done}",
-                        "save": f"finishing the checkpoint of step {done}, then stopping"}.get(
-                    doing[0], f"stopping after step {done} with its checkpoint")
-                sys.stderr.write(f"\n{signal.Signals(signum).name}: {what} (send it again to "
-                                 "stop at once)\n")
-
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, on_signal)
-        multi = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-        def agreed_signal() -> int:  # collective: the same answer on every rank
-            flag = caught[0] if caught else 0
-            if multi:
-                t = torch.tensor([float(flag)], device=self.policy.device)
-                dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                flag = int(t.item())
-            return flag
-
-        history = []
-        saved = getattr(self, "resumed_from", None)  # the checkpoint of step_count, if any
-        saved_step = self.step_count if saved is not None else None
-        try:
-            signum = 0
-            while self.step_count < self.cfg.steps:
-                signum = agreed_signal()
-                if signum:
-                    break
-                doing[0] = "step"
-                metrics = self.step()
-                if self.cfg.eval_every and self.step_count % self.cfg.eval_every == 0:
-                    doing[0] = "eval"
-                    metrics.update(self.evaluate())
-                doing[0] = "between"
-                history.append(metrics)
-                if logger is not None and (self.step_count % self.cfg.log_every == 0
-                                           or "eval/n" in metrics):
-                    logger.log(self.step_count, metrics)
-                if self.cfg.save_every and self.step_count % self.cfg.save_every == 0:
-                    doing[0] = "save"
-                    saved, saved_step = self.save(), self.step_count
-                    doing[0] = "between"
-            signum = signum or agreed_signal()
-            if saved_step != self.step_count:
-                doing[0] = "save"
-                saved, saved_step = self.save(), self.step_count
-            if signum:
-                raise TrainingInterrupted(signum, self.step_count, saved)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return history
 
 
-def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
-                  model: torch.nn.Module | None = None) -> GRPOTrainer:
-    """Everything from the config: data, processor, policy (+ reference), generator, reward."""
+@dataclass
+class PolicyBuild:
+    """What :func:`build_policy` builds for a stage: the policy engine, the processor, the
+    training rows, the HF model (HF backend: the policy's own; mcore: a copy on the ranks that
+    asked for one, for an HF generator; else None), the HF directory the megatron shards come from
+    (mcore; None on the HF backend) and the run's :class:`~mixed_r1.parallel.dims.ParallelDims`."""
+
+    policy: TrainEngine
+    processor: Any
+    samples: list
+    model: torch.nn.Module | None
+    hf_dir: Path | None
+    dims: Any
+
+
+def build_policy(cfg: TrainConfig, run_dir: str | Path | None = None,
+                 model: torch.nn.Module | None = None, *,
+                 leader_models: bool = False) -> PolicyBuild:
+    """The policy engine of ``cfg`` (HF, or megatron-core under ``parallel.backend: mcore``),
+    with its processor and training rows — what GRPO and SFT build alike.
+
+    Every rule that needs the model's shapes is checked first
+    (:func:`~mixed_r1.config.validate_model_layout`), then: seeds, processor, ``data.train_file``
+    (:func:`load_train_samples`), the model (``model``, else :func:`build_model`), the frozen
+    parts (``model.freeze_*``, :func:`mixed_r1.models.freeze.apply_freeze`, before the optimizer
+    exists) and the engine. mcore (collective over the torchrun world): the HF model is written
+    once by rank 0 (``<run>/init_model`` for a tiny random model), converted to mcore shards cached
+    in ``<run>/mcore_init``, and each rank loads its shard; ``leader_models``: each rollout
+    replica's first rank also builds the HF model (for an HF generator)."""
     from mixed_r1.config import validate_model_layout
     from mixed_r1.plan import model_hf_config
-    from mixed_r1.rewards import MixedReward
 
     # every rule that needs the model's shapes, before any process group or model exists
     validate_model_layout(cfg, model.config.to_dict() if model is not None else model_hf_config(cfg))
     if cfg.parallel.backend == "mcore":
-        return build_mcore_trainer(cfg, run_dir, model)
+        return _build_mcore_policy(cfg, run_dir, model, leader_models)
     seed_everything(cfg.seed)
     processor = build_processor(cfg)
     for key in ("pack_sequences", "shared_prefix"):
@@ -779,14 +867,63 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
                 check(model)
         except ValueError as exc:  # one line naming the key, not a traceback
             raise ConfigError(f"config key {exc}") from None
+    freeze_parts(model, cfg)
     o = cfg.optim
     policy = HFEngine(model, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                       weight_decay=o.weight_decay, chunked_lm_head=cfg.model.chunked_lm_head,
                       shared_prefix=cfg.algo.shared_prefix)
+    return PolicyBuild(policy, processor, samples, model, None, parallel_dims(cfg))
+
+
+def freeze_parts(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, int]:
+    """:func:`mixed_r1.models.freeze.apply_freeze` with ``cfg.model``'s freeze keys (nothing when
+    none is set); logs the frozen element counts; a freeze leaving nothing to train is a
+    ConfigError."""
+    from mixed_r1.models.freeze import PARTS, apply_freeze
+
+    if not any(getattr(cfg.model, f"freeze_{k}") for k in PARTS):
+        return {}
+    try:
+        counts = apply_freeze(model, cfg.model)
+    except ValueError as exc:
+        raise ConfigError(f"config keys {exc}") from None
+    if is_main_rank():
+        log.info("frozen parameters: %s; trainable: %d",
+                 ", ".join(f"{k} {counts[k]}" for k in PARTS if counts[k]), counts["trainable"])
+    return counts
+
+
+def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
+                  model: torch.nn.Module | None = None) -> GRPOTrainer:
+    """Everything from the config: data, processor, policy (+ reference), generator, reward.
+
+    ``parallel.backend: mcore`` (collective over the torchrun world): the policy as
+    :func:`build_policy` builds it; generation by R = world / rollout TP replicas
+    (:class:`~mixed_r1.rollout.replicas.ReplicaGenerator`), each sampling its share of a step's
+    prompts: ``rollout.backend: vllm`` one engine per replica (vLLM's external launcher,
+    data-parallel engines), ``hf`` one HF generator on each replica's first rank."""
+    from mixed_r1.rewards import MixedReward
+
+    mcore = cfg.parallel.backend == "mcore"
+    built = build_policy(cfg, run_dir, model, leader_models=cfg.rollout.backend == "hf")
+    policy, processor = built.policy, built.processor
     ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
-    generator = build_generator(cfg, model, processor, dims=parallel_dims(cfg))
+    if mcore:
+        generator = _replica_generator(cfg, built)
+        run_dir = Path(run_dir or cfg.out_dir)
+    else:
+        generator = build_generator(cfg, built.model, processor, dims=built.dims)
     reward = MixedReward(cfg.reward, embedder=bmas_embedder(cfg, processor, policy))
-    return GRPOTrainer(cfg, policy, generator, processor, reward, samples, ref, run_dir)
+    return GRPOTrainer(cfg, policy, generator, processor, reward, built.samples, ref, run_dir)
+
+
+def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
+                        model: torch.nn.Module | None = None) -> GRPOTrainer:
+    """The trainer over a megatron-core policy (``parallel.backend: mcore``):
+    :func:`build_trainer`, which it is."""
+    if cfg.parallel.backend != "mcore":
+        raise ConfigError("build_mcore_trainer needs parallel.backend: mcore")
+    return build_trainer(cfg, run_dir, model)
 
 
 def load_eval_samples(cfg: TrainConfig, processor: Any = None) -> list:
@@ -825,15 +962,9 @@ def _init_mcore_parallel(cfg: TrainConfig):
     return init_parallel(dims, seed=cfg.seed)
 
 
-def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
-                        model: torch.nn.Module | None = None) -> GRPOTrainer:
-    """The trainer over a megatron-core policy (``parallel.backend: mcore``), collective over the
-    torchrun world: the HF model is written once by rank 0 (``<run>/init_model`` for a tiny random
-    model), converted to mcore shards cached in ``<run>/mcore_init``, and each rank loads its shard.
-    Generation: R = world / rollout TP replicas (:class:`~mixed_r1.rollout.replicas.ReplicaGenerator`),
-    each sampling its share of a step's prompts: ``rollout.backend: vllm`` one engine per replica
-    (vLLM's external launcher, data-parallel engines), ``hf`` one HF generator on each replica's
-    first rank."""
+def _build_mcore_policy(cfg: TrainConfig, run_dir: str | Path | None,
+                        model: torch.nn.Module | None, leader_models: bool) -> PolicyBuild:
+    """:func:`build_policy` for ``parallel.backend: mcore`` (see there)."""
     import os
     import shutil
 
@@ -841,22 +972,19 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
 
     from mixed_r1.engine.megatron import MegatronEngine
     from mixed_r1.parallel.dist import barrier
-    from mixed_r1.rewards import MixedReward
-    from mixed_r1.rollout.replicas import ReplicaGenerator
 
     p = cfg.parallel
     dims = _init_mcore_parallel(cfg)
     run = Path(run_dir or cfg.out_dir)
     main = is_main_rank()
-    rank = dist.get_rank()
-    replicas, leader = dims.replicas, dims.is_replica_leader(rank)
+    leader = leader_models and dims.is_replica_leader(dist.get_rank())
     seed_everything(cfg.seed)
     processor = build_processor(cfg)
     samples = load_train_samples(cfg, processor)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[cfg.model.dtype]
     if cfg.model.kind == "pretrained":
         hf_dir = Path(cfg.model.path)
-        if leader and cfg.rollout.backend == "hf" and model is None:
+        if leader and model is None:
             model = build_model(cfg)
     else:
         hf_dir = run / "init_model"
@@ -867,54 +995,73 @@ def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
             model.save_pretrained(str(tmp), safe_serialization=True)
             replace_dir(tmp, hf_dir)
         barrier()
-        if leader and cfg.rollout.backend == "hf" and model is None:
+        if leader and model is None:
             model = build_model(cfg)  # seeded: the same weights as rank 0's (synced below anyway)
     tok = getattr(processor, "tokenizer", processor)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     o = cfg.optim
-    policy = MegatronEngine.from_hf(hf_dir, run / "mcore_init", pad_id=int(pad), params_dtype=dtype,
-                                    lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                    weight_decay=o.weight_decay,
-                                    use_distributed_optimizer=p.distributed_optimizer,
-                                    overlap_grad_reduce=p.overlap_grad_reduce,
-                                    recompute=cfg.model.recompute_mode,
-                                    pipeline_layers=p.pipeline_layers)
-    ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
+    try:
+        policy = MegatronEngine.from_hf(hf_dir, run / "mcore_init", pad_id=int(pad),
+                                        params_dtype=dtype, lr=o.lr, betas=(o.beta1, o.beta2),
+                                        eps=o.eps, weight_decay=o.weight_decay,
+                                        use_distributed_optimizer=p.distributed_optimizer,
+                                        overlap_grad_reduce=p.overlap_grad_reduce,
+                                        recompute=cfg.model.recompute_mode,
+                                        pipeline_layers=p.pipeline_layers, freeze=cfg.model)
+    except ValueError as exc:
+        if "nothing to train" in str(exc):  # apply_freeze's: a config error (config.validate)
+            raise ConfigError(f"config keys {exc}") from None
+        raise
+    if main and policy.frozen_counts:
+        log.info("frozen parameters (rank 0's shard): %s", policy.frozen_counts)
+    return PolicyBuild(policy, processor, samples, model if leader else None, hf_dir, dims)
+
+
+def _replica_generator(cfg: TrainConfig, built: PolicyBuild) -> Any:
+    """The mcore run's generator (see :func:`build_trainer`), given the policy's weights in full
+    (rank 0 keeps the embedding table passing by, for the BMAS snapshot)."""
+    import torch.distributed as dist
+
+    from mixed_r1.rollout.replicas import ReplicaGenerator
+
+    dims, rank = built.dims, dist.get_rank()
+    leader = dims.is_replica_leader(rank)
     inner = None
     if cfg.rollout.backend == "vllm":  # every rank: one engine shard of its replica
-        inner = build_generator(cfg, None, processor, model_dir=hf_dir, dims=dims)
+        inner = build_generator(cfg, None, built.processor, model_dir=built.hf_dir, dims=dims)
     elif leader:
-        inner = build_generator(cfg, model, processor, dims=dims)
-    generator = ReplicaGenerator(inner, replica=dims.replica_of(rank), replicas=replicas,
+        inner = build_generator(cfg, built.model, built.processor, dims=dims)
+    generator = ReplicaGenerator(inner, replica=dims.replica_of(rank), replicas=dims.replicas,
                                  leader=leader)
-    # the same weights; rank 0 keeps the embedding table passing by for the BMAS snapshot
-    sync_weights(policy.export_hf_weights(keep_embedding=True), generator)
-    reward = MixedReward(cfg.reward, embedder=bmas_embedder(cfg, processor, policy))
-    return GRPOTrainer(cfg, policy, generator, processor, reward, samples, ref, run)
+    sync_weights(built.policy.export_hf_weights(keep_embedding=True), generator)
+    return generator
 
 
-def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                 run_dir: str | Path | None = None,
-                 model: torch.nn.Module | None = None) -> GRPOTrainer:
-    """Build, optionally resume, train with logging, export the final model (rank 0 writes the
-    config, metrics and logs when the policy spans several ranks).
+def run_stage(cfg: TrainConfig, build: Any, *, resume: bool = False, overwrite: bool = False,
+              run_dir: str | Path | None = None, logger: Any = None) -> TrainerBase:
+    """Build a stage's trainer with ``build(run)`` (a :class:`TrainerBase`), optionally resume,
+    train with logging, export the final model (rank 0 writes the config, metrics and logs when
+    the policy spans several ranks) — the one driver of ``mixed-r1 train`` and ``mixed-r1 sft``.
+    The steps' metrics are left in ``trainer.history``. ``logger``: given, rank 0 logs each
+    step's row to it (``log(step, metrics)``) instead of the run's own
+    :class:`~mixed_r1.metrics.MetricsLogger`, and it is not closed here.
 
     The run directory (``run_dir``, default ``cfg.out_dir``) follows
     :func:`mixed_r1.checkpoint.prepare_run_dir`'s rules: a new run refuses a non-empty directory
     (FileExistsError) unless ``overwrite``, which deletes what an earlier run wrote there first;
     ``resume`` refuses a directory that does not exist (FileNotFoundError), continues from its
-    newest complete checkpoint (:meth:`GRPOTrainer.resume`) and prints which step it resumes from
+    newest complete checkpoint (:meth:`TrainerBase.resume`) and prints which step it resumes from
     (step 0 when the run stopped before its first checkpoint). The trainer is built inside
     :func:`mixed_r1.checkpoint.staged_run_dir`: an overwritten run is deleted only once the data
     and model are built, so a config, data or model error leaves the directory as it was (what the
-    build wrote there removed). SIGINT/SIGTERM end training after the current step with a checkpoint and raise
-    :class:`~mixed_r1.checkpoint.TrainingInterrupted` (no export)."""
+    build wrote there removed). SIGINT/SIGTERM end training after the current step with a
+    checkpoint and raise :class:`~mixed_r1.checkpoint.TrainingInterrupted` (no export)."""
     from mixed_r1.checkpoint import staged_run_dir
     from mixed_r1.metrics import MetricsLogger, check_loggers, truncate_metrics
 
     check_loggers(cfg)  # every rank, before anything is built: logging.wandb without wandb
     with staged_run_dir(run_dir or cfg.out_dir, resume=resume, overwrite=overwrite) as run:
-        trainer = build_trainer(cfg, run, model)
+        trainer = build(run)
     if trainer.is_main:
         (run / "config.yaml").write_text(dump_yaml(cfg))
     start = trainer.resume() if resume else 0
@@ -925,23 +1072,34 @@ def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = Fa
                   f"resuming {run}: no checkpoint yet, starting from step 0", flush=True)
         else:
             truncate_metrics(run, 0)
-    logger = None
-    if trainer.is_main:  # the one logger of a run (JSONL, TensorBoard, W&B): rank 0 only
-        logger = MetricsLogger(run, total_steps=cfg.steps, initial_step=start,
-                               tensorboard=cfg.tensorboard, progress=cfg.progress,
-                               wandb=cfg.logging, config=cfg.to_dict())
+    own = None
+    if trainer.is_main and logger is None:  # the run's logger (JSONL, TensorBoard, W&B)
+        own = MetricsLogger(run, total_steps=cfg.steps, initial_step=start,
+                            tensorboard=cfg.tensorboard, progress=cfg.progress,
+                            wandb=cfg.logging, config=cfg.to_dict(),
+                            stage=getattr(trainer, "stage", "grpo"))
     exit_code = 1  # an exception (SIGINT/SIGTERM: 128 + signal) marks the W&B run failed
     try:
-        trainer.train(logger)
+        trainer.history = trainer.train((own if logger is None else logger)
+                                        if trainer.is_main else None)
         exit_code = 0
     except KeyboardInterrupt as exc:  # TrainingInterrupted, or a second signal
         exit_code = getattr(exc, "exit_code", 130)
         raise
     finally:
-        if logger is not None:
-            logger.close(exit_code)
+        if own is not None:
+            own.close(exit_code)
     trainer.export_model()
     return trainer
+
+
+def run_training(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                 run_dir: str | Path | None = None,
+                 model: torch.nn.Module | None = None) -> GRPOTrainer:
+    """``mixed-r1 train``: :func:`run_stage` of :func:`build_trainer` (see there for the run
+    directory, resume, logging, interrupts and export)."""
+    return run_stage(cfg, lambda run: build_trainer(cfg, run, model), resume=resume,
+                     overwrite=overwrite, run_dir=run_dir)
 
 
 def bench_step(cfg, steps: int = 2) -> list[dict]:
@@ -951,7 +1109,8 @@ def bench_step(cfg, steps: int = 2) -> list[dict]:
     return [trainer.step() for _ in range(steps)]
 
 
-__all__ = ["GRPOTrainer", "PromptStream", "Rollouts", "build_generator", "build_mcore_trainer",
-           "build_model", "build_processor", "build_trainer", "load_train_samples",
-           "run_training", "bench_step",
+__all__ = ["GRPOTrainer", "PolicyBuild", "PromptStream", "Rollouts", "TrainerBase",
+           "build_generator", "build_mcore_trainer", "build_model", "build_policy",
+           "build_processor", "build_trainer", "freeze_parts", "load_eval_samples",
+           "load_train_samples", "run_stage", "run_training", "bench_step",
            "bmas_embedder", "seed_everything", "step_seed"]

@@ -56,8 +56,8 @@ def pytest_runtest_makereport(item, call):
 LONGEST_FIRST = (
     "test_trainer_mcore.py", "test_text_lm.py", "test_examples.py", "test_trainer_resume.py",
     "test_smollm2_grpo.py", "test_kernels_memory.py", "test_parallel_multimodal.py",
-    "test_demo.py", "test_run_dirs.py", "test_example_smollm2_vllm.py", "test_data_engine.py",
-    "test_convert_gguf.py", "test_engine_megatron.py", "test_rollout_sync.py",
+    "test_demo.py", "test_run_dirs.py", "test_sft.py", "test_example_smollm2_vllm.py",
+    "test_data_engine.py", "test_convert_gguf.py", "test_engine_megatron.py", "test_rollout_sync.py",
     "test_mixed_precision.py", "test_parallel_policy.py", "test_collectives_device.py",
     "test_gpu_check.py", "test_weight_sync_memory.py", "test_convert_smollm2.py", "test_plan.py",
     "test_rewards_custom.py", "test_rollout_vllm.py", "test_rollout_replicas.py",

@@ -1,6 +1,6 @@
 """Imports flow one way (../shared/DESIGN.md, "Layout"):
 
-    cli -> demo -> trainer -> {evaluate, checkpoint, metrics, plan}
+    cli -> demo -> {trainer, sft} -> {evaluate, checkpoint, metrics, plan}
         -> {rollout, engine, data, rewards, config} -> models -> parallel -> {algo, kernels}
         -> {tasks, atomic}
 
@@ -23,7 +23,7 @@ PKG = Path(__file__).resolve().parents[1] / "mixed_r1"
 TIERS = [
     {"cli"},
     {"demo"},
-    {"trainer"},
+    {"trainer", "sft"},
     {"evaluate", "checkpoint", "metrics", "plan"},
     {"rollout", "engine", "data", "rewards", "config"},
     {"models"},  # per-family megatron modules use parallel's groups and vocab-parallel ops

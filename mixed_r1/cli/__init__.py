@@ -1,7 +1,8 @@
 """`mixed-r1 <command>`: the command-line entry point.
 
-One module per command group in this package (``train`` = train/eval/plot/bench, ``data``,
-``convert``, ``plan``, ``demo``, ``rewards`` = demo-rewards), each defining its parsers once in
+One module per command group in this package (``train`` = train/eval/plot/bench, ``sft``,
+``data``, ``convert``, ``plan``, ``demo``, ``rewards`` = demo-rewards), each defining its parsers
+once in
 ``register(subparsers)``; the library code a command calls lives outside ``mixed_r1.cli`` and is
 imported inside the command, so ``mixed-r1 --help`` loads no torch.
 
@@ -79,6 +80,7 @@ _COMMAND_MODULES = (
     "mixed_r1.cli.data",
     "mixed_r1.cli.convert",
     "mixed_r1.cli.train",
+    "mixed_r1.cli.sft",
     "mixed_r1.cli.demo",
     "mixed_r1.cli.plan",
 )
@@ -162,7 +164,7 @@ def split_debug(argv: list[str]) -> tuple[list[str], bool]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """``argv`` parsed by :func:`build_parser`, where a command taking ``key.sub=value``
-    overrides (``train``, ``bench``) accepts them on both sides of its flags, as in
+    overrides (``train``, ``sft``, ``bench``) accepts them on both sides of its flags, as in
     ``train --config C out_dir=X --overwrite steps=1`` (argparse alone ends a ``nargs="*"``
     positional at the first flag and calls what follows unrecognized). Overrides keep their
     command-line order, so a later one wins. Anything else unrecognized is argparse's usage error

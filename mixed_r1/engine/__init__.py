@@ -6,7 +6,8 @@
 from mixed_r1.engine.base import (LossConfig, LossFn, MicroBatchResult, ModelMismatchError, PolicyBatch,
                                   TrainEngine)
 from mixed_r1.engine.hf import HFEngine, load_pretrained_model
-from mixed_r1.engine.update import MEAN_METRICS, PolicyLoss, run_update
+from mixed_r1.engine.update import MEAN_METRICS, PolicyLoss, SFTLoss, run_sft_update, run_update
 
 __all__ = ["HFEngine", "LossConfig", "LossFn", "MEAN_METRICS", "MicroBatchResult", "ModelMismatchError",
-           "PolicyBatch", "PolicyLoss", "TrainEngine", "load_pretrained_model", "run_update"]
+           "PolicyBatch", "PolicyLoss", "SFTLoss", "TrainEngine", "load_pretrained_model",
+           "run_sft_update", "run_update"]

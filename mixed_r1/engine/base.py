@@ -104,9 +104,12 @@ class MicroBatchResult:
 
 
 class LossFn(Protocol):
-    """The per-micro-batch GRPO loss a backend calls (:class:`mixed_r1.engine.update.PolicyLoss`):
-    ``from_logits`` where the backend holds full-vocab logits (the fused kernel), ``from_logprobs``
-    where it holds log-probs already reduced over vocab shards (tensor parallelism)."""
+    """The per-micro-batch loss a backend calls (:class:`mixed_r1.engine.update.PolicyLoss`,
+    GRPO's; :class:`~mixed_r1.engine.update.SFTLoss`, supervised): ``from_logits`` where the
+    backend holds full-vocab logits (the fused kernel), ``from_logprobs`` where it holds log-probs
+    already reduced over vocab shards (tensor parallelism). A loss whose ``token_accuracy`` is
+    true also gets ``hits=`` [B, T] float (1 where the target is the argmax of the logits) in
+    ``from_logprobs``; it reads the temperature from ``cfg.temperature``."""
 
     def from_logits(self, logits: torch.Tensor, mb: PolicyBatch
                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]: ...

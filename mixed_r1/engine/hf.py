@@ -7,6 +7,9 @@ post-accumulate-grad hook adds each micro-batch's bf16 gradient into the fp32 ma
 frees the bf16 one, so gradients accumulate over micro-batches in fp32. After every step the bf16
 weights are refreshed from the masters (round to nearest). A float32 model is its own master.
 
+Frozen parameters (``requires_grad`` False before the engine is built, e.g. by
+:func:`mixed_r1.models.freeze.apply_freeze`) are left out: no fp32 master, no AdamW state.
+
 Weight decay follows the usual convention (megatron-core's default param groups, HF Trainer): none on
 biases and norm weights (1-D parameters).
 
@@ -188,13 +191,15 @@ class HFEngine:
         L = hidden.shape[1]
         return hidden[:, L - T - 1:L - 1]
 
-    def chunked_logprobs(self, batch: PolicyBatch, temperature: float
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    def chunked_logprobs(self, batch: PolicyBatch, temperature: float, *, hits: bool = False
+                         ) -> tuple[torch.Tensor, ...]:
         """log-probs [B, T] of ``batch.targets`` and entropy [B, T] (float32) through
         :func:`~mixed_r1.kernels.linear_token_logprobs`, never materializing the logits. Only the
         ``n = mask.sum()`` real completion tokens' hidden states go through the head (as ``[1, n, H]``);
         both outputs are 0 where ``batch.mask`` is 0. A batch without a completion token goes through
-        whole (its log-probs then masked), so the loss keeps its graph."""
+        whole (its log-probs then masked), so the loss keeps its graph. With ``hits``, a third
+        output: [B, T] float32, 1 where the target is the argmax of the logits
+        (:func:`_argmax_hits`, chunk by chunk without a graph)."""
         from mixed_r1.kernels import linear_token_logprobs
 
         weight = self.model.get_output_embeddings().weight
@@ -202,20 +207,27 @@ class HFEngine:
         sel = batch.mask.bool()
         if not bool(sel.any()):
             logp, ent = linear_token_logprobs(hidden, weight, batch.targets, temperature, return_entropy=True)
-            return logp * batch.mask, ent * batch.mask
+            out: tuple[torch.Tensor, ...] = (logp * batch.mask, ent * batch.mask)
+            return out + (batch.mask.new_zeros(batch.mask.shape),) if hits else out
         lp, en = linear_token_logprobs(hidden[sel][None], weight, batch.targets[sel][None], temperature,
                                        return_entropy=True)
-        return _unflatten(sel, lp[0]), _unflatten(sel, en[0])
+        out = (_unflatten(sel, lp[0]), _unflatten(sel, en[0]))
+        if hits:
+            out += (_unflatten(sel, _argmax_hits(hidden[sel], weight, batch.targets[sel])),)
+        return out
 
     def completion_logprobs(self, batch: PolicyBatch, temperature: float, *,
-                            entropy: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                            entropy: bool = True, hits: bool = False
+                            ) -> tuple[torch.Tensor, ...]:
         """log-probs [B, T] (float32, differentiable, 0 where ``batch.mask`` is 0) and, with
-        ``entropy``, the entropy of softmax(logits / temperature) [B, T] (float32, detached), with
-        only the real completion tokens' positions through the LM head: the ``n = mask.sum()``
-        hidden states are gathered and give ``[n, V]`` logits, where :meth:`logits` gives
-        ``[B, T, V]`` with every row padded to the longest completion. Needs a plain
-        ``hidden · Wᵀ`` head (:func:`check_chunkable_head`); the log-probs are
-        :func:`mixed_r1.kernels.token_logprobs` (its gradient written into the logits buffer)."""
+        ``entropy``, the entropy of softmax(logits / temperature) [B, T] (float32, detached; else
+        None), with only the real completion tokens' positions through the LM head: the
+        ``n = mask.sum()`` hidden states are gathered and give ``[n, V]`` logits, where
+        :meth:`logits` gives ``[B, T, V]`` with every row padded to the longest completion. Needs a
+        plain ``hidden · Wᵀ`` head (:func:`check_chunkable_head`); the log-probs are
+        :func:`mixed_r1.kernels.token_logprobs` (its gradient written into the logits buffer).
+        With ``hits``, a third output: [B, T] float32, 1 where the target is the argmax of the
+        logits (token accuracy), 0 elsewhere and off the mask."""
         from mixed_r1.kernels import token_logprobs
 
         sel = batch.mask.bool()
@@ -224,9 +236,12 @@ class HFEngine:
         if entropy:
             ent = batch.mask.new_zeros(batch.mask.shape, dtype=torch.float32)
             ent[sel] = _entropy(logits, temperature)
+        hit = None
+        if hits:  # before the loss: the backward writes its gradient into the logits buffer
+            hit = _unflatten(sel, (logits.detach().argmax(-1) == batch.targets[sel]).float())
         lp = token_logprobs(logits[None], batch.targets[sel][None], temperature,
                             inplace_backward=torch.is_grad_enabled())[0]
-        return _unflatten(sel, lp), ent
+        return (_unflatten(sel, lp), ent) + ((hit,) if hits else ())
 
     def _compact_head(self, batch: PolicyBatch) -> bool:
         """Whether :meth:`completion_logprobs` applies: a plain head and a completion token."""
@@ -253,19 +268,21 @@ class HFEngine:
         if self.optimizer is None:
             raise RuntimeError("forward_backward on a frozen policy")
         self.model.train()
+        # a loss that reports token accuracy gets hits [B, T] (1 where the target is the argmax)
+        hits = bool(getattr(loss_fn, "token_accuracy", False))
         results = []
         for i, mb in enumerate(micro_batches):
             if mb is None:
                 continue
-            if self.chunked_lm_head:
-                logp, ent = self.chunked_logprobs(mb, loss_fn.cfg.temperature)
-                loss, metrics = loss_fn.from_logprobs(logp, mb, ent)
-            elif self._compact_head(mb):
-                logp, ent = self.completion_logprobs(mb, loss_fn.cfg.temperature)
-                loss, metrics = loss_fn.from_logprobs(logp, mb, ent)
+            if self.chunked_lm_head or self._compact_head(mb):
+                head = self.chunked_logprobs if self.chunked_lm_head else self.completion_logprobs
+                logp, ent, *hit = head(mb, loss_fn.cfg.temperature, hits=hits)
+                loss, metrics = loss_fn.from_logprobs(logp, mb, ent,
+                                                      **({"hits": hit[0]} if hits else {}))
             else:
                 loss, metrics, logp = loss_fn.from_logits(self.logits(mb), mb)
-            (loss * mb.scale).backward()
+            if loss.requires_grad:  # else it reaches no trainable parameter (frozen parts:
+                (loss * mb.scale).backward()  # a text-only row under a frozen LM): adds nothing
             results.append(MicroBatchResult(index=i, loss=loss.detach(), metrics=metrics,
                                             logprobs=logp.detach().float()))
         return results
@@ -313,10 +330,13 @@ class HFEngine:
                     p.copy_(m)
 
     # ---------------------------------------------------------------- weights
-    def export_hf_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Parameters by their HF names (tied weights once), detached, no copy."""
+    def export_hf_weights(self, trainable_only: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+        """Parameters by their HF names (tied weights once), detached, no copy. ``trainable_only``:
+        only those that train (frozen ones, :mod:`mixed_r1.models.freeze`, never change: a
+        generator that takes partial updates keeps its copy)."""
         for name, p in self.model.named_parameters():
-            yield name, p.detach()
+            if p.requires_grad or not trainable_only:
+                yield name, p.detach()
 
     def embedding_table(self) -> torch.Tensor:
         return self.model.get_input_embeddings().weight
@@ -378,6 +398,21 @@ def _entropy(logits: torch.Tensor, temperature: float, budget: int = 1 << 22) ->
         for s in range(0, n, chunk):
             logp = torch.log_softmax(logits[s:s + chunk].float() / temperature, -1)
             out[s:s + chunk] = -(logp.exp() * logp).sum(-1)
+    return out
+
+
+def _argmax_hits(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                 budget: int = 1 << 22) -> torch.Tensor:
+    """[n] float32, 1 where ``targets[i]`` is the argmax of ``hidden[i] · weightᵀ``
+    (hidden [n, H], weight [V, H]), computed a few rows at a time without a graph (at most ``budget`` logits per
+    chunk), for the chunked head that never holds the [n, V] logits."""
+    n, V = hidden.shape[0], weight.shape[0]
+    chunk = max(1, budget // max(V, 1))
+    out = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    with torch.no_grad():
+        for s in range(0, n, chunk):
+            pick = (hidden[s:s + chunk].detach() @ weight.detach().t()).argmax(-1)
+            out[s:s + chunk] = (pick == targets[s:s + chunk]).float()
     return out
 
 

@@ -16,6 +16,11 @@ Rules:
   (``use_distributed_optimizer``: fp32 masters and moments sharded over DP, gradients reduce-scattered,
   parameters all-gathered after the step). Tied-embedding gradients over PP and DP reduction are
   megatron's ``finalize_model_grads``; the global gradient norm is the optimizer's ``get_grad_norm``.
+- **Frozen parts** (``freeze``: ``model.freeze_vision_tower`` / ``freeze_merger`` /
+  ``freeze_language_model``, :func:`mixed_r1.models.freeze.apply_freeze`) get ``requires_grad =
+  False`` before DDP and the optimizer are built, so megatron-core gives them no gradient buffer,
+  fp32 master or Adam moments; ``export_hf_weights(trainable_only=True)`` leaves them out of the
+  stream (a frozen language model is not gathered at all).
 - **Inputs.** A :class:`~mixed_r1.engine.base.PolicyBatch` row is a left-padded prompt followed by its
   right-padded completion. megatron's attention here is causal without a padding mask, so every row
   is re-packed *left-aligned* (prompt + completion tokens first, pad after): causal attention then
@@ -236,7 +241,7 @@ class MegatronEngine:
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, trainable: bool = True,
                  params_dtype: torch.dtype = torch.float32, use_distributed_optimizer: bool = False,
-                 overlap_grad_reduce: bool = False) -> None:
+                 overlap_grad_reduce: bool = False, freeze: Any = None) -> None:
         self.module, self.arch = module, arch
         self.mcore_dir = Path(mcore_dir)
         self.hf_dir = Path(hf_dir) if hf_dir is not None else None
@@ -250,6 +255,11 @@ class MegatronEngine:
         # for inference); a sequence-parallel head gathers its input, so it takes every position
         self.completion_head = not getattr(module.config, "sequence_parallel", False)
         self.optimizer = None
+        # frozen parts (model.freeze_*): requires_grad off before DDP and the optimizer are
+        # built, so megatron-core gives them no gradient buffer, fp32 master or Adam moments
+        self.freeze = {k: bool(getattr(freeze, f"freeze_{k}", False))
+                       for k in ("vision_tower", "merger", "language_model")}
+        self.frozen_counts: dict[str, int] = {}
         if not trainable:
             module.eval()
             for p in module.parameters():
@@ -260,6 +270,10 @@ class MegatronEngine:
                                                DistributedDataParallelConfig)
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+        from mixed_r1.models.freeze import apply_freeze
+
+        if any(self.freeze.values()):
+            self.frozen_counts = apply_freeze(module, freeze)
         config = module.config
         config.calculate_per_token_loss = True  # our losses are globally normalized (docstring)
         ddp_config = DistributedDataParallelConfig(
@@ -324,11 +338,12 @@ class MegatronEngine:
 
     # ---------------------------------------------------------------- forward
     def _run(self, mbs: list[dict[str, Any]], *, forward_only: bool, loss_fn, temperature: float,
-             with_entropy: bool = False):
+             with_entropy: bool = False, with_hits: bool = False):
         from mixed_r1.parallel.schedule import pipeline_logprobs
 
         return pipeline_logprobs(self.model, self.arch, mbs, forward_only=forward_only,
-                                 loss_fn=loss_fn, temperature=temperature, with_entropy=with_entropy)
+                                 loss_fn=loss_fn, temperature=temperature,
+                                 with_entropy=with_entropy, with_hits=with_hits)
 
     def forward_logprobs(self, batch: PolicyBatch, temperature: float = 1.0) -> torch.Tensor:
         """[B, T] float32 log-probs of ``batch.targets`` (no grad), identical on every rank."""
@@ -383,11 +398,14 @@ class MegatronEngine:
                 pk["_batch"], pk["_index"] = mb, i
                 packed.append(pk)
 
-            def mb_loss(logp: torch.Tensor, pk: dict[str, Any], entropy: torch.Tensor) -> torch.Tensor:
+            def mb_loss(logp: torch.Tensor, pk: dict[str, Any], entropy: torch.Tensor,
+                        hits: torch.Tensor | None = None) -> torch.Tensor:
                 b = pk["_batch"]
                 mask = b.mask.to(logp.device)
                 lp = completion_logprobs(logp, pk, mask)
-                value, metrics = loss_fn.from_logprobs(lp, b, completion_logprobs(entropy, pk, mask))
+                extra = {} if hits is None else {"hits": completion_logprobs(hits, pk, mask)}
+                ent = completion_logprobs(entropy, pk, mask)
+                value, metrics = loss_fn.from_logprobs(lp, b, ent, **extra)
                 if ghost:
                     return value * 0.0
                 results.append(MicroBatchResult(index=pk["_index"], loss=value.detach(),
@@ -395,7 +413,7 @@ class MegatronEngine:
                 return value * b.scale
 
             self._run(packed, forward_only=False, loss_fn=mb_loss, temperature=loss_fn.cfg.temperature,
-                      with_entropy=True)
+                      with_entropy=True, with_hits=bool(getattr(loss_fn, "token_accuracy", False)))
         finalize_model_grads([self.model])
         return results
 
@@ -460,28 +478,42 @@ class MegatronEngine:
         self.optimizer.step_with_ready_grads()  # fp32 masters step; compute weights refreshed
 
     # ---------------------------------------------------------------- weights
-    def _vision_tensors(self) -> dict[str, torch.Tensor]:
+    def _vision_tensors(self, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        """The vision tower's tensors under HF names (first stage; {} elsewhere); with
+        ``trainable_only``, without the frozen parts (the tower's blocks, the merger)."""
         visual = getattr(self.module, "visual", None)
         if visual is None:
             return {}
         prefix = self.arch.names.vision_prefix or "model.visual."
-        return {prefix + k: v.detach() for k, v in visual.state_dict().items()}
+        out = {}
+        for k, v in visual.state_dict().items():
+            part = "merger" if k.startswith("merger.") else "vision_tower"
+            if trainable_only and self.freeze[part]:
+                continue
+            out[prefix + k] = v.detach()
+        return out
 
-    def weight_stream(self, **kw: Any):
-        """A :class:`~mixed_r1.rollout.weight_sync.MegatronWeightStream` over this rank's shards."""
+    def weight_stream(self, trainable_only: bool = False, **kw: Any):
+        """A :class:`~mixed_r1.rollout.weight_sync.MegatronWeightStream` over this rank's shards;
+        ``trainable_only``: without the frozen parts (a frozen language model is not gathered at
+        all). Every rank must ask for the same (it is collective)."""
         from mixed_r1.rollout.weight_sync import MegatronWeightStream
 
         lm = getattr(self.module, "language_model", self.module)
         # the vision tower lives on the first pipeline stage, which streams it to the others
-        return MegatronWeightStream(lm, self.arch, extra=self._vision_tensors(), extra_stage=0, **kw)
+        return MegatronWeightStream(lm, self.arch, extra=self._vision_tensors(trainable_only),
+                                    extra_stage=0,
+                                    lm=not (trainable_only and self.freeze["language_model"]), **kw)
 
-    def export_hf_weights(self, keep_embedding: bool = False) -> Any:
+    def export_hf_weights(self, keep_embedding: bool = False, trainable_only: bool = False) -> Any:
         """HF-named full tensors streamed from the shards, bucket by bucket (collective: every rank
         iterates it). The stream keeps its ``specs()`` (so a generator validates and loads it
         lazily, never holding the whole model) and ``retarget``. ``keep_embedding``: global rank 0
         also keeps a CPU float32 copy of the input-embedding table passing by
-        (:meth:`embedding_table`; the trainer asks once, for the BMAS snapshot)."""
-        stream = self.weight_stream()
+        (:meth:`embedding_table`; the trainer asks once, for the BMAS snapshot).
+        ``trainable_only``: the parts that train only (for a generator that takes partial
+        updates; the frozen ones never change)."""
+        stream = self.weight_stream(trainable_only)
         return _EmbedKeepingStream(stream, self) if keep_embedding else stream
 
     def embedding_table(self) -> torch.Tensor | None:

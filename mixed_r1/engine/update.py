@@ -20,6 +20,9 @@
 
 With ``rollout_mismatch`` (the first update of a step, when the weights are still the sampler's) the
 mean |log p_trainer − log p_sampler| over completion tokens is returned as ``rollout_logprob_abs_diff``.
+
+Steps 3–5 are :func:`finish_update`, shared with the supervised update :func:`run_sft_update`
+(:class:`SFTLoss`, the cross-entropy of ``mixed-r1 sft``) on the same engines.
 """
 from __future__ import annotations
 
@@ -127,6 +130,17 @@ def run_update(engine: TrainEngine, micro_batches: Sequence[PolicyBatch | None],
     if rollout_mismatch and s[n_fixed + 2] > 0:
         out["rollout_logprob_abs_diff"] = s[n_fixed + 1] / s[n_fixed + 2]
 
+    out.update(loss=total_loss, tokens=ntok)
+    out.update(finish_update(engine, total_loss, lr, grad_clip))
+    return out
+
+
+def finish_update(engine: TrainEngine, total_loss: float, lr: float, grad_clip: float
+                  ) -> dict[str, float]:
+    """Steps 3–5 of the module docstring, after the gradients of an update are accumulated:
+    the global gradient norm, the non-finite skip (``total_loss`` or the norm), global-norm
+    clipping, the optimizer step at ``lr`` and the update-to-weight ratio; gradients are dropped
+    at the end. Returns ``grad_norm``, ``skipped`` (0/1) and ``update/rel_change``. Collective."""
     gnorm = engine.grad_norm()
     skipped = not (math.isfinite(total_loss) and math.isfinite(gnorm))
     rel_change = 0.0
@@ -135,7 +149,7 @@ def run_update(engine: TrainEngine, micro_batches: Sequence[PolicyBatch | None],
         masters = engine.main_params()
         before = [p.detach().clone() for p in masters]
         engine.step(lr, coef)
-        stats = torch.zeros(2, dtype=torch.float64, device=dev)
+        stats = torch.zeros(2, dtype=torch.float64, device=engine.device)
         if masters:
             stats[1] = _sum_sq(before)
             torch._foreach_sub_(before, [p.detach() for p in masters])
@@ -144,8 +158,73 @@ def run_update(engine: TrainEngine, micro_batches: Sequence[PolicyBatch | None],
         delta_sq, norm_sq = engine.reduce_param_stats(stats).tolist()
         rel_change = math.sqrt(delta_sq / norm_sq) if norm_sq > 0 else 0.0
     engine.zero_grad()
-    out.update(loss=total_loss, grad_norm=gnorm, skipped=float(skipped), tokens=ntok)
-    out["update/rel_change"] = rel_change
+    return {"grad_norm": gnorm, "skipped": float(skipped), "update/rel_change": rel_change}
+
+
+class SFTLoss:
+    """Supervised cross-entropy of one micro-batch, for the same engines (:mod:`mixed_r1.sft`):
+
+        loss_m = − Σ_{b,t} mask[b, t] · log p(targets[b, t]) / N
+
+    with ``N = mb.num_items``, the completion tokens of the whole optimizer step (all
+    micro-batches, all data-parallel replicas), so ``Σ_m loss_m`` is the step's token-mean NLL and
+    gradient accumulation over micro-batches is exact (``mb.scale`` is 1). ``token_accuracy``
+    asks the engines for ``hits`` [B, T] (1 where the target is the argmax of the logits; they
+    compute it from the logits or the vocab shards). Metrics: ``token_acc`` (0-d, the
+    micro-batch's masked mean of hits). Log-probs at temperature 1."""
+
+    token_accuracy = True
+
+    def __init__(self) -> None:
+        self.cfg = LossConfig(temperature=1.0)  # the engines read cfg.temperature
+
+    def from_logprobs(self, logp: torch.Tensor, mb: PolicyBatch,
+                      entropy: torch.Tensor | None = None, hits: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if hits is None:
+            raise ValueError("SFTLoss needs the engine's hits (token accuracy) of every "
+                             "micro-batch")
+        mask = mb.mask.to(logp.device, logp.dtype)
+        n = mask.sum()
+        denom = float(mb.num_items) if mb.num_items else n.clamp(min=1.0)
+        loss = -(logp * mask).sum() / denom
+        acc = (hits.to(mask) * mask).sum() / n.clamp(min=1.0)
+        return loss, {"token_acc": acc.detach()}
+
+    def from_logits(self, logits: torch.Tensor, mb: PolicyBatch
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        from mixed_r1.kernels import token_logprobs
+
+        hits = (logits.detach().argmax(-1) == mb.targets).float()
+        logp = token_logprobs(logits, mb.targets, 1.0) * mb.mask.to(logits.device)
+        loss, metrics = self.from_logprobs(logp, mb, hits=hits)
+        return loss, metrics, logp
+
+
+def run_sft_update(engine: TrainEngine, micro_batches: Sequence[PolicyBatch | None], lr: float,
+                   *, grad_clip: float = 1.0) -> dict[str, float]:
+    """One supervised optimizer step over ``micro_batches`` (:class:`SFTLoss`; each micro-batch's
+    ``num_items`` = the step's completion tokens): forward + backward on every micro-batch (each
+    data-parallel replica its share, :meth:`~TrainEngine.local_indices`; the others may be None),
+    metrics reduced over the replicas, then :func:`finish_update` (skip, clip, step). Returns
+    ``loss`` (the token-mean NLL of the step's completion tokens under the weights before the
+    step), ``token_acc`` (their argmax accuracy), ``tokens``, ``grad_norm``, ``skipped`` and
+    ``update/rel_change``; the same on every rank."""
+    dev = engine.device
+    engine.zero_grad()
+    results = engine.forward_backward(micro_batches, SFTLoss())
+    sums = torch.zeros(3, dtype=torch.float64, device=dev)  # [Σ loss_m, tokens, Σ hits]
+    for r in results:
+        mb = micro_batches[r.index]
+        n = mb.mask.to(dev, torch.float64).sum()
+        sums[0] += r.loss.to(dev, torch.float64) * mb.scale
+        sums[1] += n
+        sums[2] += r.metrics["token_acc"].to(dev, torch.float64) * n
+    maxes = torch.full((1,), -math.inf, dtype=torch.float64, device=dev)
+    sums, _ = engine.reduce_metrics(sums, maxes)
+    total_loss, ntok, hits = sums.tolist()
+    out = {"loss": total_loss, "token_acc": hits / max(ntok, 1.0), "tokens": ntok}
+    out.update(finish_update(engine, total_loss, lr, grad_clip))
     return out
 
 
@@ -157,4 +236,5 @@ def _sum_sq(tensors: list[torch.Tensor], chunk: int = 1 << 16) -> torch.Tensor:
     return torch.stack(torch._foreach_norm(chunks)).double().square().sum()
 
 
-__all__ = ["IS_METRICS", "MEAN_METRICS", "PolicyLoss", "run_update"]
+__all__ = ["IS_METRICS", "MEAN_METRICS", "PolicyLoss", "SFTLoss", "finish_update", "run_sft_update",
+           "run_update"]

@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterable
 import torch
 
 from . import state
-from .vocab import shard_token_logprobs
+from .vocab import shard_argmax, shard_token_logprobs
 
-LossFn = Callable[..., torch.Tensor]  # (logp [b, s], microbatch[, entropy=[b, s]]) -> loss
+LossFn = Callable[..., torch.Tensor]  # (logp [b, s], microbatch[, entropy=, hits=[b, s]]) -> loss
 MM_KEYS = ("pixel_values", "image_grid_thw", "mm_token_type_ids")
 
 
@@ -90,7 +90,7 @@ def _head_select(head: torch.nn.Module) -> _HeadSelect:
 
 
 def _forward_step(arch: Any, loss_fn: LossFn, temperature: float, with_entropy: bool,
-                  per_token_loss: bool, data_iterator, model):
+                  per_token_loss: bool, with_hits: bool, data_iterator, model):
     mb = next(data_iterator)
     first = state.is_first_stage()
     ids = mb["input_ids"] if first else None
@@ -114,13 +114,15 @@ def _forward_step(arch: Any, loss_fn: LossFn, temperature: float, with_entropy: 
             select.index = None
 
     def loss_func(logits_shard: torch.Tensor):
+        kw = {}
         if with_entropy:
-            logp, ent = shard_token_logprobs(logits_shard, targets, arch, temperature,
-                                             return_entropy=True)
-            loss = loss_fn(logp, mb, entropy=ent)
+            logp, kw["entropy"] = shard_token_logprobs(logits_shard, targets, arch, temperature,
+                                                       return_entropy=True)
         else:
             logp = shard_token_logprobs(logits_shard, targets, arch, temperature)
-            loss = loss_fn(logp, mb)
+        if with_hits:  # the global argmax over the vocab shards is the target (token accuracy)
+            kw["hits"] = (shard_argmax(logits_shard.detach(), arch) == targets).float()
+        loss = loss_fn(logp, mb, **kw)
         stats = {"logprobs": logp.detach(), "loss": loss.detach()}
         if per_token_loss:  # the loss is already normalized: megatron must not divide it again
             return loss, torch.ones((), dtype=torch.int, device=loss.device), stats
@@ -131,14 +133,17 @@ def _forward_step(arch: Any, loss_fn: LossFn, temperature: float, with_entropy: 
 
 def pipeline_logprobs(model: torch.nn.Module, arch: Any, microbatches: Iterable[dict[str, torch.Tensor]], *,
                       forward_only: bool = True, loss_fn: LossFn = masked_nll,
-                      temperature: float = 1.0, with_entropy: bool = False) -> PipelineResult:
+                      temperature: float = 1.0, with_entropy: bool = False,
+                      with_hits: bool = False) -> PipelineResult:
     """Run the 1F1B schedule over ``microbatches`` (all the same shape) and collect log-probs.
 
     With ``forward_only=False`` gradients accumulate into the model's ``.grad`` (``main_grad`` when wrapped
     in megatron DDP). Megatron divides each microbatch loss by the number of microbatches unless the
     model's config sets ``calculate_per_token_loss`` (the trainer's policy does: its losses carry their
     own global normalization), in which case the loss is back-propagated as ``loss_fn`` returns it.
-    ``with_entropy``: ``loss_fn(logp, mb, entropy=[b, s])`` also gets the per-token entropy.
+    ``with_entropy``: ``loss_fn(logp, mb, entropy=[b, s])`` also gets the per-token entropy;
+    ``with_hits``: ``loss_fn(..., hits=[b, s])``, float 1 where the target is the argmax over the
+    whole vocab (:func:`~mixed_r1.parallel.vocab.shard_argmax`: token accuracy).
     """
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -150,7 +155,7 @@ def pipeline_logprobs(model: torch.nn.Module, arch: Any, microbatches: Iterable[
     fb = get_forward_backward_func()
     config = _model_attr(model, "config")
     per_token = bool(getattr(config, "calculate_per_token_loss", False))
-    step = partial(_forward_step, arch, loss_fn, temperature, with_entropy, per_token)
+    step = partial(_forward_step, arch, loss_fn, temperature, with_entropy, per_token, with_hits)
     out = fb(forward_step_func=step, data_iterator=iter(mbs),
              model=[model], num_microbatches=len(mbs), seq_length=s, micro_batch_size=b, forward_only=forward_only)
     res = PipelineResult()

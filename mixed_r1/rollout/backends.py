@@ -65,6 +65,20 @@ def build_hf(cfg: Any, model: Any, processor: Any, *, model_dir: str | Path | No
     return HFGenerator(gen_model, processor, batch_size=cfg.rollout.batch_size)
 
 
+# which backends keep the weights they hold between updates, so that an update may leave frozen
+# parameters out (mixed_r1.models.freeze): HF generate does. vLLM gets every weight at every
+# sync: asleep at level 2 during the update it discards its weights, and its in-place layerwise
+# reload (reload_weights) expects the whole model in one call.
+build_hf.partial_updates = True  # type: ignore[attr-defined]
+build_vllm.partial_updates = False  # type: ignore[attr-defined]
+
+
+def accepts_partial_updates(backend: str) -> bool:
+    """Whether the generators of rollout backend ``backend`` take updates that leave frozen
+    parameters out (decided from the config, so every rank of a job streams the same)."""
+    return bool(getattr(ROLLOUT_BACKENDS.get(backend), "partial_updates", False))
+
+
 def build_generator(cfg: Any, model: Any, processor: Any, *, model_dir: str | Path | None = None,
                     dims: ParallelDims | None = None):
     """The generator of ``cfg.rollout.backend`` (see the module docstring); ValueError naming the
@@ -73,4 +87,5 @@ def build_generator(cfg: Any, model: Any, processor: Any, *, model_dir: str | Pa
                                                      dims=dims)
 
 
-__all__ = ["ROLLOUT_BACKENDS", "build_generator", "build_hf", "build_vllm", "max_model_len"]
+__all__ = ["ROLLOUT_BACKENDS", "accepts_partial_updates", "build_generator", "build_hf",
+           "build_vllm", "max_model_len"]

@@ -91,12 +91,14 @@ def prompt_seeds(prompts: list[Prompt], params: SamplingParams) -> list[int]:
     return [p.seed if p.seed is not None else mix_seed(base, i) for i, p in enumerate(prompts)]
 
 
-def sync_weights(weights: Any, generator: Any = None) -> int:
+def sync_weights(weights: Any, generator: Any = None, *, partial: bool = False) -> int:
     """Load ``weights`` (a stream of ``(hf_name, tensor)``) into ``generator`` in the order a
     sleeping vLLM engine needs on GPUs (:mod:`mixed_r1.rollout.weight_sync`):
     ``wake_up(["weights"])``, ``update_weights``, ``torch.cuda.empty_cache()``,
     ``wake_up(["kv_cache"])``. Without a generator the stream is drained (a weight stream runs
-    collectives on every rank). Returns the bytes this rank streamed (when the stream counts)."""
+    collectives on every rank). ``partial``: ``weights`` leaves frozen parameters out, and the
+    generator (one whose ``partial_updates`` is true) keeps what it holds of them. Returns the
+    bytes this rank streamed (when the stream counts)."""
     if generator is None:
         for _ in weights:
             pass
@@ -104,7 +106,10 @@ def sync_weights(weights: Any, generator: Any = None) -> int:
         from mixed_r1.parallel.platform import current_platform
 
         generator.wake_up(tags=["weights"])
-        generator.update_weights(weights)
+        if partial:
+            generator.update_weights(weights, partial=True)
+        else:
+            generator.update_weights(weights)
         current_platform().empty_cache()
         generator.wake_up(tags=["kv_cache"])
     return int(getattr(weights, "bytes_sent", 0))

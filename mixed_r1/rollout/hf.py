@@ -253,12 +253,19 @@ class HFGenerator:
         cache.batch_select_indices(torch.tensor([slot[o] for o in owners], device=rows.device))
         return cache
 
-    def update_weights(self, named_tensors: Iterable[tuple[str, Any]]) -> None:
+    #: takes updates of some parameters only (``update_weights(..., partial=True)``): the
+    #: weights it holds persist between updates (no sleep that discards them)
+    partial_updates = True
+
+    def update_weights(self, named_tensors: Iterable[tuple[str, Any]], *,
+                       partial: bool = False) -> None:
         """Copy ``(name, tensor)`` pairs into the model in place.
 
         Every name and shape is checked first, and the update must cover every parameter of the
         model (a tied weight under either of its names), so a bad or partial update raises
-        ``ValueError`` and changes nothing. A weight stream (``specs()`` known up front, e.g. the
+        ``ValueError`` and changes nothing. ``partial``: the update may leave parameters out
+        (frozen ones, :mod:`mixed_r1.models.freeze`, sent once and then kept); names and shapes
+        are still checked. A weight stream (``specs()`` known up front, e.g. the
         megatron policy's :class:`~mixed_r1.rollout.weight_sync.MegatronWeightStream`) is checked
         from its specs and then copied tensor by tensor as it arrives, so no more than the stream's
         own bucket is alive at once; any other iterable is materialized (its tensors are the
@@ -271,11 +278,12 @@ class HFGenerator:
         if hasattr(named_tensors, "retarget"):  # a weight stream: names in this model's spelling
             named_tensors.retarget(params.keys())
         if hasattr(named_tensors, "specs"):
-            self._check_update({n: tuple(s) for n, s in named_tensors.specs().items()}, params)
+            self._check_update({n: tuple(s) for n, s in named_tensors.specs().items()}, params,
+                               partial)
             stream: Iterable[tuple[str, Any]] = named_tensors
         else:
             stream = list(named_tensors)
-            self._check_update({n: tuple(t.shape) for n, t in stream}, params)
+            self._check_update({n: tuple(t.shape) for n, t in stream}, params, partial)
         with torch.no_grad():
             for name, tensor in stream:
                 target = params.get(name)
@@ -284,15 +292,17 @@ class HFGenerator:
                                      "its own specs; update aborted mid-way")
                 target.copy_(tensor)
 
-    def _check_update(self, shapes: dict[str, tuple[int, ...]], params: dict[str, Any]) -> None:
-        """Raise ``ValueError`` naming unknown names, wrong shapes and parameters the update
-        leaves out (``shapes``: name -> shape of what will arrive)."""
+    def _check_update(self, shapes: dict[str, tuple[int, ...]], params: dict[str, Any],
+                      partial: bool = False) -> None:
+        """Raise ``ValueError`` naming unknown names, wrong shapes and (unless ``partial``)
+        parameters the update leaves out (``shapes``: name -> shape of what will arrive)."""
         problems = [f"unknown tensor {n!r}" if n not in params else
                     f"{n!r} has shape {s}, the model expects {tuple(params[n].shape)}"
                     for n, s in shapes.items()
                     if n not in params or tuple(params[n].shape) != tuple(s)]
         covered = {id(params[n]) for n in shapes if n in params}
-        missing = [n for n, p in self.model.named_parameters() if id(p) not in covered]
+        missing = [] if partial else [n for n, p in self.model.named_parameters()
+                                      if id(p) not in covered]
         if missing:
             problems.append(f"{len(missing)} parameter(s) not in the update, e.g. "
                             + ", ".join(repr(n) for n in missing[:5]))

@@ -69,9 +69,9 @@ class ReplicaGenerator:
                                f"0..{self.replicas - 1}")
         return [c for r in range(self.replicas) for c in by_replica[r]]
 
-    def update_weights(self, named_tensors: Any) -> None:
+    def update_weights(self, named_tensors: Any, *, partial: bool = False) -> None:
         if self.inner is not None:
-            self.inner.update_weights(named_tensors)
+            self.inner.update_weights(named_tensors, **({"partial": True} if partial else {}))
         else:
             for _ in named_tensors:
                 pass

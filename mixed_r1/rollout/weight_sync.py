@@ -16,6 +16,11 @@ stream lazily (one ``reload_weights`` pass), so no full-model copy exists anywhe
 Every rank must iterate the stream (it runs collectives); ranks without a generator drain it
 with :func:`sync_weights` and ``generator=None``.
 
+Frozen parts (``model.freeze_*``) never change, so a generator that keeps its weights between
+updates (``partial_updates``: HF generate) is sent them once (at build or resume) and then only
+the trainable ones (``sync_weights(..., partial=True)``; the stream built with ``lm=False`` and/or
+without the frozen vision tensors); vLLM gets every weight at every sync (its sleep discards them).
+
 Pipeline split: the stage owning each layer, and its stage-local name, follow the split the model
 was built with, as megatron reports it from the model's config (``get_num_layers_to_build`` per
 stage: even, or ``num_layers_in_first/last_pipeline_stage`` with even middle stages; see
@@ -64,14 +69,18 @@ class MegatronWeightStream:
     ``extra`` are named tensors held whole by the pipeline stage ``extra_stage`` (e.g. the
     replicated vision tower on the first stage; empty on the other stages), sent after the LM:
     with PP > 1 that stage broadcasts them over the pipeline group in buckets of
-    ``bucket_bytes``, so every stage's generator receives them.
+    ``bucket_bytes``, so every stage's generator receives them. ``lm=False`` leaves the language
+    model out (a frozen one: nothing of it is gathered or sent), so the stream is the extras
+    alone; every rank must pass the same.
     """
 
     def __init__(self, model: torch.nn.Module, arch: LMArch, *, bucket_bytes: int = 256 << 20,
                  dtype: torch.dtype | None = None,
                  pipeline_layers: Sequence[int] | None = None,
-                 extra: dict[str, torch.Tensor] | None = None, extra_stage: int = 0) -> None:
+                 extra: dict[str, torch.Tensor] | None = None, extra_stage: int = 0,
+                 lm: bool = True) -> None:
         self.model, self.arch = model, arch
+        self.lm = bool(lm)
         self.bucket_bytes = int(bucket_bytes)
         self.dtype = dtype
         self.extra = extra or {}
@@ -90,7 +99,7 @@ class MegatronWeightStream:
     # ------------------------------------------------------------------------ planning
     def specs(self) -> dict[str, tuple[int, ...]]:
         out: dict[str, tuple[int, ...]] = {}
-        for unit in units(self.arch):
+        for unit in units(self.arch) if self.lm else ():
             out.update(hf_expected_shapes(self.arch, unit))
         out.update({k: shape for k, (shape, _) in self._extra_specs.items()})
         return out
@@ -171,7 +180,7 @@ class MegatronWeightStream:
         tensors under HF names — at most one bucket plus one unit on a rank (module docstring)."""
         params = self._local()
         first = next(iter(params.values()))
-        for bucket in self._buckets():
+        for bucket in self._buckets() if self.lm else ():
             makers = {spec.name: make for spec, make in
                       self._canonical(bucket, params, first.device, first.dtype)}
             for unit in bucket.units:
