@@ -138,9 +138,18 @@ class AlgoConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW (torch fused where the device supports it, else foreach)."""
+    """AdamW (torch fused where the device supports it, else foreach).
+
+    ``vision_lr`` / ``merger_lr``: the peak learning rate of the vision tower / of the merger (the
+    projector into the LM) when it should differ from ``lr`` (the language model's): a fresh vision
+    tower learns at a rate that would wreck a pretrained LM. The keys of Qwen2-VL fine-tuning
+    scripts (``vision_lr``, ``merger_lr``; LLaVA's ``mm_projector_lr``); None = ``lr``. Warmup and
+    schedule scale them as they scale ``lr`` (each part's rate = its peak x the schedule's factor).
+    """
 
     lr: float = 1e-5
+    vision_lr: float | None = None
+    merger_lr: float | None = None
     weight_decay: float = 0.0
     beta1: float = 0.9
     beta2: float = 0.999
@@ -331,6 +340,13 @@ def _validate_freeze(cfg: TrainConfig) -> None:
     if all(getattr(m, k) for k in FREEZE_KEYS):
         raise ConfigError("config keys 'model.freeze_vision_tower', 'model.freeze_merger' and "
                           "'model.freeze_language_model' are all true: nothing would train")
+    for key in ("vision_lr", "merger_lr"):
+        v = getattr(cfg.optim, key)
+        if v is not None and not v > 0:
+            raise ConfigError(f"config key 'optim.{key}' must be > 0 (or null: optim.lr), got {v}")
+        if v is not None and not cfg.optim.lr > 0:  # the parts' rates are multiples of optim.lr
+            raise ConfigError(f"config key 'optim.{key}' needs optim.lr > 0 (each part's rate is "
+                              f"a multiple of it), got optim.lr={cfg.optim.lr}")
     if m.freeze_language_model and p.backend == "mcore" and p.pipeline_parallel > 1:
         raise ConfigError("config key 'model.freeze_language_model' with "
                           f"parallel.pipeline_parallel={p.pipeline_parallel}: the pipeline stages "
@@ -483,6 +499,10 @@ def _check_freeze_fits(cfg: TrainConfig, hf_config: dict[str, Any], origin: str)
     if m.freeze_language_model:
         raise ConfigError(f"{origin}: config key 'model.freeze_language_model': {name} is a "
                           "text-only LM, so freezing its language model leaves nothing to train")
+    for key in ("vision_lr", "merger_lr"):
+        if getattr(cfg.optim, key) is not None:
+            raise ConfigError(f"{origin}: config key 'optim.{key}': {name} is a text-only LM "
+                              "(no vision tower or merger); drop the key")
 
 
 # ------------------------------------------------------------------------------- building

@@ -64,11 +64,18 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------- targets
 def sft_completion(sample: Any, cfg: SFTConfig) -> str:
-    """The text a row is trained to complete: its solution (``solution_text()``, a grounding box
-    as ``[x1, y1, x2, y2]`` in whatever frame ``sample`` holds it), cut to its first
-    ``cfg.max_answer_words`` words when that is > 0, as ``<think>{think}</think><answer>{answer}
-    </answer>`` for ``target: r1`` or alone for ``target: solution``."""
-    answer = sample.solution_text().strip()
+    """The text a row is trained to complete: its solution (``solution_text()``; a grounding box
+    as ``[x1, y1, x2, y2]`` in whatever frame ``sample`` holds it, rounded to whole pixels: the
+    processor's resize makes sub-pixel coordinates such as ``23.47`` that cost a digit token each
+    and no IoU worth having), cut to its first ``cfg.max_answer_words`` words when that is > 0, as
+    ``<think>{think}</think><answer>{answer}</answer>`` for ``target: r1`` or alone for
+    ``target: solution``."""
+    if sample.task_type == "grounding" and isinstance(sample.solution, (list, tuple)):
+        from mixed_r1.data.schema import format_box
+
+        answer = format_box([round(float(v)) for v in sample.solution])
+    else:
+        answer = sample.solution_text().strip()
     if cfg.max_answer_words > 0:
         answer = " ".join(answer.split()[:cfg.max_answer_words])
     if cfg.target == "r1":

@@ -868,10 +868,12 @@ def build_policy(cfg: TrainConfig, run_dir: str | Path | None = None,
         except ValueError as exc:  # one line naming the key, not a traceback
             raise ConfigError(f"config key {exc}") from None
     freeze_parts(model, cfg)
+    from mixed_r1.models.freeze import part_lr_mults
+
     o = cfg.optim
     policy = HFEngine(model, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
                       weight_decay=o.weight_decay, chunked_lm_head=cfg.model.chunked_lm_head,
-                      shared_prefix=cfg.algo.shared_prefix)
+                      shared_prefix=cfg.algo.shared_prefix, lr_mults=part_lr_mults(model, o))
     return PolicyBuild(policy, processor, samples, model, None, parallel_dims(cfg))
 
 
@@ -1007,7 +1009,8 @@ def _build_mcore_policy(cfg: TrainConfig, run_dir: str | Path | None,
                                         use_distributed_optimizer=p.distributed_optimizer,
                                         overlap_grad_reduce=p.overlap_grad_reduce,
                                         recompute=cfg.model.recompute_mode,
-                                        pipeline_layers=p.pipeline_layers, freeze=cfg.model)
+                                        pipeline_layers=p.pipeline_layers, freeze=cfg.model,
+                                        part_lrs=o)
     except ValueError as exc:
         if "nothing to train" in str(exc):  # apply_freeze's: a config error (config.validate)
             raise ConfigError(f"config keys {exc}") from None

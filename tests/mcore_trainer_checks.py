@@ -1,7 +1,7 @@
 """GRPO steps on the megatron-core policy backend, run under torchrun (gloo ranks, float32).
 
     torchrun --nproc_per_node N tests/mcore_trainer_checks.py OUT DATA BACKEND TP [resume] [dp=D] [pp=P]
-        [distopt] [overlap] [assembled=VL_DIR vl_data=FILE]
+        [distopt] [overlap] [sft] [partlr] [assembled=VL_DIR vl_data=FILE]
 
 The platform is the environment's (``MIXED_R1_PLATFORM=cuda-shaped``: the CUDA decisions on CPU
 tensors, see :mod:`mixed_r1.parallel.platform`); ``result.json`` records its name.
@@ -21,6 +21,10 @@ forward-only log-probs) and ``OUT/weights.safetensors`` (the streamed HF tensors
 (mcore only), a second trainer is built on the same run dir, resumes from the checkpoint, and its
 streamed weights and optimizer state (fp32 masters and moments) must equal the first trainer's:
 ``resume_exact`` in the result.
+
+With ``sft`` / ``partlr``, an SFT trainer is then built in the same world for one step
+(tests/sft_checks.py: ``sft`` with a frozen vision tower, ``partlr`` with the parts' own learning
+rates): ``sft`` / ``part_lr`` in the result.
 
 With ``assembled=VL_DIR`` (mcore, PP = DP = 1), a second trainer is then built in the same world on
 an assembled Qwen2.5-VL directory (``model.kind=pretrained``, ``model.path=VL_DIR``, prompts from
@@ -229,6 +233,11 @@ if __name__ == "__main__":
 
         trainer_mod.run_update = run_update
         result["sft"] = sft_step(overrides, out)
+    if "partlr" in extra:  # one SFT step with the parts' own learning rates, same world
+        from sft_checks import part_lr_step
+
+        trainer_mod.run_update = run_update
+        result["part_lr"] = part_lr_step(overrides, out, processor=trainer.processor)
     assembled = next((a[len("assembled="):] for a in extra if a.startswith("assembled=")), None)
     if assembled:  # a second trainer in the same world, on an assembled Qwen2.5-VL directory
         vl_data = next(a[len("vl_data="):] for a in extra if a.startswith("vl_data="))

@@ -7,6 +7,11 @@ one step on the stream's first batch (the same rows on both backends: same seed 
 reports its metrics and what it checked on every rank (all-reduced): the vision tower streamed out
 bit-identical after the step, the language model and merger changed, no optimizer state or
 gradient buffer for a frozen parameter, and a trainable-only export without the tower.
+
+:func:`part_lr_step` (``partlr``) builds another SFT trainer in the same world with nothing frozen
+and the parts' own learning rates (:data:`PART_LRS`: ``optim.lr`` 1e-4, ``optim.vision_lr`` 1e-3,
+``optim.merger_lr`` 3e-4), takes one step and reports each part's largest weight change: the
+step is a bias-corrected first AdamW step, so it is about the part's rate.
 """
 from __future__ import annotations
 
@@ -65,3 +70,62 @@ def sft_step(overrides: list[str], out: Path) -> dict:
     keep = ("loss", "token_acc", "grad_norm", "tokens", "update/rel_change", "update/skipped")
     return {"metrics": {k: m[k] for k in keep}, "checks": ok,
             "frozen_counts": getattr(engine, "frozen_counts", None)}
+
+
+PART_LRS = {"vision_tower": 1e-3, "merger": 3e-4, "language_model": 1e-4}
+
+
+def hf_part(name: str) -> str:
+    """The part (:data:`mixed_r1.models.freeze.PARTS`) of an HF-named policy tensor."""
+    if ".merger." in name:
+        return "merger"
+    return "vision_tower" if ".visual." in f".{name}" else "language_model"
+
+
+def part_lr_step(overrides: list[str], out: Path, processor=None) -> dict:
+    """One SFT step of a trainer built from ``overrides`` with :data:`PART_LRS` (own run
+    directory; ``processor``: reuse this one instead of loading the tokenizer again). Returns
+    ``max_change``: per part, the largest |Δw| of the streamed HF tensors (every rank), the
+    step's ``lr``, the optimizer's param groups as ``(lr_mult, wd_mult)`` pairs, ``reloaded``
+    (the step's checkpoint state loads back into the engine, each group keeping its
+    ``lr_mult``) and the check's wall time ``seconds``."""
+    import time
+
+    import mixed_r1.trainer as trainer_mod
+    from mixed_r1.config import load_config
+    from mixed_r1.sft import build_sft_trainer
+
+    t0 = time.perf_counter()
+    run = Path(out) / "run_part_lr"
+    cfg = load_config(None, list(overrides) + [
+        "sft.batch_size=4", "sft.micro_batch_size=2", "steps=1",
+        *(f"optim.{k}={PART_LRS[p]}" for k, p in (("lr", "language_model"),
+                                                   ("vision_lr", "vision_tower"),
+                                                   ("merger_lr", "merger"))),
+        f"out_dir={run}"])
+    real = trainer_mod.build_processor
+    if processor is not None:
+        trainer_mod.build_processor = lambda cfg: processor
+    try:
+        tr = build_sft_trainer(cfg, run)
+    finally:
+        trainer_mod.build_processor = real
+    before = {k: v.detach().cpu().clone() for k, v in tr.policy.export_hf_weights()}
+    m = tr.step()
+    change: dict = {}
+    for k, v in tr.policy.export_hf_weights():  # collective on megatron
+        part = hf_part(k)
+        d = float((v.detach().cpu() - before[k]).abs().max())
+        change[part] = max(change.get(part, 0.0), d)
+    # the optimizer's param groups as (lr_mult, wd_mult) (megatron-core's groups carry wd_mult:
+    # 0 for biases and 1-D parameters; the HF engine's carry weight_decay instead: None)
+    groups = sorted({(round(g["lr_mult"], 6), g.get("wd_mult"))
+                     for g in tr.policy.optimizer.param_groups}, key=str)
+    # this step's checkpoint state loaded back (what a resume does): the groups fit, lr_mult kept
+    mults = [g["lr_mult"] for g in tr.policy.optimizer.param_groups]
+    state = tr.policy.state_dict_for_checkpoint()
+    tr.policy.load(state["model"], state["optimizer"])
+    reloaded = [g["lr_mult"] for g in tr.policy.optimizer.param_groups] == mults
+    return {"max_change": change, "lr": m["lr"], "skipped": m["update/skipped"],
+            "groups": groups, "reloaded": reloaded, "seconds": time.perf_counter() - t0}
+

@@ -1,5 +1,7 @@
 """The HF engine trains the pad token's embedding when the pad id is a real token (e.g. SmolLM2's
-pad = eos = <|im_end|>), as megatron-core's embedding (no padding row) does."""
+pad = eos = <|im_end|>), as megatron-core's embedding (no padding row) does; each part of a
+Qwen2.5-VL policy steps at its own learning rate (``optim.vision_lr`` / ``optim.merger_lr``),
+also after a checkpoint is restored."""
 from __future__ import annotations
 
 import pytest
@@ -141,6 +143,99 @@ def test_shared_prefix_needs_a_plain_head_and_a_4d_mask_attention():
     llama.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="'flash_attention_2'; the shared-prefix mask needs"):
         check_shared_prefix_model(llama)
+
+
+PART_LRS = {"vision_tower": 1e-3, "merger": 3e-4, "language_model": 1e-4}
+
+
+def _part_lr_engine(**optim):
+    """The tiny Qwen2.5-VL (float32) in an HFEngine built as the trainer builds it, with
+    ``OptimConfig(**optim)``; its parts (:func:`~mixed_r1.models.freeze.model_parts`)."""
+    from mixed_r1.config import OptimConfig
+    from mixed_r1.engine import HFEngine
+    from mixed_r1.models.freeze import model_parts, part_lr_mults
+    from mixed_r1.models.qwen25vl import build_tiny_qwen25vl
+
+    model = build_tiny_qwen25vl(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
+                                intermediate_size=64, vision_hidden=16, vision_depth=1)
+    o = OptimConfig(**optim)
+    return HFEngine(model, lr=o.lr, eps=o.eps, lr_mults=part_lr_mults(model, o)), model_parts(model)
+
+
+def _first_step_change(engine, parts, lr: float, seed: int = 0) -> dict:
+    """Per part, (min, max) over its elements of |Δw| after one AdamW step at ``lr`` from fresh
+    moments, every gradient element of size >= 0.5 (random signs). Bias-corrected, the first step
+    moves each element by lr · |g| / (|g| + eps): its group's rate to 2e-8 relative here."""
+    g = torch.Generator().manual_seed(seed)
+    engine.optimizer.state.clear()  # fresh moments: a first step again
+    for _, p in engine._named:
+        sign = torch.randint(0, 2, p.shape, generator=g).float() * 2 - 1
+        p.grad = sign * (0.5 + torch.rand(p.shape, generator=g))
+    before = {id(p): p.detach().clone() for _, p in engine._named}
+    engine.step(lr, 1.0)
+    out = {}
+    for part, named in parts.items():
+        d = torch.cat([(p.detach() - before[id(p)]).abs().flatten() for _, p in named])
+        out[part] = (float(d.min()), float(d.max()))
+    engine.zero_grad()
+    return out
+
+
+def test_part_learning_rates_on_the_first_adamw_step():
+    """``optim.vision_lr`` / ``optim.merger_lr`` with ``optim.lr``: one AdamW step moves every
+    element of the vision tower by 1e-3, of the merger by 3e-4, of the language model by 1e-4
+    (1e-2 relative: float32 rounding of a 1e-4 step on a weight near 1); with warmup and cosine
+    decay every part's rate is its peak times the schedule's factor (the trainer's ``lr_at``)."""
+    from types import SimpleNamespace
+
+    from mixed_r1.config import load_config
+    from mixed_r1.trainer import TrainerBase
+
+    engine, parts = _part_lr_engine(lr=1e-4, vision_lr=1e-3, merger_lr=3e-4)
+    assert all(parts.values())
+    for part, (lo, hi) in _first_step_change(engine, parts, 1e-4).items():
+        assert lo == pytest.approx(PART_LRS[part], rel=1e-2), (part, lo)
+        assert hi == pytest.approx(PART_LRS[part], rel=1e-2), (part, hi)
+    cfg = load_config(None, ["steps=10", "optim.lr=1e-4", "optim.vision_lr=1e-3",
+                             "optim.merger_lr=3e-4", "optim.warmup_steps=4",
+                             "optim.schedule=cosine"])
+    trainer = SimpleNamespace(cfg=cfg)
+    for step, factor in ((1, 0.25), (7, 0.5)):  # in the warmup; in the cosine decay
+        assert TrainerBase.lr_at(trainer, step) == pytest.approx(factor * cfg.optim.lr)
+        for part, (lo, hi) in _first_step_change(engine, parts, factor * 1e-4).items():
+            want = factor * PART_LRS[part]
+            assert lo == pytest.approx(want, rel=1e-2) and hi == pytest.approx(want, rel=1e-2), \
+                (step, part, lo, hi, want)
+
+
+def test_part_learning_rates_survive_a_checkpoint_and_follow_the_new_config():
+    """A checkpoint of an engine with ``vision_lr`` restores into one with the same parts' split:
+    AdamW's state as saved, each group's ``lr_mult`` this run's (a resume with another
+    ``vision_lr`` steps at the new one, not the checkpoint's); into an engine without
+    ``vision_lr`` (other param groups) it is refused before anything loads."""
+    from mixed_r1.engine import ModelMismatchError
+
+    engine, parts = _part_lr_engine(lr=1e-4, vision_lr=1e-3, merger_lr=3e-4)
+    _first_step_change(engine, parts, 1e-4)
+    state = engine.state_dict_for_checkpoint()
+    other, other_parts = _part_lr_engine(lr=1e-4, vision_lr=2e-3, merger_lr=3e-4)
+    other.load(state["model"], state["optimizer"])
+    saved = engine.optimizer.state_dict()
+    got = other.optimizer.state_dict()
+    assert [len(g["params"]) for g in got["param_groups"]] == \
+        [len(g["params"]) for g in saved["param_groups"]]
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(saved["state"].values(),
+                                                       got["state"].values()) for k in a)
+    assert sorted(round(g["lr_mult"], 9) for g in got["param_groups"]) == \
+        [1.0, 1.0, 3.0, 3.0, 20.0, 20.0]
+    for part, (lo, hi) in _first_step_change(other, other_parts, 1e-4).items():
+        want = 2e-3 if part == "vision_tower" else PART_LRS[part]
+        assert hi == pytest.approx(want, rel=1e-2), (part, hi)
+    plain, _ = _part_lr_engine(lr=1e-4)
+    w = plain.model.get_input_embeddings().weight.detach().clone()
+    with pytest.raises(ModelMismatchError, match="optim.vision_lr / optim.merger_lr"):
+        plain.load(state["model"], state["optimizer"], source="ck")
+    assert torch.equal(plain.model.get_input_embeddings().weight, w)  # nothing loaded
 
 
 def _smollm2_tokenizer_and_tiny_llama():

@@ -85,9 +85,9 @@ def test_completion_text_end_of_turn_and_reference_turns():
         "<think>Look at the image.</think><answer>a red  circle on the left</answer>"
     cut = SFTConfig(target="solution", max_answer_words=3)
     assert sft_completion(s, cut) == "a red circle"
-    box = Sample(id="b", task_type="grounding", question="q", solution=[1, 2.5, 30, 40])
+    box = Sample(id="b", task_type="grounding", question="q", solution=[1, 2.6, 30.4, 40])
     assert sft_completion(box, SFTConfig(think="")) == \
-        "<think></think><answer>[1, 2.5, 30, 40]</answer>"
+        "<think></think><answer>[1, 3, 30, 40]</answer>"  # whole pixels
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"},
              {"role": "user", "content": "and?"}, {"role": "assistant", "content": "ref"}]
     m = Sample(id="c", task_type="open_ended", question="hi", solution="y", messages=turns)
@@ -173,14 +173,16 @@ def test_sft_loss_is_the_answer_tokens_cross_entropy(sft_trainer):
 def test_sft_resume_is_exact_and_the_heldout_nll_falls(data_file, tmp_path):
     """4 steps straight vs the same run cut back to its step-2 checkpoint (later checkpoint,
     export and metrics rows removed) and resumed for the last 2: identical metrics and weights,
-    bit for bit (float32)."""
+    bit for bit (float32). The vision tower and merger have their own learning rates
+    (``optim.vision_lr`` / ``merger_lr``: AdamW's param groups split by part, restored by part)."""
     import shutil
 
     from mixed_r1.metrics import read_metrics
     from mixed_r1.sft import run_sft
 
     extra = ("steps=4", "save_every=2", "keep_last=5", f"data.eval_file={data_file}",
-             "sft.eval_every=2", "eval_samples=4")
+             "sft.eval_every=2", "eval_samples=4", "optim.vision_lr=2e-2",
+             "optim.merger_lr=5e-3")
     straight = run_sft(_cfg(data_file, tmp_path / "a", *extra))
     cut = tmp_path / "b"
     shutil.copytree(tmp_path / "a", cut)
@@ -197,6 +199,27 @@ def test_sft_resume_is_exact_and_the_heldout_nll_falls(data_file, tmp_path):
     assert all(0.0 <= r["token_acc"] <= 1.0 and r["grad_norm"] > 0 for r in straight)
 
 
+@pytest.mark.slow  # builds an SFT trainer (~5 s with the tokenizer here)
+def test_sft_step_with_part_learning_rates(data_file, tmp_path):
+    """``optim.lr=1e-4``, ``optim.vision_lr=1e-3``, ``optim.merger_lr=3e-4`` through
+    :func:`~mixed_r1.trainer.build_policy`: one SFT step is a bias-corrected first AdamW step, so
+    an element with a gradient (clipped or not) moves by lr · |g| / (|g| + 1e-8), about its
+    part's rate: the largest change of the vision tower is 1e-3, of the merger 3e-4, of the
+    language model 1e-4 (1e-2 relative)."""
+    from mixed_r1.models.freeze import model_parts
+    from mixed_r1.sft import build_sft_trainer
+
+    tr = build_sft_trainer(_cfg(data_file, tmp_path, "optim.lr=1e-4", "optim.vision_lr=1e-3",
+                                "optim.merger_lr=3e-4"), tmp_path)
+    parts = model_parts(tr.policy.model)
+    before = {id(p): p.detach().clone() for named in parts.values() for _, p in named}
+    m = tr.step()
+    assert m["update/skipped"] == 0 and m["lr"] == 1e-4
+    for part, want in (("vision_tower", 1e-3), ("merger", 3e-4), ("language_model", 1e-4)):
+        got = max(float((p.detach() - before[id(p)]).abs().max()) for _, p in parts[part])
+        assert got == pytest.approx(want, rel=1e-2), (part, got)
+
+
 # ----------------------------------------------------------------------------- freezing
 def test_freeze_options_are_checked():
     from mixed_r1.config import ConfigError, load_config, validate_model_layout
@@ -210,11 +233,21 @@ def test_freeze_options_are_checked():
     text_lm = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 2,
                "num_hidden_layers": 2, "vocab_size": 100, "intermediate_size": 128,
                "max_position_embeddings": 2048}
-    for key, msg in (("freeze_vision_tower", "text-only LM .no vision tower"),
-                     ("freeze_language_model", "leaves nothing to train")):
-        cfg = load_config(None, [f"model.{key}=true"])
+    for key, msg in (("model.freeze_vision_tower=true", "text-only LM .no vision tower"),
+                     ("model.freeze_language_model=true", "leaves nothing to train"),
+                     ("optim.vision_lr=1e-3", "'optim.vision_lr': .* text-only LM"),
+                     ("optim.merger_lr=1e-3", "'optim.merger_lr': .* text-only LM")):
+        cfg = load_config(None, [key])
         with pytest.raises(ConfigError, match=msg):
             validate_model_layout(cfg, text_lm)
+    # the parts' own learning rates: positive, and multiples of a positive optim.lr
+    for bad, msg in ((["optim.vision_lr=0"], "'optim.vision_lr' must be > 0"),
+                     (["optim.merger_lr=-1e-4"], "'optim.merger_lr' must be > 0"),
+                     (["optim.vision_lr=.nan"], "'optim.vision_lr' must be > 0"),
+                     (["optim.lr=0", "optim.vision_lr=1e-3"], "needs optim.lr > 0")):
+        with pytest.raises(ConfigError, match=msg):
+            load_config(None, bad)
+    assert load_config(None, ["optim.vision_lr=2e-5"]).optim.vision_lr == 2e-5
 
 
 def test_apply_freeze_parts_of_the_tiny_qwen25vl():

@@ -17,6 +17,9 @@ DP=2 (TP=1, PP=1; the 8 rows of a step are 2 micro-batches of 4, one per replica
 tolerances against TP=1 (measured: loss 5e-8 / 7e-7 relative at steps 1 / 2, grad norm <= 4e-8,
 weights 8e-7); the update's log-probs gathered over the replicas equal the old log-probs (< 1e-5).
 
+The TP=2, DP=2 and PP=2 runs also take one SFT step with the vision tower's and the merger's
+own learning rates (``partlr``, tests/sft_checks.py; about 2-3 s each).
+
 The TP=2 run also trains an assembled Qwen2.5-VL directory (``mixed-r1 convert lm-to-qwen25vl`` of
 a small Llama in SmolLM2's vocabulary) for one step as ``model.kind=pretrained``; its first update
 is recomputed here on the HF backend (measured: gradients within 9e-7 relative, language model,
@@ -86,8 +89,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("mcore")
     data = make_data(root / "data")
     _, vl = assembled_vl_dir(root / "assembled")
-    return {"tp2": _run(root / "tp2", data, "mcore", 2, "resume", "sft", f"assembled={vl}",
-                        f"vl_data={_image_rows(data)}"),
+    return {"tp2": _run(root / "tp2", data, "mcore", 2, "resume", "sft", "partlr",
+                        f"assembled={vl}", f"vl_data={_image_rows(data)}"),
             "assembled": vl,
             "tp1": _run(root / "tp1", data, "mcore", 1),
             "hf": _run(root / "hf", data, "hf", 1, "sft", platform="cuda-shaped"),
@@ -99,7 +102,7 @@ def dp2(runs, tmp_path_factory):
     """TP=1, PP=1, DP=2 with the distributed optimizer on the same data (2 gloo ranks), with a
     checkpoint resume."""
     return _run(tmp_path_factory.mktemp("mcore_dp2"), runs["data"], "mcore", 1, "resume",
-                "distopt", dp=2)
+                "distopt", "partlr", dp=2)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +112,7 @@ def pp2(runs, tmp_path_factory):
     pipeline p2p, parameters initialised through megatron's device path, with the distributed
     optimizer and ``overlap_grad_reduce``."""
     return _run(tmp_path_factory.mktemp("mcore_pp2"), runs["data"], "mcore", 1, "resume", "distopt",
-                "overlap", pp=2, platform="cuda-shaped")
+                "overlap", "partlr", pp=2, platform="cuda-shaped")
 
 
 def _compare_metrics(got: list[dict], ref: list[dict]) -> None:
@@ -243,6 +246,30 @@ def test_mcore_tp2_sft_step_matches_hf_with_a_frozen_vision_tower(runs):
     assert got["token_acc"] == pytest.approx(ref["token_acc"], abs=1e-6)
     assert got["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-4)
     assert got["update/rel_change"] == pytest.approx(ref["update/rel_change"], rel=1e-3)
+
+
+@pytest.mark.multirank
+@pytest.mark.slow
+def test_mcore_part_learning_rates_on_the_first_step(runs, dp2, pp2):
+    """``optim.lr=1e-4``, ``optim.vision_lr=1e-3``, ``optim.merger_lr=3e-4`` on the megatron
+    backend (tests/sft_checks.py ``part_lr_step``: megatron-core param groups with ``lr_mult``
+    from ``config_overrides``) at TP=2, at DP=2 with the distributed optimizer (the groups'
+    parameters are DP shards) and at PP=2 (the vision tower's groups only on the first stage,
+    empty on the second): one SFT step, a bias-corrected first AdamW step, moves each part's
+    largest element by the part's rate (1e-2 relative). Each part's groups keep megatron-core's
+    standard split (``wd_mult`` 0 for biases and 1-D parameters), which it drops for any
+    ``config_overrides`` not merged with them."""
+    from sft_checks import PART_LRS
+
+    for name, res in (("tp2", runs["tp2"]), ("dp2", dp2), ("pp2", pp2)):
+        got = res["part_lr"]
+        assert got["lr"] == PART_LRS["language_model"] and got["skipped"] == 0, (name, got)
+        assert got["reloaded"], name  # its checkpoint state fits the engine's groups
+        assert sorted(map(tuple, got["groups"])) == [(m, w) for m in (1.0, 3.0, 10.0)
+                                                     for w in (0.0, 1.0)], (name, got["groups"])
+        assert sorted(got["max_change"]) == sorted(PART_LRS), (name, got)
+        for part, want in PART_LRS.items():
+            assert got["max_change"][part] == pytest.approx(want, rel=1e-2), (name, part, got)
 
 
 def test_pack_microbatch_left_aligns_rows():

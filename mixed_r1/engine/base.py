@@ -35,6 +35,22 @@ class ModelMismatchError(ValueError):
     """Weights on disk do not fit the configured model (missing/unexpected key, shape)."""
 
 
+def check_param_groups_fit(saved: list[dict], groups: list[dict], source: str) -> None:
+    """ModelMismatchError unless the optimizer param groups of a checkpoint (``saved``, a torch
+    ``state_dict()``'s ``param_groups``) hold as many parameters, group by group, as ``groups``:
+    torch would refuse another count with a bare ValueError, and the same counts split otherwise
+    would load moments into the wrong parameters. Another split comes from changing which parts
+    have their own learning rate (``optim.vision_lr`` / ``optim.merger_lr``) or freeze."""
+    have = [len(g["params"]) for g in saved]
+    want = [len(g["params"]) for g in groups]
+    if have != want or [g.get("lr_mult", 1.0) != 1.0 for g in saved] != \
+            [g.get("lr_mult", 1.0) != 1.0 for g in groups]:
+        raise ModelMismatchError(
+            f"{source}: the optimizer state's param groups (parameters per group {have}) do not "
+            f"fit this run's ({want}): was the checkpoint written with other "
+            "optim.vision_lr / optim.merger_lr (set vs unset) or model.freeze_* settings?")
+
+
 @dataclass
 class LossConfig:
     """Arguments of the GRPO loss shared by all micro-batches of an update
@@ -176,4 +192,4 @@ class TrainEngine(Protocol):
 
 
 __all__ = ["LossConfig", "LossFn", "MicroBatchResult", "ModelMismatchError", "PolicyBatch",
-           "TrainEngine"]
+           "TrainEngine", "check_param_groups_fit"]

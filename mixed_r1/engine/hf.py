@@ -45,7 +45,8 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from mixed_r1.engine.base import LossFn, MicroBatchResult, ModelMismatchError, PolicyBatch
+from mixed_r1.engine.base import (LossFn, MicroBatchResult, ModelMismatchError, PolicyBatch,
+                                  check_param_groups_fit)
 
 
 def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], eps: float
@@ -57,12 +58,21 @@ def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], eps: 
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
 
 
-def decay_groups(named: list[tuple[str, torch.Tensor]], weight_decay: float) -> list[dict]:
-    """Two AdamW param groups: weight decay on matrices, none on biases and norm weights (1-D)."""
-    decay = [p for n, p in named if p.dim() > 1 and not n.endswith(".bias")]
-    no_decay = [p for n, p in named if not (p.dim() > 1 and not n.endswith(".bias"))]
-    return [g for g in ({"params": decay, "weight_decay": weight_decay},
-                        {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+def decay_groups(named: list[tuple[str, torch.Tensor]], weight_decay: float,
+                 lr_mults: list[float] | None = None) -> list[dict]:
+    """AdamW param groups: weight decay on matrices, none on biases and norm weights (1-D); with
+    ``lr_mults`` (one per entry of ``named``) each distinct multiplier gets its own pair of groups,
+    whose ``lr_mult`` :meth:`HFEngine.step` applies to the step's rate."""
+    mults = lr_mults if lr_mults is not None else [1.0] * len(named)
+    groups = []
+    for mult in sorted(set(mults)):
+        part = [(n, p) for (n, p), m in zip(named, mults) if m == mult]
+        decay = [p for n, p in part if p.dim() > 1 and not n.endswith(".bias")]
+        no_decay = [p for n, p in part if not (p.dim() > 1 and not n.endswith(".bias"))]
+        groups += [g for g in ({"params": decay, "weight_decay": weight_decay, "lr_mult": mult},
+                               {"params": no_decay, "weight_decay": 0.0, "lr_mult": mult})
+                   if g["params"]]
+    return groups
 
 
 def check_chunkable_head(model: torch.nn.Module, key: str = "model.chunked_lm_head") -> None:
@@ -110,7 +120,8 @@ class HFEngine:
     def __init__(self, model: torch.nn.Module, *, lr: float = 1e-5,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, trainable: bool = True,
-                 chunked_lm_head: bool = False, shared_prefix: bool = False) -> None:
+                 chunked_lm_head: bool = False, shared_prefix: bool = False,
+                 lr_mults: dict[int, float] | None = None) -> None:
         self.model = model
         self.chunked_lm_head = bool(chunked_lm_head)
         self.shared_prefix = bool(shared_prefix)
@@ -146,7 +157,8 @@ class HFEngine:
         else:
             self._main = [p for _, p in self._named]
         named_main = [(n, m) for (n, _), m in zip(self._named, self._main)]
-        self.optimizer = build_adamw(decay_groups(named_main, weight_decay), lr, betas, eps)
+        mults = [float((lr_mults or {}).get(id(p), 1.0)) for _, p in self._named]
+        self.optimizer = build_adamw(decay_groups(named_main, weight_decay, mults), lr, betas, eps)
 
     # ---------------------------------------------------------------- forward
     def _inputs(self, batch: PolicyBatch) -> dict[str, Any]:
@@ -322,7 +334,7 @@ class HFEngine:
         if grad_scale != 1.0 and grads:
             torch._foreach_mul_(grads, grad_scale)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         self.optimizer.step()
         if self.mixed:
             with torch.no_grad():
@@ -358,7 +370,15 @@ class HFEngine:
 
     def load(self, model_state: dict[str, torch.Tensor], optimizer_state: dict | None,
              source: str = "<memory>") -> None:
+        """Restore the weights and (with ``optimizer_state``) AdamW's state and fp32 masters.
+        Each param group keeps this engine's ``lr_mult`` (the run's ``optim.vision_lr`` /
+        ``merger_lr`` over ``optim.lr``), not the checkpoint's, as the step's rate comes from this
+        run's ``optim.lr``; a checkpoint whose param groups do not fit this engine's (another
+        split of the parts' learning rates) raises ModelMismatchError before anything loads."""
         check_state_fits(self.model, model_state, source)
+        if self.optimizer is not None and optimizer_state is not None:
+            check_param_groups_fit(optimizer_state["adamw"]["param_groups"],
+                                   self.optimizer.param_groups, source)
         self.model.load_state_dict(model_state, strict=False)
         if self.optimizer is None:
             return
@@ -375,7 +395,10 @@ class HFEngine:
                 else:
                     m.copy_(p)  # fresh masters from the loaded compute weights
         if optimizer_state is not None:
+            mults = [g.get("lr_mult", 1.0) for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(optimizer_state["adamw"])
+            for group, mult in zip(self.optimizer.param_groups, mults):
+                group["lr_mult"] = mult  # this run's optim.*_lr, not the checkpoint's
 
     def frozen_copy(self) -> "HFEngine":
         """A frozen deep copy (the KL reference)."""

@@ -57,7 +57,8 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.distributed as dist
 
-from mixed_r1.engine.base import LossFn, MicroBatchResult, ModelMismatchError, PolicyBatch
+from mixed_r1.engine.base import (LossFn, MicroBatchResult, ModelMismatchError, PolicyBatch,
+                                  check_param_groups_fit)
 from mixed_r1.models.config import LMArch
 from mixed_r1.models.cache import prepare_mcore_checkpoint
 from mixed_r1.parallel import state
@@ -231,6 +232,36 @@ def recompute_config(mode: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- engine
+def part_lr_overrides(module: torch.nn.Module, optim_cfg: Any, config: Any = None) -> dict | None:
+    """megatron-core ``config_overrides`` giving the vision tower and the merger their own
+    ``lr_mult`` (``optim.vision_lr`` / ``optim.merger_lr`` over ``optim.lr``,
+    :func:`mixed_r1.models.freeze.part_lr_mults`): each multiplier becomes its own param group,
+    whose rate :meth:`MegatronEngine.step` sets to ``lr_mult x`` the step's rate. None when
+    every part trains at ``optim.lr`` (megatron-core's standard overrides then apply).
+
+    megatron-core applies its standard overrides (``wd_mult`` 0 for biases and 1-D parameters)
+    only when ``config_overrides`` is None, so with ``config`` (the ``OptimizerConfig``) they
+    are merged in here: the parts' groups then split the standard ones, as the HF engine's
+    :func:`~mixed_r1.engine.hf.decay_groups` do."""
+    if optim_cfg is None:
+        return None
+    from megatron.core.optimizer import get_standard_config_overrides
+    from megatron.core.optimizer.optimizer_config import ParamKey, ParamPredicate
+
+    from mixed_r1.models.freeze import part_lr_mults
+
+    mults = part_lr_mults(module, optim_cfg)
+    out = {}
+    for mult in sorted(set(mults.values())):
+        ids = frozenset(k for k, v in mults.items() if v == mult)
+        key = ParamKey(predicate=ParamPredicate(name=f"lr_mult_{mult!r}",
+                                                fn=lambda p, ids=ids: id(p) in ids))
+        out[key] = {"lr_mult": mult}
+    if out and config is not None:
+        out = {**get_standard_config_overrides(config), **out}
+    return out or None
+
+
 class MegatronEngine:
     """This rank's megatron-core policy shard as a :class:`~mixed_r1.engine.base.TrainEngine` (see the
     module docstring). Build it with :meth:`from_hf`; ``trainable=False`` makes a frozen policy (the
@@ -241,7 +272,8 @@ class MegatronEngine:
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, trainable: bool = True,
                  params_dtype: torch.dtype = torch.float32, use_distributed_optimizer: bool = False,
-                 overlap_grad_reduce: bool = False, freeze: Any = None) -> None:
+                 overlap_grad_reduce: bool = False, freeze: Any = None,
+                 part_lrs: Any = None) -> None:
         self.module, self.arch = module, arch
         self.mcore_dir = Path(mcore_dir)
         self.hf_dir = Path(hf_dir) if hf_dir is not None else None
@@ -250,6 +282,7 @@ class MegatronEngine:
         self.device = current_device()
         self.is_vl = arch.is_vl
         self.distributed_optimizer = bool(use_distributed_optimizer)
+        self.weight_decay = float(weight_decay)
         self._embed_table: torch.Tensor | None = None
         # only completion positions through the LM head (megatron slices before the head itself
         # for inference); a sequence-parallel head gathers its input, so it takes every position
@@ -287,10 +320,13 @@ class MegatronEngine:
         bf16 = params_dtype == torch.bfloat16
         # megatron-core's optimizers use its gloo copies of the DP groups unless told otherwise;
         # they exist only where the platform made them (state.init_parallel), not on GPUs
-        self.optimizer = get_megatron_optimizer(OptimizerConfig(
+        opt_config = OptimizerConfig(
             optimizer="adam", lr=lr, weight_decay=weight_decay, adam_beta1=betas[0],
             adam_beta2=betas[1], adam_eps=eps, clip_grad=0.0, bf16=bf16, params_dtype=params_dtype,
-            use_distributed_optimizer=self.distributed_optimizer), [self.model],
+            use_distributed_optimizer=self.distributed_optimizer)
+        self.optimizer = get_megatron_optimizer(
+            opt_config, [self.model],
+            config_overrides=part_lr_overrides(module, part_lrs, opt_config),
             use_gloo_process_groups=current_platform().gloo_side_groups)
 
     # ---------------------------------------------------------------- building
@@ -471,6 +507,9 @@ class MegatronEngine:
     def step(self, lr: float, grad_scale: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
+            # megatron-core's groups say which weights decay (wd_mult 0: biases, norm weights)
+            # but only its OptimizerParamScheduler, which this engine does not use, applies it
+            group["weight_decay"] = self.weight_decay * group.get("wd_mult", 1.0)
         if grad_scale != 1.0:
             grads = [p.grad for p in self._optimizer_params() if p.grad is not None]
             if grads:
@@ -600,6 +639,8 @@ class MegatronEngine:
                 len(s) != sum(len(g["params"]) for g in o.param_groups) for s, o in zip(saved, inner)):
             raise ModelMismatchError(f"{source}: the optimizer state does not fit this rank's "
                                      "optimizer (another parallel layout or model?)")
+        for o, sd in zip(inner, optimizer_state["inner"]):  # before the masters are copied
+            check_param_groups_fit(sd["param_groups"], o.param_groups, source)
         with torch.no_grad():
             for o, masters in zip(inner, saved):
                 params = [p for g in o.param_groups for p in g["params"]]
@@ -610,7 +651,10 @@ class MegatronEngine:
                                                  f"{tuple(p.shape)}")
                     p.copy_(m)
         for o, sd in zip(inner, optimizer_state["inner"]):
+            mults = [g.get("lr_mult", 1.0) for g in o.param_groups]
             o.load_state_dict(sd)
+            for group, mult in zip(o.param_groups, mults):
+                group["lr_mult"] = mult  # this run's optim.*_lr, not the checkpoint's
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """An HF directory (config + one safetensors file) written by global rank 0 from the stream

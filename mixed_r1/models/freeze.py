@@ -94,4 +94,21 @@ def apply_freeze(model: torch.nn.Module, cfg: Any) -> dict[str, int]:
     return counts
 
 
-__all__ = ["PARTS", "apply_freeze", "model_parts", "vision_module"]
+def part_lr_mults(model: torch.nn.Module, optim_cfg: Any) -> dict[int, float]:
+    """``{id(parameter): multiplier}`` for the parameters whose peak learning rate is not
+    ``optim.lr``: the vision tower's ``optim.vision_lr / optim.lr`` and the merger's
+    ``optim.merger_lr / optim.lr`` (:class:`mixed_r1.config.OptimConfig`); {} when neither is set.
+    Engines put each multiplier in its own optimizer param group (``lr_mult``) and set that
+    group's rate to ``lr_mult x`` the schedule's rate at every step."""
+    lr = float(optim_cfg.lr)
+    out: dict[int, float] = {}
+    for part, key in (("vision_tower", "vision_lr"), ("merger", "merger_lr")):
+        peak = getattr(optim_cfg, key, None)
+        if peak is None or float(peak) == lr:
+            continue
+        for _, p in model_parts(model)[part]:
+            out[id(p)] = float(peak) / lr
+    return out
+
+
+__all__ = ["PARTS", "apply_freeze", "model_parts", "part_lr_mults", "vision_module"]
