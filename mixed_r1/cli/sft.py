@@ -56,16 +56,9 @@ LLaVA stage 1: sft.target=solution on captions, model.freeze_language_model=true
 (model.freeze_vision_tower=true too with a pretrained vision encoder); stage 2:
 sft.target=r1 on task rows. Overrides (key.sub=value, before or after the flags; a
 later one wins): mixed-r1 sft --config C out_dir=X --overwrite steps=100""")
-    p.add_argument("--config", required=True, help="YAML config (the same file as train; every "
-                   "key, its default and meaning: mixed_r1/config.py's dataclasses)")
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--resume", action="store_true",
-                      help="continue the run in out_dir from its newest complete checkpoint "
-                           "(out_dir must exist)")
-    mode.add_argument("--overwrite", action="store_true",
-                      help="delete what an earlier run wrote to out_dir and start over (without "
-                           "it, a non-empty out_dir is refused)")
-    p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="config overrides, e.g. steps=100 sft.target=solution "
-                        "model.freeze_language_model=true")
+    from mixed_r1.cli.train import add_run_args
+
+    add_run_args(p, "YAML config (the same file as train; every key, its default and meaning: "
+                    "mixed_r1/config.py's dataclasses)",
+                 "steps=100 sft.target=solution model.freeze_language_model=true")
     p.set_defaults(func=_sft)

@@ -88,16 +88,10 @@ def _bench_run(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from mixed_r1.cli import float_in, int_at_least
-
-    p = subparsers.add_parser(
-        "train", help="GRPO training from a YAML config",
-        description="GRPO training from a YAML config. Overrides (key.sub=value, any number, "
-                    "before or after the flags; a later one wins) change the config's values: "
-                    "mixed-r1 train --config C out_dir=X --overwrite steps=1")
-    p.add_argument("--config", required=True, help="YAML config (examples/*.yaml; every key, "
-                   "its default and meaning: mixed_r1/config.py's dataclasses)")
+def add_run_args(p: argparse.ArgumentParser, config_help: str, example: str) -> None:
+    """The arguments of a command that writes a run directory (train, sft): --config,
+    --resume | --overwrite, and the key.sub=value overrides (``example`` in their help)."""
+    p.add_argument("--config", required=True, help=config_help)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true",
                       help="continue the run in out_dir from its newest complete checkpoint "
@@ -106,7 +100,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="delete what an earlier run wrote to out_dir and start over (without "
                            "it, a non-empty out_dir is refused)")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
-                   help="config overrides, e.g. steps=1 algo.lr=1e-6")
+                   help=f"config overrides, e.g. {example}")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from mixed_r1.cli import float_in, int_at_least
+
+    p = subparsers.add_parser(
+        "train", help="GRPO training from a YAML config",
+        description="GRPO training from a YAML config. Overrides (key.sub=value, any number, "
+                    "before or after the flags; a later one wins) change the config's values: "
+                    "mixed-r1 train --config C out_dir=X --overwrite steps=1")
+    add_run_args(p, "YAML config (examples/*.yaml; every key, its default and meaning: "
+                    "mixed_r1/config.py's dataclasses)", "steps=1 algo.lr=1e-6")
     p.set_defaults(func=_train)
 
     p = subparsers.add_parser(
