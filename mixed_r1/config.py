@@ -58,6 +58,13 @@ class ModelConfig:
     freeze_language_model: bool = False
 
     @property
+    def frozen_parts(self) -> tuple[str, ...]:
+        """The parts the ``freeze_*`` keys freeze (``vision_tower``, ``merger``,
+        ``language_model``; :data:`mixed_r1.models.freeze.PARTS`), in that order."""
+        return tuple(k for k in ("vision_tower", "merger", "language_model")
+                     if getattr(self, f"freeze_{k}"))
+
+    @property
     def recompute_mode(self) -> str:
         """``recompute`` with ``gradient_checkpointing: true`` read as ``full``."""
         return "full" if self.gradient_checkpointing and self.recompute == "none" else self.recompute
@@ -337,7 +344,7 @@ def _validate_freeze(cfg: TrainConfig) -> None:
     """Freezing every part leaves nothing to train; a frozen language model on megatron needs one
     pipeline stage (the stages past the first hold only language-model layers)."""
     m, p = cfg.model, cfg.parallel
-    if all(getattr(m, k) for k in FREEZE_KEYS):
+    if len(m.frozen_parts) == len(FREEZE_KEYS):
         raise ConfigError("config keys 'model.freeze_vision_tower', 'model.freeze_merger' and "
                           "'model.freeze_language_model' are all true: nothing would train")
     for key in ("vision_lr", "merger_lr"):

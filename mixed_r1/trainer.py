@@ -31,6 +31,7 @@ each rank checkpoints its own shard.
 """
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import random
@@ -210,7 +211,7 @@ class Rollouts:
     times: dict[str, float] = field(default_factory=dict)  # seconds: generate, reward
 
 
-class TrainerBase:
+class TrainerBase(abc.ABC):
     """What the GRPO trainer and the supervised stage (:mod:`mixed_r1.sft`) share: one policy
     engine (:class:`~mixed_r1.engine.base.TrainEngine`), the seeded prompt stream over the training
     rows, the learning-rate schedule, checkpoints (:meth:`save`, :meth:`resume`: weights,
@@ -245,11 +246,13 @@ class TrainerBase:
         """Steps between periodic evaluations (0: never)."""
         return self.cfg.eval_every
 
+    @abc.abstractmethod
     def step(self) -> dict[str, float]:
-        raise NotImplementedError
+        """One optimizer step: advance ``step_count`` and return the step's metrics."""
 
+    @abc.abstractmethod
     def evaluate(self) -> dict[str, float]:
-        raise NotImplementedError
+        """The held-out metrics at the current weights ({} where nothing is reported)."""
 
     def _after_resume(self) -> None:
         """Called once a checkpoint is restored (GRPO: the generator gets the restored weights)."""
@@ -265,7 +268,6 @@ class TrainerBase:
             frac = min(1.0, (step - o.warmup_steps) / span)
             return o.lr * 0.5 * (1 + math.cos(math.pi * frac))
         return o.lr
-
 
     # ------------------------------------------------------------------ checkpoints
     def trainer_state(self) -> dict:
@@ -398,7 +400,6 @@ class TrainerBase:
             save_file({"weight": embedder.weight.contiguous()}, str(tmp / BMAS_FILE))
         return replace_dir(tmp, final)
 
-
     # ------------------------------------------------------------------ the loop
     def train(self, logger: Any = None) -> list[dict]:
         """Run until ``cfg.steps``; log every step, checkpoint every ``save_every`` and at the end.
@@ -485,14 +486,12 @@ class TrainerBase:
         return history
 
 
-
 class GRPOTrainer(TrainerBase):
     """Owns the policy, generator, reward and prompt stream; ``train()`` runs ``cfg.steps``."""
 
     def __init__(self, cfg: TrainConfig, policy: TrainEngine, generator: Any, processor: Any,
                  reward: Any, train_samples: Sequence[Any], ref_policy: TrainEngine | None = None,
                  run_dir: str | Path | None = None) -> None:
-        from mixed_r1.models.freeze import PARTS
         from mixed_r1.rollout.backends import accepts_partial_updates
 
         super().__init__(cfg, policy, processor, train_samples, run_dir)
@@ -510,7 +509,7 @@ class GRPOTrainer(TrainerBase):
                                    if cfg.algo.rollout_is == "token_tis" else None)
         # frozen parts (model.freeze_*) are not re-sent after the generator's first full copy,
         # where the rollout backend keeps its weights between updates (HF; vLLM gets them all)
-        self.partial_sync = (any(getattr(cfg.model, f"freeze_{k}") for k in PARTS)
+        self.partial_sync = (bool(cfg.model.frozen_parts)
                              and accepts_partial_updates(cfg.rollout.backend))
 
     def _after_resume(self) -> None:
@@ -881,13 +880,13 @@ def freeze_parts(model: torch.nn.Module, cfg: TrainConfig) -> dict[str, int]:
     """:func:`mixed_r1.models.freeze.apply_freeze` with ``cfg.model``'s freeze keys (nothing when
     none is set); logs the frozen element counts; a freeze leaving nothing to train is a
     ConfigError."""
-    from mixed_r1.models.freeze import PARTS, apply_freeze
+    from mixed_r1.models.freeze import PARTS, NothingToTrainError, apply_freeze
 
-    if not any(getattr(cfg.model, f"freeze_{k}") for k in PARTS):
+    if not cfg.model.frozen_parts:
         return {}
     try:
         counts = apply_freeze(model, cfg.model)
-    except ValueError as exc:
+    except NothingToTrainError as exc:
         raise ConfigError(f"config keys {exc}") from None
     if is_main_rank():
         log.info("frozen parameters: %s; trainable: %d",
@@ -906,26 +905,15 @@ def build_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
     data-parallel engines), ``hf`` one HF generator on each replica's first rank."""
     from mixed_r1.rewards import MixedReward
 
-    mcore = cfg.parallel.backend == "mcore"
     built = build_policy(cfg, run_dir, model, leader_models=cfg.rollout.backend == "hf")
     policy, processor = built.policy, built.processor
     ref = policy.frozen_copy() if cfg.algo.beta > 0 else None
-    if mcore:
+    if cfg.parallel.backend == "mcore":
         generator = _replica_generator(cfg, built)
-        run_dir = Path(run_dir or cfg.out_dir)
     else:
         generator = build_generator(cfg, built.model, processor, dims=built.dims)
     reward = MixedReward(cfg.reward, embedder=bmas_embedder(cfg, processor, policy))
     return GRPOTrainer(cfg, policy, generator, processor, reward, built.samples, ref, run_dir)
-
-
-def build_mcore_trainer(cfg: TrainConfig, run_dir: str | Path | None = None,
-                        model: torch.nn.Module | None = None) -> GRPOTrainer:
-    """The trainer over a megatron-core policy (``parallel.backend: mcore``):
-    :func:`build_trainer`, which it is."""
-    if cfg.parallel.backend != "mcore":
-        raise ConfigError("build_mcore_trainer needs parallel.backend: mcore")
-    return build_trainer(cfg, run_dir, model)
 
 
 def load_eval_samples(cfg: TrainConfig, processor: Any = None) -> list:
@@ -973,6 +961,7 @@ def _build_mcore_policy(cfg: TrainConfig, run_dir: str | Path | None,
     import torch.distributed as dist
 
     from mixed_r1.engine.megatron import MegatronEngine
+    from mixed_r1.models.freeze import NothingToTrainError
     from mixed_r1.parallel.dist import barrier
 
     p = cfg.parallel
@@ -1011,10 +1000,8 @@ def _build_mcore_policy(cfg: TrainConfig, run_dir: str | Path | None,
                                         recompute=cfg.model.recompute_mode,
                                         pipeline_layers=p.pipeline_layers, freeze=cfg.model,
                                         part_lrs=o)
-    except ValueError as exc:
-        if "nothing to train" in str(exc):  # apply_freeze's: a config error (config.validate)
-            raise ConfigError(f"config keys {exc}") from None
-        raise
+    except NothingToTrainError as exc:  # apply_freeze's, on this rank's stage
+        raise ConfigError(f"config keys {exc}") from None
     if main and policy.frozen_counts:
         log.info("frozen parameters (rank 0's shard): %s", policy.frozen_counts)
     return PolicyBuild(policy, processor, samples, model if leader else None, hf_dir, dims)
@@ -1113,7 +1100,7 @@ def bench_step(cfg, steps: int = 2) -> list[dict]:
 
 
 __all__ = ["GRPOTrainer", "PolicyBuild", "PromptStream", "Rollouts", "TrainerBase",
-           "build_generator", "build_mcore_trainer", "build_model", "build_policy",
+           "build_generator", "build_model", "build_policy",
            "build_processor", "build_trainer", "freeze_parts", "load_eval_samples",
            "load_train_samples", "run_stage", "run_training", "bench_step",
            "bmas_embedder", "seed_everything", "step_seed"]

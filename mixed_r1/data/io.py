@@ -126,8 +126,6 @@ def write_samples(samples: Iterable[Sample], path: str | Path) -> Path:
     return path
 
 
-
-
 def image_cache_dir() -> Path:
     """Where images that arrive as bytes are written: ``$MIXED_R1_CACHE/images``, else
     ``~/.cache/mixed-r1/images``."""

@@ -96,17 +96,21 @@ def image_digest(path: str) -> str:
         return hashlib.sha256(im.convert("RGB").tobytes()).hexdigest()
 
 
-def image_prompt_key(sample: Any) -> tuple:
-    """What makes two items the same prompt: task, question, options and the images' pixels."""
+def image_prompt_key(sample: Any, digest: Any = image_digest) -> tuple:
+    """What makes two items the same prompt: task, question, options and the images' pixels
+    (``digest``: :func:`image_digest`, or a memo of it)."""
     return (sample.task_type, sample.question.strip(), tuple(sample.options or ()),
-            tuple(image_digest(p) for p in sample.images))
+            tuple(digest(p) for p in sample.images))
 
 
 def build_image_sets(out: str | Path, train_sizes: dict, heldout_sizes: dict, train_seed: int,
                      heldout_seed: int) -> tuple[list, list, dict]:
     """(train, held-out, counts): the two synthetic sets written under ``out/train`` and
     ``out/heldout`` (rebuilt), the training set minus every item that shares an image (by pixels)
-    or a prompt with the held-out set. Raises AssertionError if any overlap is left."""
+    or a prompt with the held-out set. Raises AssertionError if any overlap is left. Each image is
+    decoded and hashed once."""
+    import functools
+
     from mixed_r1.data import load_samples
     from mixed_r1.data.synth import SynthConfig, synthesize
 
@@ -115,11 +119,12 @@ def build_image_sets(out: str | Path, train_sizes: dict, heldout_sizes: dict, tr
         seed=heldout_seed, sizes=heldout_sizes, easy_vqa_split="test"), overwrite=True))
     full, _ = load_samples(synthesize(out / "train", SynthConfig(
         seed=train_seed, sizes=train_sizes), overwrite=True))
-    held_images = {image_digest(p) for s in held for p in s.images}
-    held_prompts = {image_prompt_key(s) for s in held}
-    train = [s for s in full if not ({image_digest(p) for p in s.images} & held_images)
-             and image_prompt_key(s) not in held_prompts]
-    check_disjoint_images(train, held)
+    digest = functools.lru_cache(maxsize=None)(image_digest)  # these files, this call
+    held_images = {digest(p) for s in held for p in s.images}
+    held_prompts = {image_prompt_key(s, digest) for s in held}
+    train = [s for s in full if not ({digest(p) for p in s.images} & held_images)
+             and image_prompt_key(s, digest) not in held_prompts]
+    check_disjoint_images(train, held, digest)
     counts = {"train_drawn": len(full), "train_dropped_overlap": len(full) - len(train),
               "train": len(train), "heldout": len(held),
               "train_per_task": {t: sum(s.task_type == t for s in train) for t in train_sizes},
@@ -127,13 +132,15 @@ def build_image_sets(out: str | Path, train_sizes: dict, heldout_sizes: dict, tr
     return train, held, counts
 
 
-def check_disjoint_images(train: Sequence[Any], held: Sequence[Any]) -> None:
-    """AssertionError naming an example when a held-out image or prompt is also a training one."""
-    shared = ({image_digest(p) for s in train for p in s.images}
-              & {image_digest(p) for s in held for p in s.images})
+def check_disjoint_images(train: Sequence[Any], held: Sequence[Any],
+                          digest: Any = image_digest) -> None:
+    """AssertionError naming the count when a held-out image or prompt is also a training one."""
+    shared = ({digest(p) for s in train for p in s.images}
+              & {digest(p) for s in held for p in s.images})
     if shared:
         raise AssertionError(f"{len(shared)} held-out images are also training images")
-    prompts = {image_prompt_key(s) for s in train} & {image_prompt_key(s) for s in held}
+    prompts = ({image_prompt_key(s, digest) for s in train}
+               & {image_prompt_key(s, digest) for s in held})
     if prompts:
         raise AssertionError(f"{len(prompts)} held-out prompts are also training prompts")
 
@@ -141,8 +148,7 @@ def check_disjoint_images(train: Sequence[Any], held: Sequence[Any]) -> None:
 def swapped_images(samples: Sequence[Any], seed: int = 0) -> list:
     """Copies of ``samples`` whose images are another sample's of the same task: within each task
     the samples whose images differ are shifted by a random non-zero offset, so every image is
-    used once and no sample keeps its own. A task with one sample keeps its image (counted apart
-    by the caller's report)."""
+    used once and no sample keeps its own. A task with one sample keeps its image."""
     rng = random.Random(seed)
     out = [copy.copy(s) for s in samples]
     by_task: dict[str, list[int]] = {}
@@ -242,7 +248,8 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
     before = evaluate("before GRPO", held)
     t = time.perf_counter()
     logger = _StepPrinter(MetricsLogger(out / "run", total_steps=cfg.steps,
-                                        tensorboard=cfg.tensorboard, progress=False), cfg.steps)
+                                        tensorboard=cfg.tensorboard, progress=False), cfg.steps,
+                          tag)
     try:
         history = trainer.train(logger)
     finally:

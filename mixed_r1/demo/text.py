@@ -297,12 +297,12 @@ def run(out_dir: str | Path, *, config: str | Path = DEFAULT_CONFIG,
 class _StepPrinter:
     """The metrics logger, plus one line per GRPO step on stdout (for a log file)."""
 
-    def __init__(self, inner: Any, steps: int) -> None:
-        self.inner, self.steps = inner, steps
+    def __init__(self, inner: Any, steps: int, tag: str = "smollm2") -> None:
+        self.inner, self.steps, self.tag = inner, steps, tag
 
     def log(self, step: int, m: dict) -> None:
         self.inner.log(step, m)
-        print(f"[smollm2] step {step}/{self.steps}: accuracy {m.get('reward/accuracy', 0):.3f} "
+        print(f"[{self.tag}] step {step}/{self.steps}: accuracy {m.get('reward/accuracy', 0):.3f} "
               f"format {m.get('reward/format', 0):.3f} rows {m.get('rows/kept', 0):.0f} "
               f"len {m.get('response/length_mean', 0):.1f} "
               f"rel_change {m.get('update/rel_change', 0):.2e} "

@@ -51,6 +51,16 @@ def check_param_groups_fit(saved: list[dict], groups: list[dict], source: str) -
             "optim.vision_lr / optim.merger_lr (set vs unset) or model.freeze_* settings?")
 
 
+def load_optimizer_state(optimizer: Any, state: dict) -> None:
+    """``optimizer.load_state_dict(state)`` keeping each param group's ``lr_mult`` (the run's
+    ``optim.vision_lr`` / ``merger_lr`` over ``optim.lr``), not the checkpoint's: torch restores
+    the saved group settings, but the step's rate comes from this run's config."""
+    mults = [g.get("lr_mult", 1.0) for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, mult in zip(optimizer.param_groups, mults):
+        group["lr_mult"] = mult
+
+
 @dataclass
 class LossConfig:
     """Arguments of the GRPO loss shared by all micro-batches of an update
@@ -192,4 +202,4 @@ class TrainEngine(Protocol):
 
 
 __all__ = ["LossConfig", "LossFn", "MicroBatchResult", "ModelMismatchError", "PolicyBatch",
-           "TrainEngine", "check_param_groups_fit"]
+           "TrainEngine", "check_param_groups_fit", "load_optimizer_state"]

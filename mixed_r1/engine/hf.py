@@ -46,7 +46,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from mixed_r1.engine.base import (LossFn, MicroBatchResult, ModelMismatchError, PolicyBatch,
-                                  check_param_groups_fit)
+                                  check_param_groups_fit, load_optimizer_state)
 
 
 def build_adamw(groups: list[dict], lr: float, betas: tuple[float, float], eps: float
@@ -395,10 +395,7 @@ class HFEngine:
                 else:
                     m.copy_(p)  # fresh masters from the loaded compute weights
         if optimizer_state is not None:
-            mults = [g.get("lr_mult", 1.0) for g in self.optimizer.param_groups]
-            self.optimizer.load_state_dict(optimizer_state["adamw"])
-            for group, mult in zip(self.optimizer.param_groups, mults):
-                group["lr_mult"] = mult  # this run's optim.*_lr, not the checkpoint's
+            load_optimizer_state(self.optimizer, optimizer_state["adamw"])
 
     def frozen_copy(self) -> "HFEngine":
         """A frozen deep copy (the KL reference)."""

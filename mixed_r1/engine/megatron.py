@@ -58,7 +58,7 @@ import torch
 import torch.distributed as dist
 
 from mixed_r1.engine.base import (LossFn, MicroBatchResult, ModelMismatchError, PolicyBatch,
-                                  check_param_groups_fit)
+                                  check_param_groups_fit, load_optimizer_state)
 from mixed_r1.models.config import LMArch
 from mixed_r1.models.cache import prepare_mcore_checkpoint
 from mixed_r1.parallel import state
@@ -290,8 +290,9 @@ class MegatronEngine:
         self.optimizer = None
         # frozen parts (model.freeze_*): requires_grad off before DDP and the optimizer are
         # built, so megatron-core gives them no gradient buffer, fp32 master or Adam moments
-        self.freeze = {k: bool(getattr(freeze, f"freeze_{k}", False))
-                       for k in ("vision_tower", "merger", "language_model")}
+        from mixed_r1.models.freeze import PARTS, apply_freeze
+
+        self.freeze = {k: bool(getattr(freeze, f"freeze_{k}", False)) for k in PARTS}
         self.frozen_counts: dict[str, int] = {}
         if not trainable:
             module.eval()
@@ -302,8 +303,6 @@ class MegatronEngine:
         from megatron.core.distributed import (DistributedDataParallel,
                                                DistributedDataParallelConfig)
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-        from mixed_r1.models.freeze import apply_freeze
 
         if any(self.freeze.values()):
             self.frozen_counts = apply_freeze(module, freeze)
@@ -651,10 +650,7 @@ class MegatronEngine:
                                                  f"{tuple(p.shape)}")
                     p.copy_(m)
         for o, sd in zip(inner, optimizer_state["inner"]):
-            mults = [g.get("lr_mult", 1.0) for g in o.param_groups]
-            o.load_state_dict(sd)
-            for group, mult in zip(o.param_groups, mults):
-                group["lr_mult"] = mult  # this run's optim.*_lr, not the checkpoint's
+            load_optimizer_state(o, sd)
 
     def save_pretrained(self, out_dir: str | Path) -> None:
         """An HF directory (config + one safetensors file) written by global rank 0 from the stream

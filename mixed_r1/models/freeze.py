@@ -32,6 +32,11 @@ import torch
 PARTS = ("vision_tower", "merger", "language_model")
 
 
+class NothingToTrainError(ValueError):
+    """The freeze keys leave a model (or a megatron stage) no parameter to train: a user's
+    config error (the trainer reports it as one line)."""
+
+
 def vision_module(model: torch.nn.Module) -> torch.nn.Module | None:
     """The vision transformer of ``model`` (``model.visual`` or ``visual``), None without one."""
     for path in (("model", "visual"), ("visual",)):
@@ -73,7 +78,7 @@ def apply_freeze(model: torch.nn.Module, cfg: Any) -> dict[str, int]:
     Returns element counts: ``{"vision_tower": n, "merger": n, "language_model": n}`` frozen by
     this call per part (0 for a part not frozen or absent: a text LM has no vision parts, a
     megatron stage past the first has none either) and ``"trainable"``, the elements still
-    requiring grad. Raises ValueError when nothing would be left to train."""
+    requiring grad. Raises :class:`NothingToTrainError` when nothing would be left to train."""
     want = {"vision_tower": bool(getattr(cfg, "freeze_vision_tower", False)),
             "merger": bool(getattr(cfg, "freeze_merger", False)),
             "language_model": bool(getattr(cfg, "freeze_language_model", False))}
@@ -90,7 +95,7 @@ def apply_freeze(model: torch.nn.Module, cfg: Any) -> dict[str, int]:
                               if p.requires_grad)
     if any(want.values()) and counts["trainable"] == 0:
         frozen = ", ".join(f"model.freeze_{k}" for k, v in want.items() if v)
-        raise ValueError(f"{frozen} leave {type(model).__name__} nothing to train")
+        raise NothingToTrainError(f"{frozen} leave {type(model).__name__} nothing to train")
     return counts
 
 
@@ -111,4 +116,5 @@ def part_lr_mults(model: torch.nn.Module, optim_cfg: Any) -> dict[int, float]:
     return out
 
 
-__all__ = ["PARTS", "apply_freeze", "model_parts", "part_lr_mults", "vision_module"]
+__all__ = ["PARTS", "NothingToTrainError", "apply_freeze", "model_parts", "part_lr_mults",
+           "vision_module"]

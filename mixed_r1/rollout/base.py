@@ -97,8 +97,8 @@ def sync_weights(weights: Any, generator: Any = None, *, partial: bool = False) 
     ``wake_up(["weights"])``, ``update_weights``, ``torch.cuda.empty_cache()``,
     ``wake_up(["kv_cache"])``. Without a generator the stream is drained (a weight stream runs
     collectives on every rank). ``partial``: ``weights`` leaves frozen parameters out, and the
-    generator (one whose ``partial_updates`` is true) keeps what it holds of them. Returns the
-    bytes this rank streamed (when the stream counts)."""
+    generator (of a backend that :func:`~mixed_r1.rollout.backends.accepts_partial_updates`) keeps
+    what it holds of them. Returns the bytes this rank streamed (when the stream counts)."""
     if generator is None:
         for _ in weights:
             pass

@@ -253,10 +253,6 @@ class HFGenerator:
         cache.batch_select_indices(torch.tensor([slot[o] for o in owners], device=rows.device))
         return cache
 
-    #: takes updates of some parameters only (``update_weights(..., partial=True)``): the
-    #: weights it holds persist between updates (no sleep that discards them)
-    partial_updates = True
-
     def update_weights(self, named_tensors: Iterable[tuple[str, Any]], *,
                        partial: bool = False) -> None:
         """Copy ``(name, tensor)`` pairs into the model in place.

@@ -161,10 +161,6 @@ def engine_kwargs(model_dir: str | Path, *, dtype: str, seed: int, tensor_parall
 class VLLMGenerator:
     """Colocated vLLM engine over an HF checkpoint directory (see the module doc)."""
 
-    #: every update carries every weight, frozen ones too: asleep at level 2 the engine discards
-    #: its weights, and ``reload_weights`` expects the whole model in one call
-    partial_updates = False
-
     def __init__(self, model_dir: str | Path, *, dtype: str = "bfloat16",
                  tensor_parallel_size: int = 1, replicas: int = 1,
                  gpu_memory_utilization: float = 0.5, max_model_len: int = 4096,

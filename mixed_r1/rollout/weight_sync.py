@@ -17,9 +17,10 @@ Every rank must iterate the stream (it runs collectives); ranks without a genera
 with :func:`sync_weights` and ``generator=None``.
 
 Frozen parts (``model.freeze_*``) never change, so a generator that keeps its weights between
-updates (``partial_updates``: HF generate) is sent them once (at build or resume) and then only
-the trainable ones (``sync_weights(..., partial=True)``; the stream built with ``lm=False`` and/or
-without the frozen vision tensors); vLLM gets every weight at every sync (its sleep discards them).
+updates (:func:`~mixed_r1.rollout.backends.accepts_partial_updates`: HF generate) is sent them
+once (at build or resume) and then only the trainable ones (``sync_weights(..., partial=True)``;
+the stream built with ``lm=False`` and/or without the frozen vision tensors); vLLM gets every
+weight at every sync (its sleep discards them).
 
 Pipeline split: the stage owning each layer, and its stage-local name, follow the split the model
 was built with, as megatron reports it from the model's config (``get_num_layers_to_build`` per
