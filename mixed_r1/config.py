@@ -196,13 +196,18 @@ class SFTConfig:
     token mean over the whole step). The completion each row is trained on:
     ``target: r1`` is ``<think>{think}</think><answer>{solution}</answer>`` (the Mixed-R1 format
     the rewards read), ``solution`` the solution text alone (e.g. captions, LLaVA's stage 1);
-    ``max_answer_words`` > 0 cuts the solution to its first N words (0: whole). ``eval_every`` >
-    0: the held-out NLL on ``data.eval_file`` every N steps (at most ``eval_samples`` rows)."""
+    ``max_answer_words`` > 0 cuts the solution to its first N words (0: whole). With
+    ``sample_reasoning`` (the default) a row whose ``meta["reasoning"]`` is a non-empty string
+    (the data engine writes one where it knows what the image shows, e.g. easy-vqa's "The image
+    shows a red circle.") is trained on that as its think text instead of ``think``: the answer
+    then follows from words the model wrote about the image. ``eval_every`` > 0: the held-out
+    NLL on ``data.eval_file`` every N steps (at most ``eval_samples`` rows)."""
 
     batch_size: int = 8
     micro_batch_size: int = 8
     target: str = "r1"  # r1 | solution
     think: str = "Look at the image."
+    sample_reasoning: bool = True
     max_answer_words: int = 0
     eval_every: int = 0
 

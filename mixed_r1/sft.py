@@ -68,8 +68,9 @@ def sft_completion(sample: Any, cfg: SFTConfig) -> str:
     as ``[x1, y1, x2, y2]`` in whatever frame ``sample`` holds it, rounded to whole pixels: the
     processor's resize makes sub-pixel coordinates such as ``23.47`` that cost a digit token each
     and no IoU worth having), cut to its first ``cfg.max_answer_words`` words when that is > 0, as
-    ``<think>{think}</think><answer>{answer}</answer>`` for ``target: r1`` or alone for
-    ``target: solution``."""
+    ``<think>{think}</think><answer>{answer}</answer>`` for ``target: r1`` (``think``: the
+    sample's ``meta["reasoning"]`` when ``cfg.sample_reasoning`` and it is a non-empty string,
+    else ``cfg.think``) or alone for ``target: solution``."""
     if sample.task_type == "grounding" and isinstance(sample.solution, (list, tuple)):
         from mixed_r1.data.schema import format_box
 
@@ -79,7 +80,11 @@ def sft_completion(sample: Any, cfg: SFTConfig) -> str:
     if cfg.max_answer_words > 0:
         answer = " ".join(answer.split()[:cfg.max_answer_words])
     if cfg.target == "r1":
-        return f"<think>{cfg.think}</think><answer>{answer}</answer>"
+        think = cfg.think
+        reasoning = (getattr(sample, "meta", None) or {}).get("reasoning")
+        if cfg.sample_reasoning and isinstance(reasoning, str) and reasoning.strip():
+            think = reasoning.strip()
+        return f"<think>{think}</think><answer>{answer}</answer>"
     return answer
 
 

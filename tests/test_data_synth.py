@@ -127,3 +127,36 @@ def test_easy_vqa_test_split_shares_no_image_with_the_train_split(tmp_path: Path
     assert not train_images & {pixels(s.images[0]) for s in held}
     with pytest.raises(ValueError, match="easy_vqa_split"):
         synthesize(tmp_path / "bad", SynthConfig(sizes=sizes, easy_vqa_split="dev"))
+
+
+def test_easy_vqa_descriptions_match_the_shapes_fill_colour():
+    """The colour each easy-vqa test image is described with (read from easy-vqa's answers)
+    is the colour its shape is filled with: the most common pixel colour after the
+    background, looked up in the palette easy-vqa draws with (CSS names; its green is (0, 255, 0))."""
+    import easy_vqa
+    import numpy as np
+    from PIL import Image
+
+    from mixed_r1.data.synth import easy_vqa_descriptions, easy_vqa_reasoning
+
+    css = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "black": (0, 0, 0),
+           "gray": (128, 128, 128), "teal": (0, 128, 128), "brown": (165, 42, 42),
+           "yellow": (255, 255, 0)}
+    desc = easy_vqa_descriptions("test")
+    paths = easy_vqa.get_test_image_paths()
+    both = [i for i, d in desc.items() if len(d) == 2]
+    assert len(desc) == len(paths) and len(both) > 0.8 * len(paths)
+    wrong = []
+    for i, d in desc.items():
+        if "color" not in d:
+            continue
+        pix = np.asarray(Image.open(paths[i]).convert("RGB")).reshape(-1, 3)
+        vals, counts = np.unique(pix, axis=0, return_counts=True)
+        fill = tuple(int(v) for v in vals[np.argsort(-counts)[1]])
+        if css[d["color"]] != fill:
+            wrong.append((i, d, fill))
+    assert not wrong, wrong[:5]
+    i = both[0]
+    assert easy_vqa_reasoning(i, "test") == \
+        f"The image shows a {desc[i]['color']} {desc[i]['shape']}."
+    assert easy_vqa_reasoning(10**9, "test") == ""  # no such image: nothing said

@@ -88,6 +88,16 @@ def test_completion_text_end_of_turn_and_reference_turns():
     box = Sample(id="b", task_type="grounding", question="q", solution=[1, 2.6, 30.4, 40])
     assert sft_completion(box, SFTConfig(think="")) == \
         "<think></think><answer>[1, 3, 30, 40]</answer>"  # whole pixels
+    # a row's own reasoning (the data engine's "what the image shows") is its think text
+    seen = Sample(id="d", task_type="yes_no", question="Is there a red shape?", solution="no",
+                  meta={"reasoning": " The image shows a blue circle. "})
+    assert sft_completion(seen, SFTConfig()) == \
+        "<think>The image shows a blue circle.</think><answer>no</answer>"
+    assert sft_completion(seen, SFTConfig(sample_reasoning=False)) == \
+        "<think>Look at the image.</think><answer>no</answer>"
+    blank = Sample(id="e", task_type="yes_no", question="q", solution="no",
+                   meta={"reasoning": ""})
+    assert sft_completion(blank, SFTConfig()) == "<think>Look at the image.</think><answer>no</answer>"
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x"},
              {"role": "user", "content": "and?"}, {"role": "assistant", "content": "ref"}]
     m = Sample(id="c", task_type="open_ended", question="hi", solution="y", messages=turns)

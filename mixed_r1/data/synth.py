@@ -1,7 +1,10 @@
 """A real offline mixed set: rendered images, exact answers, no network.
 
 - yes_no / multiple_choice: ``easy-vqa`` images and questions (MCQ options are the answer and
-  distractors from the same vocabulary group: shapes or colours);
+  distractors from the same vocabulary group: shapes or colours); each carries
+  ``meta["reasoning"]``, what the image shows ("The image shows a red circle."), read from
+  easy-vqa's own answers about that image (the think text of an SFT warm start:
+  ``sft.sample_reasoning``);
 - chart: bar / line / pie charts rendered with matplotlib from random tables, values printed
   on the chart, numeric and categorical questions with exact answers;
 - grounding: scenes of shapes drawn with PIL; "locate the red triangle" with the exact box
@@ -79,6 +82,58 @@ def _easy_vqa_items(rng: random.Random, want_yes_no: bool, n: int, split: str = 
     return [(texts[i], answers[i], image_ids[i], paths[image_ids[i]]) for i in idx[:n]]
 
 
+_EVQA_DESCRIPTIONS: dict[str, dict[int, dict[str, str]]] = {}
+
+
+def easy_vqa_descriptions(split: str = "train") -> dict[int, dict[str, str]]:
+    """``image_id -> {"color": ..., "shape": ...}`` for easy-vqa's ``split`` ("train" | "test"),
+    read from easy-vqa's answers about each image: a colour or shape answer ("What color is the
+    shape?" -> "red") names it; a yes/no question naming one colour or shape does when its
+    answer says the image has it ("yes", or "no" to a question with "not" or "no"). A part the answers
+    never name, or name two ways, is left out. Cached per split."""
+    if split not in _EVQA_DESCRIPTIONS:
+        import re
+
+        import easy_vqa
+
+        texts, answers, image_ids = (easy_vqa.get_train_questions() if split == "train"
+                                     else easy_vqa.get_test_questions())
+        seen: dict[int, dict[str, set]] = {}
+        for q, a, iid in zip(texts, answers, image_ids):
+            d = seen.setdefault(iid, {"color": set(), "shape": set()})
+            if a in SHAPE_WORDS:
+                d["shape"].add(a)
+            elif a in COLOR_WORDS:
+                d["color"].add(a)
+            negated = re.search(r"\b(not|no)\b", q) is not None  # "is no circle present?"
+            if a not in ("yes", "no") or (a == "yes") != negated:
+                # what the question names, the image has: "what is the blue shape?" ->
+                # "rectangle", "what color is the triangle?" -> "blue", "is there a red
+                # shape?" -> "yes", "is there not (is no) circle?" -> "no"
+                for part, words in (("shape", SHAPE_WORDS), ("color", COLOR_WORDS)):
+                    named = [w for w in words if re.search(rf"\b{w}\b", q)]
+                    if len(named) == 1:
+                        d[part].add(named[0])
+        _EVQA_DESCRIPTIONS[split] = {
+            iid: {part: next(iter(v)) for part, v in d.items() if len(v) == 1}
+            for iid, d in seen.items()}
+    return _EVQA_DESCRIPTIONS[split]
+
+
+def easy_vqa_reasoning(image_id: int, split: str = "train") -> str:
+    """What easy-vqa image ``image_id`` shows, as a sentence ("The image shows a red circle.",
+    "The shape is red.", "The image shows a circle."); "" when its answers name neither part."""
+    d = easy_vqa_descriptions(split).get(image_id, {})
+    color, shape = d.get("color"), d.get("shape")
+    if color and shape:
+        return f"The image shows a {color} {shape}."
+    if color:
+        return f"The shape is {color}."
+    if shape:
+        return f"The image shows a {shape}."
+    return ""
+
+
 def _evqa_source(split: str) -> str:
     return "synth/easy_vqa" if split == "train" else f"synth/easy_vqa/{split}"
 
@@ -101,7 +156,8 @@ def synth_yes_no(n: int, rng: random.Random, out: Path, split: str = "train") ->
         out_samples.append(Sample(id=f"yes_no-{i:05d}", task_type="yes_no", question=q,
                                   solution=a, images=[str(out / rel)],
                                   source=_evqa_source(split),
-                                  meta={"image_id": iid}))
+                                  meta={"image_id": iid,
+                                        "reasoning": easy_vqa_reasoning(iid, split)}))
     return out_samples
 
 
@@ -120,7 +176,8 @@ def synth_multiple_choice(n: int, rng: random.Random, out: Path,
         out_samples.append(Sample(id=f"multiple_choice-{i:05d}", task_type="multiple_choice",
                                   question=q, solution=letter, options=options,
                                   images=[str(out / rel)], source=_evqa_source(split),
-                                  meta={"image_id": iid, "answer_text": a}))
+                                  meta={"image_id": iid, "answer_text": a,
+                                        "reasoning": easy_vqa_reasoning(iid, split)}))
     return out_samples
 
 
