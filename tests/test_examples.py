@@ -25,30 +25,37 @@ def data_file(tmp_path_factory):
     return make_data(tmp_path_factory.mktemp("data"), per_task=3)
 
 
+GPU_EXAMPLES = ("qwen25vl_7b_8xh100.yaml", "qwen25vl_3b_8xh100.yaml")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("example", ["qwen25vl_7b_8xh100.yaml", "qwen25vl_3b_8xh100.yaml"])
-def test_gpu_example_steps_on_its_gloo_twin(example, data_file, tmp_path):
+def test_gpu_examples_step_on_their_gloo_twins(data_file, tmp_path):
+    """Both 8 x H100 examples in one 8-rank gloo world, one after the other (TP=2 x DP=4, then
+    TP=1 x DP=8): each builds its own layout, steps once and runs its periodic eval."""
     from mixed_r1.config import load_config
 
-    cfg = load_config(ROOT / "examples" / example)
-    p = cfg.parallel
-    world = p.tensor_parallel * p.pipeline_parallel * p.data_parallel
-    assert world == 8  # one node of 8 GPUs, as the file says
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world),
-           "--master_port", str(free_port()), str(TWIN), str(ROOT / "examples" / example),
-           str(tmp_path), str(data_file)]
+    cfgs = {name: load_config(ROOT / "examples" / name) for name in GPU_EXAMPLES}
+    for cfg in cfgs.values():
+        p = cfg.parallel
+        assert p.tensor_parallel * p.pipeline_parallel * p.data_parallel == 8  # one 8-GPU node
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "8",
+           "--master_port", str(free_port()), str(TWIN),
+           ",".join(str(ROOT / "examples" / name) for name in GPU_EXAMPLES), str(tmp_path),
+           str(data_file)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0 and (tmp_path / "result.json").is_file(), proc.stderr[-4000:]
-    res = json.loads((tmp_path / "result.json").read_text())
-    assert res["layout"] == {"world": world, "tp": p.tensor_parallel, "pp": p.pipeline_parallel,
-                             "dp": p.data_parallel, "dtype": cfg.model.dtype,
-                             "recompute": cfg.model.recompute_mode,
-                             "distributed_optimizer": p.distributed_optimizer,
-                             "mini_batches": cfg.algo.mini_batches}
-    m, = res["metrics"]
-    assert m["update/count"] >= 1 and math.isfinite(m["loss"]) and m["update/rel_change"] > 0
-    assert m["eval/n"] == 4 and 0.0 <= m["eval/accuracy"] <= 1.0
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for name, cfg in cfgs.items():
+        p = cfg.parallel
+        res = json.loads((tmp_path / Path(name).stem / "result.json").read_text())
+        assert res["layout"] == {"world": 8, "tp": p.tensor_parallel,
+                                 "pp": p.pipeline_parallel, "dp": p.data_parallel,
+                                 "dtype": cfg.model.dtype, "recompute": cfg.model.recompute_mode,
+                                 "distributed_optimizer": p.distributed_optimizer,
+                                 "mini_batches": cfg.algo.mini_batches}, name
+        m, = res["metrics"]
+        assert m["update/count"] >= 1 and math.isfinite(m["loss"]) and m["update/rel_change"] > 0
+        assert m["eval/n"] == 4 and 0.0 <= m["eval/accuracy"] <= 1.0
 
 
 @pytest.mark.slow
