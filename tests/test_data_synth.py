@@ -160,3 +160,38 @@ def test_easy_vqa_descriptions_match_the_shapes_fill_colour():
     assert easy_vqa_reasoning(i, "test") == \
         f"The image shows a {desc[i]['color']} {desc[i]['shape']}."
     assert easy_vqa_reasoning(10**9, "test") == ""  # no such image: nothing said
+
+
+def test_easy_vqa_reasoning_states_what_the_pixels_show(tmp_path):
+    """The think text of the synthetic easy-vqa rows: a yes/no row's "There is (no) <colour>
+    shape." agrees with the shape's fill colour in the pixels (so the negation and the answer
+    were read right), and a multiple-choice row names the option its solution letter is."""
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from mixed_r1.data import load_samples
+    from mixed_r1.data.synth import COLOR_WORDS, SynthConfig, synthesize
+
+    css = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "black": (0, 0, 0),
+           "gray": (128, 128, 128), "teal": (0, 128, 128), "brown": (165, 42, 42),
+           "yellow": (255, 255, 0)}
+    rows, _ = load_samples(synthesize(tmp_path, SynthConfig(
+        seed=3, sizes={"yes_no": 120, "multiple_choice": 40}, easy_vqa_split="test")))
+    checked = 0
+    for s in rows:
+        why = s.meta["reasoning"]
+        if s.task_type == "multiple_choice":
+            m = re.search(r"The answer is (\w+), option ([A-D])\.$", why)
+            assert m and s.options["ABCD".index(m[2])] == m[1] and m[2] == s.solution, why
+            continue
+        m = re.search(r"There is (a|no) (\w+) shape\.$", why)
+        if not m or m[2] not in COLOR_WORDS:
+            continue
+        pix = np.asarray(Image.open(s.images[0]).convert("RGB")).reshape(-1, 3)
+        vals, counts = np.unique(pix, axis=0, return_counts=True)
+        fill = tuple(int(v) for v in vals[np.argsort(-counts)[1]])
+        assert (m[1] == "a") == (fill == css[m[2]]), (s.question, s.solution, why, fill)
+        checked += 1
+    assert checked > 30

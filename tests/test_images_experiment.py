@@ -1,6 +1,6 @@
 """tools/multimodal_grpo.py's pipeline (mixed_r1.demo.images): held-out/training disjointness by
-pixels, the image-swap control's permutation, and the whole run (assemble, SFT, GRPO, evaluations,
-swap control, report) on a small Llama in SmolLM2's vocabulary (SmolLM2 itself is the documented
+pixels, the image-swap control's permutation, the caption rows, and the whole run (assemble,
+caption SFT with the LM frozen, task SFT, GRPO, evaluations, swap control, report) on a small Llama in SmolLM2's vocabulary (SmolLM2 itself is the documented
 run's: minutes, not seconds)."""
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ def test_the_experiment_end_to_end_on_a_small_lm(tmp_path, capsys):
               train_sizes={"yes_no": 6, "multiple_choice": 6, "chart": 2, "grounding": 2,
                            "open_ended": 2, "math": 2},
               heldout_sizes={"yes_no": 3, "multiple_choice": 3, "chart": 2, "grounding": 2},
+              caption_overrides=["steps=2", "sft.batch_size=4", "sft.micro_batch_size=4",
+                                 "rollout.max_prompt_length=256"],
               sft_overrides=["steps=2", "sft.batch_size=4", "sft.micro_batch_size=4",
                              "rollout.max_prompt_length=256"],  # the small LM: 512 positions
               grpo_overrides=["steps=2", "rollout.prompts_per_step=2", "rollout.group_size=2",
@@ -72,10 +74,28 @@ def test_the_experiment_end_to_end_on_a_small_lm(tmp_path, capsys):
     assert not {_pixels(p) for s in train for p in s.images} & \
         {_pixels(p) for s in held for p in s.images}
     assert all("test" in s.source for s in held if s.task_type in ("yes_no", "multiple_choice"))
-    # the warm start and GRPO ran their steps; GRPO started from the SFT export
-    sft_rows = (out / "sft" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(r)["step"] for r in sft_rows] == [1, 2]
+    # captions of the training set's easy-vqa images only, each image once
+    caps, _ = load_samples(out / "data" / "captions.jsonl")
+    evqa = {p for s in train if s.task_type in ("yes_no", "multiple_choice") for p in s.images}
+    assert caps and {p for s in caps for p in s.images} <= evqa
+    assert len({s.images[0] for s in caps}) == len(caps)
+    assert all(s.solution.startswith("a ") and len(s.solution.split()) == 3 for s in caps)
+    # both warm-start stages and GRPO ran their steps, each from the one before's export; the
+    # caption stage left the language model as it was
+    for stage in ("captions", "sft"):
+        rows = (out / stage / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(r)["step"] for r in rows] == [1, 2], stage
+    assert rep["sft_config"]["model"]["path"] == str(out / "captions" / "model")
     assert rep["config"]["model"]["path"] == str(out / "sft" / "model")
+    from safetensors.torch import load_file
+    import torch
+
+    start = load_file(str(out / "policy" / "model.safetensors"))
+    stage1 = load_file(str(out / "captions" / "model" / "model.safetensors"))
+    vision = ("visual.", "model.visual.")  # the tower and merger, as the checkpoint names them
+    lm_names = [k for k in start if not k.startswith(vision)]
+    assert lm_names and all(torch.equal(start[k].to(stage1[k].dtype), stage1[k]) for k in lm_names)
+    assert any(not torch.equal(start[k], stage1[k]) for k in start if k.startswith(vision))
     assert len(rep["train_rewards"]) == 2 and (out / "run" / "model" / "config.json").is_file()
     assert json.loads((out / "policy" / "mixed_r1_assembly.json").read_text())[
         "vision_hidden"] == 32

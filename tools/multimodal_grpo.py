@@ -3,7 +3,8 @@ policy, an SFT warm start, GRPO with Mixed-Reward, held-out image-task accuracy 
 with paired standard errors, and the image-swap control (README "Images", docs/benchmarks.md).
 
     python tools/multimodal_grpo.py                         # the documented run
-    python tools/multimodal_grpo.py --grpo steps=4          # GRPO config overrides (--sft: SFT's)
+    python tools/multimodal_grpo.py --grpo steps=4          # GRPO config overrides
+                                                            # (--captions: stage 1's, --sft: stage 2's)
 
 What it does: :mod:`mixed_r1.demo.images`.
 """
@@ -16,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mixed_r1.demo.images import (GRPO_CONFIG, HELDOUT_SIZES, SFT_CONFIG,  # noqa: E402
-                                      TRAIN_SIZES, run)
+from mixed_r1.demo.images import (CAPTION_CONFIG, GRPO_CONFIG, HELDOUT_SIZES,  # noqa: E402
+                                   SFT_CONFIG, TRAIN_SIZES, run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/smollm2_vl", help="experiment directory")
     p.add_argument("--lm-dir", default="runs/smollm2/hf",
                    help="the SmolLM2 HF directory (converted from the GGUF here when absent)")
-    p.add_argument("--sft-config", default=str(SFT_CONFIG))
+    p.add_argument("--caption-config", default=str(CAPTION_CONFIG),
+                   help="stage 1 of the warm start: captions, the LM frozen (default: %(default)s)")
+    p.add_argument("--no-captions", action="store_true",
+                   help="skip stage 1: the task SFT starts from the assembled policy")
+    p.add_argument("--sft-config", default=str(SFT_CONFIG),
+                   help="stage 2 of the warm start: the task rows (default: %(default)s)")
     p.add_argument("--grpo-config", default=str(GRPO_CONFIG))
     p.add_argument("--train-sizes", type=json.loads, default=TRAIN_SIZES,
                    help=f"training items per task, JSON (default {json.dumps(TRAIN_SIZES)})")
@@ -37,12 +43,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="greedy evaluation budget (default 48)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's, one per core)")
+    p.add_argument("--captions", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="overrides of the stage-1 (captions) config")
     p.add_argument("--sft", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="overrides of the SFT config")
+                   help="overrides of the stage-2 (task SFT) config")
     p.add_argument("--grpo", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides of the GRPO config")
     a = p.parse_args(argv)
-    run(a.out, lm_dir=a.lm_dir, sft_config=a.sft_config, grpo_config=a.grpo_config,
+    run(a.out, lm_dir=a.lm_dir, caption_config=None if a.no_captions else a.caption_config,
+        sft_config=a.sft_config, grpo_config=a.grpo_config, caption_overrides=a.captions,
         train_sizes=a.train_sizes, heldout_sizes=a.heldout_sizes,
         eval_max_new_tokens=a.eval_max_new_tokens, threads=a.threads,
         sft_overrides=a.sft, grpo_overrides=a.grpo)

@@ -2,9 +2,10 @@
 
 - yes_no / multiple_choice: ``easy-vqa`` images and questions (MCQ options are the answer and
   distractors from the same vocabulary group: shapes or colours); each carries
-  ``meta["reasoning"]``, what the image shows ("The image shows a red circle."), read from
-  easy-vqa's own answers about that image (the think text of an SFT warm start:
-  ``sft.sample_reasoning``);
+  ``meta["reasoning"]``, what the image shows ("The image shows a red circle.", read from
+  easy-vqa's own answers about that image) and the step to the answer ("There is no gray
+  shape.", "The answer is red, option B."): the think text of an SFT warm start
+  (``sft.sample_reasoning``);
 - chart: bar / line / pie charts rendered with matplotlib from random tables, values printed
   on the chart, numeric and categorical questions with exact answers;
 - grounding: scenes of shapes drawn with PIL; "locate the red triangle" with the exact box
@@ -134,6 +135,23 @@ def easy_vqa_reasoning(image_id: int, split: str = "train") -> str:
     return ""
 
 
+def yes_no_reasoning(question: str, answer: str, seen: str) -> str:
+    """The think text of an easy-vqa yes/no row: what the image shows (``seen``, from
+    :func:`easy_vqa_reasoning`), then whether it has the one colour or shape the question
+    names, which the answer and the question's negation give ("Is there not a gray shape?" ->
+    "yes": "There is no gray shape."); ``seen`` alone when the question names none or several."""
+    import re
+
+    named = [w for w in (*COLOR_WORDS, *SHAPE_WORDS) if re.search(rf"\b{w}\b", question.lower())]
+    if len(named) != 1 or answer not in ("yes", "no"):
+        return seen
+    negated = re.search(r"\b(not|no)\b", question.lower()) is not None
+    has = (answer == "yes") != negated
+    thing = f"{named[0]} shape" if named[0] in COLOR_WORDS else named[0]
+    fact = f"There is a {thing}." if has else f"There is no {thing}."
+    return f"{seen} {fact}".strip()
+
+
 def _evqa_source(split: str) -> str:
     return "synth/easy_vqa" if split == "train" else f"synth/easy_vqa/{split}"
 
@@ -156,8 +174,8 @@ def synth_yes_no(n: int, rng: random.Random, out: Path, split: str = "train") ->
         out_samples.append(Sample(id=f"yes_no-{i:05d}", task_type="yes_no", question=q,
                                   solution=a, images=[str(out / rel)],
                                   source=_evqa_source(split),
-                                  meta={"image_id": iid,
-                                        "reasoning": easy_vqa_reasoning(iid, split)}))
+                                  meta={"image_id": iid, "reasoning": yes_no_reasoning(
+                                      q, a, easy_vqa_reasoning(iid, split))}))
     return out_samples
 
 
@@ -177,7 +195,8 @@ def synth_multiple_choice(n: int, rng: random.Random, out: Path,
                                   question=q, solution=letter, options=options,
                                   images=[str(out / rel)], source=_evqa_source(split),
                                   meta={"image_id": iid, "answer_text": a,
-                                        "reasoning": easy_vqa_reasoning(iid, split)}))
+                                        "reasoning": f"{easy_vqa_reasoning(iid, split)} The "
+                                                     f"answer is {a}, option {letter}.".strip()}))
     return out_samples
 
 

@@ -15,9 +15,13 @@ work.
    easy-vqa's *test* images, other charts and scenes). A training item whose image has the same
    pixels as a held-out image, or whose prompt (question, options, image pixels) is a held-out
    prompt, is dropped; the two sets then share no image and no prompt (checked).
-3. **Warm start.** ``mixed-r1 sft`` (:func:`mixed_r1.sft.run_sft`, ``sft_config``): cross-entropy
-   on ``<think>…</think><answer>solution</answer>`` of the training set, the whole policy trained
-   (the vision tower from scratch), exported to ``OUT/sft/model``.
+3. **Warm start**, two ``mixed-r1 sft`` stages (:func:`mixed_r1.sft.run_sft`), LLaVA's recipe.
+   Stage 1 (``caption_config``, :func:`caption_rows`): the vision tower and merger learn to
+   caption the training set's easy-vqa images ("a red circle"), the language model frozen, so
+   the image tokens come to mean words the LM already reads; exported to ``OUT/captions/model``.
+   Stage 2 (``sft_config``): ``<think>reasoning</think><answer>solution</answer>`` of the
+   training set (the think text is the row's ``meta["reasoning"]`` where the data engine wrote
+   one, "The image shows a red circle.", else ``sft.think``), exported to ``OUT/sft/model``.
 4. **GRPO.** ``mixed-r1 train`` (``grpo_config``) from the warm start with Mixed-Reward on the
    training set; greedy evaluation of the held-out set before and after (Mixed-Reward's accuracy
    component: matching for yes/no and multiple choice, relaxed accuracy for charts, IoU for
@@ -45,6 +49,7 @@ from typing import Any, Sequence
 from mixed_r1.demo.text import (ROOT, _StepPrinter, format_change_table, format_reward_trend,
                                 loadavg, paired_change, per_task_changes)
 
+CAPTION_CONFIG = ROOT / "examples" / "smollm2_vl_captions_cpu.yaml"
 SFT_CONFIG = ROOT / "examples" / "smollm2_vl_sft_cpu.yaml"
 GRPO_CONFIG = ROOT / "examples" / "smollm2_vl_grpo_cpu.yaml"
 TRAIN_SIZES = {"yes_no": 1500, "multiple_choice": 1500, "chart": 300, "grounding": 600,
@@ -145,6 +150,33 @@ def check_disjoint_images(train: Sequence[Any], held: Sequence[Any],
         raise AssertionError(f"{len(prompts)} held-out prompts are also training prompts")
 
 
+CAPTION_QUESTION = "What is in the image?"
+
+
+def caption_rows(train: Sequence[Any]) -> list:
+    """LLaVA stage-1 rows from the easy-vqa images of ``train`` (its yes/no and multiple-choice
+    rows): one ``open_ended`` row per distinct image whose colour and shape easy-vqa's answers
+    name (:func:`mixed_r1.data.synth.easy_vqa_descriptions`), asking :data:`CAPTION_QUESTION`,
+    solution "a red circle". Only images already in ``train``, so nothing held out is seen."""
+    from mixed_r1.data.schema import Sample
+    from mixed_r1.data.synth import easy_vqa_descriptions
+
+    rows, seen = [], set()
+    for s in train:
+        iid = (s.meta or {}).get("image_id")
+        if iid is None or not s.source.startswith("synth/easy_vqa") or s.images[0] in seen:
+            continue
+        split = "test" if s.source.endswith("/test") else "train"
+        d = easy_vqa_descriptions(split).get(iid, {})
+        if "color" in d and "shape" in d:
+            seen.add(s.images[0])
+            rows.append(Sample(id=f"caption-{len(rows):05d}", task_type="open_ended",
+                               question=CAPTION_QUESTION, solution=f"a {d['color']} {d['shape']}",
+                               images=list(s.images), source=s.source,
+                               meta={"image_id": iid}))
+    return rows
+
+
 def swapped_images(samples: Sequence[Any], seed: int = 0) -> list:
     """Copies of ``samples`` whose images are another sample's of the same task: within each task
     the samples whose images differ are shifted by a random non-zero offset, so every image is
@@ -165,12 +197,15 @@ def swapped_images(samples: Sequence[Any], seed: int = 0) -> list:
 
 # ------------------------------------------------------------------------------------ run
 def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
-        sft_config: str | Path = SFT_CONFIG, grpo_config: str | Path = GRPO_CONFIG,
+        caption_config: str | Path | None = CAPTION_CONFIG, sft_config: str | Path = SFT_CONFIG,
+        grpo_config: str | Path = GRPO_CONFIG,
         train_sizes: dict | None = None, heldout_sizes: dict | None = None,
         train_seed: int = 1, heldout_seed: int = 2, vision: dict | None = None,
-        sft_overrides: Sequence[str] = (), grpo_overrides: Sequence[str] = (),
+        caption_overrides: Sequence[str] = (), sft_overrides: Sequence[str] = (),
+        grpo_overrides: Sequence[str] = (),
         eval_max_new_tokens: int = 48, threads: int | None = None, tag: str = "mm") -> dict:
     """The whole experiment (module docstring); returns the report (also ``OUT/report.json``).
+    ``caption_config`` None skips stage 1 (the task SFT then starts from the assembled policy).
     ``threads``: torch's intra-op threads (None: torch's default, one per core)."""
     import os
 
@@ -192,7 +227,7 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
     load_start = loadavg()
     timings: dict[str, float] = {}
     out = Path(out_dir)
-    for name in ("sft", "run"):  # a rerun starts fresh (the assembled policy is reused)
+    for name in ("captions", "sft", "run"):  # a rerun starts fresh (the assembled policy is reused)
         shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -205,21 +240,39 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
                                            heldout_seed)
     train_file = write_samples(train, out / "data" / "train.jsonl")
     write_samples(held, out / "data" / "heldout.jsonl")
+    captions = caption_rows(train)
+    caption_file = write_samples(captions, out / "data" / "captions.jsonl")
     timings["data"] = time.perf_counter() - t
     print(f"[{tag}] data: {counts['train']} training items {counts['train_per_task']} "
           f"({counts['train_dropped_overlap']} dropped: image or prompt held out), "
           f"{counts['heldout']} held-out image prompts {counts['heldout_per_task']}; no image "
-          "or prompt shared", flush=True)
+          f"or prompt shared; {len(captions)} captions of the training images", flush=True)
 
-    # ---- warm start
-    sft_cfg = load_config(sft_config, [f"model.path={policy_dir}",
+    # ---- warm start, stage 1: the vision side learns to caption, the language model frozen
+    start_dir = policy_dir
+    caption_cfg, caption_nll = None, []
+    if caption_config is not None:
+        caption_cfg = load_config(caption_config, [f"model.path={policy_dir}",
+                                                   f"data.train_file={caption_file}",
+                                                   f"out_dir={out / 'captions'}"]
+                                  + list(caption_overrides))
+        t = time.perf_counter()
+        caption_nll = [h["loss"] for h in run_sft(caption_cfg, out / "captions", overwrite=True)]
+        timings["captions"] = time.perf_counter() - t
+        print(f"[{tag}] warm start, stage 1 (captions): {len(caption_nll)} SFT steps of "
+              f"{caption_cfg.sft.batch_size} rows, NLL {caption_nll[0]:.3f} -> "
+              f"{caption_nll[-1]:.3f} ({timings['captions']:.0f} s)", flush=True)
+        start_dir = out / "captions" / "model"
+
+    # ---- warm start, stage 2: the task rows in Mixed-R1's format
+    sft_cfg = load_config(sft_config, [f"model.path={start_dir}",
                                        f"data.train_file={train_file}",
                                        f"out_dir={out / 'sft'}"] + list(sft_overrides))
     t = time.perf_counter()
     sft_hist = run_sft(sft_cfg, out / "sft", overwrite=True)  # a line per step off a terminal
     timings["sft"] = time.perf_counter() - t
     nll = [h["loss"] for h in sft_hist]
-    print(f"[{tag}] warm start: {len(nll)} SFT steps of {sft_cfg.sft.batch_size} rows, NLL "
+    print(f"[{tag}] warm start, stage 2 (tasks): {len(nll)} SFT steps of {sft_cfg.sft.batch_size} rows, NLL "
           f"{nll[0]:.3f} -> {nll[-1]:.3f} ({timings['sft']:.0f} s)", flush=True)
 
     # ---- GRPO with evaluations before and after
@@ -262,8 +315,8 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
     plot_run(out / "run")
     timings["export"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
-    timings["warm_start_grpo_evals"] = sum(timings[k] for k in (
-        "sft", "build", "eval_before GRPO", "grpo", "eval_after GRPO"))
+    timings["warm_start_grpo_evals"] = sum(timings.get(k, 0.0) for k in (
+        "captions", "sft", "build", "eval_before GRPO", "grpo", "eval_after GRPO"))
 
     changes = per_task_changes(held, before, after)
     swap = paired_change(swapped["sample_accuracy"], after["sample_accuracy"])
@@ -290,13 +343,15 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
           + f"  (warm start + GRPO + both evaluations "
             f"{timings['warm_start_grpo_evals'] / 60:.1f} min; all {timings['total'] / 60:.1f} "
             f"min); load average before {load_start}, after {load_end}", flush=True)
-    report = {"sft_config": sft_cfg.to_dict(), "config": cfg.to_dict(),
+    report = {"caption_config": caption_cfg.to_dict() if caption_cfg else None,
+              "sft_config": sft_cfg.to_dict(), "config": cfg.to_dict(),
+              "caption_overrides": list(caption_overrides),
               "sft_overrides": list(sft_overrides), "grpo_overrides": list(grpo_overrides),
               "counts": counts, "train_seed": train_seed, "heldout_seed": heldout_seed,
               "eval_max_new_tokens": eval_max_new_tokens, "changes": changes,
               "swap_control": swap, "swap_control_per_task": swap_tasks,
               "before": before, "after": after, "swapped": swapped, "timings": timings,
-              "sft_nll": nll, "loadavg_start": load_start, "loadavg_end": load_end,
+              "caption_nll": caption_nll, "sft_nll": nll, "loadavg_start": load_start, "loadavg_end": load_end,
               "train_rewards": [h["reward/total"] for h in history],
               "history": [{k: v for k, v in h.items() if k.startswith(("reward/", "time/"))
                            or k in ("update/rel_change", "rows/kept", "response/length_mean",
