@@ -63,6 +63,13 @@ def _run(tmp_path: Path, text_lm, backend: str, rollout: str, tp: int = 1, *extr
     return json.loads((tmp_path / "result.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def hf_policy_vllm_run(tmp_path_factory, text_lm) -> dict:
+    """The 1-rank run with the HF policy and one vLLM engine: checked on its own
+    (test_hf_backend[vllm]) and the reference of the replica test; one run serves both."""
+    return _run(tmp_path_factory.mktemp("hf_vllm"), text_lm, "hf", "vllm")
+
+
 def _check(res: dict, tok) -> None:
     # SmolLM2's chat template (its own system prompt), not Qwen2.5-VL's
     assert res["prompt"].startswith("<|im_start|>system\nYou are a helpful AI assistant named "
@@ -77,8 +84,9 @@ def _check(res: dict, tok) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("rollout", ["hf", "vllm"])
-def test_hf_backend(tmp_path, text_lm, rollout):
-    res = _run(tmp_path, text_lm, "hf", rollout)
+def test_hf_backend(tmp_path, text_lm, rollout, request):
+    res = (request.getfixturevalue("hf_policy_vllm_run") if rollout == "vllm"
+           else _run(tmp_path, text_lm, "hf", rollout))
     _check(res, text_lm[2])
     if rollout == "hf":
         assert res["eos"] == [text_lm[2].eos_token_id]  # the directory's generation config
@@ -101,7 +109,7 @@ def test_megatron_backend_tp2(tmp_path, text_lm, rollout):
 
 @pytest.mark.slow
 @pytest.mark.multirank
-def test_vllm_rollout_replicas_match_one_rank(tmp_path, text_lm):
+def test_vllm_rollout_replicas_match_one_rank(tmp_path, text_lm, hf_policy_vllm_run):
     """4 gloo ranks, megatron TP=2 x DP=2, vLLM through its external launcher as 2 data-parallel
     engines of TP=2: each replica samples its half of every step's prompts (per-prompt seeds), so
     the completions and rewards equal a 1-rank run's (HF policy, one vLLM engine), and the update
@@ -111,7 +119,7 @@ def test_vllm_rollout_replicas_match_one_rank(tmp_path, text_lm):
     device initialisation, vLLM's engine core in process, no vLLM variable preset), with the
     distributed optimizer and ``overlap_grad_reduce``; then one prompt over the two replicas,
     which hung before (the idle replica stayed out of vLLM's lockstep engine loop)."""
-    one = _run(tmp_path / "one", text_lm, "hf", "vllm")
+    one = hf_policy_vllm_run
     four = _run_dp(tmp_path / "four", text_lm, tp=2, dp=2)
     _check(four, text_lm[2])
     assert four["platform"] == "cuda-shaped" and four["one_prompt"] == 1
