@@ -129,19 +129,30 @@ def test_easy_vqa_test_split_shares_no_image_with_the_train_split(tmp_path: Path
         synthesize(tmp_path / "bad", SynthConfig(sizes=sizes, easy_vqa_split="dev"))
 
 
+#: the colours easy-vqa draws its shapes with (CSS names; its green is (0, 255, 0))
+EVQA_PALETTE = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255),
+                "black": (0, 0, 0), "gray": (128, 128, 128), "teal": (0, 128, 128),
+                "brown": (165, 42, 42), "yellow": (255, 255, 0)}
+
+
+def _fill_colour(path: str) -> tuple:
+    """The shape's fill colour of an easy-vqa image: its most common pixel after the background."""
+    import numpy as np
+    from PIL import Image
+
+    pix = np.asarray(Image.open(path).convert("RGB")).reshape(-1, 3)
+    vals, counts = np.unique(pix, axis=0, return_counts=True)
+    return tuple(int(v) for v in vals[np.argsort(-counts)[1]])
+
+
 def test_easy_vqa_descriptions_match_the_shapes_fill_colour():
     """The colour each easy-vqa test image is described with (read from easy-vqa's answers)
     is the colour its shape is filled with: the most common pixel colour after the
     background, looked up in the palette easy-vqa draws with (CSS names; its green is (0, 255, 0))."""
     import easy_vqa
-    import numpy as np
-    from PIL import Image
 
     from mixed_r1.data.synth import easy_vqa_descriptions, easy_vqa_reasoning
 
-    css = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "black": (0, 0, 0),
-           "gray": (128, 128, 128), "teal": (0, 128, 128), "brown": (165, 42, 42),
-           "yellow": (255, 255, 0)}
     desc = easy_vqa_descriptions("test")
     paths = easy_vqa.get_test_image_paths()
     both = [i for i, d in desc.items() if len(d) == 2]
@@ -150,10 +161,8 @@ def test_easy_vqa_descriptions_match_the_shapes_fill_colour():
     for i, d in desc.items():
         if "color" not in d:
             continue
-        pix = np.asarray(Image.open(paths[i]).convert("RGB")).reshape(-1, 3)
-        vals, counts = np.unique(pix, axis=0, return_counts=True)
-        fill = tuple(int(v) for v in vals[np.argsort(-counts)[1]])
-        if css[d["color"]] != fill:
+        fill = _fill_colour(paths[i])
+        if EVQA_PALETTE[d["color"]] != fill:
             wrong.append((i, d, fill))
     assert not wrong, wrong[:5]
     i = both[0]
@@ -168,15 +177,9 @@ def test_easy_vqa_reasoning_states_what_the_pixels_show(tmp_path):
     were read right), and a multiple-choice row names the option its solution letter is."""
     import re
 
-    import numpy as np
-    from PIL import Image
-
     from mixed_r1.data import load_samples
     from mixed_r1.data.synth import COLOR_WORDS, SynthConfig, synthesize
 
-    css = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "black": (0, 0, 0),
-           "gray": (128, 128, 128), "teal": (0, 128, 128), "brown": (165, 42, 42),
-           "yellow": (255, 255, 0)}
     rows, _ = load_samples(synthesize(tmp_path, SynthConfig(
         seed=3, sizes={"yes_no": 120, "multiple_choice": 40}, easy_vqa_split="test")))
     checked = 0
@@ -189,9 +192,7 @@ def test_easy_vqa_reasoning_states_what_the_pixels_show(tmp_path):
         m = re.search(r"There is (a|no) (\w+) shape\.$", why)
         if not m or m[2] not in COLOR_WORDS:
             continue
-        pix = np.asarray(Image.open(s.images[0]).convert("RGB")).reshape(-1, 3)
-        vals, counts = np.unique(pix, axis=0, return_counts=True)
-        fill = tuple(int(v) for v in vals[np.argsort(-counts)[1]])
-        assert (m[1] == "a") == (fill == css[m[2]]), (s.question, s.solution, why, fill)
+        fill = _fill_colour(s.images[0])
+        assert (m[1] == "a") == (fill == EVQA_PALETTE[m[2]]), (s.question, s.solution, why, fill)
         checked += 1
     assert checked > 30

@@ -18,8 +18,10 @@ function of ``(seed, sizes)`` alone: the same call writes byte-identical files.
 """
 from __future__ import annotations
 
+import functools
 import json
 import random
+import re
 import shutil
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -83,42 +85,44 @@ def _easy_vqa_items(rng: random.Random, want_yes_no: bool, n: int, split: str = 
     return [(texts[i], answers[i], image_ids[i], paths[image_ids[i]]) for i in idx[:n]]
 
 
-_EVQA_DESCRIPTIONS: dict[str, dict[int, dict[str, str]]] = {}
+def _named(question: str, words: tuple[str, ...]) -> list[str]:
+    """The words of ``words`` that ``question`` names, as whole words, case-insensitive."""
+    return [w for w in words if re.search(rf"\b{w}\b", question.lower())]
 
 
+def _negated(question: str) -> bool:
+    """Whether an easy-vqa question is negated: "is there not a circle?", "is no circle present?"."""
+    return re.search(r"\b(not|no)\b", question.lower()) is not None
+
+
+@functools.lru_cache(maxsize=None)
 def easy_vqa_descriptions(split: str = "train") -> dict[int, dict[str, str]]:
     """``image_id -> {"color": ..., "shape": ...}`` for easy-vqa's ``split`` ("train" | "test"),
     read from easy-vqa's answers about each image: a colour or shape answer ("What color is the
     shape?" -> "red") names it; a yes/no question naming one colour or shape does when its
     answer says the image has it ("yes", or "no" to a question with "not" or "no"). A part the answers
-    never name, or name two ways, is left out. Cached per split."""
-    if split not in _EVQA_DESCRIPTIONS:
-        import re
+    never name, or name two ways, is left out. Cached per split (do not mutate the result)."""
+    import easy_vqa
 
-        import easy_vqa
-
-        texts, answers, image_ids = (easy_vqa.get_train_questions() if split == "train"
-                                     else easy_vqa.get_test_questions())
-        seen: dict[int, dict[str, set]] = {}
-        for q, a, iid in zip(texts, answers, image_ids):
-            d = seen.setdefault(iid, {"color": set(), "shape": set()})
-            if a in SHAPE_WORDS:
-                d["shape"].add(a)
-            elif a in COLOR_WORDS:
-                d["color"].add(a)
-            negated = re.search(r"\b(not|no)\b", q) is not None  # "is no circle present?"
-            if a not in ("yes", "no") or (a == "yes") != negated:
-                # what the question names, the image has: "what is the blue shape?" ->
-                # "rectangle", "what color is the triangle?" -> "blue", "is there a red
-                # shape?" -> "yes", "is there not (is no) circle?" -> "no"
-                for part, words in (("shape", SHAPE_WORDS), ("color", COLOR_WORDS)):
-                    named = [w for w in words if re.search(rf"\b{w}\b", q)]
-                    if len(named) == 1:
-                        d[part].add(named[0])
-        _EVQA_DESCRIPTIONS[split] = {
-            iid: {part: next(iter(v)) for part, v in d.items() if len(v) == 1}
+    texts, answers, image_ids = (easy_vqa.get_train_questions() if split == "train"
+                                 else easy_vqa.get_test_questions())
+    seen: dict[int, dict[str, set]] = {}
+    for q, a, iid in zip(texts, answers, image_ids):
+        d = seen.setdefault(iid, {"color": set(), "shape": set()})
+        if a in SHAPE_WORDS:
+            d["shape"].add(a)
+        elif a in COLOR_WORDS:
+            d["color"].add(a)
+        if a not in ("yes", "no") or (a == "yes") != _negated(q):
+            # what the question names, the image has: "what is the blue shape?" -> "rectangle",
+            # "what color is the triangle?" -> "blue", "is there a red shape?" -> "yes",
+            # "is there not (is no) circle?" -> "no"
+            for part, words in (("shape", SHAPE_WORDS), ("color", COLOR_WORDS)):
+                named = _named(q, words)
+                if len(named) == 1:
+                    d[part].add(named[0])
+    return {iid: {part: next(iter(v)) for part, v in d.items() if len(v) == 1}
             for iid, d in seen.items()}
-    return _EVQA_DESCRIPTIONS[split]
 
 
 def easy_vqa_reasoning(image_id: int, split: str = "train") -> str:
@@ -140,13 +144,10 @@ def yes_no_reasoning(question: str, answer: str, seen: str) -> str:
     :func:`easy_vqa_reasoning`), then whether it has the one colour or shape the question
     names, which the answer and the question's negation give ("Is there not a gray shape?" ->
     "yes": "There is no gray shape."); ``seen`` alone when the question names none or several."""
-    import re
-
-    named = [w for w in (*COLOR_WORDS, *SHAPE_WORDS) if re.search(rf"\b{w}\b", question.lower())]
+    named = _named(question, (*COLOR_WORDS, *SHAPE_WORDS))
     if len(named) != 1 or answer not in ("yes", "no"):
         return seen
-    negated = re.search(r"\b(not|no)\b", question.lower()) is not None
-    has = (answer == "yes") != negated
+    has = (answer == "yes") != _negated(question)
     thing = f"{named[0]} shape" if named[0] in COLOR_WORDS else named[0]
     fact = f"There is a {thing}." if has else f"There is no {thing}."
     return f"{seen} {fact}".strip()

@@ -248,32 +248,29 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
           f"{counts['heldout']} held-out image prompts {counts['heldout_per_task']}; no image "
           f"or prompt shared; {len(captions)} captions of the training images", flush=True)
 
-    # ---- warm start, stage 1: the vision side learns to caption, the language model frozen
+    def sft_stage(name: str, label: str, config: str | Path, start: Path, rows: Path,
+                  overrides: Sequence[str]) -> tuple[Any, list[float]]:
+        """One warm-start stage: ``mixed-r1 sft`` from ``start`` on ``rows`` into ``OUT/name``."""
+        stage_cfg = load_config(config, [f"model.path={start}", f"data.train_file={rows}",
+                                         f"out_dir={out / name}"] + list(overrides))
+        t0 = time.perf_counter()
+        losses = [h["loss"] for h in run_sft(stage_cfg, out / name, overwrite=True)]
+        timings[name] = time.perf_counter() - t0
+        print(f"[{tag}] warm start, {label}: {len(losses)} SFT steps of "
+              f"{stage_cfg.sft.batch_size} rows, NLL {losses[0]:.3f} -> {losses[-1]:.3f} "
+              f"({timings[name]:.0f} s)", flush=True)
+        return stage_cfg, losses
+
+    # ---- warm start: stage 1, the vision side learns to caption, the language model frozen;
+    # stage 2, the task rows in Mixed-R1's format
     start_dir = policy_dir
     caption_cfg, caption_nll = None, []
     if caption_config is not None:
-        caption_cfg = load_config(caption_config, [f"model.path={policy_dir}",
-                                                   f"data.train_file={caption_file}",
-                                                   f"out_dir={out / 'captions'}"]
-                                  + list(caption_overrides))
-        t = time.perf_counter()
-        caption_nll = [h["loss"] for h in run_sft(caption_cfg, out / "captions", overwrite=True)]
-        timings["captions"] = time.perf_counter() - t
-        print(f"[{tag}] warm start, stage 1 (captions): {len(caption_nll)} SFT steps of "
-              f"{caption_cfg.sft.batch_size} rows, NLL {caption_nll[0]:.3f} -> "
-              f"{caption_nll[-1]:.3f} ({timings['captions']:.0f} s)", flush=True)
+        caption_cfg, caption_nll = sft_stage("captions", "stage 1 (captions)", caption_config,
+                                             policy_dir, caption_file, caption_overrides)
         start_dir = out / "captions" / "model"
-
-    # ---- warm start, stage 2: the task rows in Mixed-R1's format
-    sft_cfg = load_config(sft_config, [f"model.path={start_dir}",
-                                       f"data.train_file={train_file}",
-                                       f"out_dir={out / 'sft'}"] + list(sft_overrides))
-    t = time.perf_counter()
-    sft_hist = run_sft(sft_cfg, out / "sft", overwrite=True)  # a line per step off a terminal
-    timings["sft"] = time.perf_counter() - t
-    nll = [h["loss"] for h in sft_hist]
-    print(f"[{tag}] warm start, stage 2 (tasks): {len(nll)} SFT steps of {sft_cfg.sft.batch_size} rows, NLL "
-          f"{nll[0]:.3f} -> {nll[-1]:.3f} ({timings['sft']:.0f} s)", flush=True)
+    sft_cfg, nll = sft_stage("sft", "stage 2 (tasks)", sft_config, start_dir, train_file,
+                             sft_overrides)
 
     # ---- GRPO with evaluations before and after
     cfg = load_config(grpo_config, [f"model.path={out / 'sft' / 'model'}",
