@@ -743,6 +743,10 @@ class GRPOTrainer(TrainerBase):
         m["response/truncated_frac"] = float(np.mean([c.finish_reason == "length"
                                                       for c in ro.completions]))
         m["rows/kept"] = float(len(ro.keep))
+        # which tasks' groups carry the update (dynamic sampling drops tied groups)
+        for task in sorted({s.task_type for s in ro.samples}):
+            m[f"rows/kept/{task}"] = float(sum(
+                ro.samples[ro.completions[i].prompt_index].task_type == task for i in ro.keep))
         # rollout vs trainer log-prob mismatch on the pre-update policy: the step's first update
         # (reduced over every rank's micro-batches)
         if updates and "rollout_logprob_abs_diff" in updates[0]:

@@ -196,3 +196,37 @@ def test_easy_vqa_reasoning_states_what_the_pixels_show(tmp_path):
         assert (m[1] == "a") == (fill == EVQA_PALETTE[m[2]]), (s.question, s.solution, why, fill)
         checked += 1
     assert checked > 30
+
+
+def test_balanced_yes_no_answers_follow_the_pixels_and_not_the_wording(tmp_path):
+    """``yes_no_questions="balanced"``: a colour question's answer is "yes" exactly when the
+    named colour is the shape's fill colour in the pixels, and no wording tells the answer:
+    each question template, with the word it names blanked, is answered "yes" about half the
+    time (easy-vqa's own questions: the template majority scores ~0.8)."""
+    import collections
+    import re
+
+    from mixed_r1.data import load_samples
+    from mixed_r1.data.synth import COLOR_WORDS, SynthConfig, synthesize
+
+    rows, _ = load_samples(synthesize(tmp_path, SynthConfig(
+        seed=5, sizes={"yes_no": 400}, easy_vqa_split="test", yes_no_questions="balanced")))
+    assert len(rows) == 400 and len({s.images[0] for s in rows}) == 400
+    by_template = collections.defaultdict(list)
+    checked = 0
+    for s in rows:
+        words = re.findall(r"\w+", s.question.lower())
+        named = [w for w in words if w in COLOR_WORDS]
+        by_template[re.sub(r"\b(%s)\b" % "|".join(COLOR_WORDS + ("circle", "rectangle",
+                                                                  "triangle")),
+                           "_", s.question)].append(s.solution == "yes")
+        if named:
+            fill = _fill_colour(s.images[0])
+            assert (s.solution == "yes") == (fill == EVQA_PALETTE[named[0]]), (s.question, fill)
+            checked += 1
+    assert checked == 200
+    assert len(by_template) == 4
+    majority = sum(max(sum(v), len(v) - sum(v)) for v in by_template.values()) / len(rows)
+    assert majority <= 0.56, {k: (sum(v), len(v)) for k, v in by_template.items()}
+    with pytest.raises(ValueError, match="yes_no_questions"):
+        synthesize(tmp_path / "x", SynthConfig(yes_no_questions="both"))

@@ -165,6 +165,31 @@ def test_dynamic_sampling_drops_tied_groups(trainer, monkeypatch):
     assert float(ro.advantages.abs().max()) == 0.0
 
 
+def test_kept_rows_are_counted_per_task(trainer, monkeypatch):
+    """``rows/kept/<task>``: the rows of each task that enter the update, i.e. the rows of its
+    groups whose rewards are not tied (the first prompt's group tied, the others not)."""
+    from collections import Counter
+
+    from mixed_r1.rewards.router import RewardBatch
+
+    seen = []
+
+    def first_group_tied(completions, samples):
+        first = samples[0].id
+        seen.extend(s.task_type for s in samples if s.id != first)
+        total = [1.0 if s.id == first else float(i % 2) for i, s in enumerate(samples)]
+        return RewardBatch(total=total, accuracy=total, format=[0.0] * len(total),
+                           task_types=[s.task_type for s in samples])
+
+    monkeypatch.setattr(trainer, "reward", first_group_tied)
+    monkeypatch.setattr(trainer.cfg.algo, "dynamic_sampling", True)
+    m = trainer.step()
+    ro_tasks = {k[len("rows/kept/"):]: v for k, v in m.items() if k.startswith("rows/kept/")}
+    G, P = trainer.cfg.rollout.group_size, trainer.cfg.rollout.prompts_per_step
+    assert sum(ro_tasks.values()) == m["rows/kept"] == G * (P - 1)
+    assert {k: v for k, v in ro_tasks.items() if v} == dict(Counter(seen))
+
+
 def test_prompt_stream_resumes():
     a = PromptStream(list(range(5)), seed=3)
     first = a.next(7)

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout-sizes", type=json.loads, default=HELDOUT_SIZES,
                    help=f"held-out image prompts per task, JSON (default "
                         f"{json.dumps(HELDOUT_SIZES)})")
+    p.add_argument("--yes-no", choices=("balanced", "easy_vqa"), default="balanced",
+                   help="yes/no questions: written from each image's description, half yes "
+                        "(default), or easy-vqa's own, whose wording carries the answer")
     p.add_argument("--eval-max-new-tokens", type=int, default=48,
                    help="greedy evaluation budget (default 48)")
     p.add_argument("--threads", type=int, default=None,
@@ -52,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     run(a.out, lm_dir=a.lm_dir, caption_config=None if a.no_captions else a.caption_config,
         sft_config=a.sft_config, grpo_config=a.grpo_config, caption_overrides=a.captions,
-        train_sizes=a.train_sizes, heldout_sizes=a.heldout_sizes,
+        train_sizes=a.train_sizes, heldout_sizes=a.heldout_sizes, yes_no_questions=a.yes_no,
         eval_max_new_tokens=a.eval_max_new_tokens, threads=a.threads,
         sft_overrides=a.sft, grpo_overrides=a.grpo)
     return 0

@@ -52,6 +52,11 @@ class SynthConfig:
     # easy-vqa's split for yes_no / multiple_choice: "train" (4,000 images) or "test" (1,000
     # other images: a held-out set that shares no image with a "train" set)
     easy_vqa_split: str = "train"
+    # yes_no questions: "easy_vqa" (easy-vqa's own; their wording carries the answer: the
+    # majority answer of each question template scores ~0.8 without the image) or "balanced"
+    # (written from each image's description, half yes and half no for every template and
+    # every colour or shape named, so only the image tells the answer)
+    yes_no_questions: str = "easy_vqa"
 
 
 def _save_png(img, path: Path) -> None:
@@ -178,6 +183,46 @@ def synth_yes_no(n: int, rng: random.Random, out: Path, split: str = "train") ->
                                   meta={"image_id": iid, "reasoning": yes_no_reasoning(
                                       q, a, easy_vqa_reasoning(iid, split))}))
     return out_samples
+
+
+BALANCED_YES_NO = {"color": ("Is there a {} shape in the image?", "Is the shape {}?"),
+                   "shape": ("Does the image contain a {}?", "Is there a {} in the image?")}
+
+
+def synth_yes_no_balanced(n: int, rng: random.Random, out: Path,
+                          split: str = "train") -> list[Sample]:
+    """``n`` yes/no rows about easy-vqa images of ``split`` whose colour and shape are known
+    (:func:`easy_vqa_descriptions`), written by the data engine: each asks about the colour or
+    the shape (alternately) with one of :data:`BALANCED_YES_NO`'s templates, and names the
+    image's own colour/shape for "yes" or another drawn uniformly for "no"; answers alternate
+    within each part, so every template, and every word named, is as often "yes" as "no" up to
+    the draw. One row per image (ValueError past the images there are). ``meta["reasoning"]``
+    as :func:`yes_no_reasoning` writes it."""
+    import easy_vqa
+
+    paths = easy_vqa.get_train_image_paths() if split == "train" else \
+        easy_vqa.get_test_image_paths()
+    desc = easy_vqa_descriptions(split)
+    ids = sorted(i for i, d in desc.items() if "color" in d and "shape" in d)
+    if n > len(ids):
+        raise ValueError(f"easy-vqa's {split} split has {len(ids)} described images, asked "
+                         f"for {n} balanced yes/no rows")
+    rng.shuffle(ids)
+    rows = []
+    for i, iid in enumerate(ids[:n]):
+        part = ("color", "shape")[i % 2]
+        has = (i // 2) % 2 == 0
+        words = COLOR_WORDS if part == "color" else SHAPE_WORDS
+        own = desc[iid][part]
+        word = own if has else rng.choice([w for w in words if w != own])
+        q = rng.choice(BALANCED_YES_NO[part]).format(word)
+        a = "yes" if has else "no"
+        rel = _copy_evqa_image(paths[iid], iid, out, split)
+        rows.append(Sample(id=f"yes_no-{i:05d}", task_type="yes_no", question=q, solution=a,
+                           images=[str(out / rel)], source=_evqa_source(split),
+                           meta={"image_id": iid, "generated": "balanced", "reasoning":
+                                 yes_no_reasoning(q, a, easy_vqa_reasoning(iid, split))}))
+    return rows
 
 
 def synth_multiple_choice(n: int, rng: random.Random, out: Path,
@@ -489,6 +534,9 @@ def synthesize(out_dir: str | Path, config: SynthConfig | None = None, *,
         raise ValueError(f"fmt must be jsonl or parquet, got {cfg.fmt!r}")
     if cfg.easy_vqa_split not in ("train", "test"):
         raise ValueError(f"easy_vqa_split must be train or test, got {cfg.easy_vqa_split!r}")
+    if cfg.yes_no_questions not in ("easy_vqa", "balanced"):
+        raise ValueError("yes_no_questions must be easy_vqa or balanced, got "
+                         f"{cfg.yes_no_questions!r}")
     for task in TASK_TYPES:
         if int(cfg.sizes.get(task, 0)) < 0:
             raise ValueError(f"size for {task} must be >= 0, got {cfg.sizes[task]}")
@@ -503,14 +551,17 @@ def synthesize(out_dir: str | Path, config: SynthConfig | None = None, *,
             n = int(cfg.sizes.get(task, 0))
             if n:
                 rng = random.Random(f"{cfg.seed}-{task}")
-                samples.extend(_BUILDERS[task](n, rng, tmp, cfg.easy_vqa_split)
+                build = synth_yes_no_balanced if (task == "yes_no" and cfg.yes_no_questions
+                                                  == "balanced") else _BUILDERS[task]
+                samples.extend(build(n, rng, tmp, cfg.easy_vqa_split)
                                if task in ("yes_no", "multiple_choice")
                                else _BUILDERS[task](n, rng, tmp))
         path = write_samples(samples, tmp / f"synth.{cfg.fmt}")
         counts = {t: sum(s.task_type == t for s in samples) for t in TASK_TYPES}
         with atomic_path(tmp / "manifest.json") as f:
             f.write_text(json.dumps({"seed": cfg.seed, "counts": counts, "file": path.name,
-                                     "easy_vqa_split": cfg.easy_vqa_split},
+                                     "easy_vqa_split": cfg.easy_vqa_split,
+                                     "yes_no_questions": cfg.yes_no_questions},
                                     indent=2, sort_keys=True))
     return out / path.name
 

@@ -109,9 +109,11 @@ def image_prompt_key(sample: Any, digest: Any = image_digest) -> tuple:
 
 
 def build_image_sets(out: str | Path, train_sizes: dict, heldout_sizes: dict, train_seed: int,
-                     heldout_seed: int) -> tuple[list, list, dict]:
+                     heldout_seed: int, yes_no_questions: str = "balanced"
+                     ) -> tuple[list, list, dict]:
     """(train, held-out, counts): the two synthetic sets written under ``out/train`` and
-    ``out/heldout`` (rebuilt), the training set minus every item that shares an image (by pixels)
+    ``out/heldout`` (rebuilt; ``yes_no_questions`` as :class:`~mixed_r1.data.synth.SynthConfig`'s:
+    "balanced" by default, so that yes/no measures the image), the training set minus every item that shares an image (by pixels)
     or a prompt with the held-out set. Raises AssertionError if any overlap is left. Each image is
     decoded and hashed once."""
     import functools
@@ -121,9 +123,10 @@ def build_image_sets(out: str | Path, train_sizes: dict, heldout_sizes: dict, tr
 
     out = Path(out)
     held, _ = load_samples(synthesize(out / "heldout", SynthConfig(
-        seed=heldout_seed, sizes=heldout_sizes, easy_vqa_split="test"), overwrite=True))
+        seed=heldout_seed, sizes=heldout_sizes, easy_vqa_split="test",
+        yes_no_questions=yes_no_questions), overwrite=True))
     full, _ = load_samples(synthesize(out / "train", SynthConfig(
-        seed=train_seed, sizes=train_sizes), overwrite=True))
+        seed=train_seed, sizes=train_sizes, yes_no_questions=yes_no_questions), overwrite=True))
     digest = functools.lru_cache(maxsize=None)(image_digest)  # these files, this call
     held_images = {digest(p) for s in held for p in s.images}
     held_prompts = {image_prompt_key(s, digest) for s in held}
@@ -201,6 +204,7 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
         grpo_config: str | Path = GRPO_CONFIG,
         train_sizes: dict | None = None, heldout_sizes: dict | None = None,
         train_seed: int = 1, heldout_seed: int = 2, vision: dict | None = None,
+        yes_no_questions: str = "balanced",
         caption_overrides: Sequence[str] = (), sft_overrides: Sequence[str] = (),
         grpo_overrides: Sequence[str] = (),
         eval_max_new_tokens: int = 48, threads: int | None = None, tag: str = "mm") -> dict:
@@ -237,7 +241,7 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
 
     t = time.perf_counter()
     train, held, counts = build_image_sets(out / "data", train_sizes, heldout_sizes, train_seed,
-                                           heldout_seed)
+                                           heldout_seed, yes_no_questions)
     train_file = write_samples(train, out / "data" / "train.jsonl")
     write_samples(held, out / "data" / "heldout.jsonl")
     captions = caption_rows(train)
