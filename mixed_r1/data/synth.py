@@ -2,8 +2,9 @@
 
 - yes_no / multiple_choice: ``easy-vqa`` images and questions (MCQ options are the answer and
   distractors from the same vocabulary group: shapes or colours); each carries
-  ``meta["reasoning"]``, what the image shows ("The image shows a red circle.", read from
-  easy-vqa's own answers about that image) and the step to the answer ("There is no gray
+  ``meta["reasoning"]``, what the image shows of the part asked about ("The shape is red.",
+  "The image shows a circle.", read from easy-vqa's own answers about that image) and the step
+  to the answer ("There is no gray
   shape.", "The answer is red, option B."): the think text of an SFT warm start
   (``sft.sample_reasoning``);
 - chart: bar / line / pie charts rendered with matplotlib from random tables, values printed
@@ -130,11 +131,16 @@ def easy_vqa_descriptions(split: str = "train") -> dict[int, dict[str, str]]:
             for iid, d in seen.items()}
 
 
-def easy_vqa_reasoning(image_id: int, split: str = "train") -> str:
+def easy_vqa_reasoning(image_id: int, split: str = "train", part: str | None = None) -> str:
     """What easy-vqa image ``image_id`` shows, as a sentence ("The image shows a red circle.",
-    "The shape is red.", "The image shows a circle."); "" when its answers name neither part."""
+    "The shape is red.", "The image shows a circle."); "" when its answers name neither part.
+    ``part`` ("color" | "shape") says only that part: the think of a question about it, so that
+    every word a policy samples there bears on the answer (a sampled colour in the think of a
+    shape question would be rewarded or punished by chance)."""
     d = easy_vqa_descriptions(split).get(image_id, {})
     color, shape = d.get("color"), d.get("shape")
+    if part is not None:
+        color, shape = (color, None) if part == "color" else (None, shape)
     if color and shape:
         return f"The image shows a {color} {shape}."
     if color:
@@ -142,6 +148,19 @@ def easy_vqa_reasoning(image_id: int, split: str = "train") -> str:
     if shape:
         return f"The image shows a {shape}."
     return ""
+
+
+def question_part(question: str, answer: str = "") -> str | None:
+    """The part of an easy-vqa image a question asks about: "color" or "shape" by the answer
+    (multiple choice) or the one colour or shape word it names (yes/no); None if unclear."""
+    if answer in COLOR_WORDS:
+        return "color"
+    if answer in SHAPE_WORDS:
+        return "shape"
+    named = _named(question, (*COLOR_WORDS, *SHAPE_WORDS))
+    if len(named) != 1:
+        return None
+    return "color" if named[0] in COLOR_WORDS else "shape"
 
 
 def yes_no_reasoning(question: str, answer: str, seen: str) -> str:
@@ -181,7 +200,8 @@ def synth_yes_no(n: int, rng: random.Random, out: Path, split: str = "train") ->
                                   solution=a, images=[str(out / rel)],
                                   source=_evqa_source(split),
                                   meta={"image_id": iid, "reasoning": yes_no_reasoning(
-                                      q, a, easy_vqa_reasoning(iid, split))}))
+                                      q, a, easy_vqa_reasoning(iid, split,
+                                                               question_part(q)))}))
     return out_samples
 
 
@@ -221,7 +241,7 @@ def synth_yes_no_balanced(n: int, rng: random.Random, out: Path,
         rows.append(Sample(id=f"yes_no-{i:05d}", task_type="yes_no", question=q, solution=a,
                            images=[str(out / rel)], source=_evqa_source(split),
                            meta={"image_id": iid, "generated": "balanced", "reasoning":
-                                 yes_no_reasoning(q, a, easy_vqa_reasoning(iid, split))}))
+                                 yes_no_reasoning(q, a, easy_vqa_reasoning(iid, split, part))}))
     return rows
 
 
@@ -237,11 +257,12 @@ def synth_multiple_choice(n: int, rng: random.Random, out: Path,
         letter = LETTERS[options.index(a)]
         rel = _copy_evqa_image(src, iid, out, split)
         q = q[0].upper() + q[1:]
+        seen = easy_vqa_reasoning(iid, split, question_part(q, a))
         out_samples.append(Sample(id=f"multiple_choice-{i:05d}", task_type="multiple_choice",
                                   question=q, solution=letter, options=options,
                                   images=[str(out / rel)], source=_evqa_source(split),
                                   meta={"image_id": iid, "answer_text": a,
-                                        "reasoning": f"{easy_vqa_reasoning(iid, split)} The "
+                                        "reasoning": f"{seen} The "
                                                      f"answer is {a}, option {letter}.".strip()}))
     return out_samples
 
