@@ -108,6 +108,10 @@ def test_cli_synth(tmp_path: Path) -> None:
                  "--format", "parquet"]) == 0
     samples, _ = load_samples(tmp_path / "synth.parquet")
     assert sum(s.task_type == "chart" for s in samples) == 3 and len(samples) == 13
+    assert main(["data", "synth", "--out", str(tmp_path / "b"), "--per-task", "0", "--size",
+                 "yes_no=4", "--yes-no", "balanced"]) == 0
+    samples, _ = load_samples(tmp_path / "b" / "synth.jsonl")
+    assert [s.meta.get("generated") for s in samples] == ["balanced"] * 4
 
 
 def test_easy_vqa_test_split_shares_no_image_with_the_train_split(tmp_path: Path,

