@@ -64,7 +64,8 @@ def test_the_experiment_end_to_end_on_a_small_lm(tmp_path, capsys):
                               "rollout.max_new_tokens=8", "algo.dynamic_sampling=false",
                               "rollout.max_prompt_length=256"],
               eval_max_new_tokens=8, vision={"vision_hidden": 32, "vision_depth": 1,
-                                             "vision_heads": 2})
+                                             "vision_heads": 2},
+              vision_pretrain={"steps": 3, "batch_size": 4})
     printed = capsys.readouterr().out
     train, _ = load_samples(out / "data" / "train.jsonl")
     held, _ = load_samples(out / "data" / "heldout.jsonl")
@@ -90,11 +91,19 @@ def test_the_experiment_end_to_end_on_a_small_lm(tmp_path, capsys):
     from safetensors.torch import load_file
     import torch
 
-    start = load_file(str(out / "policy" / "model.safetensors"))
+    assembled = load_file(str(out / "policy" / "model.safetensors"))
+    start = load_file(str(out / "vision" / "model.safetensors"))
     stage1 = load_file(str(out / "captions" / "model" / "model.safetensors"))
     vision = ("visual.", "model.visual.")  # the tower and merger, as the checkpoint names them
     lm_names = [k for k in start if not k.startswith(vision)]
-    assert lm_names and all(torch.equal(start[k].to(stage1[k].dtype), stage1[k]) for k in lm_names)
+    assert set(start) == set(assembled) and lm_names
+    # stage 0 trained the tower and merger (from the assembled policy), not the language model
+    assert all(torch.equal(assembled[k], start[k]) for k in lm_names)
+    assert any(not torch.equal(assembled[k], start[k]) for k in start if k.startswith(vision))
+    assert rep["vision_pretrain"]["steps"] == 3 and rep["vision_pretrain"]["images"] > 0
+    assert rep["caption_config"]["model"]["path"] == str(out / "vision")
+    # the caption stage left the language model as it was
+    assert all(torch.equal(start[k].to(stage1[k].dtype), stage1[k]) for k in lm_names)
     assert any(not torch.equal(start[k], stage1[k]) for k in start if k.startswith(vision))
     assert len(rep["train_rewards"]) == 2 and (out / "run" / "model" / "config.json").is_file()
     assert json.loads((out / "policy" / "mixed_r1_assembly.json").read_text())[

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout-sizes", type=json.loads, default=HELDOUT_SIZES,
                    help=f"held-out image prompts per task, JSON (default "
                         f"{json.dumps(HELDOUT_SIZES)})")
+    p.add_argument("--vision-steps", type=int, default=None, metavar="N",
+                   help="stage 0's steps (the fresh vision tower as a colour + shape classifier "
+                        "of the training images; 0 skips it; default 600)")
     p.add_argument("--yes-no", choices=("balanced", "easy_vqa"), default="balanced",
                    help="yes/no questions: written from each image's description, half yes "
                         "(default), or easy-vqa's own, whose wording carries the answer")
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     run(a.out, lm_dir=a.lm_dir, caption_config=None if a.no_captions else a.caption_config,
         sft_config=a.sft_config, grpo_config=a.grpo_config, caption_overrides=a.captions,
         train_sizes=a.train_sizes, heldout_sizes=a.heldout_sizes, yes_no_questions=a.yes_no,
+        vision_pretrain=None if a.vision_steps is None else {"steps": a.vision_steps},
         eval_max_new_tokens=a.eval_max_new_tokens, threads=a.threads,
         sft_overrides=a.sft, grpo_overrides=a.grpo)
     return 0

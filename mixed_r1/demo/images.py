@@ -59,8 +59,12 @@ TRAIN_SIZES = {"yes_no": 1500, "multiple_choice": 1500, "chart": 300, "grounding
                "open_ended": 200, "math": 200}
 HELDOUT_SIZES = {"yes_no": 70, "multiple_choice": 70, "chart": 40, "grounding": 40}
 VISION = {"vision_hidden": 128, "vision_depth": 4, "vision_heads": 4, "seed": 0}
-# easy-vqa's 64x64 images become 56x56 (4 image tokens); scenes and charts at most 112x112 (16)
-PIXELS = {"min_pixels": 3136, "max_pixels": 12544}
+# every image at 112x112 (16 image tokens): at easy-vqa's 56x56 (4 tokens) the fresh tower did
+# not learn shape even when trained on shape labels directly (0.50 after 300 steps of 32)
+PIXELS = {"min_pixels": 12544, "max_pixels": 12544}
+# stage 0: the fresh tower and merger trained as a colour + shape classifier of the training
+# set's easy-vqa images before the caption stage (see :func:`pretrain_vision`)
+VISION_PRETRAIN = {"steps": 600, "batch_size": 32, "lr": 1e-3, "seed": 0}
 
 
 # ------------------------------------------------------------------------------ the policy
@@ -93,6 +97,112 @@ def assembled_policy(lm_dir: str | Path, out: str | Path, *, vision: dict | None
                 all(got.get(k) == v for k, v in vision.items()):
             return out
     return assemble_qwen25vl(lm_dir, out, overwrite=True, **vision, **pixels)
+
+
+# ------------------------------------------------------------------------ vision stage 0
+def easy_vqa_labels(samples: Sequence[Any]) -> list[tuple[str, int, int]]:
+    """``(image path, colour index, shape index)`` of each distinct easy-vqa image of
+    ``samples`` whose colour and shape easy-vqa's own answers name
+    (:func:`mixed_r1.data.synth.easy_vqa_descriptions`; indices into ``COLOR_WORDS`` and
+    ``SHAPE_WORDS``), in first-seen order."""
+    from mixed_r1.data.synth import COLOR_WORDS, SHAPE_WORDS, easy_vqa_descriptions
+
+    out, seen = [], set()
+    for s in samples:
+        iid = (s.meta or {}).get("image_id")
+        if iid is None or not s.source.startswith("synth/easy_vqa") or s.images[0] in seen:
+            continue
+        d = easy_vqa_descriptions("test" if s.source.endswith("/test") else "train").get(iid, {})
+        if "color" in d and "shape" in d:
+            seen.add(s.images[0])
+            out.append((s.images[0], COLOR_WORDS.index(d["color"]),
+                        SHAPE_WORDS.index(d["shape"])))
+    return out
+
+
+def pretrain_vision(policy_dir: str | Path, out: str | Path, train: Sequence[Any], *,
+                    steps: int = 600, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+                    heldout: Sequence[Any] = (), pixels: dict | None = None) -> dict:
+    """Stage 0: the policy's fresh vision tower and merger trained as an image classifier, the
+    stand-in for the pretrained encoder (CLIP, SigLIP) a real VLM starts from. Two linear heads
+    read the flattened merger output of an image (its image tokens, float32) and predict the
+    colour (8 classes) and the shape (3) of the training set's easy-vqa images
+    (:func:`easy_vqa_labels`); AdamW at ``lr``, ``steps`` batches of ``batch_size`` images drawn
+    with ``seed``, the loss the sum of the two cross-entropies. The heads are dropped; the policy
+    with the trained tower and merger (the language model untouched) is written to ``out``
+    (replaced whole). Returns ``{"images", "loss_first", "loss_last", "heldout_color",
+    "heldout_shape"}``: the last two are the heads' accuracies on ``heldout``'s easy-vqa images
+    (NaN without any), a measurement, never trained on. ValueError if ``train`` has no labelled
+    image or its images do not all give the same number of image tokens."""
+    import torch
+    from PIL import Image
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from mixed_r1.atomic import atomic_dir
+    from mixed_r1.models.processor import load_processor
+
+    pixels = {**PIXELS, **(pixels or {})}
+    labels = easy_vqa_labels(train)
+    if not labels:
+        raise ValueError("no easy-vqa training image with a known colour and shape")
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(policy_dir, dtype=torch.float32)
+    processor = load_processor(policy_dir, **pixels)
+    visual = model.model.visual.train()
+
+    def encode(items):
+        images = [Image.open(p).convert("RGB") for p, _, _ in items]
+        x = processor.image_processor(images=images, return_tensors="pt")
+        return x["pixel_values"], x["image_grid_thw"]
+
+    def features(pv, grid):
+        out = visual(pv, grid_thw=grid)
+        emb = out.pooler_output if hasattr(out, "pooler_output") else out
+        emb = emb if torch.is_tensor(emb) else emb[0]
+        return emb.reshape(grid.shape[0], -1)
+
+    pv, grid = encode(labels)
+    if not bool((grid == grid[0]).all()):
+        raise ValueError("easy-vqa images of different sizes: set min_pixels = max_pixels")
+    per = pv.shape[0] // grid.shape[0]  # patches per image
+    pv = pv.view(grid.shape[0], per, -1)
+    colour = torch.tensor([c for _, c, _ in labels])
+    shape = torch.tensor([s for _, _, s in labels])
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        dim = features(pv[0], grid[:1]).shape[1]
+    heads = torch.nn.ModuleDict({"color": torch.nn.Linear(dim, 8), "shape": torch.nn.Linear(dim, 3)})
+    opt = torch.optim.AdamW([*visual.parameters(), *heads.parameters()], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(labels), (batch_size,), generator=gen)
+        f = features(pv[idx].reshape(-1, pv.shape[-1]), grid[idx])
+        loss = (torch.nn.functional.cross_entropy(heads["color"](f), colour[idx])
+                + torch.nn.functional.cross_entropy(heads["shape"](f), shape[idx]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    visual.eval()
+    acc = {"heldout_color": float("nan"), "heldout_shape": float("nan")}
+    held = easy_vqa_labels(heldout)
+    if held:
+        hpv, hgrid = encode(held)
+        with torch.no_grad():
+            f = features(hpv, hgrid)
+        acc = {"heldout_color": float((heads["color"](f).argmax(1) == torch.tensor(
+                   [c for _, c, _ in held])).float().mean()),
+               "heldout_shape": float((heads["shape"](f).argmax(1) == torch.tensor(
+                   [s for _, _, s in held])).float().mean())}
+    dtype = json.loads((Path(policy_dir) / "config.json").read_text()).get("dtype", "float32")
+    with atomic_dir(Path(out), True) as tmp:
+        for f in Path(policy_dir).iterdir():  # tokenizer, processor, template, assembly record
+            if f.is_file() and not f.name.startswith("model") and f.name not in (
+                    "config.json", "generation_config.json"):
+                shutil.copyfile(f, tmp / f.name)
+        model.to(getattr(torch, dtype)).save_pretrained(tmp)  # the weights in their own dtype
+    return {"images": len(labels), "loss_first": losses[0] if losses else float("nan"),
+            "loss_last": float(sum(losses[-20:]) / max(1, len(losses[-20:]))), **acc}
 
 
 # ------------------------------------------------------------------------------------ data
@@ -207,12 +317,14 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
         grpo_config: str | Path = GRPO_CONFIG,
         train_sizes: dict | None = None, heldout_sizes: dict | None = None,
         train_seed: int = 1, heldout_seed: int = 2, vision: dict | None = None,
-        yes_no_questions: str = "balanced",
+        yes_no_questions: str = "balanced", vision_pretrain: dict | None = None,
         caption_overrides: Sequence[str] = (), sft_overrides: Sequence[str] = (),
         grpo_overrides: Sequence[str] = (),
         eval_max_new_tokens: int = 48, threads: int | None = None, tag: str = "mm") -> dict:
     """The whole experiment (module docstring); returns the report (also ``OUT/report.json``).
     ``caption_config`` None skips stage 1 (the task SFT then starts from the assembled policy).
+    ``vision_pretrain``: :func:`pretrain_vision`'s keys over :data:`VISION_PRETRAIN`
+    (``{"steps": 0}`` skips stage 0).
     ``threads``: torch's intra-op threads (None: torch's default, one per core)."""
     import os
 
@@ -234,7 +346,8 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
     load_start = loadavg()
     timings: dict[str, float] = {}
     out = Path(out_dir)
-    for name in ("captions", "sft", "run"):  # a rerun starts fresh (the assembled policy is reused)
+    for name in ("vision", "captions", "sft", "run"):  # a rerun starts fresh (the assembled
+        # policy is reused)
         shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -254,6 +367,22 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
           f"({counts['train_dropped_overlap']} dropped: image or prompt held out), "
           f"{counts['heldout']} held-out image prompts {counts['heldout_per_task']}; no image "
           f"or prompt shared; {len(captions)} captions of the training images", flush=True)
+
+    # ---- stage 0: the fresh vision tower learns colour and shape (a pretrained encoder's part)
+    vision_cfg = {**VISION_PRETRAIN, **(vision_pretrain or {})}
+    vision_report: dict = {}
+    if vision_cfg["steps"] > 0:
+        t = time.perf_counter()
+        vision_report = pretrain_vision(policy_dir, out / "vision", train, heldout=held,
+                                        **vision_cfg)
+        timings["vision"] = time.perf_counter() - t
+        policy_dir = out / "vision"
+        print(f"[{tag}] warm start, stage 0 (vision tower as a colour + shape classifier of "
+              f"{vision_report['images']} training images): {vision_cfg['steps']} steps of "
+              f"{vision_cfg['batch_size']}, loss {vision_report['loss_first']:.3f} -> "
+              f"{vision_report['loss_last']:.3f}; held-out easy-vqa images: colour "
+              f"{vision_report['heldout_color']:.3f}, shape {vision_report['heldout_shape']:.3f} "
+              f"({timings['vision']:.0f} s)", flush=True)
 
     def sft_stage(name: str, label: str, config: str | Path, start: Path, rows: Path,
                   overrides: Sequence[str]) -> tuple[Any, list[float]]:
@@ -320,7 +449,7 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
     timings["export"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
     timings["warm_start_grpo_evals"] = sum(timings.get(k, 0.0) for k in (
-        "captions", "sft", "build", "eval_before GRPO", "grpo", "eval_after GRPO"))
+        "vision", "captions", "sft", "build", "eval_before GRPO", "grpo", "eval_after GRPO"))
 
     changes = per_task_changes(held, before, after)
     swap = paired_change(swapped["sample_accuracy"], after["sample_accuracy"])
@@ -355,10 +484,12 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
               "eval_max_new_tokens": eval_max_new_tokens, "changes": changes,
               "swap_control": swap, "swap_control_per_task": swap_tasks,
               "before": before, "after": after, "swapped": swapped, "timings": timings,
+              "vision_pretrain": {**vision_cfg, **vision_report},
               "caption_nll": caption_nll, "sft_nll": nll, "loadavg_start": load_start, "loadavg_end": load_end,
               "train_rewards": [h["reward/total"] for h in history],
               "history": [{k: v for k, v in h.items() if k.startswith(("reward/", "time/"))
-                           or k in ("update/rel_change", "rows/kept", "response/length_mean",
+                           or k.startswith("rows/kept")
+                           or k in ("update/rel_change", "response/length_mean",
                                     "grad_norm")} for h in history],
               "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
               "argv": sys.argv}
