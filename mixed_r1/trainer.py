@@ -36,6 +36,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -744,9 +745,9 @@ class GRPOTrainer(TrainerBase):
                                                       for c in ro.completions]))
         m["rows/kept"] = float(len(ro.keep))
         # which tasks' groups carry the update (dynamic sampling drops tied groups)
-        for task in sorted({s.task_type for s in ro.samples}):
-            m[f"rows/kept/{task}"] = float(sum(
-                ro.samples[ro.completions[i].prompt_index].task_type == task for i in ro.keep))
+        kept = Counter(ro.samples[ro.completions[i].prompt_index].task_type for i in ro.keep)
+        for task in {s.task_type for s in ro.samples}:
+            m[f"rows/kept/{task}"] = float(kept[task])
         # rollout vs trainer log-prob mismatch on the pre-update policy: the step's first update
         # (reduced over every rank's micro-batches)
         if updates and "rollout_logprob_abs_diff" in updates[0]:

@@ -76,14 +76,8 @@ def _font(size: int):
 
 # ---------------------------------------------------------------- easy-vqa: yes/no and MCQ
 def _easy_vqa_items(rng: random.Random, want_yes_no: bool, n: int, split: str = "train"):
-    import easy_vqa
-
-    if split == "train":
-        texts, answers, image_ids = easy_vqa.get_train_questions()
-        paths = easy_vqa.get_train_image_paths()
-    else:
-        texts, answers, image_ids = easy_vqa.get_test_questions()
-        paths = easy_vqa.get_test_image_paths()
+    texts, answers, image_ids = _evqa_questions(split)
+    paths = _evqa_paths(split)
     idx = [i for i, a in enumerate(answers) if (a in ("yes", "no")) == want_yes_no]
     rng.shuffle(idx)
     if n > len(idx):
@@ -108,10 +102,7 @@ def easy_vqa_descriptions(split: str = "train") -> dict[int, dict[str, str]]:
     shape?" -> "red") names it; a yes/no question naming one colour or shape does when its
     answer says the image has it ("yes", or "no" to a question with "not" or "no"). A part the answers
     never name, or name two ways, is left out. Cached per split (do not mutate the result)."""
-    import easy_vqa
-
-    texts, answers, image_ids = (easy_vqa.get_train_questions() if split == "train"
-                                 else easy_vqa.get_test_questions())
+    texts, answers, image_ids = _evqa_questions(split)
     seen: dict[int, dict[str, set]] = {}
     for q, a, iid in zip(texts, answers, image_ids):
         d = seen.setdefault(iid, {"color": set(), "shape": set()})
@@ -177,6 +168,22 @@ def yes_no_reasoning(question: str, answer: str, seen: str) -> str:
     return f"{seen} {fact}".strip()
 
 
+def _evqa_questions(split: str) -> tuple[list[str], list[str], list[int]]:
+    """easy-vqa's ``(questions, answers, image ids)`` of ``split`` ("train" | "test")."""
+    import easy_vqa
+
+    return easy_vqa.get_train_questions() if split == "train" else \
+        easy_vqa.get_test_questions()
+
+
+def _evqa_paths(split: str) -> list[str]:
+    """easy-vqa's image paths of ``split`` ("train" | "test"), indexed by image id."""
+    import easy_vqa
+
+    return easy_vqa.get_train_image_paths() if split == "train" else \
+        easy_vqa.get_test_image_paths()
+
+
 def _evqa_source(split: str) -> str:
     return "synth/easy_vqa" if split == "train" else f"synth/easy_vqa/{split}"
 
@@ -218,10 +225,7 @@ def synth_yes_no_balanced(n: int, rng: random.Random, out: Path,
     within each part, so every template, and every word named, is as often "yes" as "no" up to
     the draw. One row per image (ValueError past the images there are). ``meta["reasoning"]``
     as :func:`yes_no_reasoning` writes it."""
-    import easy_vqa
-
-    paths = easy_vqa.get_train_image_paths() if split == "train" else \
-        easy_vqa.get_test_image_paths()
+    paths = _evqa_paths(split)
     desc = easy_vqa_descriptions(split)
     ids = sorted(i for i, d in desc.items() if "color" in d and "shape" in d)
     if n > len(ids):

@@ -103,12 +103,11 @@ def assembled_policy(lm_dir: str | Path, out: str | Path, *, vision: dict | None
 
 
 # ------------------------------------------------------------------------ vision stage 0
-def easy_vqa_labels(samples: Sequence[Any]) -> list[tuple[str, int, int]]:
-    """``(image path, colour index, shape index)`` of each distinct easy-vqa image of
-    ``samples`` whose colour and shape easy-vqa's own answers name
-    (:func:`mixed_r1.data.synth.easy_vqa_descriptions`; indices into ``COLOR_WORDS`` and
-    ``SHAPE_WORDS``), in first-seen order."""
-    from mixed_r1.data.synth import COLOR_WORDS, SHAPE_WORDS, easy_vqa_descriptions
+def described_easy_vqa_images(samples: Sequence[Any]) -> list[tuple[Any, dict[str, str]]]:
+    """``(sample, {"color", "shape"})`` for the first row of each distinct easy-vqa image of
+    ``samples`` (its yes/no and multiple-choice rows) whose colour and shape easy-vqa's own
+    answers name (:func:`mixed_r1.data.synth.easy_vqa_descriptions`), in first-seen order."""
+    from mixed_r1.data.synth import easy_vqa_descriptions
 
     out, seen = [], set()
     for s in samples:
@@ -118,9 +117,17 @@ def easy_vqa_labels(samples: Sequence[Any]) -> list[tuple[str, int, int]]:
         d = easy_vqa_descriptions("test" if s.source.endswith("/test") else "train").get(iid, {})
         if "color" in d and "shape" in d:
             seen.add(s.images[0])
-            out.append((s.images[0], COLOR_WORDS.index(d["color"]),
-                        SHAPE_WORDS.index(d["shape"])))
+            out.append((s, d))
     return out
+
+
+def easy_vqa_labels(samples: Sequence[Any]) -> list[tuple[str, int, int]]:
+    """``(image path, colour index, shape index)`` of :func:`described_easy_vqa_images`
+    (indices into ``COLOR_WORDS`` and ``SHAPE_WORDS``)."""
+    from mixed_r1.data.synth import COLOR_WORDS, SHAPE_WORDS
+
+    return [(s.images[0], COLOR_WORDS.index(d["color"]), SHAPE_WORDS.index(d["shape"]))
+            for s, d in described_easy_vqa_images(samples)]
 
 
 def pretrain_vision(policy_dir: str | Path, out: str | Path, train: Sequence[Any], *,
@@ -278,22 +285,11 @@ def caption_rows(train: Sequence[Any]) -> list:
     name (:func:`mixed_r1.data.synth.easy_vqa_descriptions`), asking :data:`CAPTION_QUESTION`,
     solution "a red circle". Only images already in ``train``, so nothing held out is seen."""
     from mixed_r1.data.schema import Sample
-    from mixed_r1.data.synth import easy_vqa_descriptions
 
-    rows, seen = [], set()
-    for s in train:
-        iid = (s.meta or {}).get("image_id")
-        if iid is None or not s.source.startswith("synth/easy_vqa") or s.images[0] in seen:
-            continue
-        split = "test" if s.source.endswith("/test") else "train"
-        d = easy_vqa_descriptions(split).get(iid, {})
-        if "color" in d and "shape" in d:
-            seen.add(s.images[0])
-            rows.append(Sample(id=f"caption-{len(rows):05d}", task_type="open_ended",
-                               question=CAPTION_QUESTION, solution=f"a {d['color']} {d['shape']}",
-                               images=list(s.images), source=s.source,
-                               meta={"image_id": iid}))
-    return rows
+    return [Sample(id=f"caption-{i:05d}", task_type="open_ended", question=CAPTION_QUESTION,
+                   solution=f"a {d['color']} {d['shape']}", images=list(s.images),
+                   source=s.source, meta={"image_id": s.meta["image_id"]})
+            for i, (s, d) in enumerate(described_easy_vqa_images(train))]
 
 
 def swapped_images(samples: Sequence[Any], seed: int = 0) -> list:
@@ -349,8 +345,8 @@ def run(out_dir: str | Path, *, lm_dir: str | Path = "runs/smollm2/hf",
     load_start = loadavg()
     timings: dict[str, float] = {}
     out = Path(out_dir)
-    for name in ("vision", "captions", "sft", "run"):  # a rerun starts fresh (the assembled
-        # policy is reused)
+    # a rerun starts fresh (the assembled policy is reused)
+    for name in ("vision", "captions", "sft", "run"):
         shutil.rmtree(out / name, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
 
