@@ -182,7 +182,7 @@ def test_easy_vqa_reasoning_states_what_the_pixels_show(tmp_path):
     import re
 
     from mixed_r1.data import load_samples
-    from mixed_r1.data.synth import COLOR_WORDS, SynthConfig, synthesize
+    from mixed_r1.data.synth import COLOR_WORDS, SHAPE_WORDS, SynthConfig, synthesize
 
     rows, _ = load_samples(synthesize(tmp_path, SynthConfig(
         seed=3, sizes={"yes_no": 120, "multiple_choice": 40}, easy_vqa_split="test")))
@@ -192,6 +192,10 @@ def test_easy_vqa_reasoning_states_what_the_pixels_show(tmp_path):
         if s.task_type == "multiple_choice":
             m = re.search(r"The answer is (\w+), option ([A-D])\.$", why)
             assert m and s.options["ABCD".index(m[2])] == m[1] and m[2] == s.solution, why
+            # the think names only the part asked about (a colour answer: no shape word)
+            seen = why[: m.start()].lower()
+            other = SHAPE_WORDS if m[1] in COLOR_WORDS else COLOR_WORDS
+            assert seen.strip() and not any(re.search(rf"\b{w}\b", seen) for w in other), why
             continue
         m = re.search(r"There is (a|no) (\w+) shape\.$", why)
         if not m or m[2] not in COLOR_WORDS:
